@@ -1,0 +1,53 @@
+# Every target here is what CI and a person run; .ci/run calls `make test` and nothing else.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := orthanc orthanc-dicomweb dcm2niix dcmtk dicom3tools
+# torch is pinned for the CPU machines this is developed on; the Docker image brings its own build.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.setup-stamp
+
+.PHONY: setup system-packages test test-unit lint format demo bench clean
+
+setup: system-packages $(STAMP)
+
+# Idempotent: installs the OS packages only when one is missing and apt-get is there.
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then echo "missing OS packages:$$missing (no apt-get here: install them by hand)"; exit 0; fi; \
+	SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
+	echo "installing OS packages:$$missing"; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/pytest
+
+test-unit: setup
+	$(BIN)/pytest -m "not integration"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+demo: setup
+	@echo "make demo: not yet — it arrives with the segmentation issue (POST /segment)."; exit 1
+
+bench: setup
+	@echo "make bench: not yet — it arrives with the performance issue."; exit 1
+
+clean:
+	rm -rf $(VENV) out results .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI). ``tumorseg.api.main:create_app`` wires it together."""

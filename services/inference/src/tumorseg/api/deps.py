@@ -1,0 +1,50 @@
+"""What route functions get injected: the application state built in ``lifespan``, and the API-key check."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import APIKeyHeader
+
+from tumorseg.config import Settings
+from tumorseg.model.device import Device
+from tumorseg.pacs import OrthancClient
+
+
+@dataclass
+class ModelState:
+    """What /health reports of the model: its package name and whether it is loaded."""
+
+    name: str
+    loaded: bool = False
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    pacs: OrthancClient
+    model: ModelState
+    device: Device
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.tumorseg
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+_api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="Needed when TUMORSEG_API_KEY is set."
+)
+
+
+def require_api_key(state: StateDep, key: Annotated[str | None, Security(_api_key_header)]) -> None:
+    expected = state.settings.api_key
+    if expected is None:
+        return
+    if key is None or not secrets.compare_digest(key.encode(), expected.get_secret_value().encode()):
+        raise HTTPException(status_code=401, detail="missing or wrong X-API-Key header")

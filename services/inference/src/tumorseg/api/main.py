@@ -1,0 +1,73 @@
+"""Wiring only: settings → state in ``lifespan``, routers, error handlers, request ids."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request, Response
+
+from tumorseg import __version__
+from tumorseg.api.deps import AppState, ModelState, require_api_key
+from tumorseg.api.errors import error_response, install_error_handlers
+from tumorseg.api.routes import health, segment
+from tumorseg.config import Settings, get_settings
+from tumorseg.logs import request_id_var
+from tumorseg.model.device import resolve_device
+from tumorseg.pacs import OrthancClient
+
+log = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pacs = OrthancClient(settings.orthanc_url, settings.orthanc_auth, settings.orthanc_timeout)
+        app.state.tumorseg = AppState(
+            settings=settings,
+            pacs=pacs,
+            model=ModelState(name=settings.model_path.name),
+            device=resolve_device(settings.device),
+        )
+        log.info("tumorseg %s started; Orthanc at %s", __version__, settings.orthanc_url)
+        try:
+            yield
+        finally:
+            pacs.close()
+
+    app = FastAPI(
+        title="tumorseg",
+        version=__version__,
+        description="Brain-tumour segmentation (BraTS 2021 labels) of MRI studies stored in Orthanc.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        incoming = request.headers.get("X-Request-ID", "")
+        rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        try:
+            response = await call_next(request)
+        except Exception:
+            # Answered here rather than by Starlette's outermost handler so that it carries the id too.
+            log.exception("unexpected error")
+            response = error_response(
+                500, "internal error; the service log has the details", "internal_error"
+            )
+        finally:
+            request_id_var.reset(token)
+        response.headers["X-Request-ID"] = rid
+        return response
+
+    app.include_router(health.router)
+    app.include_router(segment.router, dependencies=[Depends(require_api_key)])
+    return app

@@ -1,0 +1,29 @@
+"""``GET /health``: never fails because Orthanc is down — it says ``degraded`` instead."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from tumorseg.api.deps import StateDep
+from tumorseg.api.schemas import Health, ModelHealth, OrthancHealth
+from tumorseg.errors import PacsError
+
+router = APIRouter(tags=["health"])
+
+# /health is polled by orchestrators; it must answer quickly even when Orthanc hangs.
+HEALTH_PACS_TIMEOUT_S = 3.0
+
+
+@router.get("/health", response_model=Health)
+def health(state: StateDep) -> Health:
+    try:
+        version: str | None = str(state.pacs.system(timeout=HEALTH_PACS_TIMEOUT_S)["Version"])
+    except PacsError:
+        version = None
+    reachable = version is not None
+    return Health(
+        status="ok" if reachable and state.model.loaded else "degraded",
+        orthanc=OrthancHealth(reachable=reachable, version=version),
+        model=ModelHealth(name=state.model.name, loaded=state.model.loaded),
+        device=state.device,
+    )

@@ -1,0 +1,79 @@
+"""The one settings object. Nothing else in tumorseg reads ``os.environ``.
+
+Values come from environment variables prefixed ``TUMORSEG_`` and an optional ``.env`` file
+(see CONTRACT.md, "Configuration"). Unusable values are refused when the object is built, with a
+message that says how to fix them, so the service fails at start-up rather than on the first request.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tumorseg.paths import MODELS_DIR
+
+DEFAULT_MODEL_PATH = MODELS_DIR / "default"
+
+
+class Settings(BaseSettings):
+    """Validated configuration; build it once (``get_settings()``) and pass it down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TUMORSEG_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    orthanc_url: str = Field(default="http://localhost:8042", description="Base URL of Orthanc's REST API.")
+    orthanc_username: str | None = Field(default=None, description="Orthanc HTTP basic-auth user.")
+    orthanc_password: SecretStr | None = Field(default=None, description="Orthanc HTTP basic-auth password.")
+    orthanc_timeout: float = Field(default=60.0, description="Seconds allowed for one Orthanc call.")
+    results_dir: Path = Field(default=Path("./results"), description="Where results are persisted.")
+    model_path: Path = Field(default=DEFAULT_MODEL_PATH, description="Model package directory.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Inference device.")
+    api_key: SecretStr | None = Field(
+        default=None, description="When set, every route but /health needs header X-API-Key."
+    )
+
+    @field_validator("orthanc_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(
+                f"TUMORSEG_ORTHANC_URL={value!r} is not an http(s) URL; set it like http://orthanc-host:8042"
+            )
+        return value.rstrip("/")
+
+    @field_validator("orthanc_timeout")
+    @classmethod
+    def _check_timeout(cls, value: float) -> float:
+        if not 0 < value <= 3600:
+            raise ValueError(
+                f"TUMORSEG_ORTHANC_TIMEOUT={value} must be between 0 and 3600 seconds "
+                "(Orthanc finds and downloads need tens of seconds on real PACS sizes; default 60)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> Settings:
+        if (self.orthanc_username is None) != (self.orthanc_password is None):
+            raise ValueError("set both TUMORSEG_ORTHANC_USERNAME and TUMORSEG_ORTHANC_PASSWORD, or neither")
+        if self.api_key is not None and not self.api_key.get_secret_value().strip():
+            raise ValueError("TUMORSEG_API_KEY is set but empty; unset it to run open, or give a key")
+        return self
+
+    @property
+    def orthanc_auth(self) -> tuple[str, str] | None:
+        if self.orthanc_username is None or self.orthanc_password is None:
+            return None
+        return (self.orthanc_username, self.orthanc_password.get_secret_value())
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

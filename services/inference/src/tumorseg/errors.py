@@ -1,0 +1,95 @@
+"""The errors tumorseg raises, as one tree.
+
+    TumorsegError
+    ├── PacsError                    Orthanc could not give a usable answer
+    │   ├── PacsUnavailable          not reachable (connection refused/reset, DNS)      → 503
+    │   ├── PacsTimeout              reachable but too slow (read/write/pool timeout)   → 504
+    │   ├── PacsRejected             credentials refused (401/403)                      → 502
+    │   ├── PacsProtocolError        answered, but wrongly (5xx, bad JSON, empty body)  → 502
+    │   └── PacsNotFound             Orthanc does not know the resource (404)           → 404
+    ├── StudyError                   the patient's data cannot be used as asked         → 422
+    │   ├── PatientNotFound          no study for this PatientID                        → 404
+    │   ├── StudyNotFound            no such StudyInstanceUID for this patient          → 404
+    │   ├── ModalityMissing          FLAIR/T1/T1ce/T2 not all present                   → 422
+    │   ├── AmbiguousSeries          two series fit one modality equally well           → 422
+    │   └── BrokenSeries             a series cannot become a volume                    → 422
+    ├── ResultNotFound               unknown result id                                  → 404
+    ├── InvalidInput                 a value the caller sent is malformed               → 422
+    └── ModelError                   the model package cannot be loaded or run          → 503
+
+Library errors are wrapped where they enter (``raise PacsTimeout(...) from exc``). The HTTP status of
+each class is decided in one place only: ``tumorseg.api.errors``. Messages are written for the user
+who has to act on them and never contain patient names or birth dates.
+"""
+
+from __future__ import annotations
+
+
+class TumorsegError(Exception):
+    """Base of every error tumorseg raises on purpose. ``code`` is the stable machine-readable name."""
+
+    code = "tumorseg_error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class PacsError(TumorsegError):
+    code = "pacs_error"
+
+
+class PacsUnavailable(PacsError):
+    code = "pacs_unavailable"
+
+
+class PacsTimeout(PacsError):
+    code = "pacs_timeout"
+
+
+class PacsRejected(PacsError):
+    code = "pacs_rejected"
+
+
+class PacsProtocolError(PacsError):
+    code = "pacs_protocol_error"
+
+
+class PacsNotFound(PacsError):
+    code = "pacs_not_found"
+
+
+class StudyError(TumorsegError):
+    code = "study_error"
+
+
+class PatientNotFound(StudyError):
+    code = "patient_not_found"
+
+
+class StudyNotFound(StudyError):
+    code = "study_not_found"
+
+
+class ModalityMissing(StudyError):
+    code = "modality_missing"
+
+
+class AmbiguousSeries(StudyError):
+    code = "ambiguous_series"
+
+
+class BrokenSeries(StudyError):
+    code = "broken_series"
+
+
+class ResultNotFound(TumorsegError):
+    code = "result_not_found"
+
+
+class InvalidInput(TumorsegError):
+    code = "invalid_input"
+
+
+class ModelError(TumorsegError):
+    code = "model_error"

@@ -1,0 +1,1 @@
+"""DICOM series → volumes with exact LPS geometry; model grid ⇄ reference lattice."""

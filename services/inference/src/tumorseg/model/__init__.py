@@ -1,0 +1,1 @@
+"""Network definition, model packages and the predictor."""

@@ -1,0 +1,353 @@
+"""Orthanc REST client (httpx, synchronous).
+
+What it does: system info, exact-PatientID study search, series listing with the instance-level tags
+that modality mapping needs, whole-series download with bounded concurrency, instance upload.
+
+Error contract: every httpx failure is wrapped at this boundary (see ``tumorseg.errors``):
+connection refused/reset → ``PacsUnavailable``; read/write/pool timeout → ``PacsTimeout``;
+401/403 → ``PacsRejected``; 404 → ``PacsNotFound``; any other non-2xx, non-JSON or empty answer →
+``PacsProtocolError``. Only connection failures are retried (by the transport), since anything else
+may already have had an effect on the server or will fail the same way again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from tumorseg.errors import (
+    PacsError,
+    PacsNotFound,
+    PacsProtocolError,
+    PacsRejected,
+    PacsTimeout,
+    PacsUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+# Characters with a meaning in Orthanc/DICOM matching: wildcards and the multi-value separator.
+_MATCHING_SPECIALS = ("*", "?", "\\")
+_DICM_OFFSET = 128
+
+
+def _float_or_none(value: Any) -> float | None:
+    """A DICOM DS/IS value from simplified-tags ("2500", "2500\\2600", "" or absent) as its first float."""
+    if value is None:
+        return None
+    text = str(value).split("\\")[0].strip()
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _multi(value: Any) -> tuple[str, ...]:
+    if value is None or value == "":
+        return ()
+    return tuple(part.strip() for part in str(value).split("\\"))
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """One study as Orthanc lists it. Dates are DICOM DA/TM strings ("" when absent)."""
+
+    orthanc_id: str
+    study_instance_uid: str
+    patient_id: str
+    study_date: str
+    study_time: str
+    study_description: str
+    series_ids: tuple[str, ...]
+
+    @classmethod
+    def from_orthanc(cls, data: dict[str, Any]) -> StudyInfo:
+        tags = data.get("MainDicomTags", {})
+        patient = data.get("PatientMainDicomTags", {})
+        return cls(
+            orthanc_id=data["ID"],
+            study_instance_uid=tags.get("StudyInstanceUID", ""),
+            patient_id=patient.get("PatientID", ""),
+            study_date=tags.get("StudyDate", ""),
+            study_time=tags.get("StudyTime", ""),
+            study_description=tags.get("StudyDescription", ""),
+            series_ids=tuple(data.get("Series", ())),
+        )
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """A series with the tags modality mapping needs, read from Orthanc's series record and from one
+    of its instances (those tags are not series-level in Orthanc's index). Times are in ms, as in DICOM."""
+
+    orthanc_id: str
+    series_instance_uid: str
+    modality: str
+    series_description: str
+    protocol_name: str
+    series_number: str
+    image_type: tuple[str, ...]
+    repetition_time: float | None
+    echo_time: float | None
+    inversion_time: float | None
+    contrast_bolus_agent: str
+    mr_acquisition_type: str
+    image_orientation_patient: tuple[float, ...] | None
+    instance_ids: tuple[str, ...]
+
+    @property
+    def instance_count(self) -> int:
+        return len(self.instance_ids)
+
+    @classmethod
+    def from_orthanc(cls, series: dict[str, Any], instance_tags: dict[str, Any]) -> SeriesInfo:
+        main = series.get("MainDicomTags", {})
+
+        def tag(name: str) -> Any:
+            return instance_tags.get(name, main.get(name))
+
+        iop = _multi(tag("ImageOrientationPatient"))
+        orientation = tuple(float(v) for v in iop) if len(iop) == 6 else None
+        return cls(
+            orthanc_id=series["ID"],
+            series_instance_uid=main.get("SeriesInstanceUID", ""),
+            modality=str(tag("Modality") or ""),
+            series_description=str(tag("SeriesDescription") or ""),
+            protocol_name=str(tag("ProtocolName") or ""),
+            series_number=str(tag("SeriesNumber") or ""),
+            image_type=tuple(v.upper() for v in _multi(tag("ImageType"))),
+            repetition_time=_float_or_none(tag("RepetitionTime")),
+            echo_time=_float_or_none(tag("EchoTime")),
+            inversion_time=_float_or_none(tag("InversionTime")),
+            contrast_bolus_agent=str(tag("ContrastBolusAgent") or ""),
+            mr_acquisition_type=str(tag("MRAcquisitionType") or ""),
+            image_orientation_patient=orientation,
+            instance_ids=tuple(series.get("Instances", ())),
+        )
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """Orthanc's answer to ``POST /instances``; ``status`` is "Success" or "AlreadyStored"."""
+
+    instance_id: str
+    study_id: str
+    series_id: str
+    status: str
+
+
+class OrthancClient:
+    """A connection to one Orthanc. Thread-safe (one ``httpx.Client`` with a connection pool).
+
+    ``timeout`` bounds one call (connect, read, write, pool); the connect part is capped at 10 s so an
+    unreachable host is reported quickly. ``transport`` is for tests (``httpx.MockTransport``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        auth: tuple[str, str] | None = None,
+        timeout: float = 60.0,
+        *,
+        download_workers: int = 8,
+        connect_retries: int = 2,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.download_workers = download_workers
+        self._client = httpx.Client(
+            base_url=self.url,
+            auth=auth,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            transport=transport or httpx.HTTPTransport(retries=connect_retries),
+            limits=httpx.Limits(max_connections=max(download_workers, 4) + 2),
+            headers={"Accept": "application/json"},
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> OrthancClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport and error mapping ---------------------------------------------------------------
+
+    @contextmanager
+    def _mapped_errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except PacsError:
+            raise
+        except httpx.ConnectTimeout as exc:
+            raise PacsUnavailable(
+                f"Orthanc at {self.url} cannot be reached ({what}): connect timed out"
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise PacsTimeout(
+                f"Orthanc at {self.url} did not answer in time ({what}); "
+                "raise TUMORSEG_ORTHANC_TIMEOUT if it is just slow"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise PacsUnavailable(
+                f"Orthanc at {self.url} cannot be reached ({what}): {type(exc).__name__}: {exc}; "
+                "check that it runs and TUMORSEG_ORTHANC_URL"
+            ) from exc
+
+    def _check(self, response: httpx.Response, what: str) -> None:
+        status = response.status_code
+        if status < 300:
+            return
+        if status in (401, 403):
+            raise PacsRejected(
+                f"Orthanc at {self.url} refused the credentials ({what}: HTTP {status}); "
+                "check TUMORSEG_ORTHANC_USERNAME/PASSWORD and Orthanc's RegisteredUsers"
+            )
+        if status == 404:
+            raise PacsNotFound(f"Orthanc has no such resource ({what})")
+        raise PacsProtocolError(f"Orthanc answered HTTP {status} to {what}: {response.text[:200]}")
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        what = f"{method} {path}"
+        with self._mapped_errors(what):
+            response = self._client.request(method, path, **kwargs)
+        self._check(response, what)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise PacsProtocolError(f"Orthanc answered {what} with a body that is not JSON") from exc
+
+    # -- queries -----------------------------------------------------------------------------------
+
+    def system(self, timeout: float | None = None) -> dict[str, Any]:
+        """``GET /system``: Version, Name, DicomAet, ... ``timeout`` overrides the client's (health checks)."""
+        kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        data = self._json("GET", "/system", **kwargs)
+        if not isinstance(data, dict) or "Version" not in data:
+            raise PacsProtocolError(f"{self.url}/system does not look like Orthanc's answer")
+        return data
+
+    def find_studies(self, patient_id: str) -> list[StudyInfo]:
+        """Every study whose PatientID is exactly ``patient_id`` (case and all), oldest first.
+
+        Orthanc treats ``*``/``?`` as wildcards and ``\\`` as a value separator and has no escape, so each
+        such character is queried as ``?`` (any one character) and the answer is filtered exactly.
+        """
+        query = "".join("?" if ch in _MATCHING_SPECIALS else ch for ch in patient_id)
+        body = {"Level": "Study", "Query": {"PatientID": query}, "Expand": True}
+        answer = self._json("POST", "/tools/find", json=body)
+        if not isinstance(answer, list):
+            raise PacsProtocolError("Orthanc answered /tools/find with something other than a list")
+        studies = [StudyInfo.from_orthanc(item) for item in answer]
+        exact = [s for s in studies if s.patient_id == patient_id]
+        return sorted(exact, key=lambda s: (s.study_date, s.study_time, s.study_instance_uid))
+
+    def get_study(self, study_id: str) -> StudyInfo:
+        return StudyInfo.from_orthanc(self._json("GET", f"/studies/{study_id}"))
+
+    def get_patient(self, patient_id: str) -> dict[str, Any]:
+        """``GET /patients/{orthanc id}``. Holds PHI (name, birth date): never log it."""
+        data = self._json("GET", f"/patients/{patient_id}")
+        if not isinstance(data, dict):
+            raise PacsProtocolError("Orthanc answered /patients/{id} with something other than an object")
+        return data
+
+    def list_series(self, study_id: str) -> list[SeriesInfo]:
+        """The series of a study, each with the tags of its first instance merged in, by SeriesNumber."""
+        series = self._json("GET", f"/studies/{study_id}/series")
+        if not isinstance(series, list):
+            raise PacsProtocolError("Orthanc answered /studies/{id}/series with something other than a list")
+
+        def describe(item: dict[str, Any]) -> SeriesInfo:
+            instances = item.get("Instances") or []
+            tags = self.instance_tags(instances[0]) if instances else {}
+            return SeriesInfo.from_orthanc(item, tags)
+
+        with ThreadPoolExecutor(max_workers=min(self.download_workers, max(len(series), 1))) as pool:
+            infos = list(pool.map(describe, series))
+
+        def order(info: SeriesInfo) -> tuple[float, str]:
+            number = _float_or_none(info.series_number)
+            return (number if number is not None else float("inf"), info.series_instance_uid)
+
+        return sorted(infos, key=order)
+
+    def instance_tags(self, instance_id: str) -> dict[str, Any]:
+        """``GET /instances/{id}/simplified-tags``: tag keyword → value (strings; sequences as lists)."""
+        data = self._json("GET", f"/instances/{instance_id}/simplified-tags")
+        if not isinstance(data, dict):
+            raise PacsProtocolError("Orthanc answered simplified-tags with something other than an object")
+        return data
+
+    # -- transfer ----------------------------------------------------------------------------------
+
+    def download_instance(self, instance_id: str) -> bytes:
+        """The DICOM file of one instance, streamed, checked to be complete and to be DICOM Part 10."""
+        what = f"GET /instances/{instance_id}/file"
+        with (
+            self._mapped_errors(what),
+            self._client.stream(
+                "GET", f"/instances/{instance_id}/file", headers={"Accept": "application/dicom"}
+            ) as response,
+        ):
+            self._check(response, what)
+            data = b"".join(response.iter_bytes())
+            expected = response.headers.get("Content-Length")
+        if expected is not None and len(data) != int(expected):
+            raise PacsProtocolError(f"{what}: got {len(data)} bytes of {expected}")
+        if len(data) < _DICM_OFFSET + 4 or data[_DICM_OFFSET : _DICM_OFFSET + 4] != b"DICM":
+            raise PacsProtocolError(f"{what}: the answer is not a DICOM file ({len(data)} bytes)")
+        return data
+
+    def download_series(
+        self, series: SeriesInfo | str, progress: Callable[[int], None] | None = None
+    ) -> list[bytes]:
+        """Every instance of a series as DICOM bytes, in Orthanc's instance order (not slice order).
+
+        Downloads run ``download_workers`` at a time. The count is checked against Orthanc's own list:
+        a series that changes while it is fetched raises ``PacsProtocolError`` instead of coming back short.
+        ``progress`` is called with 1 after each instance.
+        """
+        if isinstance(series, str):
+            record = self._json("GET", f"/series/{series}")
+            series_id, instance_ids = series, tuple(record.get("Instances", ()))
+        else:
+            series_id, instance_ids = series.orthanc_id, series.instance_ids
+
+        def fetch(instance_id: str) -> bytes:
+            data = self.download_instance(instance_id)
+            if progress is not None:
+                progress(1)
+            return data
+
+        with ThreadPoolExecutor(max_workers=self.download_workers) as pool:
+            files = list(pool.map(fetch, instance_ids))
+        if len(files) != len(instance_ids) or not files:
+            raise PacsProtocolError(
+                f"series {series_id}: received {len(files)} instances, Orthanc lists {len(instance_ids)}"
+            )
+        return files
+
+    def upload_instance(self, data: bytes) -> UploadResult:
+        """``POST /instances`` with one DICOM file. Re-sending a stored instance gives ``AlreadyStored``."""
+        answer = self._json("POST", "/instances", content=data, headers={"Content-Type": "application/dicom"})
+        if not isinstance(answer, dict) or "ID" not in answer:
+            raise PacsProtocolError("Orthanc answered POST /instances without an instance ID")
+        return UploadResult(
+            instance_id=answer["ID"],
+            study_id=answer.get("ParentStudy", ""),
+            series_id=answer.get("ParentSeries", ""),
+            status=answer.get("Status", ""),
+        )
+
+    def delete(self, level: str, orthanc_id: str) -> None:
+        """``DELETE /{patients|studies|series|instances}/{id}``; used by tests and clean-up tools."""
+        self._json("DELETE", f"/{level}/{orthanc_id}")

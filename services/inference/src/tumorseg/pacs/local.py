@@ -1,0 +1,135 @@
+"""A local Orthanc process (the Debian ``/usr/sbin/Orthanc``) for tests and ``make demo``.
+
+It runs with the project's ``services/orthanc/orthanc.json``, changing only what must differ per run:
+free HTTP/DICOM ports, storage in a private folder, the plugin folder of the Debian package, and one
+registered user with a random password. It never touches the system service or its database.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from tumorseg.paths import ORTHANC_CONFIG
+
+DEBIAN_ORTHANC = "/usr/sbin/Orthanc"
+DEBIAN_PLUGINS = Path("/usr/share/orthanc/plugins")
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalOrthanc:
+    """Start/stop one Orthanc on 127.0.0.1. ``stop()`` then ``start()`` keeps ports and data (a restart)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        base_config: Path = ORTHANC_CONFIG,
+        username: str = "tumorseg",
+        password: str | None = None,
+        http_port: int | None = None,
+        executable: str = DEBIAN_ORTHANC,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
+        resolved = shutil.which(executable) or executable
+        if not Path(resolved).exists():
+            raise FileNotFoundError(
+                f"Orthanc executable {executable} not found; run `make setup` (installs the Debian package)"
+            )
+        self.executable = resolved
+        self.workdir = Path(workdir)
+        self.username = username
+        self.password = password or secrets.token_urlsafe(16)
+        self.http_port = http_port or free_port()
+        self.dicom_port = free_port()
+        self.log_path = self.workdir / "orthanc.log"
+        self.config_path = self.workdir / "orthanc.json"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._write_config(base_config, overrides or {})
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        return (self.username, self.password)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def _write_config(self, base_config: Path, overrides: dict[str, Any]) -> None:
+        storage = self.workdir / "db"
+        storage.mkdir(parents=True, exist_ok=True)
+        config = json.loads(base_config.read_text())
+        config.update(
+            HttpPort=self.http_port,
+            DicomPort=self.dicom_port,
+            StorageDirectory=str(storage),
+            IndexDirectory=str(storage),
+            AuthenticationEnabled=True,
+            RegisteredUsers={self.username: self.password},
+            Plugins=[str(DEBIAN_PLUGINS)] if DEBIAN_PLUGINS.is_dir() else [],
+        )
+        config.update(overrides)
+        self.config_path.write_text(json.dumps(config, indent=2))
+
+    def start(self, timeout: float = 30.0) -> LocalOrthanc:
+        if self.running:
+            return self
+        self._log = self.log_path.open("ab")
+        self._process = subprocess.Popen(
+            [self.executable, str(self.config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(
+                    f"Orthanc exited with code {self._process.returncode}; see {self.log_path}"
+                )
+            try:
+                if httpx.get(f"{self.url}/system", auth=self.auth, timeout=1.0).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"Orthanc did not answer within {timeout} s; see {self.log_path}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> LocalOrthanc:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,9 @@
+"""Where the repository's own files are, when tumorseg runs from a checkout (editable install)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[4]
+ORTHANC_CONFIG = REPO_ROOT / "services" / "orthanc" / "orthanc.json"
+MODELS_DIR = REPO_ROOT / "models"
