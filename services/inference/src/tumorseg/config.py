@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     orthanc_timeout: float = Field(default=60.0, description="Seconds allowed for one Orthanc call.")
     results_dir: Path = Field(default=Path("./results"), description="Where results are persisted.")
     model_path: Path = Field(default=DEFAULT_MODEL_PATH, description="Model package directory.")
+    mapping_rules: Path | None = Field(
+        default=None,
+        description="A JSON file of series-mapping rules that replaces the shipped one (tumorseg/study/rules.json).",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Inference device.")
     api_key: SecretStr | None = Field(
         default=None, description="When set, every route but /health needs header X-API-Key."

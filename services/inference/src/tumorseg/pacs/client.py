@@ -99,6 +99,13 @@ class SeriesInfo:
     contrast_bolus_agent: str
     mr_acquisition_type: str
     image_orientation_patient: tuple[float, ...] | None
+    slice_thickness: float | None
+    spacing_between_slices: float | None
+    pixel_spacing: tuple[float, ...] | None
+    rows: int | None
+    columns: int | None
+    series_date: str
+    series_time: str
     instance_ids: tuple[str, ...]
 
     @property
@@ -114,6 +121,8 @@ class SeriesInfo:
 
         iop = _multi(tag("ImageOrientationPatient"))
         orientation = tuple(float(v) for v in iop) if len(iop) == 6 else None
+        spacing = _multi(tag("PixelSpacing"))
+        rows, columns = _float_or_none(tag("Rows")), _float_or_none(tag("Columns"))
         return cls(
             orthanc_id=series["ID"],
             series_instance_uid=main.get("SeriesInstanceUID", ""),
@@ -128,6 +137,13 @@ class SeriesInfo:
             contrast_bolus_agent=str(tag("ContrastBolusAgent") or ""),
             mr_acquisition_type=str(tag("MRAcquisitionType") or ""),
             image_orientation_patient=orientation,
+            slice_thickness=_float_or_none(tag("SliceThickness")),
+            spacing_between_slices=_float_or_none(tag("SpacingBetweenSlices")),
+            pixel_spacing=tuple(float(v) for v in spacing) if len(spacing) == 2 else None,
+            rows=int(rows) if rows is not None else None,
+            columns=int(columns) if columns is not None else None,
+            series_date=str(tag("SeriesDate") or ""),
+            series_time=str(tag("SeriesTime") or ""),
             instance_ids=tuple(series.get("Instances", ())),
         )
 
