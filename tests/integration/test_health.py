@@ -1,0 +1,142 @@
+"""/health, /docs and /openapi.json with the service pointed at a real Orthanc."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import OrthancEndpoint
+from tumorseg.api.main import create_app
+from tumorseg.config import Settings
+from tumorseg.pacs.local import LocalOrthanc, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def settings_for(url: str, auth: tuple[str, str] | None, **extra: object) -> Settings:
+    user, password = auth if auth else (None, None)
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        orthanc_url=url,
+        orthanc_username=user,
+        orthanc_password=password,
+        device="cpu",
+        **extra,
+    )
+
+
+def test_health_reports_orthanc_version(orthanc: OrthancEndpoint) -> None:
+    with orthanc.client() as pacs:
+        version = pacs.system()["Version"]
+    with TestClient(create_app(settings_for(orthanc.url, orthanc.auth))) as client:
+        response = client.get("/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["orthanc"] == {"reachable": True, "version": version}
+    assert body["device"] == "cpu"
+    assert set(body["model"]) == {"name", "loaded"}
+    assert body["status"] == ("ok" if body["model"]["loaded"] else "degraded")
+    assert response.headers["X-Request-ID"]
+
+
+def test_health_with_rejected_credentials_is_degraded(orthanc: OrthancEndpoint) -> None:
+    with TestClient(create_app(settings_for(orthanc.url, (orthanc.username, "nope")))) as client:
+        body = client.get("/health").json()
+    assert body["status"] == "degraded"
+    assert body["orthanc"] == {"reachable": False, "version": None}
+
+
+def test_request_id_is_echoed_or_made(orthanc: OrthancEndpoint) -> None:
+    with TestClient(create_app(settings_for(orthanc.url, orthanc.auth))) as client:
+        assert client.get("/health", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+        made = client.get("/health", headers={"X-Request-ID": "bad id\n"}).headers["X-Request-ID"]
+        assert made != "bad id\n" and len(made) == 32
+
+
+def test_openapi_declares_the_contract_routes(orthanc: OrthancEndpoint) -> None:
+    with TestClient(create_app(settings_for(orthanc.url, orthanc.auth))) as client:
+        spec = client.get("/openapi.json").json()
+        docs = client.get("/docs")
+    assert "/health" in spec["paths"]
+    segment = spec["paths"]["/segment/{patient_id}"]["post"]
+    assert {p["name"] for p in segment["parameters"]} >= {"patient_id", "study", "reference", "store_seg"}
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_errors_are_json_with_a_code(orthanc: OrthancEndpoint) -> None:
+    with TestClient(create_app(settings_for(orthanc.url, orthanc.auth))) as client:
+        missing = client.get("/no-such-route")
+        bad = client.post("/segment/P1", params={"reference": "dwi"})
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+    assert bad.status_code == 422 and bad.json()["code"] == "invalid_input"
+    assert "reference" in bad.json()["detail"]
+
+
+def test_api_key_guards_every_route_but_health(orthanc: OrthancEndpoint) -> None:
+    app = create_app(settings_for(orthanc.url, orthanc.auth, api_key="k" * 32))
+    with TestClient(app) as client:
+        assert client.get("/health").status_code == 200
+        denied = client.post("/segment/P1")
+        assert denied.status_code == 401 and denied.json()["code"] == "unauthorized"
+        assert client.post("/segment/P1", headers={"X-API-Key": "wrong"}).status_code == 401
+        assert client.post("/segment/P1", headers={"X-API-Key": "k" * 32}).status_code != 401
+
+
+@pytest.fixture
+def served(own_orthanc: LocalOrthanc, tmp_path: Path) -> Iterator[tuple[str, LocalOrthanc]]:
+    """`tumorseg serve` as a real process, pointed at a private Orthanc the test may stop."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "TUMORSEG_ORTHANC_URL": own_orthanc.url,
+        "TUMORSEG_ORTHANC_USERNAME": own_orthanc.username,
+        "TUMORSEG_ORTHANC_PASSWORD": own_orthanc.password,
+        "TUMORSEG_DEVICE": "cpu",
+        "TUMORSEG_RESULTS_DIR": str(tmp_path / "results"),
+    }
+    exe = Path(sys.executable).with_name("tumorseg")
+    log = (tmp_path / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [str(exe), "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                httpx.get(f"{url}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "service did not start"
+                time.sleep(0.2)
+        yield url, own_orthanc
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()
+
+
+def test_served_health_follows_orthanc_down_and_up(served: tuple[str, LocalOrthanc]) -> None:
+    url, server = served
+    up = httpx.get(f"{url}/health", timeout=10).json()
+    assert up["orthanc"]["reachable"] is True and up["orthanc"]["version"]
+    assert httpx.get(f"{url}/docs", timeout=10).status_code == 200
+    assert httpx.get(f"{url}/openapi.json", timeout=10).json()["info"]["title"] == "tumorseg"
+
+    server.stop()
+    down = httpx.get(f"{url}/health", timeout=10)
+    assert down.status_code == 200
+    assert down.json()["status"] == "degraded"
+    assert down.json()["orthanc"] == {"reachable": False, "version": None}
+
+    server.start()
+    assert httpx.get(f"{url}/health", timeout=10).json()["orthanc"]["reachable"] is True

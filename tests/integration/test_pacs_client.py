@@ -1,0 +1,151 @@
+"""The Orthanc client against a real Orthanc (see conftest.py)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pydicom
+import pytest
+from pydicom.filebase import DicomBytesIO
+from pydicom.uid import generate_uid
+
+from tests.conftest import OrthancEndpoint
+from tests.dicom_factory import mr_series, unique_patient_id
+from tumorseg.errors import PacsNotFound, PacsProtocolError, PacsRejected, PacsTimeout, PacsUnavailable
+from tumorseg.pacs import OrthancClient
+from tumorseg.pacs.local import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def upload(client: OrthancClient, files: list[bytes]) -> str:
+    """Upload and return the Orthanc id of the study."""
+    results = [client.upload_instance(f) for f in files]
+    assert {r.status for r in results} == {"Success"}
+    return results[0].study_id
+
+
+def test_system_reports_the_version(orthanc_client: OrthancClient) -> None:
+    info = orthanc_client.system()
+    assert info["Version"].count(".") >= 1
+
+
+def test_patient_id_wildcards_match_only_themselves(orthanc_client: OrthancClient) -> None:
+    base = unique_patient_id("WILD")
+    ids = [f"{base}*A", f"{base}XA", f"{base}?A", f"{base}YA", f"{base}A"]
+    for pid in ids:
+        upload(orthanc_client, mr_series(pid, generate_uid(), n=1))
+    for pid in ids:
+        found = orthanc_client.find_studies(pid)
+        assert [s.patient_id for s in found] == [pid], pid
+    assert orthanc_client.find_studies(f"{base}*") == []
+
+
+def test_patient_with_two_studies_lists_both_oldest_first(orthanc_client: OrthancClient) -> None:
+    pid = unique_patient_id("TWO")
+    old, new = generate_uid(), generate_uid()
+    upload(orthanc_client, mr_series(pid, new, n=2, study_date="20260301"))
+    upload(orthanc_client, mr_series(pid, old, n=2, study_date="20240115"))
+    found = orthanc_client.find_studies(pid)
+    assert [s.study_instance_uid for s in found] == [old, new]
+    assert [s.study_date for s in found] == ["20240115", "20260301"]
+    assert all(len(s.series_ids) == 1 for s in found)
+
+
+def test_unknown_patient_finds_nothing(orthanc_client: OrthancClient) -> None:
+    assert orthanc_client.find_studies(unique_patient_id("NOBODY")) == []
+
+
+def test_series_listing_carries_instance_level_tags(orthanc_client: OrthancClient) -> None:
+    pid = unique_patient_id("TAGS")
+    study_id = upload(
+        orthanc_client, mr_series(pid, generate_uid(), n=4, series_description="t2_tirm_tra_dark-fluid")
+    )
+    (series,) = orthanc_client.list_series(study_id)
+    assert series.series_description == "t2_tirm_tra_dark-fluid"
+    assert series.modality == "MR"
+    assert (series.repetition_time, series.echo_time, series.inversion_time) == (9000.0, 100.0, 2500.0)
+    assert series.image_type == ("ORIGINAL", "PRIMARY", "M", "ND")
+    assert series.image_orientation_patient == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    assert series.pixel_spacing == (1.0, 1.0)
+    assert (series.rows, series.columns) == (8, 8)
+    assert series.instance_count == 4
+
+
+def test_series_download_is_complete_and_is_dicom(orthanc_client: OrthancClient) -> None:
+    pid = unique_patient_id("DL")
+    files = mr_series(pid, generate_uid(), n=12)
+    study_id = upload(orthanc_client, files)
+    (series,) = orthanc_client.list_series(study_id)
+    progress: list[int] = []
+    downloaded = orthanc_client.download_series(series, progress=progress.append)
+    assert len(downloaded) == series.instance_count == len(files) == sum(progress)
+    sop = {pydicom.dcmread(DicomBytesIO(b)).SOPInstanceUID for b in downloaded}
+    assert sop == {pydicom.dcmread(DicomBytesIO(b)).SOPInstanceUID for b in files}
+    assert len(orthanc_client.download_series(series.orthanc_id)) == len(files)
+
+
+def test_second_upload_is_already_stored(orthanc_client: OrthancClient) -> None:
+    files = mr_series(unique_patient_id("AGAIN"), generate_uid(), n=1)
+    assert orthanc_client.upload_instance(files[0]).status == "Success"
+    assert orthanc_client.upload_instance(files[0]).status == "AlreadyStored"
+
+
+def test_non_dicom_upload_is_refused(orthanc_client: OrthancClient) -> None:
+    with pytest.raises(PacsProtocolError):
+        orthanc_client.upload_instance(b"this is not DICOM")
+
+
+def test_unknown_resources_are_not_found(orthanc_client: OrthancClient) -> None:
+    with pytest.raises(PacsNotFound):
+        orthanc_client.list_series("0000000-no-such-study")
+    with pytest.raises(PacsNotFound):
+        orthanc_client.download_instance("0000000-no-such-instance")
+
+
+def test_wrong_password_is_rejected(orthanc: OrthancEndpoint) -> None:
+    with OrthancClient(orthanc.url, (orthanc.username, "wrong-password")) as client:
+        with pytest.raises(PacsRejected):
+            client.system()
+    with OrthancClient(orthanc.url, None) as client, pytest.raises(PacsRejected):
+        client.find_studies("anyone")
+
+
+def test_closed_port_is_unavailable() -> None:
+    with OrthancClient(f"http://127.0.0.1:{free_port()}", None, timeout=5) as client:
+        with pytest.raises(PacsUnavailable):
+            client.system()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A real TCP server that accepts connections and never answers: a hung Orthanc."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+def test_hung_server_times_out(silent_server: str) -> None:
+    with OrthancClient(silent_server, None, timeout=0.5) as client, pytest.raises(PacsTimeout):
+        client.system()
