@@ -71,3 +71,56 @@ def mr_instance(
 def mr_series(patient_id: str, study_uid: str, n: int = 3, **kwargs: object) -> list[bytes]:
     series_uid = generate_uid()
     return [mr_instance(patient_id, study_uid, series_uid, i, **kwargs) for i in range(n)]  # type: ignore[arg-type]
+
+
+def volume_series(
+    values: object,
+    *,
+    rows: int,
+    columns: int,
+    slices: int,
+    origin: tuple[float, float, float],
+    row_dir: tuple[float, float, float],
+    col_dir: tuple[float, float, float],
+    pixel_spacing: tuple[float, float],
+    slice_spacing: float,
+    patient_id: str = "GEOM",
+    rescale: tuple[float, float] = (1.0, 0.0),
+) -> list[bytes]:
+    """A series whose pixel (row r, column c) of slice s holds ``values(point)`` where ``point`` is that
+    pixel's LPS position, computed here from first principles: IPP_s + c·Δc·row_dir + r·Δr·col_dir, with
+    IPP_s = origin + s·slice_spacing·(row_dir × col_dir). Stored = (value - intercept) / slope."""
+    func = values  # a callable (N, 3) -> (N,)
+    study_uid, series_uid = generate_uid(), generate_uid()
+    rd, cd = np.asarray(row_dir, float), np.asarray(col_dir, float)
+    normal = np.cross(rd, cd)
+    rr, cc = np.meshgrid(np.arange(rows), np.arange(columns), indexing="ij")
+    files = []
+    for s in range(slices):
+        ipp = np.asarray(origin, float) + s * slice_spacing * normal
+        points = ipp + cc[..., None] * pixel_spacing[1] * rd + rr[..., None] * pixel_spacing[0] * cd
+        stored = (func(points.reshape(-1, 3)).reshape(rows, columns) - rescale[1]) / rescale[0]  # type: ignore[operator]
+        data = mr_instance(patient_id, study_uid, series_uid, s)
+        ds = pydicom_read(data)
+        ds.Rows, ds.Columns = rows, columns
+        ds.ImageOrientationPatient = [*map(float, rd), *map(float, cd)]
+        ds.ImagePositionPatient = [float(v) for v in ipp]
+        ds.PixelSpacing = list(pixel_spacing)
+        ds.SliceThickness = slice_spacing
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+        ds.PixelRepresentation = 1
+        ds.PixelData = np.round(stored).astype(np.int16).tobytes()
+        files.append(to_bytes(ds))
+    return files
+
+
+def pydicom_read(data: bytes) -> Dataset:
+    import pydicom
+
+    return pydicom.dcmread(DicomBytesIO(data))
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    buffer = DicomBytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

@@ -1,0 +1,126 @@
+"""Model input preparation, shared by serving and training so the two cannot drift.
+
+``prepare`` takes the four co-registered volumes (``SimpleITK.Image``, any lattices, LPS geometry),
+resamples them in physical space onto the model grid of the reference volume (``grid.model_grid``),
+crops to the foreground bounding box (+ margin), and normalises each channel to zero mean / unit variance
+over its non-zero voxels (MONAI ``NormalizeIntensity(nonzero=True, channel_wise=True)``).
+
+Output array contract: float32, shape (C, I, J, K), channels in ``Preprocessing.channels`` order, the
+spatial axes the index axes (i, j, k) of ``ModelInput.grid`` (identity direction in LPS: L, P, S), 1 mm.
+``ModelInput.grid`` carries the geometry of exactly those voxels, so a prediction can be put back into
+physical space (``grid.from_array``) and onto any series' lattice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from numpy.typing import NDArray
+
+from tumorseg.imaging import grid as g
+
+MODALITIES = ("flair", "t1", "t1ce", "t2")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a model package records about its input; ``to_json``/``from_json`` round-trip it."""
+
+    channels: tuple[str, ...] = MODALITIES
+    spacing_mm: float = 1.0
+    normalisation: str = "zscore_nonzero_channelwise"
+    crop_foreground: bool = True
+    crop_margin_vox: int = 8
+    divisible_by: int = field(default=16)
+
+    def __post_init__(self) -> None:
+        if sorted(self.channels) != sorted(MODALITIES):
+            raise ValueError(f"channels must be a permutation of {MODALITIES}, got {self.channels}")
+        if self.normalisation != "zscore_nonzero_channelwise":
+            raise ValueError(f"unknown normalisation {self.normalisation!r}")
+        if not 0.25 <= self.spacing_mm <= 4:
+            raise ValueError(f"spacing_mm {self.spacing_mm} is outside 0.25–4 mm")
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["channels"] = list(self.channels)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Preprocessing:
+        values = dict(data)
+        if "channels" in values:
+            values["channels"] = tuple(values["channels"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    array: NDArray[np.float32]  # (C, I, J, K), see module docstring
+    grid: sitk.Image  # geometry of the spatial axes (empty uint8 image)
+
+
+def foreground_box(
+    mask: NDArray[np.bool_], margin: int, divisible_by: int
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(start, size) of the bounding box of ``mask`` grown by ``margin`` and to a multiple of
+    ``divisible_by`` where the array allows; the whole array when ``mask`` is empty."""
+    shape = mask.shape
+    if not mask.any():
+        return (0, 0, 0), tuple(shape)
+    start, size = [], []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=others))
+        lo, hi = max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, shape[axis])
+        want = int(np.ceil((hi - lo) / divisible_by) * divisible_by)
+        if want <= shape[axis]:
+            extra = want - (hi - lo)
+            lo = max(0, min(lo - extra // 2, shape[axis] - want))
+            hi = lo + want
+        start.append(lo)
+        size.append(hi - lo)
+    return tuple(start), tuple(size)
+
+
+def zscore_nonzero(channel: NDArray[np.float32]) -> NDArray[np.float32]:
+    """In place: (x - mean) / std over non-zero voxels; zero voxels stay 0."""
+    nonzero = channel != 0
+    if nonzero.any():
+        values = channel[nonzero]
+        mean, std = float(values.mean()), float(values.std())
+        channel[nonzero] = (values - mean) / (std if std > 0 else 1.0)
+    return channel
+
+
+def prepare(
+    volumes: Mapping[str, sitk.Image], reference: str, prep: Preprocessing, labels: sitk.Image | None = None
+) -> tuple[ModelInput, NDArray[np.uint8] | None]:
+    """Volumes (and optionally a label map, for training) → model input on the cropped model grid."""
+    missing = [m for m in prep.channels if m not in volumes]
+    if missing:
+        raise ValueError(f"missing volumes for {missing}")
+    full = g.model_grid(volumes[reference], prep.spacing_mm)
+    channels = [
+        g.to_array(g.resample(volumes[m], full)).astype(np.float32, copy=False) for m in prep.channels
+    ]
+    stacked = np.stack(channels)
+    if prep.crop_foreground:
+        start, size = foreground_box(
+            np.asarray(stacked.any(axis=0), dtype=bool), prep.crop_margin_vox, prep.divisible_by
+        )
+    else:
+        start, size = (0, 0, 0), stacked.shape[1:]
+    box = tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))
+    array = np.ascontiguousarray(stacked[(slice(None), *box)])
+    for c in range(array.shape[0]):
+        zscore_nonzero(array[c])
+    cropped = g.crop(full, (start[0], start[1], start[2]), (size[0], size[1], size[2]))
+    label_array = None
+    if labels is not None:
+        label_array = g.to_array(g.resample_labels(labels, cropped)).astype(np.uint8, copy=False)
+    return ModelInput(array=array, grid=cropped), label_array

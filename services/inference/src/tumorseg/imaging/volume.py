@@ -1,0 +1,171 @@
+"""DICOM series → one volume with exact LPS geometry.
+
+Array contract of the result (``SeriesVolume.image``, a ``SimpleITK.Image``):
+- index axes (i, j, k) = (column, row, slice): i runs along ImageOrientationPatient's row direction
+  (first three values), j along its column direction (last three), k along the slice normal
+  row × column, ascending. Slices are sorted by their position along that normal, never by InstanceNumber.
+- origin = ImagePositionPatient of the first slice in that order, in mm, patient LPS (DICOM's frame).
+- spacing = (column spacing, row spacing, slice spacing) in mm — note PixelSpacing is stored (row, column).
+- direction = the 3×3 matrix whose columns are row direction, column direction, normal (LPS).
+- pixel type float32, with each slice's RescaleSlope/RescaleIntercept applied.
+
+This is the lattice ``dcm2niix`` produces for the same series, up to a signed permutation of the axes
+(dcm2niix writes RAS and may flip the row axis): compare lattices, not raw affines.
+
+A series that cannot become such a volume raises ``BrokenSeries`` naming the series and the reason:
+too few slices, missing geometry tags, several orientations, a slice position shared twice, slices not on
+one line along the normal, uneven slice spacing (a missing slice), or pixel data that cannot be decoded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from numpy.typing import NDArray
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+
+from tumorseg.errors import BrokenSeries
+
+log = logging.getLogger(__name__)
+
+# Geometry tolerances: direction cosines are written with limited precision, positions in 0.01 mm steps.
+ORIENTATION_TOLERANCE = 1e-3
+SPACING_RELATIVE_TOLERANCE = 0.02
+SPACING_ABSOLUTE_TOLERANCE_MM = 0.02
+MIN_SLICES = 2
+
+
+@dataclass(frozen=True)
+class SeriesVolume:
+    """A loaded series: the volume and what a DICOM SEG needs to reference its source instances.
+
+    ``sop_instance_uids[k]`` is the instance whose pixels are slice k of ``image`` (same order)."""
+
+    image: sitk.Image
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    sop_class_uid: str
+    sop_instance_uids: tuple[str, ...]
+    label: str
+
+    @property
+    def shape_ijk(self) -> tuple[int, int, int]:
+        size = self.image.GetSize()
+        return (int(size[0]), int(size[1]), int(size[2]))
+
+
+def _parse(data: bytes, label: str) -> Dataset:
+    try:
+        return pydicom.dcmread(DicomBytesIO(data))
+    except Exception as exc:  # pydicom raises many types for a damaged file
+        raise BrokenSeries(f"series {label}: an instance is not readable DICOM ({exc})") from exc
+
+
+def _vector(ds: Dataset, keyword: str, length: int, label: str) -> NDArray[np.float64]:
+    value = ds.get(keyword)
+    if value is None or len(value) != length:
+        raise BrokenSeries(f"series {label}: instance {ds.get('SOPInstanceUID', '?')} has no valid {keyword}")
+    return np.asarray([float(v) for v in value], dtype=np.float64)
+
+
+def _pixels(ds: Dataset, label: str) -> NDArray[np.float32]:
+    """One slice's stored values with the modality rescale applied, as (rows, columns) float32."""
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:  # decoder errors, truncated PixelData, missing handlers
+        raise BrokenSeries(
+            f"series {label}: pixel data of instance {ds.get('SOPInstanceUID', '?')} cannot be decoded ({exc})"
+        ) from exc
+    if stored.ndim != 2:
+        raise BrokenSeries(
+            f"series {label}: instance {ds.get('SOPInstanceUID', '?')} holds {stored.shape} pixels; "
+            "only single-frame greyscale instances are supported"
+        )
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    pixels = stored.astype(np.float32)
+    if slope != 1.0:
+        pixels *= np.float32(slope)
+    if intercept != 0.0:
+        pixels += np.float32(intercept)
+    return pixels
+
+
+def load_series(files: Sequence[bytes], label: str, *, decode_workers: int = 4) -> SeriesVolume:
+    """Build the volume of one series from its instances' Part-10 bytes (any order). See module docstring."""
+    if len(files) < MIN_SLICES:
+        raise BrokenSeries(f"series {label}: {len(files)} instance(s); a volume needs at least {MIN_SLICES}")
+    datasets = [_parse(data, label) for data in files]
+
+    orientations = np.stack([_vector(ds, "ImageOrientationPatient", 6, label) for ds in datasets])
+    if np.abs(orientations - orientations[0]).max() > ORIENTATION_TOLERANCE:
+        raise BrokenSeries(
+            f"series {label}: instances have different ImageOrientationPatient (several stacks?)"
+        )
+    row_dir, col_dir = orientations[0][:3], orientations[0][3:]
+    row_dir, col_dir = row_dir / np.linalg.norm(row_dir), col_dir / np.linalg.norm(col_dir)
+    if abs(float(row_dir @ col_dir)) > ORIENTATION_TOLERANCE:
+        raise BrokenSeries(f"series {label}: ImageOrientationPatient row and column are not orthogonal")
+    normal = np.cross(row_dir, col_dir)
+
+    positions = np.stack([_vector(ds, "ImagePositionPatient", 3, label) for ds in datasets])
+    distance = positions @ normal
+    order = np.argsort(distance, kind="stable")
+    datasets = [datasets[i] for i in order]
+    positions, distance = positions[order], distance[order]
+
+    steps = np.diff(distance)
+    if steps.min() < SPACING_ABSOLUTE_TOLERANCE_MM:
+        raise BrokenSeries(
+            f"series {label}: {int((steps < SPACING_ABSOLUTE_TOLERANCE_MM).sum()) + 1} instances share a slice "
+            "position (several echoes, phases or repeats in one series?)"
+        )
+    spacing = float(np.median(steps))
+    uneven = np.abs(steps - spacing) > max(
+        SPACING_ABSOLUTE_TOLERANCE_MM, SPACING_RELATIVE_TOLERANCE * spacing
+    )
+    if uneven.any():
+        k = int(np.argmax(uneven))
+        raise BrokenSeries(
+            f"series {label}: slice spacing is not uniform — {steps[k]:.2f} mm between slices {k + 1} and {k + 2} "
+            f"where the others are {spacing:.2f} mm (a missing slice?); re-send the complete series"
+        )
+    # Every slice must start on the line through the first one along the normal (no shear / gantry tilt).
+    in_plane = (positions - positions[0]) - np.outer(distance - distance[0], normal)
+    if np.abs(in_plane).max() > max(0.05, 0.05 * spacing):
+        raise BrokenSeries(
+            f"series {label}: slice positions are sheared against the slice normal (gantry tilt?)"
+        )
+
+    first = datasets[0]
+    pixel_spacing = _vector(first, "PixelSpacing", 2, label)
+    rows, columns = int(first.Rows), int(first.Columns)
+    for ds in datasets:
+        if (int(ds.Rows), int(ds.Columns)) != (rows, columns):
+            raise BrokenSeries(f"series {label}: instances have different image sizes")
+        if np.abs(_vector(ds, "PixelSpacing", 2, label) - pixel_spacing).max() > 1e-4:
+            raise BrokenSeries(f"series {label}: instances have different PixelSpacing")
+
+    with ThreadPoolExecutor(max_workers=decode_workers) as pool:
+        slices = list(pool.map(lambda ds: _pixels(ds, label), datasets))
+    array = np.stack(slices)  # (k, j, i) = (slice, row, column): SimpleITK's z, y, x
+    image = sitk.GetImageFromArray(array, isVector=False)
+    image.SetOrigin(tuple(float(v) for v in positions[0]))
+    image.SetSpacing((float(pixel_spacing[1]), float(pixel_spacing[0]), spacing))
+    image.SetDirection(tuple(float(v) for v in np.column_stack([row_dir, col_dir, normal]).ravel()))
+
+    return SeriesVolume(
+        image=image,
+        series_instance_uid=str(first.get("SeriesInstanceUID", "")),
+        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
+        sop_class_uid=str(first.get("SOPClassUID", "")),
+        sop_instance_uids=tuple(str(ds.SOPInstanceUID) for ds in datasets),
+        label=label,
+    )
