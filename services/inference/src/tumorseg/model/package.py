@@ -1,0 +1,174 @@
+"""Model packages: a directory with ``model.json`` (the manifest) and the weights it names.
+
+A package is self-describing: architecture and its arguments, input channel order, model grid spacing,
+normalisation and cropping (``Preprocessing``), output regions and threshold, the label mapping, how
+inference tiles the volume, what it was trained on, its metrics and the library versions. ``load_package``
+refuses a package it cannot honour with a message that says why.
+
+Manifest schema (``format_version`` 1)::
+
+    {"format_version": 1, "name": str, "version": str, "weights": "model.pt",
+     "architecture": {"name": "monai.UNet", "args": {...}},
+     "preprocessing": {...Preprocessing...},
+     "output": {"activation": "sigmoid", "regions": ["tc", "wt", "et"], "threshold": 0.5},
+     "labels": {"1": ..., "2": ..., "4": ...},
+     "inference": {"roi_size": [z, y, x], "overlap": 0.25, "sw_batch_size": 1},
+     "training": {...free-form description...}, "metrics": {...}, "versions": {...}}
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tumorseg import __version__
+from tumorseg.errors import ModelError
+from tumorseg.imaging.preprocess import Preprocessing
+from tumorseg.model.labels import LABEL_NAMES, REGIONS
+from tumorseg.model.network import build_network, stride_product
+
+FORMAT_VERSION = 1
+MANIFEST = "model.json"
+WEIGHTS = "model.pt"
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    roi_size: tuple[int, int, int] = (128, 128, 128)
+    overlap: float = 0.25
+    sw_batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    name: str
+    version: str
+    architecture: str
+    architecture_args: dict[str, Any]
+    preprocessing: Preprocessing
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    threshold: float = 0.5
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    weights: str = WEIGHTS
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "weights": self.weights,
+            "architecture": {"name": self.architecture, "args": self.architecture_args},
+            "preprocessing": self.preprocessing.to_json(),
+            "output": {"activation": "sigmoid", "regions": list(REGIONS), "threshold": self.threshold},
+            "labels": dict(LABEL_NAMES),
+            "inference": {
+                "roi_size": list(self.inference.roi_size),
+                "overlap": self.inference.overlap,
+                "sw_batch_size": self.inference.sw_batch_size,
+            },
+            "training": self.training,
+            "metrics": self.metrics,
+            "versions": self.versions or current_versions(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: Path) -> ModelManifest:
+        def refuse(why: str) -> ModelError:
+            return ModelError(f"model package {where} cannot be used: {why}")
+
+        if data.get("format_version") != FORMAT_VERSION:
+            raise refuse(
+                f"format_version {data.get('format_version')!r}, this tumorseg reads {FORMAT_VERSION}"
+            )
+        output = data.get("output", {})
+        if output.get("activation") != "sigmoid" or list(output.get("regions", [])) != list(REGIONS):
+            raise refuse(f"output must be sigmoid regions {list(REGIONS)}, got {output}")
+        if {str(k) for k in data.get("labels", {})} != set(LABEL_NAMES):
+            raise refuse(f"labels must be BraTS {sorted(LABEL_NAMES)}")
+        try:
+            arch = data["architecture"]
+            preprocessing = Preprocessing.from_json(data["preprocessing"])
+            inference = data.get("inference", {})
+            manifest = cls(
+                name=str(data["name"]),
+                version=str(data.get("version", "0")),
+                architecture=str(arch["name"]),
+                architecture_args=dict(arch["args"]),
+                preprocessing=preprocessing,
+                inference=InferenceConfig(
+                    roi_size=tuple(int(v) for v in inference.get("roi_size", (128, 128, 128))),  # type: ignore[arg-type]
+                    overlap=float(inference.get("overlap", 0.25)),
+                    sw_batch_size=int(inference.get("sw_batch_size", 1)),
+                ),
+                threshold=float(output.get("threshold", 0.5)),
+                training=dict(data.get("training", {})),
+                metrics=dict(data.get("metrics", {})),
+                versions=dict(data.get("versions", {})),
+                weights=str(data.get("weights", WEIGHTS)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise refuse(f"manifest is incomplete or wrong ({exc})") from exc
+        factor = stride_product(manifest.architecture_args)
+        if any(side % factor for side in manifest.inference.roi_size):
+            raise refuse(f"roi_size {manifest.inference.roi_size} must divide by {factor} (the strides)")
+        if manifest.preprocessing.divisible_by % factor:
+            raise refuse(f"preprocessing.divisible_by must be a multiple of {factor}")
+        return manifest
+
+
+def current_versions() -> dict[str, str]:
+    import monai
+    import torch
+
+    return {
+        "tumorseg": __version__,
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def save_package(directory: Path, manifest: ModelManifest, state_dict: dict[str, Any]) -> Path:
+    """Write weights then manifest (the manifest last, so a package with a manifest is complete)."""
+    import torch
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(state_dict, directory / manifest.weights)
+    (directory / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
+    return directory
+
+
+def read_manifest(directory: Path) -> ModelManifest:
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ModelError(
+            f"no model package at {directory} (missing {MANIFEST}); set TUMORSEG_MODEL_PATH to a package "
+            "directory, or train one with `tumorseg train`"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ModelError(f"model package {directory}: {MANIFEST} is not valid JSON ({exc})") from exc
+    return ModelManifest.from_json(data, directory)
+
+
+def load_package(directory: Path, device: str = "cpu") -> tuple[ModelManifest, Any]:
+    """The manifest and the network with its weights, in eval mode on ``device``."""
+    import torch
+
+    manifest = read_manifest(directory)
+    weights = directory / manifest.weights
+    if not weights.is_file():
+        raise ModelError(f"model package {directory}: weights file {manifest.weights} is missing")
+    try:
+        network = build_network(manifest.architecture, manifest.architecture_args)
+        state = torch.load(weights, map_location=device, weights_only=True)
+        network.load_state_dict(state)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise ModelError(f"model package {directory}: weights do not fit the architecture ({exc})") from exc
+    return manifest, network.to(device).eval()

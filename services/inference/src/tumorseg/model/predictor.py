@@ -1,0 +1,76 @@
+"""Configure → load → predict. The service builds one ``Predictor`` at start-up and reuses it.
+
+``predict`` takes a ``ModelInput`` (float32 (4, I, J, K) on the cropped model grid, see
+``tumorseg.imaging.preprocess``) and returns region probabilities, float32 (3, I, J, K) in the order
+TC, WT, ET, on the same grid. Inference runs under ``torch.inference_mode`` with MONAI sliding windows,
+with autocast on CUDA, one call at a time per predictor (a lock), since a second concurrent call would only
+compete for the same device memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from tumorseg.imaging.preprocess import ModelInput
+from tumorseg.model.network import stride_product
+from tumorseg.model.package import ModelManifest, load_package
+
+log = logging.getLogger(__name__)
+
+
+class Predictor:
+    def __init__(self, manifest: ModelManifest, network: Any, device: str) -> None:
+        self.manifest = manifest
+        self.network = network
+        self.device = device
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_package(cls, directory: Path, device: str = "cpu") -> Predictor:
+        manifest, network = load_package(directory, device)
+        log.info("model %s %s loaded on %s", manifest.name, manifest.version, device)
+        return cls(manifest, network, device)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def predict(self, model_input: ModelInput) -> NDArray[np.float32]:
+        import torch
+        from monai.inferers import sliding_window_inference
+
+        config = self.manifest.inference
+        # A window larger than the (cropped) volume would only add padding work; keep it divisible.
+        factor = stride_product(self.manifest.architecture_args)
+        roi = tuple(
+            max(factor, min(r, -(-s // factor) * factor))
+            for r, s in zip(config.roi_size, model_input.array.shape[1:], strict=True)
+        )
+        tensor = torch.from_numpy(model_input.array[None]).to(self.device)
+        autocast = torch.autocast("cuda") if self.device == "cuda" else nullcontext()
+        with self._lock, torch.inference_mode(), autocast:
+            logits = sliding_window_inference(
+                tensor,
+                roi_size=roi,
+                sw_batch_size=config.sw_batch_size,
+                predictor=self.network,
+                overlap=config.overlap,
+                mode="gaussian",
+            )
+            assert isinstance(logits, torch.Tensor)
+            probabilities = torch.sigmoid(logits.float())[0]
+        return np.ascontiguousarray(probabilities.cpu().numpy(), dtype=np.float32)
+
+    def warm_up(self) -> None:
+        """One tiny forward pass, so the first request does not pay for lazy initialisation."""
+        import SimpleITK as sitk
+
+        grid = sitk.Image([32, 32, 32], sitk.sitkUInt8)
+        self.predict(ModelInput(array=np.zeros((4, 32, 32, 32), np.float32), grid=grid))

@@ -1,0 +1,109 @@
+"""Model packages: save → load → predict, and refusal of packages that cannot be honoured."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from tumorseg.errors import ModelError
+from tumorseg.imaging.preprocess import ModelInput, Preprocessing
+from tumorseg.model.labels import labels_to_regions, regions_to_labels, volumes_ml
+from tumorseg.model.network import build_network
+from tumorseg.model.package import InferenceConfig, ModelManifest, read_manifest, save_package
+from tumorseg.model.predictor import Predictor
+
+TINY = {
+    "spatial_dims": 3,
+    "in_channels": 4,
+    "out_channels": 3,
+    "channels": [4, 8],
+    "strides": [2],
+    "num_res_units": 0,
+    "norm": "INSTANCE",
+}
+
+
+def tiny_package(directory: Path, **changes: object) -> Path:
+    torch.manual_seed(0)
+    network = build_network("monai.UNet", TINY)
+    manifest = ModelManifest(
+        name="tiny",
+        version="0.0.1",
+        architecture="monai.UNet",
+        architecture_args=TINY,
+        preprocessing=Preprocessing(divisible_by=16),
+        inference=InferenceConfig(roi_size=(32, 32, 32)),
+    )
+    save_package(directory, manifest, network.state_dict())
+    if changes:
+        data = json.loads((directory / "model.json").read_text())
+        data.update(changes)
+        (directory / "model.json").write_text(json.dumps(data))
+    return directory
+
+
+def test_round_trip_and_predict(tmp_path: Path) -> None:
+    predictor = Predictor.from_package(tiny_package(tmp_path / "pkg"))
+    assert predictor.name == "tiny"
+    manifest = read_manifest(tmp_path / "pkg")
+    assert manifest.versions["torch"] == torch.__version__
+    array = np.random.default_rng(0).normal(size=(4, 40, 36, 20)).astype(np.float32)
+    probabilities = predictor.predict(ModelInput(array=array, grid=sitk.Image([40, 36, 20], sitk.sitkUInt8)))
+    assert probabilities.shape == (3, 40, 36, 20) and probabilities.dtype == np.float32
+    assert 0.0 <= probabilities.min() and probabilities.max() <= 1.0
+    again = predictor.predict(ModelInput(array=array, grid=sitk.Image([40, 36, 20], sitk.sitkUInt8)))
+    assert np.array_equal(probabilities, again)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"format_version": 99}, "format_version"),
+        ({"output": {"activation": "softmax", "regions": ["tc", "wt", "et"]}}, "sigmoid"),
+        ({"labels": {"1": "a", "2": "b", "3": "c"}}, "BraTS"),
+        ({"architecture": {"name": "os.system", "args": TINY}}, "unknown architecture"),
+        ({"preprocessing": {"channels": ["flair", "t1"]}}, "permutation"),
+        ({"inference": {"roi_size": [33, 32, 32]}}, "divide"),
+    ],
+)
+def test_packages_that_cannot_be_honoured_are_refused(
+    tmp_path: Path, changes: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ModelError, match=message):
+        Predictor.from_package(tiny_package(tmp_path / "pkg", **changes))
+
+
+def test_missing_package_says_how_to_fix(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="TUMORSEG_MODEL_PATH"):
+        Predictor.from_package(tmp_path / "nothing")
+    package = tiny_package(tmp_path / "pkg")
+    (package / "model.pt").unlink()
+    with pytest.raises(ModelError, match="weights"):
+        Predictor.from_package(package)
+
+
+def test_weights_that_do_not_fit_are_refused(tmp_path: Path) -> None:
+    package = tiny_package(tmp_path / "pkg")
+    torch.save({"nonsense": torch.zeros(1)}, package / "model.pt")
+    with pytest.raises(ModelError, match="do not fit"):
+        Predictor.from_package(package)
+
+
+def test_labels_and_regions_round_trip() -> None:
+    labels = np.array([0, 1, 2, 4, 0, 4], np.uint8)
+    regions = labels_to_regions(labels)
+    assert regions.tolist() == [
+        [False, True, False, True, False, True],  # TC
+        [False, True, True, True, False, True],  # WT
+        [False, False, False, True, False, True],  # ET
+    ]
+    assert np.array_equal(regions_to_labels(regions), labels)
+    # ET outside WT is still tumour; TC outside WT likewise.
+    odd = np.array([[False, True], [False, False], [True, False]])
+    assert regions_to_labels(odd).tolist() == [4, 1]
+    assert volumes_ml(labels, 2.0) == {"tc": 0.006, "wt": 0.008, "et": 0.004}
