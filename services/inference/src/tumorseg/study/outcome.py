@@ -1,0 +1,195 @@
+"""What mapping produces: ``SeriesMapping`` (complete, the pipeline's input) and ``MappingProposal``
+(best effort, possibly incomplete, with the ``StudyError`` that explains why), and their JSON.
+
+``SeriesMapping.to_json()`` gives the CONTRACT ``series`` shape
+``{"study_instance_uid"?, "series": {modality: {"series_instance_uid", "series_description",
+"orthanc_id"}}, "rejected": [{"series_instance_uid", "series_description", "series_number", "reason"}],
+"notes": [str]}``; ``MappingProposal.to_json()`` adds ``"missing"`` and ``"ambiguous"``.
+Messages name series as ``series 5 "AX T2 FLAIR" (UID 1.2.3)`` and never carry patient names or dates
+of birth.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tumorseg.errors import AmbiguousSeries, ModalityMissing, StudyError
+from tumorseg.pacs.client import SeriesInfo
+from tumorseg.study.ranking import describe
+from tumorseg.study.rules import MODALITIES
+
+_MAX_LISTED = 30
+
+
+@dataclass(frozen=True)
+class SeriesMapping:
+    """One series per modality (keys exactly ``flair``, ``t1``, ``t1ce``, ``t2``), every unused series with
+    the reason it was not used, and notes on the choices made. Validated when built."""
+
+    series: dict[str, SeriesInfo]
+    rejected: list[tuple[SeriesInfo, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    study_instance_uid: str | None = None
+
+    def __post_init__(self) -> None:
+        if set(self.series) != set(MODALITIES):
+            raise ValueError(f"a SeriesMapping needs exactly {list(MODALITIES)}, got {sorted(self.series)}")
+        uids = [s.series_instance_uid for s in self.series.values()]
+        if len(set(uids)) != len(uids):
+            raise ValueError(f"a series is mapped to two modalities: {self.series_uids()}")
+
+    def series_uids(self) -> dict[str, str]:
+        return {m: self.series[m].series_instance_uid for m in MODALITIES if m in self.series}
+
+    def to_json(self) -> dict[str, Any]:
+        """The CONTRACT shape: ``series`` as in the result JSON, plus ``rejected`` and ``notes``."""
+        data: dict[str, Any] = {}
+        if self.study_instance_uid is not None:
+            data["study_instance_uid"] = self.study_instance_uid
+        data["series"] = _series_json(self.series)
+        data["rejected"] = _rejected_json(self.rejected)
+        data["notes"] = list(self.notes)
+        return data
+
+
+def _series_json(series: Mapping[str, SeriesInfo]) -> dict[str, dict[str, str]]:
+    return {
+        m: {
+            "series_instance_uid": series[m].series_instance_uid,
+            "series_description": series[m].series_description,
+            "orthanc_id": series[m].orthanc_id,
+        }
+        for m in MODALITIES
+        if m in series
+    }
+
+
+def _rejected_json(rejected: Sequence[tuple[SeriesInfo, str]]) -> list[dict[str, str]]:
+    return [
+        {
+            "series_instance_uid": s.series_instance_uid,
+            "series_description": s.series_description,
+            "series_number": s.series_number,
+            "reason": reason,
+        }
+        for s, reason in rejected
+    ]
+
+
+@dataclass(frozen=True)
+class MappingProposal:
+    """The best mapping the rules allow, complete or not. ``missing``: modalities nothing fits;
+    ``ambiguous``: modality → the equally good candidates; ``explicit_missing``: modality → an explicit
+    UID that is not among the series; ``near_misses``: modality → the best candidate below threshold."""
+
+    series: dict[str, SeriesInfo]
+    rejected: list[tuple[SeriesInfo, str]]
+    notes: list[str]
+    missing: tuple[str, ...]
+    ambiguous: dict[str, tuple[SeriesInfo, ...]]
+    explicit_missing: dict[str, str]
+    near_misses: dict[str, str]
+    modality_counts: dict[str, int]
+    has_mr: bool
+    threshold: float
+    study_instance_uid: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing and not self.ambiguous and not self.explicit_missing
+
+    @property
+    def found_count(self) -> int:
+        """Modalities with at least one fitting series (ambiguous ones count: the data is there)."""
+        return len(self.series) + len(self.ambiguous)
+
+    def error(self, study_label: str | None = None) -> StudyError | None:
+        """The error that makes this proposal unusable, or ``None``. Missing beats ambiguous: resolving an
+        ambiguity would not make the study usable while a modality is absent."""
+        label = study_label or (
+            f"study {self.study_instance_uid}" if self.study_instance_uid else "the study"
+        )
+        if self.explicit_missing:
+            wanted = ", ".join(f"{m}={uid}" for m, uid in self.explicit_missing.items())
+            return ModalityMissing(
+                f"{label} has no series with the SeriesInstanceUID given for {wanted}; "
+                f"its series are: {self._listing()}"
+            )
+        if not self.has_mr:
+            found = ", ".join(
+                f"{mod or 'no Modality'} ×{n}" for mod, n in sorted(self.modality_counts.items())
+            )
+            return ModalityMissing(
+                f"{label} has no MR series (found: {found or 'no series'}); "
+                "segmentation needs MR FLAIR, T1, T1ce and T2"
+            )
+        if self.missing:
+            parts = [f"{label} has no usable series for {', '.join(self.missing)}"]
+            if self.series:
+                parts.append("found " + ", ".join(f"{m}: {describe(s)}" for m, s in self.series.items()))
+            parts.extend(f"closest {m} candidate: {why}" for m, why in self.near_misses.items())
+            if not self.series and not self.near_misses and self.rejected:
+                # Nothing scored at all: say what the series were instead.
+                kinds = Counter(reason.split(" (")[0] for _, reason in self.rejected)
+                parts.append("its series: " + ", ".join(f"{k} ×{n}" for k, n in kinds.most_common()))
+            if self.ambiguous:
+                parts.append(self._ambiguity_text())
+            parts.append(
+                "pass the SeriesInstanceUID for a misread modality explicitly, or extend the mapping rules "
+                "(TUMORSEG_MAPPING_RULES)"
+            )
+            return ModalityMissing("; ".join(parts))
+        if self.ambiguous:
+            return AmbiguousSeries(
+                f"{label}: {self._ambiguity_text()}; pass the SeriesInstanceUID to use for "
+                f"{', '.join(self.ambiguous)} explicitly"
+            )
+        return None
+
+    def require(self, study_label: str | None = None) -> SeriesMapping:
+        """The complete ``SeriesMapping``, or the ``StudyError`` that explains why there is none."""
+        problem = self.error(study_label)
+        if problem is not None:
+            raise problem
+        return SeriesMapping(
+            series={m: self.series[m] for m in MODALITIES},
+            rejected=list(self.rejected),
+            notes=list(self.notes),
+            study_instance_uid=self.study_instance_uid,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Like ``SeriesMapping.to_json`` plus ``missing`` and ``ambiguous`` (for ``tumorseg inspect``)."""
+        data: dict[str, Any] = {}
+        if self.study_instance_uid is not None:
+            data["study_instance_uid"] = self.study_instance_uid
+        data["series"] = _series_json(self.series)
+        data["rejected"] = _rejected_json(self.rejected)
+        data["notes"] = list(self.notes)
+        data["missing"] = list(self.missing) + list(self.explicit_missing)
+        data["ambiguous"] = {m: [s.series_instance_uid for s in c] for m, c in self.ambiguous.items()}
+        return data
+
+    def _ambiguity_text(self) -> str:
+        return "; ".join(
+            f"{m} is ambiguous: {' and '.join(describe(s) for s in candidates)} fit equally well"
+            for m, candidates in self.ambiguous.items()
+        )
+
+    def _listing(self) -> str:
+        every = list(self.series.values()) + [s for s, _ in self.rejected]
+        every.sort(key=lambda s: (_number(s.series_number), s.series_instance_uid))
+        shown = ", ".join(describe(s) for s in every[:_MAX_LISTED])
+        more = f" and {len(every) - _MAX_LISTED} more" if len(every) > _MAX_LISTED else ""
+        return (shown or "none") + more
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.inf
