@@ -15,7 +15,8 @@
     │   └── BrokenSeries             a series cannot become a volume                    → 422
     ├── ResultNotFound               unknown result id                                  → 404
     ├── InvalidInput                 a value the caller sent is malformed               → 422
-    └── ModelError                   the model package cannot be loaded or run          → 503
+    ├── ModelError                   the model package cannot be loaded or run          → 503
+    └── Busy                         the inference queue is full (Retry-After)          → 503
 
 Library errors are wrapped where they enter (``raise PacsTimeout(...) from exc``). The HTTP status of
 each class is decided in one place only: ``tumorseg.api.errors``. Messages are written for the user
@@ -93,3 +94,11 @@ class InvalidInput(TumorsegError):
 
 class ModelError(TumorsegError):
     code = "model_error"
+
+
+class Busy(TumorsegError):
+    code = "busy"
+
+    def __init__(self, detail: str, retry_after_s: int = 30) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s

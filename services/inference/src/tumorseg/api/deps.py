@@ -10,8 +10,12 @@ from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
 from tumorseg.config import Settings
+from tumorseg.errors import ModelError
 from tumorseg.model.device import Device
+from tumorseg.model.predictor import Predictor
 from tumorseg.pacs import OrthancClient
+from tumorseg.pipeline import Segmenter
+from tumorseg.results import ResultStore
 
 
 @dataclass
@@ -28,6 +32,20 @@ class AppState:
     pacs: OrthancClient
     model: ModelState
     device: Device
+    store: ResultStore
+    predictor: Predictor | None = None
+    model_error: str | None = None
+    _segmenter: Segmenter | None = None
+
+    def segmenter(self) -> Segmenter:
+        """The pipeline; ``ModelError`` (503) while no model package could be loaded."""
+        if self._segmenter is None:
+            if self.predictor is None:
+                raise ModelError(self.model_error or "no model is loaded")
+            self._segmenter = Segmenter(
+                self.pacs, self.predictor, self.store, rules=self.settings.mapping_rules
+            )
+        return self._segmenter
 
 
 def get_state(request: Request) -> AppState:

@@ -26,6 +26,7 @@ STATUS_BY_ERROR: list[tuple[type[errors.TumorsegError], int]] = [
     (errors.ResultNotFound, 404),
     (errors.InvalidInput, 422),
     (errors.ModelError, 503),
+    (errors.Busy, 503),
     (errors.TumorsegError, 500),
 ]
 
@@ -53,7 +54,8 @@ async def _tumorseg_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.TumorsegError)
     status = status_for(exc)
     log.warning("request failed: %s (%s → %d)", exc.detail, exc.code, status)
-    return error_response(status, exc.detail, exc.code)
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, errors.Busy) else None
+    return error_response(status, exc.detail, exc.code, headers=headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

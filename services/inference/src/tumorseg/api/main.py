@@ -7,21 +7,32 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
 
 from tumorseg import __version__
 from tumorseg.api.deps import AppState, ModelState, require_api_key
 from tumorseg.api.errors import error_response, install_error_handlers
-from tumorseg.api.routes import health, segment
+from tumorseg.api.routes import health, results, segment
 from tumorseg.config import Settings, get_settings
+from tumorseg.errors import ModelError
 from tumorseg.logs import request_id_var
 from tumorseg.model.device import resolve_device
+from tumorseg.model.predictor import Predictor
 from tumorseg.pacs import OrthancClient
+from tumorseg.results import ResultStore
 
 log = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def load_predictor(path: Path, device: str) -> Predictor:
+    predictor = Predictor.from_package(path, device)
+    predictor.warm_up()
+    return predictor
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -30,12 +41,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pacs = OrthancClient(settings.orthanc_url, settings.orthanc_auth, settings.orthanc_timeout)
-        app.state.tumorseg = AppState(
+        device = resolve_device(settings.device)
+        state = AppState(
             settings=settings,
             pacs=pacs,
             model=ModelState(name=settings.model_path.name),
-            device=resolve_device(settings.device),
+            device=device,
+            store=ResultStore(settings.results_dir),
         )
+        try:
+            state.predictor = await run_in_threadpool(load_predictor, settings.model_path, device)
+            state.model = ModelState(name=state.predictor.name, loaded=True)
+        except ModelError as exc:
+            # The service still starts: /health says degraded and /segment answers 503 with the reason.
+            log.error("model not loaded: %s", exc.detail)
+            state.model_error = exc.detail
+        app.state.tumorseg = state
         log.info("tumorseg %s started; Orthanc at %s", __version__, settings.orthanc_url)
         try:
             yield
@@ -70,4 +91,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health.router)
     app.include_router(segment.router, dependencies=[Depends(require_api_key)])
+    app.include_router(results.router, dependencies=[Depends(require_api_key)])
     return app

@@ -1,36 +1,43 @@
-"""``POST /segment/{patient_id}``: declared with its final shape; the pipeline lands with the segment issue."""
+"""``POST /segment/{patient_id}``: run the pipeline once, synchronously, and return the result JSON."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Path, Query
 
+from tumorseg.api.deps import StateDep
 from tumorseg.api.schemas import ErrorBody, SegmentResult
+from tumorseg.pipeline import SegmentRequest
 
 router = APIRouter(tags=["segmentation"])
 
-_ERRORS: dict[int | str, dict[str, object]] = {
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in {
         401: "missing or wrong API key",
-        404: "unknown patient or study",
-        422: "the study cannot be used (missing/ambiguous modality, broken series)",
-        501: "not implemented yet",
+        404: "unknown patient, study or result",
+        422: "the request or the study cannot be used (missing/ambiguous modality, broken series)",
         502: "Orthanc answered wrongly (e.g. rejected credentials)",
-        503: "Orthanc unreachable",
+        503: "Orthanc unreachable, model not loaded, or the queue is full (Retry-After)",
         504: "Orthanc too slow",
     }.items()
 }
 
 
-@router.post("/segment/{patient_id}", response_model=SegmentResult, responses=_ERRORS)
+@router.post("/segment/{patient_id}", response_model=SegmentResult, responses=ERROR_RESPONSES)
 def segment(
+    state: StateDep,
     patient_id: Annotated[str, Path(description="DICOM PatientID (0010,0020)")],
-    study: Annotated[str | None, Query(description="StudyInstanceUID; default: newest complete")] = None,
+    study: Annotated[
+        str | None, Query(description="StudyInstanceUID; default: newest complete study")
+    ] = None,
     reference: Annotated[
-        Literal["flair", "t1", "t1ce", "t2"], Query(description="series whose lattice the mask lies on")
+        Literal["flair", "t1", "t1ce", "t2"], Query(description="the series whose lattice the mask lies on")
     ] = "flair",
     store_seg: Annotated[bool, Query(description="also store a DICOM SEG in the study")] = False,
 ) -> SegmentResult:
-    raise HTTPException(status_code=501, detail="segmentation is not implemented yet")
+    request = SegmentRequest(
+        patient_id=patient_id, study_instance_uid=study, reference=reference, store_seg=store_seg
+    )
+    return SegmentResult.model_validate(state.segmenter().run(request))

@@ -1,0 +1,32 @@
+"""``GET /results/{result_id}`` and its files."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+from fastapi.responses import FileResponse
+
+from tumorseg.api.deps import StateDep
+from tumorseg.api.routes.segment import ERROR_RESPONSES
+from tumorseg.api.schemas import SegmentResult
+from tumorseg.results import FILES
+
+router = APIRouter(tags=["results"])
+
+ResultId = Annotated[str, Path(description="32 hexadecimal digits, as returned by POST /segment")]
+
+
+@router.get("/results/{result_id}", response_model=SegmentResult, responses=ERROR_RESPONSES)
+def get_result(state: StateDep, result_id: ResultId) -> SegmentResult:
+    return SegmentResult.model_validate(state.store.read(result_id))
+
+
+@router.get(
+    "/results/{result_id}/mask.nii.gz",
+    response_class=FileResponse,
+    responses={200: {"content": {FILES["mask.nii.gz"]: {}}}, **ERROR_RESPONSES},
+)
+def get_mask(state: StateDep, result_id: ResultId) -> FileResponse:
+    path = state.store.file(result_id, "mask.nii.gz")
+    return FileResponse(path, media_type=FILES["mask.nii.gz"], filename=f"{result_id}_mask.nii.gz")
