@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
 
 from tumorseg.config import get_settings
+from tumorseg.errors import TumorsegError
+
+if TYPE_CHECKING:
+    from tumorseg.pacs import OrthancClient
 
 app = typer.Typer(
     help="Brain-tumour segmentation next to an Orthanc PACS.", no_args_is_help=True, add_completion=False
@@ -17,7 +22,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _pacs():  # type: ignore[no-untyped-def]
+def _pacs() -> OrthancClient:
     from tumorseg.pacs import OrthancClient
 
     settings = get_settings()
@@ -39,6 +44,119 @@ def serve(
     uvicorn.run(create_app(), host=host, port=port, log_level="info")
 
 
+Modality = Literal["flair", "t1", "t1ce", "t2"]
+
+
+def _fail(exc: TumorsegError) -> NoReturn:
+    err_console.print(f"[red]error[/red] ({exc.code}): {exc.detail}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def inspect(
+    patient_id: Annotated[str, typer.Argument(help="DICOM PatientID.")],
+    study: Annotated[
+        str | None, typer.Option(help="StudyInstanceUID to assemble instead of the newest.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Orthanc, the patient, the studies, and the series `segment` would use (with rejected series and why)."""
+    from tumorseg.inspect_patient import inspect_patient
+
+    with _pacs() as pacs:
+        try:
+            report = inspect_patient(
+                pacs, patient_id, study_instance_uid=study, rules=get_settings().mapping_rules
+            )
+        except TumorsegError as exc:
+            _fail(exc)
+    if as_json:
+        console.print_json(json.dumps(report))
+    else:
+        _print_inspection(report)
+    if not report["orthanc"]["reachable"] or "series" not in report:
+        raise typer.Exit(code=1)
+
+
+def _print_inspection(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    orthanc = report["orthanc"]
+    state = (
+        f"reachable, version {orthanc['version']}"
+        if orthanc["reachable"]
+        else f"NOT reachable: {orthanc.get('error')}"
+    )
+    console.print(f"Orthanc {orthanc['url']}: {state}")
+    if not orthanc["reachable"]:
+        return
+    patient = report.get("patient")
+    if not patient:
+        console.print(f"no study for PatientID {report['patient_id']!r}")
+        return
+    console.print(
+        f"patient {report['patient_id']}: {patient['patient_name']} born {patient['patient_birth_date']} "
+        f"sex {patient['patient_sex']}"
+    )
+    for study in report["studies"]:
+        console.print(
+            f"study {study['study_instance_uid']} ({study['study_date']}, {study['series_count']} series) "
+            f"{'complete' if study['complete'] else 'incomplete'}"
+        )
+    if "error" in report:
+        console.print(f"[red]cannot segment[/red] ({report['error']['code']}): {report['error']['detail']}")
+        return
+    table = Table(title=f"series for study {report['study_instance_uid']}")
+    for column in ("modality", "series description", "SeriesInstanceUID"):
+        table.add_column(column)
+    for modality, ref in report["series"].items():
+        table.add_row(modality, ref["series_description"], ref["series_instance_uid"])
+    for rejected in report.get("rejected", []):
+        table.add_row("[dim]rejected[/dim]", rejected["series_description"], rejected["reason"])
+    console.print(table)
+    for note in report.get("notes", []):
+        console.print(f"note: {note}")
+
+
+@app.command()
+def segment(
+    patient_id: Annotated[str, typer.Argument(help="DICOM PatientID.")],
+    study: Annotated[
+        str | None, typer.Option(help="StudyInstanceUID; default: newest complete study.")
+    ] = None,
+    reference: Annotated[Modality, typer.Option(help="Series whose lattice the mask lies on.")] = "flair",
+    out: Annotated[Path, typer.Option(help="Folder for mask.nii.gz and result.json.")] = Path("out"),
+) -> None:
+    """The segmentation pipeline without the API: writes OUT/mask.nii.gz and OUT/result.json."""
+    import shutil
+
+    from tumorseg.model.device import resolve_device
+    from tumorseg.model.predictor import Predictor
+    from tumorseg.pipeline import Segmenter, SegmentRequest
+    from tumorseg.results import ResultStore
+
+    settings = get_settings()
+    try:
+        with _pacs() as pacs, console.status("loading the model") as status:
+            predictor = Predictor.from_package(settings.model_path, resolve_device(settings.device))
+            segmenter = Segmenter(
+                pacs, predictor, ResultStore(settings.results_dir), rules=settings.mapping_rules
+            )
+            request = SegmentRequest(patient_id=patient_id, study_instance_uid=study, reference=reference)
+            result = segmenter.run(request, progress=lambda stage: status.update(f"{stage}…"))
+    except TumorsegError as exc:
+        _fail(exc)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(segmenter.store.file(result["result_id"], "mask.nii.gz"), out / "mask.nii.gz")
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    volumes = result["volumes_ml"]
+    console.print(
+        f"result {result['result_id']}: WT {volumes['wt']:.1f} mL, TC {volumes['tc']:.1f} mL, "
+        f"ET {volumes['et']:.1f} mL on the {reference} lattice; total {result['timings_s']['total']:.1f} s"
+    )
+    console.print(f"wrote {out / 'mask.nii.gz'} and {out / 'result.json'}")
+
+
 @app.command()
 def upload(
     directory: Annotated[Path, typer.Argument(help="Folder searched recursively for DICOM files.")],
@@ -58,6 +176,103 @@ def upload(
         if not report.total:
             err_console.print(f"no DICOM files under {directory}")
         raise typer.Exit(code=1)
+
+
+@app.command("to-dicom")
+def to_dicom(
+    case_dir: Annotated[Path, typer.Argument(help="BraTS case folder: <case>_{flair,t1,t1ce,t2}.nii.gz.")],
+    patient_id: Annotated[str, typer.Option("--patient-id", help="PatientID written to every file.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Output folder (study-N/<series>/IM_NNNN.dcm, manifest.json).")
+    ],
+    plane: Annotated[
+        list[str] | None,
+        typer.Option(help="axial|sagittal|coronal, or MOD:PLANE (MOD: flair|t1|t1ce|t2). Repeatable."),
+    ] = None,
+    tilt: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Oblique slices: DEG or MOD:DEG, rotation about the image X axis (AC-PC style). Repeatable."
+        ),
+    ] = None,
+    spacing: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="X,Y,Z or MOD:X,Y,Z mm (column, row, slice spacing); resamples linearly. Repeatable."
+        ),
+    ] = None,
+    reverse_slices: Annotated[
+        list[str] | None,
+        typer.Option(help="InstanceNumber 1 at the far end of the normal: all, or MOD[,MOD]."),
+    ] = None,
+    description: Annotated[
+        list[str] | None, typer.Option(help="MOD:TEXT overrides a SeriesDescription.")
+    ] = None,
+    decoys: Annotated[bool, typer.Option(help="Add a 3-plane localizer, a DWI and an ADC series.")] = False,
+    prior_study: Annotated[
+        bool, typer.Option(help="Add an older study (one year earlier) with its own four series.")
+    ] = False,
+    patient_name: Annotated[str, typer.Option(help="PatientName, DICOM PN (FAMILY^GIVEN).")] = "PHANTOM^DEMO",
+    birth_date: Annotated[str, typer.Option(help="PatientBirthDate, YYYYMMDD.")] = "19680517",
+    sex: Annotated[str, typer.Option(help="PatientSex: M, F or O.")] = "O",
+    study_date: Annotated[str, typer.Option(help="StudyDate, YYYYMMDD.")] = "20240312",
+    transfer_syntax: Annotated[
+        str, typer.Option(help="explicit (little endian), rle or jpeg2000 (lossless).")
+    ] = "explicit",
+    vendor: Annotated[str, typer.Option(help="Naming and physics style: siemens or ge.")] = "siemens",
+) -> None:
+    """Write a BraTS case (real or synthetic) as four DICOM MR series of one study."""
+    from tumorseg import logs
+    from tumorseg.errors import InvalidInput
+    from tumorseg.synth.dicom_options import parse_date, parse_descriptions, parse_geometry
+    from tumorseg.synth.to_dicom import ConversionOptions, convert_case
+
+    logs.configure()
+    try:
+        options = ConversionOptions(
+            geometry=parse_geometry(plane or (), tilt or (), spacing or (), reverse_slices or ()),
+            descriptions=parse_descriptions(description or ()),
+            decoys=decoys,
+            prior_study=prior_study,
+            patient_name=patient_name,
+            birth_date=parse_date(birth_date, "--birth-date"),
+            patient_sex=sex.upper(),
+            study_date=parse_date(study_date, "--study-date"),
+            transfer_syntax=transfer_syntax,  # type: ignore[arg-type]  # validated by ConversionOptions
+            vendor=vendor,  # type: ignore[arg-type]
+        )
+        result = convert_case(case_dir, patient_id, out, options)
+    except InvalidInput as exc:
+        err_console.print(f"[red]error[/red] {exc.detail}")
+        raise typer.Exit(code=2) from exc
+    for study in result.studies:
+        console.print(f"study {study.study_instance_uid} ({study.study_date:%Y-%m-%d}) -> {study.folder}")
+        for s in study.series:
+            console.print(f"  {s.series_number:>2} {s.key:<9} {s.n_files:>4} files  {s.series_description}")
+    console.print(f"manifest: {result.manifest}")
+
+
+@app.command()
+def phantom(
+    out: Annotated[Path, typer.Option(help="Folder that receives one BraTS2021_NNNNN folder per case.")],
+    cases: Annotated[int, typer.Option(min=1, max=100_000, help="Number of cases.")] = 1,
+    seed: Annotated[int, typer.Option(min=0, help="Run seed; case k of a seed is always the same.")] = 0,
+    start_index: Annotated[
+        int, typer.Option(min=0, max=99_999, help="Index of the first case (its id and its seed).")
+    ] = 0,
+) -> None:
+    """Write synthetic BraTS-2021-layout cases (FLAIR, T1, T1ce, T2, seg; 240x240x155, 1 mm)."""
+    from tumorseg.synth.phantom import write_cases
+
+    if start_index + cases > 100_000:
+        err_console.print("[red]error[/red] case ids have five digits: start-index + cases must be <= 100000")
+        raise typer.Exit(code=2)
+
+    def report(index: int, folder: Path) -> None:
+        console.print(f"case {index - start_index + 1}/{cases}: {folder}")
+
+    folders = write_cases(out, cases=cases, seed=seed, start_index=start_index, progress=report)
+    console.print(f"{len(folders)} case(s) written under {out}")
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

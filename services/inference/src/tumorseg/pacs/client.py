@@ -269,12 +269,12 @@ class OrthancClient:
     def get_study(self, study_id: str) -> StudyInfo:
         return StudyInfo.from_orthanc(self._json("GET", f"/studies/{study_id}"))
 
-    def get_patient(self, patient_id: str) -> dict[str, Any]:
-        """``GET /patients/{orthanc id}``. Holds PHI (name, birth date): never log it."""
-        data = self._json("GET", f"/patients/{patient_id}")
+    def patient_of_study(self, study_id: str) -> dict[str, str]:
+        """The patient-level main tags of a study's patient. Holds PHI (name, birth date): never log it."""
+        data = self._json("GET", f"/studies/{study_id}/patient")
         if not isinstance(data, dict):
-            raise PacsProtocolError("Orthanc answered /patients/{id} with something other than an object")
-        return data
+            raise PacsProtocolError("Orthanc answered /studies/{id}/patient with something other than an object")
+        return dict(data.get("MainDicomTags", {}))
 
     def list_series(self, study_id: str) -> list[SeriesInfo]:
         """The series of a study, each with the tags of its first instance merged in, by SeriesNumber."""

@@ -1,0 +1,56 @@
+"""What ``tumorseg inspect`` reports: Orthanc, the patient, the studies, and the mapping ``segment`` would use.
+
+Returns plain JSON-able data. The patient block holds the name and birth date for the person at the
+terminal; nothing here logs them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tumorseg.errors import PacsError, StudyError
+from tumorseg.pacs import OrthancClient
+from tumorseg.study.assemble import assemble
+from tumorseg.study.choose import newest_first
+from tumorseg.study.mapping import propose_mapping
+
+
+def inspect_patient(
+    pacs: OrthancClient, patient_id: str, *, study_instance_uid: str | None = None, rules: Path | None = None
+) -> dict[str, Any]:
+    report: dict[str, Any] = {"patient_id": patient_id}
+    try:
+        report["orthanc"] = {"url": pacs.url, "reachable": True, "version": pacs.system()["Version"]}
+    except PacsError as exc:
+        report["orthanc"] = {"url": pacs.url, "reachable": False, "version": None, "error": exc.detail}
+        return report
+
+    studies = newest_first(pacs.find_studies(patient_id))
+    if studies:
+        tags = pacs.patient_of_study(studies[0].orthanc_id)
+        report["patient"] = {
+            "patient_name": tags.get("PatientName", ""),
+            "patient_birth_date": tags.get("PatientBirthDate", ""),
+            "patient_sex": tags.get("PatientSex", ""),
+        }
+    report["studies"] = []
+    for study in studies:
+        proposal = propose_mapping(pacs.list_series(study.orthanc_id), rules=rules)
+        report["studies"].append(
+            {
+                "study_instance_uid": study.study_instance_uid,
+                "study_date": study.study_date,
+                "study_description": study.study_description,
+                "series_count": len(study.series_ids),
+                "complete": proposal.complete,
+                "mapping": proposal.to_json(),
+            }
+        )
+    try:
+        chosen = assemble(pacs, patient_id, study_instance_uid, rules=rules)
+    except StudyError as exc:
+        report["error"] = {"code": exc.code, "detail": exc.detail}
+    else:
+        report.update(chosen.to_json())
+    return report
