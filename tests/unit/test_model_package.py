@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,41 +9,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from tests.models import TINY, tiny_package
 from tumorseg.errors import ModelError
-from tumorseg.imaging.preprocess import ModelInput, Preprocessing
+from tumorseg.imaging.preprocess import ModelInput
 from tumorseg.model.labels import labels_to_regions, regions_to_labels, volumes_ml
-from tumorseg.model.network import build_network
-from tumorseg.model.package import InferenceConfig, ModelManifest, read_manifest, save_package
+from tumorseg.model.package import read_manifest
 from tumorseg.model.predictor import Predictor
-
-TINY = {
-    "spatial_dims": 3,
-    "in_channels": 4,
-    "out_channels": 3,
-    "channels": [4, 8],
-    "strides": [2],
-    "num_res_units": 0,
-    "norm": "INSTANCE",
-}
-
-
-def tiny_package(directory: Path, **changes: object) -> Path:
-    torch.manual_seed(0)
-    network = build_network("monai.UNet", TINY)
-    manifest = ModelManifest(
-        name="tiny",
-        version="0.0.1",
-        architecture="monai.UNet",
-        architecture_args=TINY,
-        preprocessing=Preprocessing(divisible_by=16),
-        inference=InferenceConfig(roi_size=(32, 32, 32)),
-    )
-    save_package(directory, manifest, network.state_dict())
-    if changes:
-        data = json.loads((directory / "model.json").read_text())
-        data.update(changes)
-        (directory / "model.json").write_text(json.dumps(data))
-    return directory
 
 
 def test_round_trip_and_predict(tmp_path: Path) -> None:

@@ -126,6 +126,9 @@ def segment(
     ] = None,
     reference: Annotated[Modality, typer.Option(help="Series whose lattice the mask lies on.")] = "flair",
     out: Annotated[Path, typer.Option(help="Folder for mask.nii.gz and result.json.")] = Path("out"),
+    series: Annotated[
+        list[str] | None, typer.Option(help="MOD=SeriesInstanceUID to override the mapping (repeatable).")
+    ] = None,
 ) -> None:
     """The segmentation pipeline without the API: writes OUT/mask.nii.gz and OUT/result.json."""
     import shutil
@@ -142,7 +145,12 @@ def segment(
             segmenter = Segmenter(
                 pacs, predictor, ResultStore(settings.results_dir), rules=settings.mapping_rules
             )
-            request = SegmentRequest(patient_id=patient_id, study_instance_uid=study, reference=reference)
+            request = SegmentRequest(
+                patient_id=patient_id,
+                study_instance_uid=study,
+                reference=reference,
+                explicit_series=_explicit_series(series or []),
+            )
             result = segmenter.run(request, progress=lambda stage: status.update(f"{stage}…"))
     except TumorsegError as exc:
         _fail(exc)
@@ -155,6 +163,15 @@ def segment(
         f"ET {volumes['et']:.1f} mL on the {reference} lattice; total {result['timings_s']['total']:.1f} s"
     )
     console.print(f"wrote {out / 'mask.nii.gz'} and {out / 'result.json'}")
+
+
+def _explicit_series(values: list[str]) -> dict[str, str] | None:
+    pairs = [value.partition("=") for value in values]
+    if any(not sep or not uid for _, sep, uid in pairs):
+        raise typer.BadParameter(
+            "use MOD=SeriesInstanceUID, e.g. --series flair=1.2.840…", param_hint="--series"
+        )
+    return {modality.strip().lower(): uid.strip() for modality, _, uid in pairs} or None
 
 
 @app.command()

@@ -12,6 +12,8 @@ from tumorseg.pipeline import SegmentRequest
 
 router = APIRouter(tags=["segmentation"])
 
+_EXPLICIT = "SeriesInstanceUID to use as {} instead of the automatic mapping"
+
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in {
@@ -36,8 +38,17 @@ def segment(
         Literal["flair", "t1", "t1ce", "t2"], Query(description="the series whose lattice the mask lies on")
     ] = "flair",
     store_seg: Annotated[bool, Query(description="also store a DICOM SEG in the study")] = False,
+    flair_series: Annotated[str | None, Query(description=_EXPLICIT.format("FLAIR"))] = None,
+    t1_series: Annotated[str | None, Query(description=_EXPLICIT.format("T1"))] = None,
+    t1ce_series: Annotated[str | None, Query(description=_EXPLICIT.format("T1ce"))] = None,
+    t2_series: Annotated[str | None, Query(description=_EXPLICIT.format("T2"))] = None,
 ) -> SegmentResult:
+    given = {"flair": flair_series, "t1": t1_series, "t1ce": t1ce_series, "t2": t2_series}
     request = SegmentRequest(
-        patient_id=patient_id, study_instance_uid=study, reference=reference, store_seg=store_seg
+        patient_id=patient_id,
+        study_instance_uid=study,
+        reference=reference,
+        store_seg=store_seg,
+        explicit_series={m: uid for m, uid in given.items() if uid} or None,
     )
     return SegmentResult.model_validate(state.segmenter().run(request))
