@@ -44,7 +44,7 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 demo: setup
-	@echo "make demo: not yet — it arrives with the segmentation issue (POST /segment)."; exit 1
+	$(BIN)/python scripts/demo.py
 
 bench: setup
 	@echo "make bench: not yet — it arrives with the performance issue."; exit 1

@@ -51,7 +51,7 @@ class LocalOrthanc:
                 f"Orthanc executable {executable} not found; run `make setup` (installs the Debian package)"
             )
         self.executable = resolved
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).resolve()
         self.username = username
         self.password = password or secrets.token_urlsafe(16)
         self.http_port = http_port or free_port()

@@ -1,0 +1,154 @@
+"""`make demo`: the whole path on one machine, as a user would drive it.
+
+A local Orthanc (the Debian package, with services/orthanc/orthanc.json), a synthetic patient DEMO-0001
+acquired the way a clinic would (oblique thick-slice FLAIR, sagittal 3D T1, reversed-slice T1ce, coronal
+T2, plus a localizer, DWI and ADC) uploaded as DICOM, the service started (`tumorseg serve`), then
+`POST /segment/DEMO-0001` over HTTP. The mask, the result JSON and the preview land in out/demo/.
+Everything started here is stopped on exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from tumorseg.imaging import grid as g
+from tumorseg.pacs import OrthancClient
+from tumorseg.pacs.local import LocalOrthanc, free_port
+from tumorseg.pacs.upload import upload_directory
+from tumorseg.synth.dicom_geometry import SeriesGeometry
+from tumorseg.synth.dicom_options import ConversionOptions
+from tumorseg.synth.phantom import generate_case, write_case
+from tumorseg.synth.to_dicom import convert_case
+
+PATIENT_ID = "DEMO-0001"
+PHANTOM_SEED = 20211
+OUT = Path("out/demo")
+CLINICAL = ConversionOptions(
+    geometry={
+        "flair": SeriesGeometry(plane="axial", tilt_deg=12.0, spacing=(0.9, 0.9, 4.0)),
+        "t1": SeriesGeometry(plane="sagittal"),
+        "t1ce": SeriesGeometry(reverse_slices=True),
+        "t2": SeriesGeometry(plane="coronal", spacing=(0.8, 0.8, 3.0)),
+    },
+    decoys=True,
+    patient_name="DEMO^PHANTOM",
+)
+
+
+def say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)  # noqa: T201
+
+
+def wait_for(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"the service exited early; see {log}")
+        try:
+            httpx.get(f"{url}/health", timeout=5)
+            return
+        except httpx.TransportError:
+            time.sleep(0.3)
+    sys.exit(f"the service did not start within {timeout:.0f} s; see {log}")
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = np.count_nonzero(a) + np.count_nonzero(b)
+    return 1.0 if total == 0 else 2.0 * np.count_nonzero(a & b) / total
+
+
+def main() -> None:
+    work = OUT / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    case_dir = work / "phantom" / "BraTS2021_DEMO1"
+    if not (case_dir / "BraTS2021_DEMO1_seg.nii.gz").exists():
+        say("making a BraTS-like phantom (MNI152 anatomy, synthetic tumour)")
+        write_case(generate_case(PHANTOM_SEED), case_dir.parent, case_dir.name)
+    say("writing it as a DICOM MR study with clinical geometry")
+    converted = convert_case(case_dir, PATIENT_ID, work / "dicom", CLINICAL)
+
+    orthanc = LocalOrthanc(work / "orthanc")
+    service: subprocess.Popen[bytes] | None = None
+    try:
+        orthanc.start()
+        say(f"Orthanc {orthanc.url} (config services/orthanc/orthanc.json, user {orthanc.username})")
+        with OrthancClient(orthanc.url, orthanc.auth) as pacs:
+            report = upload_directory(pacs, converted.out, show_progress=True)
+        say(
+            f"uploaded {report.stored} new, {report.already_stored} already stored, {len(report.failed)} failed"
+        )
+
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {
+            **os.environ,
+            "TUMORSEG_ORTHANC_URL": orthanc.url,
+            "TUMORSEG_ORTHANC_USERNAME": orthanc.username,
+            "TUMORSEG_ORTHANC_PASSWORD": orthanc.password,
+            "TUMORSEG_RESULTS_DIR": str((OUT / "results").resolve()),
+        }
+        log = OUT / "service.log"
+        exe = Path(sys.executable).with_name("tumorseg")
+        with log.open("wb") as handle:
+            service = subprocess.Popen(
+                [str(exe), "serve", "--port", str(port)], env=env, stdout=handle, stderr=subprocess.STDOUT
+            )
+        wait_for(url, service, log)
+        health = httpx.get(f"{url}/health", timeout=10).json()
+        say(f"service {url}: {health['status']}, model {health['model']['name']} on {health['device']}")
+
+        say(f"POST {url}/segment/{PATIENT_ID}")
+        response = httpx.post(f"{url}/segment/{PATIENT_ID}", timeout=900)
+        if response.status_code != 200:
+            sys.exit(f"segmentation failed: HTTP {response.status_code} {response.text}")
+        result = response.json()
+        (OUT / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        (OUT / "mask.nii.gz").write_bytes(httpx.get(url + result["mask_url"], timeout=60).content)
+        if result.get("preview_url"):
+            (OUT / "preview.png").write_bytes(httpx.get(url + result["preview_url"], timeout=60).content)
+    finally:
+        if service is not None:
+            service.terminate()
+            service.wait(timeout=30)
+        orthanc.stop()
+
+    # How good is it? The phantom's truth, resampled onto the mask's lattice (the FLAIR's).
+    mask = sitk.ReadImage(str(OUT / "mask.nii.gz"))
+    truth = g.resample_labels(sitk.ReadImage(str(case_dir / "BraTS2021_DEMO1_seg.nii.gz")), mask)
+    predicted, expected = sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(truth)
+    scores = {
+        "WT": dice(predicted > 0, expected > 0),
+        "TC": dice(np.isin(predicted, (1, 4)), np.isin(expected, (1, 4))),
+        "ET": dice(predicted == 4, expected == 4),
+    }
+    shape = nib.load(OUT / "mask.nii.gz").shape
+    volumes, timings = result["volumes_ml"], result["timings_s"]
+    say("done")
+    series = ", ".join(f"{m}: {s['series_description']}" for m, s in result["series"].items())
+    outputs = [OUT / "result.json", OUT / "mask.nii.gz"] + (
+        [OUT / "preview.png"] if (OUT / "preview.png").exists() else []
+    )
+    lines = [
+        f"patient   {PATIENT_ID}, study {result['study_instance_uid']}",
+        f"series    {series}",
+        f"mask      {shape} on the {result['reference']['modality']} lattice",
+        f"volumes   WT {volumes['wt']:.1f} mL, TC {volumes['tc']:.1f} mL, ET {volumes['et']:.1f} mL",
+        "vs truth  Dice " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()),
+        "timings   " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()),
+        "outputs   " + ", ".join(str(p) for p in outputs),
+    ]
+    print("\n" + "\n".join(f"  {line}" for line in lines) + "\n")  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
