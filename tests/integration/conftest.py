@@ -12,6 +12,7 @@ from pydicom.uid import generate_uid
 
 from tests.conftest import OrthancEndpoint
 from tests.dicom_factory import unique_patient_id
+from tests.models import tiny_package
 from tumorseg.pacs.upload import upload_directory
 from tumorseg.synth.dicom_geometry import SeriesGeometry
 from tumorseg.synth.dicom_options import ConversionOptions
@@ -40,6 +41,12 @@ class UploadedStudy:
 
     def folder(self, modality: str) -> Path:
         return self.converted.get(modality).folder
+
+
+@pytest.fixture(scope="session")
+def random_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A package with random weights: a non-trivial mask for plumbing and geometry tests, fast on CPU."""
+    return tiny_package(tmp_path_factory.mktemp("model") / "tiny", roi_size=(64, 64, 64))
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import OrthancEndpoint
+from tests.service import running_service
 from tumorseg.api.main import create_app
 from tumorseg.config import Settings
-from tumorseg.pacs.local import LocalOrthanc, free_port
+from tumorseg.pacs.local import LocalOrthanc
 
 pytestmark = pytest.mark.integration
 
@@ -93,36 +90,15 @@ def test_api_key_guards_every_route_but_health(orthanc: OrthancEndpoint) -> None
 @pytest.fixture
 def served(own_orthanc: LocalOrthanc, tmp_path: Path) -> Iterator[tuple[str, LocalOrthanc]]:
     """`tumorseg serve` as a real process, pointed at a private Orthanc the test may stop."""
-    port = free_port()
     env = {
-        **os.environ,
         "TUMORSEG_ORTHANC_URL": own_orthanc.url,
         "TUMORSEG_ORTHANC_USERNAME": own_orthanc.username,
         "TUMORSEG_ORTHANC_PASSWORD": own_orthanc.password,
         "TUMORSEG_DEVICE": "cpu",
         "TUMORSEG_RESULTS_DIR": str(tmp_path / "results"),
     }
-    exe = Path(sys.executable).with_name("tumorseg")
-    log = (tmp_path / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [str(exe), "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                httpx.get(f"{url}/health", timeout=5)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "service did not start"
-                time.sleep(0.2)
+    with running_service(env, tmp_path / "serve.log", tmp_path) as url:
         yield url, own_orthanc
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-        log.close()
 
 
 def test_served_health_follows_orthanc_down_and_up(served: tuple[str, LocalOrthanc]) -> None:

@@ -18,18 +18,12 @@ from tests.geometry import dcm2niix, index_map
 from tests.integration.conftest import UploadedStudy, clone_study
 from tests.integration.test_pacs_client import silent_server  # noqa: F401 (fixture)
 from tests.integration.test_study_assembly import upload
-from tests.models import tiny_package
 from tumorseg.api.main import create_app
 from tumorseg.config import Settings
 from tumorseg.pacs.local import free_port
 from tumorseg.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="session")
-def random_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_package(tmp_path_factory.mktemp("model") / "tiny", roi_size=(64, 64, 64))
 
 
 def settings(url: str, auth: tuple[str, str] | None, model: Path, results: Path, **extra: object) -> Settings:

@@ -1,13 +1,18 @@
-"""Logging set-up: every record carries the request id of the HTTP request it belongs to.
+"""Logging: JSON lines, each carrying the request id of the HTTP request it belongs to.
 
-Library code only calls ``logging.getLogger(__name__)``; the service and the CLI call ``configure``.
-Patient names and birth dates are never passed to a logger anywhere in tumorseg.
+Library code only calls ``logging.getLogger(__name__)`` and may pass structured fields with
+``extra={"fields": {...}}``; the service and the CLI call ``configure``. Patient names, birth dates and
+PatientIDs are never passed to a logger anywhere in tumorseg: requests are logged by route template
+(``/segment/{patient_id}``), not by path.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
@@ -18,11 +23,37 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
-def configure(level: str = "INFO") -> None:
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", request_id_var.get()),
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure(level: str = "INFO", *, json_lines: bool = True) -> logging.Handler:
+    """Send tumorseg's and uvicorn's records to stderr as JSON lines (or plain text for the CLI)."""
     handler = logging.StreamHandler()
     handler.addFilter(_RequestIdFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
-    root = logging.getLogger("tumorseg")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    handler.setFormatter(
+        JsonFormatter()
+        if json_lines
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+    )
+    for name in ("tumorseg", "uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
+    # uvicorn's access log prints raw paths, which carry PatientIDs; the service logs requests itself.
+    logging.getLogger("uvicorn.access").disabled = True
+    return handler

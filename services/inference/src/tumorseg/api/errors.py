@@ -53,7 +53,18 @@ def error_response(
 async def _tumorseg_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.TumorsegError)
     status = status_for(exc)
-    log.warning("request failed: %s (%s → %d)", exc.detail, exc.code, status)
+    # Study and input errors quote PatientIDs and series descriptions back to the caller; the log keeps
+    # only their code. PACS and model errors carry no patient data and help the operator.
+    detail = (
+        exc.detail if isinstance(exc, errors.PacsError | errors.ModelError) else "(detail sent to the client)"
+    )
+    log.warning(
+        "request failed: %s → %d: %s",
+        exc.code,
+        status,
+        detail,
+        extra={"fields": {"code": exc.code, "status": status}},
+    )
     headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, errors.Busy) else None
     return error_response(status, exc.detail, exc.code, headers=headers)
 

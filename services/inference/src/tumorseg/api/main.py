@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         incoming = request.headers.get("X-Request-ID", "")
         rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         token = request_id_var.set(rid)
+        started = time.perf_counter()
         try:
             response = await call_next(request)
         except Exception:
@@ -84,8 +86,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             response = error_response(
                 500, "internal error; the service log has the details", "internal_error"
             )
-        finally:
-            request_id_var.reset(token)
+        route = request.scope.get("route")
+        log.info(
+            "%s %s → %d",
+            request.method,
+            getattr(route, "path", "(no route)"),  # the template: never the raw path with a PatientID
+            response.status_code,
+            extra={
+                "fields": {
+                    "method": request.method,
+                    "route": getattr(route, "path", None),
+                    "status": response.status_code,
+                    "duration_s": round(time.perf_counter() - started, 4),
+                }
+            },
+        )
+        request_id_var.reset(token)
         response.headers["X-Request-ID"] = rid
         return response
 
