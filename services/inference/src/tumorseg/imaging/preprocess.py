@@ -13,7 +13,7 @@ physical space (``grid.from_array``) and onto any series' lattice.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -69,22 +69,57 @@ def foreground_box(
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(start, size) of the bounding box of ``mask`` grown by ``margin`` and to a multiple of
     ``divisible_by`` where the array allows; the whole array when ``mask`` is empty."""
-    shape = mask.shape
     if not mask.any():
-        return (0, 0, 0), tuple(shape)
-    start, size = [], []
+        return (0, 0, 0), tuple(mask.shape)
+    low, high = [], []
     for axis in range(3):
         others = tuple(a for a in range(3) if a != axis)
         hits = np.flatnonzero(mask.any(axis=others))
-        lo, hi = max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, shape[axis])
+        low.append(int(hits[0]))
+        high.append(int(hits[-1]) + 1)
+    return grow_box(low, high, mask.shape, margin, divisible_by)
+
+
+def grow_box(
+    low: Sequence[int], high: Sequence[int], shape: Sequence[int], margin: int, divisible_by: int
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The index box [low, high) grown by ``margin``, then to a multiple of ``divisible_by`` (centred)
+    where ``shape`` allows, clipped to ``shape``. Returns (start, size)."""
+    start, size = [], []
+    for axis in range(3):
+        lo, hi = max(int(low[axis]) - margin, 0), min(int(high[axis]) + margin, int(shape[axis]))
         want = int(np.ceil((hi - lo) / divisible_by) * divisible_by)
         if want <= shape[axis]:
             extra = want - (hi - lo)
-            lo = max(0, min(lo - extra // 2, shape[axis] - want))
+            lo = max(0, min(lo - extra // 2, int(shape[axis]) - want))
             hi = lo + want
         start.append(lo)
         size.append(hi - lo)
     return tuple(start), tuple(size)
+
+
+def nonzero_extent_on(
+    volume: sitk.Image, grid: sitk.Image
+) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
+    """The index range of ``grid`` (continuous, low and high corner) covering ``volume``'s non-zero voxels
+    in physical space; None for an all-zero volume."""
+    array = sitk.GetArrayViewFromImage(volume)  # (k, j, i)
+    bounds = []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(array.any(axis=others))
+        if hits.size == 0:
+            return None
+        bounds.append((int(hits[0]), int(hits[-1])))
+    (k0, k1), (j0, j1), (i0, i1) = bounds
+    corners = [
+        grid.TransformPhysicalPointToContinuousIndex(volume.TransformIndexToPhysicalPoint((i, j, k)))
+        for i in (i0, i1)
+        for j in (j0, j1)
+        for k in (k0, k1)
+    ]
+    points = np.asarray(corners, dtype=np.float64)
+    return points.min(axis=0), points.max(axis=0)
 
 
 def zscore_nonzero(channel: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -105,21 +140,27 @@ def prepare(
     if missing:
         raise ValueError(f"missing volumes for {missing}")
     full = g.model_grid(volumes[reference], prep.spacing_mm)
-    channels = [
-        g.to_array(g.resample(volumes[m], full)).astype(np.float32, copy=False) for m in prep.channels
-    ]
-    stacked = np.stack(channels)
+    shape = full.GetSize()
     if prep.crop_foreground:
-        start, size = foreground_box(
-            np.asarray(stacked.any(axis=0), dtype=bool), prep.crop_margin_vox, prep.divisible_by
-        )
+        # Crop first, from each volume's non-zero extent in physical space, so that only the voxels the
+        # model will see are resampled (the brain is a third of a typical field of view).
+        extents = [e for e in (nonzero_extent_on(volumes[m], full) for m in prep.channels) if e is not None]
+        if extents:
+            low = np.floor(np.min([e[0] for e in extents], axis=0)).astype(int).clip(0, np.asarray(shape))
+            high = np.ceil(np.max([e[1] for e in extents], axis=0)).astype(int) + 1
+            start, size = grow_box(
+                low, np.minimum(high, shape), shape, prep.crop_margin_vox, prep.divisible_by
+            )
+        else:
+            start, size = (0, 0, 0), tuple(shape)
     else:
-        start, size = (0, 0, 0), stacked.shape[1:]
-    box = tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))
-    array = np.ascontiguousarray(stacked[(slice(None), *box)])
+        start, size = (0, 0, 0), tuple(shape)
+    cropped = g.crop(full, (start[0], start[1], start[2]), (size[0], size[1], size[2]))
+    array = np.stack(
+        [g.to_array(g.resample(volumes[m], cropped)).astype(np.float32, copy=False) for m in prep.channels]
+    )
     for c in range(array.shape[0]):
         zscore_nonzero(array[c])
-    cropped = g.crop(full, (start[0], start[1], start[2]), (size[0], size[1], size[2]))
     label_array = None
     if labels is not None:
         label_array = g.to_array(g.resample_labels(labels, cropped)).astype(np.uint8, copy=False)
