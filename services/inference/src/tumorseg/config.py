@@ -20,6 +20,14 @@ from tumorseg.paths import MODELS_DIR
 DEFAULT_MODEL_PATH = MODELS_DIR / "default"
 
 
+_COMMON_KEYS = {"changeme", "secret", "password", "apikey", "api-key", "test", "admin", "tumorseg", "orthanc"}
+
+
+def is_weak_key(key: str) -> bool:
+    """Too short, one repeated character, or a word people put in examples."""
+    return len(key) < 24 or len(set(key)) < 8 or key.lower().strip("0123456789") in _COMMON_KEYS
+
+
 class Settings(BaseSettings):
     """Validated configuration; build it once (``get_settings()``) and pass it down."""
 
@@ -38,8 +46,17 @@ class Settings(BaseSettings):
         description="A JSON file of series-mapping rules that replaces the shipped one (tumorseg/study/rules.json).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Inference device.")
+    store_seg: bool = Field(
+        default=False,
+        description="Store a DICOM SEG of every result in the source study in Orthanc, as if each "
+        "POST /segment asked store_seg=true (a request cannot turn it off).",
+    )
     api_key: SecretStr | None = Field(
         default=None, description="When set, every route but /health needs header X-API-Key."
+    )
+    environment: Literal["development", "production"] = Field(
+        default="development",
+        description="production refuses to start open (no API key) or with a weak API key.",
     )
 
     @field_validator("orthanc_url")
@@ -68,6 +85,17 @@ class Settings(BaseSettings):
             raise ValueError("set both TUMORSEG_ORTHANC_USERNAME and TUMORSEG_ORTHANC_PASSWORD, or neither")
         if self.api_key is not None and not self.api_key.get_secret_value().strip():
             raise ValueError("TUMORSEG_API_KEY is set but empty; unset it to run open, or give a key")
+        if self.environment == "production":
+            key = self.api_key.get_secret_value() if self.api_key is not None else ""
+            if not key:
+                raise ValueError(
+                    "TUMORSEG_ENVIRONMENT=production needs TUMORSEG_API_KEY (a random key of 24+ characters)"
+                )
+            if is_weak_key(key):
+                raise ValueError(
+                    "TUMORSEG_API_KEY is too weak for production: use 24+ random characters, "
+                    "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+                )
         return self
 
     @property

@@ -1,0 +1,459 @@
+"""The deployment files, checked on paper: docker-compose.yml and its CPU override, the inference
+Dockerfile, .dockerignore, .env.example and the GitHub workflow.
+
+Nothing here runs Docker. What can drift without anyone noticing until a deployment fails is checked
+instead: pinned images (the same Orthanc tag in compose and CI), healthchecks and start order, the GPU
+reservation and its removal, setting names that tumorseg really reads, credentials only by reference,
+ports on 127.0.0.1, the one Orthanc configuration file, and every path a build or a mount needs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tumorseg.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_CPU = ROOT / "docker-compose.cpu.yml"
+DOCKERFILE = ROOT / "services" / "inference" / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+ENV_EXAMPLE = ROOT / ".env.example"
+WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
+ORTHANC_JSON = "services/orthanc/orthanc.json"
+MODEL_PACKAGE = "models/default"
+
+ENV_PREFIX = str(Settings.model_config.get("env_prefix", ""))
+SETTING_NAMES = {f"{ENV_PREFIX}{name}".upper() for name in Settings.model_fields}
+TEST_ONLY_NAMES = {f"{ENV_PREFIX}TEST_ORTHANC_{part}" for part in ("URL", "USERNAME", "PASSWORD")}
+# Settings that name a file: a value from the host means nothing in the container, so compose leaves
+# them to an override file that mounts the file too.
+FILE_SETTINGS = {f"{ENV_PREFIX}MAPPING_RULES"}
+SECRET_KEY = re.compile(r"PASSWORD|API_KEY|SECRET|TOKEN|REGISTERED_USERS")
+# ${VAR}, ${VAR?msg}, ${VAR:?msg}: a reference that carries no value of its own (no :- default).
+REQUIRED_REF = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?\?[^}]*)?\}")
+
+
+class Reset:
+    """Compose's ``!reset`` tag: the attribute is removed from what earlier files declared."""
+
+
+class Override:
+    """Compose's ``!override`` tag: the value replaces what earlier files declared."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader plus the two merge tags of the Compose specification."""
+
+
+def _reset(loader: yaml.SafeLoader, node: yaml.Node) -> Reset:
+    return Reset()
+
+
+def _override(loader: yaml.SafeLoader, node: yaml.Node) -> Override:
+    if isinstance(node, yaml.MappingNode):
+        return Override(loader.construct_mapping(node, deep=True))
+    if isinstance(node, yaml.SequenceNode):
+        return Override(loader.construct_sequence(node, deep=True))
+    assert isinstance(node, yaml.ScalarNode)
+    return Override(loader.construct_scalar(node))
+
+
+ComposeLoader.add_constructor("!reset", _reset)
+ComposeLoader.add_constructor("!override", _override)
+
+
+def load_compose(path: Path) -> dict[str, Any]:
+    data = yaml.load(path.read_text(), Loader=ComposeLoader)  # a SafeLoader with two more tags
+    assert isinstance(data, dict), f"{path.name} is not a YAML mapping"
+    return data
+
+
+def merge(base: Any, override: Any) -> Any:
+    """Compose's merge of an override file into a base: mappings key by key, sequences appended,
+    scalars replaced; ``!reset`` removes, ``!override`` replaces."""
+    if isinstance(override, Override):
+        return override.value
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            if isinstance(value, Reset):
+                merged.pop(key, None)
+            else:
+                merged[key] = merge(base[key], value) if key in base else value
+        return merged
+    if isinstance(base, list) and isinstance(override, list):
+        return base + override
+    return override
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_compose(COMPOSE)
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    found = compose.get("services")
+    assert isinstance(found, dict) and {"orthanc", "inference"} <= found.keys(), found
+    return found
+
+
+@pytest.fixture(scope="module")
+def workflow() -> dict[str, Any]:
+    data = yaml.safe_load(WORKFLOW.read_text())
+    assert isinstance(data, dict) and isinstance(data.get("jobs"), dict), "ci.yml has no jobs"
+    return data
+
+
+def environment(service: dict[str, Any]) -> dict[str, Any]:
+    env = service.get("environment", {})
+    assert isinstance(env, dict), "write `environment:` as a mapping (KEY: value), not a list"
+    return env
+
+
+# ---- the Dockerfile, as instructions --------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(KEYWORD, arguments) per instruction, continuation lines joined and comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in DOCKERFILE.read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        pending = f"{pending} {stripped}" if pending else stripped
+        if pending.endswith("\\"):
+            pending = pending[:-1].rstrip()
+            continue
+        keyword, _, args = pending.partition(" ")
+        instructions.append((keyword.upper(), args.strip()))
+        pending = ""
+    assert not pending, "the Dockerfile ends inside a continued line"
+    return instructions
+
+
+def dockerfile_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for keyword, args in dockerfile_instructions():
+        if keyword == "ENV":
+            for item in shlex.split(args):
+                name, sep, value = item.partition("=")
+                assert sep, f"write `ENV {name}=value`, not the legacy `ENV name value` form"
+                env[name] = value
+    return env
+
+
+def copy_sources() -> list[str]:
+    """The build-context paths that COPY/ADD take (not those copied from another stage)."""
+    sources: list[str] = []
+    for keyword, args in dockerfile_instructions():
+        if keyword not in ("COPY", "ADD"):
+            continue
+        words = shlex.split(args)
+        if any(word.startswith("--from=") for word in words):
+            continue
+        paths = [word for word in words if not word.startswith("--")]
+        sources.extend(path.rstrip("/") or "." for path in paths[:-1])
+    return sources
+
+
+def dockerignored(path: str) -> bool:
+    """Whether .dockerignore keeps ``path`` out of the build context (last matching line wins; a
+    pattern that matches a parent folder matches the path)."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for line in DOCKERIGNORE.read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negated = pattern.startswith("!")
+        regex = _glob(pattern.lstrip("!").strip("/"))
+        if any(regex.fullmatch(candidate) for candidate in candidates):
+            ignored = not negated
+    return ignored
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        elif pattern[i] == "[":
+            end = pattern.index("]", i)
+            out, i = out + pattern[i : end + 1], end + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out)
+
+
+# ---- images ---------------------------------------------------------------------------------------
+
+
+def test_orthanc_image_is_the_official_one_pinned_and_the_same_in_ci(
+    services: dict[str, Any], workflow: dict[str, Any]
+) -> None:
+    image = services["orthanc"]["image"]
+    repository, _, tag = image.partition(":")
+    assert repository == "orthancteam/orthanc"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", tag), f"pin a release tag like 25.2.0, not {tag!r}"
+    ci_images = [
+        service["image"]
+        for job in workflow["jobs"].values()
+        for service in (job.get("services") or {}).values()
+        if str(service.get("image", "")).startswith("orthancteam/orthanc")
+    ]
+    assert ci_images, "ci.yml runs no official Orthanc image"
+    assert set(ci_images) == {image}, f"ci.yml tests against {ci_images}, compose deploys {image}"
+
+
+def test_inference_base_image_is_pinned_with_cuda() -> None:
+    args = {
+        name: value
+        for keyword, rest in dockerfile_instructions()
+        if keyword == "ARG"
+        for name, _, value in [rest.partition("=")]
+    }
+    froms = [rest.split()[0] for keyword, rest in dockerfile_instructions() if keyword == "FROM"]
+    assert len(froms) >= 2, "build the wheel in one stage and run it in another"
+    for base in froms:
+        resolved = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), base)
+        repository, _, tag = resolved.partition(":")
+        assert repository == "pytorch/pytorch", resolved
+        assert re.match(r"\d+\.\d+\.\d+-cuda", tag), f"pin a CUDA build of torch, not {resolved!r}"
+
+
+def test_pip_keeps_the_torch_of_the_base_image() -> None:
+    runs = " ".join(rest for keyword, rest in dockerfile_instructions() if keyword == "RUN")
+    installs = re.findall(r"pip install [^&;]*", runs)
+    assert installs, "the Dockerfile installs nothing with pip"
+    for command in installs:
+        assert "--constraint" in command or "--no-deps" in command, (
+            f"`{command}` may let pip replace the image's torch; install under a torch constraint"
+        )
+        assert not re.search(r"\btorch\b", command), f"`{command}` installs torch itself"
+
+
+# ---- healthchecks, start order, GPU ---------------------------------------------------------------
+
+
+def test_both_services_have_healthchecks(services: dict[str, Any]) -> None:
+    orthanc = services["orthanc"]["healthcheck"]["test"]
+    inference = services["inference"]["healthcheck"]["test"]
+    assert "/probes/test-aliveness.py" in " ".join(orthanc)
+    assert "http://127.0.0.1:8000/health" in " ".join(inference)
+    assert not services["inference"]["healthcheck"].get("disable")
+
+
+def test_inference_starts_after_orthanc_is_healthy(services: dict[str, Any]) -> None:
+    depends = services["inference"]["depends_on"]
+    assert isinstance(depends, dict), "use the long form of depends_on, with a condition"
+    assert depends["orthanc"]["condition"] == "service_healthy"
+
+
+def gpu_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
+    devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices") or []
+    return [device for device in devices if "gpu" in device.get("capabilities", [])]
+
+
+def test_inference_reserves_an_nvidia_gpu(services: dict[str, Any]) -> None:
+    devices = gpu_devices(services["inference"])
+    assert len(devices) == 1, services["inference"].get("deploy")
+    device = devices[0]
+    assert device["driver"] == "nvidia"
+    assert device.get("count") in (1, "all") or device.get("device_ids")
+    assert environment(services["inference"])["TUMORSEG_DEVICE"] != "cpu"
+
+
+def test_cpu_override_removes_the_gpu_and_selects_the_cpu(compose: dict[str, Any]) -> None:
+    merged = merge(compose, load_compose(COMPOSE_CPU))
+    inference = merged["services"]["inference"]
+    assert gpu_devices(inference) == []
+    assert environment(inference)["TUMORSEG_DEVICE"] == "cpu"
+    # nothing else is lost on the way
+    assert environment(inference)["TUMORSEG_ORTHANC_URL"] == "http://orthanc:8042"
+    assert merged["services"]["orthanc"] == compose["services"]["orthanc"]
+
+
+# ---- settings and secrets -------------------------------------------------------------------------
+
+
+def tumorseg_names(path: Path) -> set[str]:
+    return set(re.findall(rf"\b{ENV_PREFIX}[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
+
+
+@pytest.mark.parametrize(
+    "path", [COMPOSE, COMPOSE_CPU, DOCKERFILE, ENV_EXAMPLE, WORKFLOW], ids=lambda path: path.name
+)
+def test_every_tumorseg_variable_is_a_real_setting(path: Path) -> None:
+    allowed = SETTING_NAMES | (TEST_ONLY_NAMES if path == WORKFLOW else set())
+    unknown = tumorseg_names(path) - allowed
+    assert not unknown, f"{path.name} names {sorted(unknown)}; tumorseg reads only {sorted(SETTING_NAMES)}"
+
+
+def test_inference_gets_every_setting_by_name(services: dict[str, Any]) -> None:
+    env = environment(services["inference"])
+    missing = SETTING_NAMES - FILE_SETTINGS - env.keys()
+    assert not missing, f"docker-compose.yml does not pass {sorted(missing)} to the inference service"
+    assert FILE_SETTINGS <= SETTING_NAMES, "FILE_SETTINGS names a setting that no longer exists"
+    assert not FILE_SETTINGS & env.keys(), "a host path from .env would reach the container"
+
+
+def test_the_stack_runs_the_service_in_production_mode(services: dict[str, Any]) -> None:
+    env = environment(services["inference"])
+    assert env["TUMORSEG_ENVIRONMENT"] == "production"
+    assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", env["TUMORSEG_API_KEY"]), "production needs an API key"
+
+
+def test_container_paths_agree_between_dockerfile_and_compose(services: dict[str, Any]) -> None:
+    image_env = dockerfile_env()
+    compose_env = environment(services["inference"])
+    assert image_env["TUMORSEG_MODEL_PATH"] == compose_env["TUMORSEG_MODEL_PATH"] == "/app/models/default"
+    assert image_env["TUMORSEG_RESULTS_DIR"] == compose_env["TUMORSEG_RESULTS_DIR"] == "/data/results"
+    assert any(str(volume).endswith(":/data/results") for volume in services["inference"]["volumes"])
+
+
+def test_credentials_are_references_never_literals(services: dict[str, Any]) -> None:
+    checked = 0
+    for name, service in services.items():
+        for key, value in environment(service).items():
+            if not SECRET_KEY.search(key):
+                continue
+            checked += 1
+            if value is None:  # no value: passed on from .env or the shell, when set there
+                continue
+            literal = REQUIRED_REF.sub("", str(value))
+            assert not re.search(r"[A-Za-z0-9]", literal), (
+                f"{name}.{key} holds a literal or a default ({value!r}); use ${{VAR:?message}} only"
+            )
+    assert checked >= 3  # Orthanc's users, the service's password, its API key
+
+
+def test_no_secret_is_baked_into_the_image() -> None:
+    for keyword, args in dockerfile_instructions():
+        if keyword in ("ENV", "ARG"):
+            assert not SECRET_KEY.search(args), f"{keyword} {args}: secrets come at run time, from .env"
+
+
+def test_ci_credentials_are_generated_per_run(workflow: dict[str, Any]) -> None:
+    def walk(node: Any) -> list[tuple[str, Any]]:
+        if isinstance(node, dict):
+            return [(str(k), v) for k, v in node.items()] + [p for v in node.values() for p in walk(v)]
+        if isinstance(node, list):
+            return [pair for item in node for pair in walk(item)]
+        return []
+
+    secrets = [(key, value) for key, value in walk(workflow) if SECRET_KEY.search(key)]
+    assert secrets
+    for key, value in secrets:
+        assert "${{" in str(value), f"ci.yml: {key} is a literal ({value!r})"
+
+
+def test_env_example_defines_what_compose_requires_and_no_password() -> None:
+    example: dict[str, str] = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, sep, value = line.partition("=")
+            assert sep, f".env.example: {line!r} is not NAME=value"
+            example[name.strip()] = value.strip()
+    required = {m.group("name") for m in REQUIRED_REF.finditer(COMPOSE.read_text()) if "?" in m.group(0)}
+    assert required and required <= example.keys(), f".env.example lacks {sorted(required - example.keys())}"
+    for name, value in example.items():
+        assert not name.startswith(ENV_PREFIX), f"tumorseg on the host would read {name} from .env"
+        if SECRET_KEY.search(name):
+            assert value == "", f".env.example ships a value for {name}; leave it empty, to be set"
+
+
+# ---- ports, Orthanc configuration, paths ----------------------------------------------------------
+
+
+def test_ports_are_published_on_localhost_only(services: dict[str, Any]) -> None:
+    published = 0
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            if isinstance(port, dict):
+                assert port.get("host_ip") == "127.0.0.1", f"{name}: {port}"
+            else:
+                assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+            published += 1
+    assert published >= 3  # Orthanc HTTP and DICOM, the API
+
+
+def test_orthanc_runs_with_the_tested_configuration_file(services: dict[str, Any]) -> None:
+    mounts = [str(volume).split(":") for volume in services["orthanc"]["volumes"]]
+    config = [m for m in mounts if m[0] in (ORTHANC_JSON, f"./{ORTHANC_JSON}")]
+    assert config, f"the orthanc service does not mount {ORTHANC_JSON}"
+    assert re.fullmatch(r"/etc/orthanc/[^/]+\.json", config[0][1]), "the image reads /etc/orthanc/*.json"
+    assert config[0][2:] == ["ro"]
+
+    settings = json.loads((ROOT / ORTHANC_JSON).read_text())
+    declared_volumes = set(load_compose(COMPOSE).get("volumes") or {})
+    storage = {m[1] for m in mounts if m[0] in declared_volumes}
+    assert settings["StorageDirectory"] in storage and settings["IndexDirectory"] in storage, (
+        f"orthanc.json stores in {settings['StorageDirectory']}, the named volumes are on {storage}"
+    )
+    env = environment(services["orthanc"])
+    assert settings["DicomWeb"]["Enable"] is True and env["DICOM_WEB_PLUGIN_ENABLED"] == "true"
+    assert settings["AuthenticationEnabled"] is True
+    assert not set(env) & {"ORTHANC__STORAGE_DIRECTORY", "ORTHANC__INDEX_DIRECTORY", "ORTHANC_JSON"}, (
+        "keep what the tested orthanc.json says in orthanc.json"
+    )
+
+
+def test_compose_paths_exist(services: dict[str, Any]) -> None:
+    build = services["inference"]["build"]
+    context = (ROOT / build["context"]).resolve()
+    assert context == ROOT, "the Dockerfile's COPY paths are relative to the repository root"
+    assert (context / build["dockerfile"]).resolve() == DOCKERFILE
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = str(volume).split(":")[0]
+            if source.startswith((".", "/")):
+                assert (ROOT / source).exists(), f"{name} mounts {source}, which is not in the repository"
+
+
+def test_dockerfile_copies_only_what_exists_and_is_in_the_context() -> None:
+    sources = copy_sources()
+    assert {"pyproject.toml", "services/inference/src", MODEL_PACKAGE} <= set(sources), sources
+    for source in sources:
+        assert not dockerignored(source), f".dockerignore keeps {source} out of the build context"
+        if source == MODEL_PACKAGE and not (ROOT / source).exists():
+            continue  # checked by the next test
+        assert (ROOT / source).exists(), f"the Dockerfile copies {source}, which is not in the repository"
+    for kept_out in (".env", ".venv", ".git", "out", "results", "tests", "training/data"):
+        assert dockerignored(kept_out), f".dockerignore lets {kept_out} into the build context"
+
+
+def test_the_shipped_model_package_exists_for_the_image() -> None:
+    if not (ROOT / MODEL_PACKAGE).is_dir():
+        pytest.skip(f"{MODEL_PACKAGE} is not in the repository yet: `docker build` fails until it is")
+    assert any((ROOT / MODEL_PACKAGE).iterdir())
+
+
+def test_dockerfile_runs_the_api_as_a_non_root_user() -> None:
+    instructions = dockerfile_instructions()
+    users = [args for keyword, args in instructions if keyword == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "the service must not run as root"
+    healthchecks = [args for keyword, args in instructions if keyword == "HEALTHCHECK"]
+    assert healthchecks and "NONE" not in healthchecks[-1] and "/health" in healthchecks[-1]
+    assert "8000" in [args for keyword, args in instructions if keyword == "EXPOSE"]
+    cmd = [args for keyword, args in instructions if keyword == "CMD"][-1]
+    assert json.loads(cmd) == ["tumorseg", "serve", "--host", "0.0.0.0", "--port", "8000"]
