@@ -1,5 +1,6 @@
 """One segmentation, stage by stage: assemble study → fetch → load → preprocess → inference →
-postprocess (back onto the reference lattice) → export → persist. Each stage is timed.
+postprocess (back onto the reference lattice) → export (NIfTI mask, preview PNG, and on request a DICOM
+SEG stored in the source study) → persist. Each stage is timed.
 
 ``Segmenter`` holds what lives across requests (Orthanc client, predictor, result store) and runs one
 request at a time on the model, with a bounded number waiting (``Busy`` beyond that). It is used by the
@@ -24,7 +25,9 @@ import SimpleITK as sitk
 
 from tumorseg import __version__
 from tumorseg.errors import Busy, InvalidInput
+from tumorseg.export.dicom_seg import StoredSeg, next_series_number, store_segmentation
 from tumorseg.export.nifti import write_mask
+from tumorseg.export.preview import write_preview
 from tumorseg.imaging.postprocess import to_reference_mask, voxel_volume_mm3
 from tumorseg.imaging.preprocess import MODALITIES, prepare
 from tumorseg.imaging.volume import SeriesVolume, load_series
@@ -32,7 +35,8 @@ from tumorseg.model.labels import LABEL_NAMES, volumes_ml
 from tumorseg.model.predictor import Predictor
 from tumorseg.pacs import OrthancClient, SeriesInfo
 from tumorseg.results import ResultStore, new_result_id
-from tumorseg.study.assemble import assemble
+from tumorseg.study.assemble import AssembledStudy, assemble
+from tumorseg.validation import check_patient_id, check_uid
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,11 @@ class SegmentRequest:
     store_seg: bool = False
 
     def __post_init__(self) -> None:
+        check_patient_id(self.patient_id)
+        if self.study_instance_uid is not None:
+            check_uid(self.study_instance_uid, "study")
+        for modality, uid in (self.explicit_series or {}).items():
+            check_uid(uid, f"the {modality} SeriesInstanceUID")
         if self.reference not in MODALITIES:
             raise InvalidInput(f"reference must be one of {', '.join(MODALITIES)}, not {self.reference!r}")
 
@@ -81,11 +90,13 @@ class Segmenter:
         *,
         max_waiting: int = 4,
         rules: Path | None = None,
+        store_seg: bool = False,
     ) -> None:
         self.pacs = pacs
         self.predictor = predictor
         self.store = store
         self.rules = rules
+        self.store_seg = store_seg  # TUMORSEG_STORE_SEG: a SEG for every request, asked for or not
         self._model_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_waiting + 1)
 
@@ -112,6 +123,9 @@ class Segmenter:
                         strict=True,
                     )
                 )
+        store_seg = request.store_seg or self.store_seg
+        # The SEG references every source instance: keep the reference series' files for its headers.
+        source_files = files[request.reference] if store_seg else []
         with timer.stage("load"), ThreadPoolExecutor(max_workers=len(MODALITIES)) as pool:
             loaded: dict[str, SeriesVolume] = dict(
                 zip(
@@ -135,6 +149,8 @@ class Segmenter:
             staging = self.store.staging(result_id)
             try:
                 write_mask(mask, staging / "mask.nii.gz")
+                write_preview(reference.image, mask, staging / "preview.png")
+                dicom_seg = self._store_seg(mask, reference, source_files, assembled) if store_seg else None
                 labels = sitk.GetArrayViewFromImage(mask).astype(np.uint8, copy=False)
                 volumes = volumes_ml(labels, voxel_volume_mm3(reference.image))
                 result = {
@@ -156,8 +172,8 @@ class Segmenter:
                     "labels": dict(LABEL_NAMES),
                     "volumes_ml": {k: round(v, 3) for k, v in volumes.items()},
                     "mask_url": f"/results/{result_id}/mask.nii.gz",
-                    "preview_url": None,
-                    "dicom_seg": None,
+                    "preview_url": f"/results/{result_id}/preview.png",
+                    "dicom_seg": dicom_seg.to_json() if dicom_seg else None,
                     "mask": {
                         "shape": list(mask.GetSize()),
                         "spacing": list(mask.GetSpacing()),
@@ -182,3 +198,21 @@ class Segmenter:
             raise
         log.info("result %s: %s", result_id, " ".join(f"{k}={v:.2f}s" for k, v in timings.items()))
         return result
+
+    def _store_seg(
+        self, mask: sitk.Image, reference: SeriesVolume, source_files: list[bytes], assembled: AssembledStudy
+    ) -> StoredSeg:
+        mapping = assembled.mapping
+        numbers = [s.series_number for s in mapping.series.values()] + [
+            s.series_number for s, _ in mapping.rejected
+        ]
+        manifest = self.predictor.manifest
+        return store_segmentation(
+            self.pacs,
+            mask,
+            reference,
+            source_files,
+            algorithm_name=manifest.name,
+            algorithm_version=manifest.version,
+            series_number=next_series_number(numbers),
+        )

@@ -43,7 +43,11 @@ class AppState:
             if self.predictor is None:
                 raise ModelError(self.model_error or "no model is loaded")
             self._segmenter = Segmenter(
-                self.pacs, self.predictor, self.store, rules=self.settings.mapping_rules
+                self.pacs,
+                self.predictor,
+                self.store,
+                rules=self.settings.mapping_rules,
+                store_seg=self.settings.store_seg,
             )
         return self._segmenter
 

@@ -273,7 +273,9 @@ class OrthancClient:
         """The patient-level main tags of a study's patient. Holds PHI (name, birth date): never log it."""
         data = self._json("GET", f"/studies/{study_id}/patient")
         if not isinstance(data, dict):
-            raise PacsProtocolError("Orthanc answered /studies/{id}/patient with something other than an object")
+            raise PacsProtocolError(
+                "Orthanc answered /studies/{id}/patient with something other than an object"
+            )
         return dict(data.get("MainDicomTags", {}))
 
     def list_series(self, study_id: str) -> list[SeriesInfo]:

@@ -30,3 +30,14 @@ def get_result(state: StateDep, result_id: ResultId) -> SegmentResult:
 def get_mask(state: StateDep, result_id: ResultId) -> FileResponse:
     path = state.store.file(result_id, "mask.nii.gz")
     return FileResponse(path, media_type=FILES["mask.nii.gz"], filename=f"{result_id}_mask.nii.gz")
+
+
+@router.get(
+    "/results/{result_id}/preview.png",
+    response_class=FileResponse,
+    responses={200: {"content": {FILES["preview.png"]: {}}}, **ERROR_RESPONSES},
+)
+def get_preview(state: StateDep, result_id: ResultId) -> FileResponse:
+    """The reference image with the mask overlaid: axial, coronal and sagittal planes through the tumour."""
+    path = state.store.file(result_id, "preview.png")
+    return FileResponse(path, media_type=FILES["preview.png"], filename=f"{result_id}_preview.png")

@@ -1,0 +1,267 @@
+"""The mask as a DICOM Segmentation (highdicom), stored as a new series of the source study.
+
+Geometry contract. ``mask`` is a ``SimpleITK.Image`` of BraTS labels (0/1/2/4, any integer pixel type) on
+exactly the reference series' lattice (``SeriesVolume.image``): index (i, j, k) = (column, row, slice),
+with slice k the pixels of source instance ``reference.sop_instance_uids[k]``. ``GetArrayFromImage``
+therefore gives (k, row, column), which is the (frame, Rows, Columns) layout of the source instances, so
+frame k of every segment is written against source instance k with no resampling and no flips. Before
+writing, each source header's ImagePositionPatient/ImageOrientationPatient/PixelSpacing/Rows/Columns is
+checked against the mask lattice, so a mismatch fails loudly instead of producing a shifted SEG.
+
+What is written: one BINARY Segmentation instance, SOP class Segmentation Storage, in the source study
+and frame of reference, a new series. Every source frame is referenced for every segment
+(``omit_empty_frames=False``): an all-zero mask still gives a valid SEG with all its frames, and viewers
+that place frames by their source reference cannot shift a sparse SEG (NOTES.md). Segments:
+
+====  ======  ========================  ============================================  ==================
+seg   BraTS   label                     segmented property type                       display colour
+====  ======  ========================  ============================================  ==================
+1     1       NCR necrotic tumor core   SCT 6574001 "Necrosis"                        red
+2     2       ED peritumoral edema      SCT 79654002 "Edema"                          green
+3     4       ET enhancing tumor        SCT 108369006 "Neoplasm"                      yellow
+====  ======  ========================  ============================================  ==================
+
+All three have property category SCT 49755003 "Morphologically Abnormal Structure" (CID 7150; its older
+meaning was "Morphologically Altered Structure") and anatomic region SCT 12738006 "Brain". These are the
+codes DICOM's own segmentation context groups offer (CID 7151/7159) for necrosis, oedema and tumour.
+SNOMED has no concept for "contrast-enhancing tumour", so ET is the neoplasm itself and the enhancing
+part is carried by the segment label and description (the BraTS label number is in TrackingID).
+The algorithm is identified by the model package (name, version), family DCM 123110 "Artificial
+Intelligence", SegmentAlgorithmType AUTOMATIC.
+
+Source instances are only read (headers, no pixels); nothing is written back to them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from numpy.typing import NDArray
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+from tumorseg import __version__
+from tumorseg.export.preview import LABEL_STYLE
+from tumorseg.imaging.volume import SeriesVolume
+from tumorseg.pacs.client import UploadResult
+
+log = logging.getLogger(__name__)
+
+MORPHOLOGICALLY_ABNORMAL_STRUCTURE = Code("49755003", "SCT", "Morphologically Abnormal Structure")
+BRAIN = Code("12738006", "SCT", "Brain")
+ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")
+PROPERTY_TYPES = {
+    1: Code("6574001", "SCT", "Necrosis"),
+    2: Code("79654002", "SCT", "Edema"),
+    4: Code("108369006", "SCT", "Neoplasm"),
+}
+# Segment numbers must run 1..n in DICOM; BraTS labels are 1, 2, 4.
+SEGMENT_NUMBERS = {1: 1, 2: 2, 4: 3}
+
+# Positions are written in 0.01 mm steps and direction cosines with ~6 digits.
+POSITION_TOLERANCE_MM = 0.05
+ORIENTATION_TOLERANCE = 1e-3
+# Patient and study attributes of type 2 that highdicom copies from the source by attribute access.
+_TYPE2_COPIED = (
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+_LO_MAX = 64
+
+
+class InstanceStore(Protocol):
+    """What storing a SEG needs from the PACS (``OrthancClient`` has it)."""
+
+    def upload_instance(self, data: bytes) -> UploadResult: ...
+
+
+@dataclass(frozen=True)
+class StoredSeg:
+    """The stored SEG as the result JSON names it (``DicomSegRef``)."""
+
+    series_instance_uid: str
+    sop_instance_uid: str
+    orthanc_id: str
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "series_instance_uid": self.series_instance_uid,
+            "sop_instance_uid": self.sop_instance_uid,
+            "orthanc_id": self.orthanc_id,
+        }
+
+
+def read_headers(files: Sequence[bytes]) -> list[Dataset]:
+    """The source instances' headers (no pixel data), as highdicom needs them to reference the sources."""
+    return [pydicom.dcmread(DicomBytesIO(data), stop_before_pixels=True) for data in files]
+
+
+def segment_descriptions(algorithm_name: str, algorithm_version: str) -> list[hd.seg.SegmentDescription]:
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=algorithm_name[:_LO_MAX],
+        family=ARTIFICIAL_INTELLIGENCE,
+        version=algorithm_version[:_LO_MAX],
+        source="tumorseg",
+    )
+    descriptions = []
+    for label, number in SEGMENT_NUMBERS.items():
+        abbreviation, name, rgb = LABEL_STYLE[label]
+        description = hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=f"{abbreviation} {name}",
+            segmented_property_category=MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+            segmented_property_type=PROPERTY_TYPES[label],
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_id=f"BraTS label {label}",
+            tracking_uid=generate_uid(),
+            anatomic_regions=[BRAIN],
+            display_color=hd.color.CIELabColor.from_rgb(*rgb),
+        )
+        description.SegmentDescription = f"BraTS 2021 label {label}: {name}"
+        descriptions.append(description)
+    return descriptions
+
+
+def _ordered_sources(reference: SeriesVolume, headers: Sequence[Dataset]) -> list[Dataset]:
+    """The headers in slice order (``reference.sop_instance_uids``), as copies with the type-2 patient and
+    study attributes highdicom reads present (empty when the source lacks them)."""
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in headers}
+    missing = [uid for uid in reference.sop_instance_uids if uid not in by_uid]
+    if missing:
+        raise ValueError(f"{len(missing)} source instance(s) of {reference.label} have no header")
+    ordered = []
+    for uid in reference.sop_instance_uids:
+        ds = by_uid[uid].copy()
+        for keyword in _TYPE2_COPIED:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+        ordered.append(ds)
+    return ordered
+
+
+def _check_lattice(mask: sitk.Image, sources: Sequence[Dataset]) -> None:
+    """Fail unless slice k of ``mask`` lies exactly on source instance k (see the module docstring)."""
+    columns, rows, slices = mask.GetSize()
+    if slices != len(sources):
+        raise ValueError(f"the mask has {slices} slices, the reference series {len(sources)} instances")
+    direction = np.asarray(mask.GetDirection()).reshape(3, 3)
+    spacing = mask.GetSpacing()
+    for k, ds in enumerate(sources):
+        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+        ipp = np.asarray([float(v) for v in ds.ImagePositionPatient])
+        expected = np.asarray(mask.TransformIndexToPhysicalPoint((0, 0, k)))
+        if (
+            (int(ds.Rows), int(ds.Columns)) != (rows, columns)
+            or np.abs(iop - direction[:, :2].T.ravel()).max() > ORIENTATION_TOLERANCE
+            or np.abs(np.asarray([float(v) for v in ds.PixelSpacing]) - (spacing[1], spacing[0])).max() > 1e-4
+            or np.abs(ipp - expected).max() > POSITION_TOLERANCE_MM
+        ):
+            raise ValueError(f"slice {k} of the mask does not lie on source instance {ds.SOPInstanceUID}")
+
+
+def stacked_segments(mask: sitk.Image) -> NDArray[np.uint8]:
+    """(frames, Rows, Columns, segments) 0/1 from BraTS labels, segment s+1 at [..., s] (highdicom's
+    stacked-segments layout), frame k = slice k of the mask."""
+    labels = sitk.GetArrayViewFromImage(mask)
+    return np.stack([labels == label for label in SEGMENT_NUMBERS], axis=-1).astype(np.uint8)
+
+
+def build_segmentation(
+    mask: sitk.Image,
+    reference: SeriesVolume,
+    headers: Sequence[Dataset],
+    *,
+    algorithm_name: str,
+    algorithm_version: str,
+    series_number: int,
+) -> hd.seg.Segmentation:
+    """A BINARY SEG of ``mask`` referencing every instance of ``reference`` (see the module docstring).
+    ``headers``: the reference series' instances, any order, pixel data optional."""
+    sources = _ordered_sources(reference, headers)
+    _check_lattice(mask, sources)
+    return hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=stacked_segments(mask),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segment_descriptions(algorithm_name, algorithm_version),
+        series_instance_uid=generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="tumorseg",
+        manufacturer_model_name=algorithm_name[:_LO_MAX],
+        software_versions=__version__,
+        device_serial_number=f"{algorithm_name} {algorithm_version}"[:_LO_MAX],
+        content_label="TUMOR",
+        content_description="BraTS 2021 tumour sub-regions"[:_LO_MAX],
+        series_description=f"tumorseg SEG ({algorithm_name} {algorithm_version})"[:_LO_MAX],
+        omit_empty_frames=False,
+    )
+
+
+def encode(segmentation: Dataset) -> bytes:
+    """DICOM Part-10 bytes (preamble, file meta) of a dataset."""
+    buffer = DicomBytesIO()
+    segmentation.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def next_series_number(existing: Sequence[str]) -> int:
+    """One above the study's highest numeric SeriesNumber, so the SEG sorts after its sources."""
+    numbers = []
+    for value in existing:
+        try:
+            numbers.append(int(float(value)))
+        except ValueError:
+            continue
+    return max(numbers, default=0) + 1
+
+
+def store_segmentation(
+    pacs: InstanceStore,
+    mask: sitk.Image,
+    reference: SeriesVolume,
+    source_files: Sequence[bytes],
+    *,
+    algorithm_name: str,
+    algorithm_version: str,
+    series_number: int,
+) -> StoredSeg:
+    """Build the SEG from the reference series' downloaded instances and upload it as a new instance."""
+    segmentation = build_segmentation(
+        mask,
+        reference,
+        read_headers(source_files),
+        algorithm_name=algorithm_name,
+        algorithm_version=algorithm_version,
+        series_number=series_number,
+    )
+    stored = pacs.upload_instance(encode(segmentation))
+    log.info(
+        "stored DICOM SEG %s (series %s, %d frames) as Orthanc instance %s",
+        segmentation.SOPInstanceUID,
+        segmentation.SeriesInstanceUID,
+        int(segmentation.NumberOfFrames),
+        stored.instance_id,
+    )
+    return StoredSeg(
+        series_instance_uid=str(segmentation.SeriesInstanceUID),
+        sop_instance_uid=str(segmentation.SOPInstanceUID),
+        orthanc_id=stored.instance_id,
+    )
