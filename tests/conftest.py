@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tumorseg.config import Settings
 from tumorseg.pacs import OrthancClient
 from tumorseg.pacs.local import LocalOrthanc
 
@@ -41,6 +42,19 @@ class OrthancEndpoint:
             "TUMORSEG_ORTHANC_USERNAME": self.username,
             "TUMORSEG_ORTHANC_PASSWORD": self.password,
         }
+
+
+def service_settings(url: str, auth: tuple[str, str] | None, **extra: object) -> Settings:
+    """The service's settings for tests: this Orthanc, CPU, no .env file; ``extra`` sets the rest."""
+    user, password = auth if auth else (None, None)
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        orthanc_url=url,
+        orthanc_username=user,
+        orthanc_password=password,
+        device="cpu",
+        **extra,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -77,6 +77,15 @@ def plain_study(phantom_case: Path, tmp_path_factory: pytest.TempPathFactory) ->
 Edit = Callable[[str, int, pydicom.Dataset], pydicom.Dataset | None]
 
 
+def drop_instance(modality: str, index: int) -> Edit:
+    """An ``Edit`` for ``clone_study`` that leaves out one instance (e.g. a slice in the middle)."""
+
+    def edit(m: str, n: int, ds: pydicom.Dataset) -> pydicom.Dataset | None:
+        return None if (m, n) == (modality, index) else ds
+
+    return edit
+
+
 def clone_study(
     converted: ConvertedStudy,
     out: Path,

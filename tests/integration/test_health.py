@@ -9,31 +9,18 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import OrthancEndpoint
+from tests.conftest import OrthancEndpoint, service_settings
 from tests.service import running_service
 from tumorseg.api.main import create_app
-from tumorseg.config import Settings
 from tumorseg.pacs.local import LocalOrthanc
 
 pytestmark = pytest.mark.integration
 
 
-def settings_for(url: str, auth: tuple[str, str] | None, **extra: object) -> Settings:
-    user, password = auth if auth else (None, None)
-    return Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        orthanc_url=url,
-        orthanc_username=user,
-        orthanc_password=password,
-        device="cpu",
-        **extra,
-    )
-
-
 def test_health_reports_orthanc_version(orthanc: OrthancEndpoint) -> None:
     with orthanc.client() as pacs:
         version = pacs.system()["Version"]
-    with TestClient(create_app(settings_for(orthanc.url, orthanc.auth))) as client:
+    with TestClient(create_app(service_settings(orthanc.url, orthanc.auth))) as client:
         response = client.get("/health")
     assert response.status_code == 200
     body = response.json()
@@ -45,21 +32,21 @@ def test_health_reports_orthanc_version(orthanc: OrthancEndpoint) -> None:
 
 
 def test_health_with_rejected_credentials_is_degraded(orthanc: OrthancEndpoint) -> None:
-    with TestClient(create_app(settings_for(orthanc.url, (orthanc.username, "nope")))) as client:
+    with TestClient(create_app(service_settings(orthanc.url, (orthanc.username, "nope")))) as client:
         body = client.get("/health").json()
     assert body["status"] == "degraded"
     assert body["orthanc"] == {"reachable": False, "version": None}
 
 
 def test_request_id_is_echoed_or_made(orthanc: OrthancEndpoint) -> None:
-    with TestClient(create_app(settings_for(orthanc.url, orthanc.auth))) as client:
+    with TestClient(create_app(service_settings(orthanc.url, orthanc.auth))) as client:
         assert client.get("/health", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
         made = client.get("/health", headers={"X-Request-ID": "bad id\n"}).headers["X-Request-ID"]
         assert made != "bad id\n" and len(made) == 32
 
 
 def test_openapi_declares_the_contract_routes(orthanc: OrthancEndpoint) -> None:
-    with TestClient(create_app(settings_for(orthanc.url, orthanc.auth))) as client:
+    with TestClient(create_app(service_settings(orthanc.url, orthanc.auth))) as client:
         spec = client.get("/openapi.json").json()
         docs = client.get("/docs")
     assert "/health" in spec["paths"]
@@ -69,7 +56,7 @@ def test_openapi_declares_the_contract_routes(orthanc: OrthancEndpoint) -> None:
 
 
 def test_errors_are_json_with_a_code(orthanc: OrthancEndpoint) -> None:
-    with TestClient(create_app(settings_for(orthanc.url, orthanc.auth))) as client:
+    with TestClient(create_app(service_settings(orthanc.url, orthanc.auth))) as client:
         missing = client.get("/no-such-route")
         bad = client.post("/segment/P1", params={"reference": "dwi"})
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
@@ -78,7 +65,7 @@ def test_errors_are_json_with_a_code(orthanc: OrthancEndpoint) -> None:
 
 
 def test_api_key_guards_every_route_but_health(orthanc: OrthancEndpoint) -> None:
-    app = create_app(settings_for(orthanc.url, orthanc.auth, api_key="k" * 32))
+    app = create_app(service_settings(orthanc.url, orthanc.auth, api_key="k" * 32))
     with TestClient(app) as client:
         assert client.get("/health").status_code == 200
         denied = client.post("/segment/P1")

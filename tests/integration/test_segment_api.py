@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import OrthancEndpoint
+from tests.conftest import OrthancEndpoint, service_settings
 from tests.geometry import dcm2niix, index_map
-from tests.integration.conftest import UploadedStudy, clone_study
+from tests.integration.conftest import UploadedStudy, clone_study, drop_instance
 from tests.integration.test_pacs_client import silent_server  # noqa: F401 (fixture)
 from tests.integration.test_study_assembly import upload
 from tumorseg.api.main import create_app
@@ -27,17 +27,7 @@ pytestmark = pytest.mark.integration
 
 
 def settings(url: str, auth: tuple[str, str] | None, model: Path, results: Path, **extra: object) -> Settings:
-    user, password = auth if auth else (None, None)
-    return Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        orthanc_url=url,
-        orthanc_username=user,
-        orthanc_password=password,
-        model_path=model,
-        results_dir=results,
-        device="cpu",
-        **extra,
-    )
+    return service_settings(url, auth, model_path=model, results_dir=results, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -162,9 +152,7 @@ def test_broken_series_is_422_naming_the_series(
     api: TestClient, plain_study: ConvertedStudy, orthanc: OrthancEndpoint, tmp_path: Path
 ) -> None:
     middle = plain_study.get("flair").n_files // 2
-    patient_id = clone_study(
-        plain_study, tmp_path, edit=lambda m, n, ds: None if (m, n) == ("flair", middle) else ds
-    )
+    patient_id = clone_study(plain_study, tmp_path, edit=drop_instance("flair", middle))
     upload(orthanc, tmp_path)
     response = api.post(f"/segment/{patient_id}")
     assert response.status_code == 422

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from tests.conftest import OrthancEndpoint
 from tests.geometry import as_nifti, dcm2niix, index_map, reindex
-from tests.integration.conftest import UploadedStudy, clone_study
+from tests.integration.conftest import UploadedStudy, clone_study, drop_instance
 from tumorseg.errors import AmbiguousSeries, BrokenSeries, ModalityMissing
 from tumorseg.imaging import grid as g
 from tumorseg.imaging.volume import load_series
@@ -108,9 +108,7 @@ def test_missing_slice_breaks_the_series_by_name(
     plain_study: ConvertedStudy, orthanc: OrthancEndpoint, orthanc_client: OrthancClient, tmp_path: Path
 ) -> None:
     middle = plain_study.get("t2").n_files // 2
-    patient_id = clone_study(
-        plain_study, tmp_path, edit=lambda m, n, ds: None if (m, n) == ("t2", middle) else ds
-    )
+    patient_id = clone_study(plain_study, tmp_path, edit=drop_instance("t2", middle))
     upload(orthanc, tmp_path)
     series = assemble(orthanc_client, patient_id).mapping.series["t2"]
     with pytest.raises(BrokenSeries, match="missing slice") as caught:

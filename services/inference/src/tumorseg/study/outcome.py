@@ -47,13 +47,22 @@ class SeriesMapping:
 
     def to_json(self) -> dict[str, Any]:
         """The CONTRACT shape: ``series`` as in the result JSON, plus ``rejected`` and ``notes``."""
-        data: dict[str, Any] = {}
-        if self.study_instance_uid is not None:
-            data["study_instance_uid"] = self.study_instance_uid
-        data["series"] = _series_json(self.series)
-        data["rejected"] = _rejected_json(self.rejected)
-        data["notes"] = list(self.notes)
-        return data
+        return _mapping_json(self.study_instance_uid, self.series, self.rejected, self.notes)
+
+
+def _mapping_json(
+    study_instance_uid: str | None,
+    series: Mapping[str, SeriesInfo],
+    rejected: Sequence[tuple[SeriesInfo, str]],
+    notes: Sequence[str],
+) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if study_instance_uid is not None:
+        data["study_instance_uid"] = study_instance_uid
+    data["series"] = _series_json(series)
+    data["rejected"] = _rejected_json(rejected)
+    data["notes"] = list(notes)
+    return data
 
 
 def _series_json(series: Mapping[str, SeriesInfo]) -> dict[str, dict[str, str]]:
@@ -164,12 +173,7 @@ class MappingProposal:
 
     def to_json(self) -> dict[str, Any]:
         """Like ``SeriesMapping.to_json`` plus ``missing`` and ``ambiguous`` (for ``tumorseg inspect``)."""
-        data: dict[str, Any] = {}
-        if self.study_instance_uid is not None:
-            data["study_instance_uid"] = self.study_instance_uid
-        data["series"] = _series_json(self.series)
-        data["rejected"] = _rejected_json(self.rejected)
-        data["notes"] = list(self.notes)
+        data = _mapping_json(self.study_instance_uid, self.series, self.rejected, self.notes)
         data["missing"] = list(self.missing) + list(self.explicit_missing)
         data["ambiguous"] = {m: [s.series_instance_uid for s in c] for m, c in self.ambiguous.items()}
         return data
