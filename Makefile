@@ -47,7 +47,7 @@ demo: setup
 	$(BIN)/python scripts/demo.py
 
 bench: setup
-	@echo "make bench: not yet — it arrives with the performance issue."; exit 1
+	$(BIN)/python scripts/bench.py
 
 clean:
 	rm -rf $(VENV) out results .pytest_cache .mypy_cache .ruff_cache

@@ -46,7 +46,7 @@ CLINICAL = ConversionOptions(
 
 
 def say(message: str) -> None:
-    print(f"[demo] {message}", flush=True)  # noqa: T201
+    print(f"[demo] {message}", flush=True)
 
 
 def wait_for(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 180.0) -> None:
@@ -147,7 +147,7 @@ def main() -> None:
         "timings   " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()),
         "outputs   " + ", ".join(str(p) for p in outputs),
     ]
-    print("\n" + "\n".join(f"  {line}" for line in lines) + "\n")  # noqa: T201
+    print("\n" + "\n".join(f"  {line}" for line in lines) + "\n")
 
 
 if __name__ == "__main__":

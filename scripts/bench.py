@@ -1,0 +1,255 @@
+"""`make bench`: the pipeline's cost per stage on three kinds of study, against a real local Orthanc.
+
+Kinds (all from one phantom, written by `tumorseg to-dicom`):
+- brats     four 1 mm 240×240×155 series (the source lattice);
+- clinical  oblique 2D FLAIR 0.9×0.9×4 mm, sagittal 3D T1 1 mm, T1ce 0.8×0.8×3 mm, T2 0.5×0.5×3 mm;
+- large     four ~512×512×200 series (0.47×0.47×0.78 mm).
+
+For each kind a fresh `tumorseg serve` process gets one warm-up request and then BENCH_RUNS timed ones;
+the table shows the median of each stage (the service's own `timings_s`), the client-side end-to-end time,
+end-to-end / inference, the load stage against `dcm2niix` converting the same four series in the same run,
+and the service's peak RSS (VmHWM). Then BENCH_LEAK_RUNS consecutive requests on the clinical study show
+whether the resident memory grows. Results go to bench/results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tumorseg.pacs import OrthancClient
+from tumorseg.pacs.local import LocalOrthanc, free_port
+from tumorseg.pacs.upload import upload_directory
+from tumorseg.synth.dicom_geometry import SeriesGeometry
+from tumorseg.synth.dicom_options import ConversionOptions
+from tumorseg.synth.phantom import generate_case, write_case
+from tumorseg.synth.to_dicom import convert_case
+
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+LEAK_RUNS = int(os.environ.get("BENCH_LEAK_RUNS", "20"))
+KINDS_WANTED = os.environ.get("BENCH_KINDS", "brats,clinical,large").split(",")
+WORK = Path(os.environ.get("BENCH_WORK", "out/bench"))
+RESULTS = Path("bench/results.json")
+STAGES = ("fetch", "load", "preprocess", "inference", "postprocess", "export", "total")
+MODALITIES = ("flair", "t1", "t1ce", "t2")
+
+KINDS = {
+    "brats": ConversionOptions(),
+    "clinical": ConversionOptions(
+        geometry={
+            "flair": SeriesGeometry(plane="axial", tilt_deg=12.0, spacing=(0.9, 0.9, 4.0)),
+            "t1": SeriesGeometry(plane="sagittal"),
+            "t1ce": SeriesGeometry(spacing=(0.8, 0.8, 3.0)),
+            "t2": SeriesGeometry(spacing=(0.5, 0.5, 3.0)),
+        }
+    ),
+    "large": ConversionOptions(
+        geometry={m: SeriesGeometry(spacing=(0.46875, 0.46875, 0.78)) for m in MODALITIES}
+    ),
+}
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", flush=True)
+
+
+def rss_mib(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def dcm2niix_seconds(folders: list[Path]) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        for n, folder in enumerate(folders):
+            out = Path(tmp) / str(n)
+            out.mkdir()
+            subprocess.run(
+                ["dcm2niix", "-b", "n", "-z", "n", "-o", str(out), str(folder)],
+                check=True,
+                capture_output=True,
+            )
+        return time.perf_counter() - start
+
+
+class Service:
+    def __init__(self, orthanc: LocalOrthanc, results: Path, log: Path) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        env = {
+            **os.environ,
+            "TUMORSEG_ORTHANC_URL": orthanc.url,
+            "TUMORSEG_ORTHANC_USERNAME": orthanc.username,
+            "TUMORSEG_ORTHANC_PASSWORD": orthanc.password,
+            "TUMORSEG_RESULTS_DIR": str(results),
+        }
+        self._log = log.open("wb")
+        exe = Path(sys.executable).with_name("tumorseg")
+        self.process = subprocess.Popen(
+            [str(exe), "serve", "--port", self.url.rsplit(":", 1)[1]],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                health = httpx.get(f"{self.url}/health", timeout=5).json()
+                self.health = health
+                return
+            except httpx.TransportError:
+                if self.process.poll() is not None:
+                    sys.exit(f"the service exited; see {log}")
+                time.sleep(0.3)
+        sys.exit("the service did not start")
+
+    def segment(self, patient_id: str) -> tuple[dict[str, Any], float]:
+        start = time.perf_counter()
+        response = httpx.post(f"{self.url}/segment/{patient_id}", timeout=1800)
+        elapsed = time.perf_counter() - start
+        if response.status_code != 200:
+            sys.exit(f"POST /segment/{patient_id}: HTTP {response.status_code} {response.text}")
+        return response.json(), elapsed
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+        self._log.close()
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+    try:
+        model = next(
+            line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")
+        )
+        info["cpu"] = model.split(":", 1)[1].strip()
+    except (OSError, StopIteration):
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def bench_kind(kind: str, orthanc: LocalOrthanc, case_dir: Path) -> dict[str, Any]:
+    patient_id = f"BENCH-{kind.upper()}"
+    converted = convert_case(case_dir, patient_id, WORK / "dicom" / kind, KINDS[kind])
+    with OrthancClient(orthanc.url, orthanc.auth) as pacs:
+        report = upload_directory(pacs, converted.out, workers=4)
+    say(f"{kind}: {report.stored + report.already_stored} instances in Orthanc")
+    folders = [converted.get(m).folder for m in MODALITIES]
+    service = Service(orthanc, WORK / "results", WORK / f"service-{kind}.log")
+    try:
+        service.segment(patient_id)  # warm-up: lazy imports, caches, allocator
+        runs = []
+        for _ in range(RUNS):
+            result, e2e = service.segment(patient_id)
+            runs.append({**result["timings_s"], "e2e": e2e})
+        converter = [dcm2niix_seconds(folders) for _ in range(RUNS)]
+        peak = rss_mib(service.process.pid, "VmHWM")
+        leak: list[float] = []
+        if kind == "clinical":
+            for n in range(LEAK_RUNS):
+                service.segment(patient_id)
+                leak.append(rss_mib(service.process.pid, "VmRSS"))
+                say(f"leak check {n + 1}/{LEAK_RUNS}: RSS {leak[-1]:.0f} MiB")
+    finally:
+        service.stop()
+    median = {stage: statistics.median(r[stage] for r in runs) for stage in (*STAGES, "e2e")}
+    shapes = {m: s.n_files for m, s in ((m, converted.get(m)) for m in MODALITIES)}
+    row: dict[str, Any] = {
+        "kind": kind,
+        "slices": shapes,
+        "median_s": {k: round(v, 3) for k, v in median.items()},
+        "e2e_over_inference": round(median["e2e"] / median["inference"], 3),
+        "dcm2niix_s": round(statistics.median(converter), 3),
+        "load_over_dcm2niix": round(median["load"] / statistics.median(converter), 3),
+        "peak_rss_mib": round(peak, 1),
+        "runs": runs,
+    }
+    if leak:
+        row["leak_rss_mib"] = [round(v, 1) for v in leak]
+        row["leak_growth_mib"] = round(leak[-1] - leak[min(4, len(leak) - 1)], 1)
+    return row
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ["kind", *STAGES, "e2e", "e2e/inf", "dcm2niix", "load/d2n", "peak RSS MiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        m = row["median_s"]
+        cells = [
+            row["kind"],
+            *(f"{m[s]:.2f}" for s in STAGES),
+            f"{m['e2e']:.2f}",
+            f"{row['e2e_over_inference']:.2f}",
+            f"{row['dcm2niix_s']:.2f}",
+            f"{row['load_over_dcm2niix']:.2f}",
+            f"{row['peak_rss_mib']:.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if not shutil.which("dcm2niix"):
+        sys.exit("dcm2niix is missing; run make setup")
+    WORK.mkdir(parents=True, exist_ok=True)
+    case_dir = WORK / "phantom" / "BraTS2021_BENCH"
+    if not (case_dir / "BraTS2021_BENCH_seg.nii.gz").exists():
+        write_case(generate_case(31337), case_dir.parent, case_dir.name)
+    orthanc = LocalOrthanc(WORK / "orthanc")
+    rows = []
+    started = time.perf_counter()
+    try:
+        orthanc.start()
+        for kind in KINDS_WANTED:
+            say(f"{kind}: converting, uploading, {RUNS} timed runs after a warm-up")
+            rows.append(bench_kind(kind, orthanc, case_dir))
+    finally:
+        orthanc.stop()
+    results = {
+        "machine": machine(),
+        "runs_per_kind": RUNS,
+        "leak_runs": LEAK_RUNS,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "kinds": rows,
+        "table": table(rows),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    m = results["machine"]
+    print(
+        f"\n{m.get('gpu', m['cpu'])} ({m['cores']} cores, {m['device']}), medians of {RUNS} warm runs, seconds\n"
+    )
+    print(table(rows))
+    for row in rows:
+        if "leak_growth_mib" in row:
+            print(
+                f"\nleak check ({LEAK_RUNS} requests, clinical): RSS growth after the 5th request {row['leak_growth_mib']} MiB"
+            )
+    print(f"\nwrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
