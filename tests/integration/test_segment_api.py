@@ -188,3 +188,30 @@ def test_missing_model_is_503_and_health_says_degraded(orthanc: OrthancEndpoint,
         response = client.post("/segment/ANYONE")
     assert health["status"] == "degraded" and health["model"]["loaded"] is False
     assert response.status_code == 503 and "TUMORSEG_MODEL_PATH" in response.json()["detail"]
+
+
+def mask_array(client: TestClient, result: dict[str, object], path: Path) -> np.ndarray:
+    path.write_bytes(client.get(str(result["mask_url"])).content)
+    return np.asarray(nib.load(path).dataobj)
+
+
+def test_series_cache_gives_the_same_mask_as_a_cold_run(
+    orthanc: OrthancEndpoint, random_model: Path, clinical_study: UploadedStudy, tmp_path: Path
+) -> None:
+    """Optimisations must not change results: warm (cached series) == cold == cache disabled."""
+    arrays = []
+    for cache_mb, requests in ((512, 2), (0, 1)):
+        app = create_app(
+            settings(
+                orthanc.url, orthanc.auth, random_model, tmp_path / f"r{cache_mb}", series_cache_mb=cache_mb
+            )
+        )
+        with TestClient(app) as client:
+            for n in range(requests):
+                response = client.post(f"/segment/{clinical_study.patient_id}", params={"reference": "t2"})
+                assert response.status_code == 200
+                arrays.append(mask_array(client, response.json(), tmp_path / f"{cache_mb}-{n}.nii.gz"))
+            if cache_mb:
+                assert len(app.state.tumorseg.segmenter().cache) == 4
+    assert np.count_nonzero(arrays[0]) > 0
+    assert all(np.array_equal(arrays[0], other) for other in arrays[1:])

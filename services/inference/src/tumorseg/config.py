@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         description="Store a DICOM SEG of every result in the source study in Orthanc, as if each "
         "POST /segment asked store_seg=true (a request cannot turn it off).",
     )
+    series_cache_mb: int = Field(
+        default=512,
+        ge=0,
+        description="Memory for decoded series kept between requests (0: none); repeated requests skip fetch and decode.",
+    )
     api_key: SecretStr | None = Field(
         default=None, description="When set, every route but /health needs header X-API-Key."
     )

@@ -16,22 +16,20 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import SimpleITK as sitk
 
-from tumorseg import __version__
 from tumorseg.errors import Busy, InvalidInput
 from tumorseg.export.dicom_seg import StoredSeg, next_series_number, store_segmentation
 from tumorseg.export.nifti import write_mask
 from tumorseg.export.preview import write_preview
-from tumorseg.imaging.postprocess import to_reference_mask, voxel_volume_mm3
+from tumorseg.export.result import build_result
+from tumorseg.imaging.cache import SeriesCache
+from tumorseg.imaging.postprocess import to_reference_mask
 from tumorseg.imaging.preprocess import MODALITIES, prepare
 from tumorseg.imaging.volume import SeriesVolume, load_series
-from tumorseg.model.labels import LABEL_NAMES, volumes_ml
 from tumorseg.model.predictor import Predictor
 from tumorseg.pacs import OrthancClient, SeriesInfo
 from tumorseg.results import ResultStore, new_result_id
@@ -91,12 +89,14 @@ class Segmenter:
         max_waiting: int = 4,
         rules: Path | None = None,
         store_seg: bool = False,
+        cache_bytes: int = 0,
     ) -> None:
         self.pacs = pacs
         self.predictor = predictor
         self.store = store
         self.rules = rules
         self.store_seg = store_seg  # TUMORSEG_STORE_SEG: a SEG for every request, asked for or not
+        self.cache = SeriesCache(cache_bytes)
         self._model_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_waiting + 1)
 
@@ -110,30 +110,30 @@ class Segmenter:
 
     def _run(self, request: SegmentRequest, timer: StageTimer) -> dict[str, Any]:
         started = time.perf_counter()
+        store_seg = request.store_seg or self.store_seg
         with timer.stage("fetch"):
             assembled = assemble(
                 self.pacs, request.patient_id, request.study_instance_uid, request.explicit_series, self.rules
             )
             series = assembled.mapping.series
+            loaded = {m: v for m in MODALITIES if (v := self.cache.get(series[m])) is not None}
+            # The SEG references every source instance: it needs the reference series' files for headers.
+            wanted = [m for m in MODALITIES if m not in loaded or (store_seg and m == request.reference)]
             with ThreadPoolExecutor(max_workers=len(MODALITIES)) as pool:
                 files = dict(
-                    zip(
-                        MODALITIES,
-                        pool.map(lambda m: self.pacs.download_series(series[m]), MODALITIES),
-                        strict=True,
-                    )
+                    zip(wanted, pool.map(lambda m: self.pacs.download_series(series[m]), wanted), strict=True)
                 )
-        store_seg = request.store_seg or self.store_seg
-        # The SEG references every source instance: keep the reference series' files for its headers.
-        source_files = files[request.reference] if store_seg else []
         with timer.stage("load"), ThreadPoolExecutor(max_workers=len(MODALITIES)) as pool:
-            loaded: dict[str, SeriesVolume] = dict(
-                zip(
-                    MODALITIES,
-                    pool.map(lambda m: load_series(files.pop(m), _series_label(m, series[m])), MODALITIES),
-                    strict=True,
-                )
-            )
+            missing = [m for m in MODALITIES if m not in loaded]
+            for m, volume in zip(
+                missing,
+                pool.map(lambda m: load_series(files[m], _series_label(m, series[m])), missing),
+                strict=True,
+            ):
+                self.cache.put(series[m], volume)
+                loaded[m] = volume
+        if not store_seg:
+            files.clear()  # the decoded volumes are all that is needed from here on
         reference = loaded[request.reference]
         manifest = self.predictor.manifest
         with timer.stage("preprocess"):
@@ -150,41 +150,21 @@ class Segmenter:
             try:
                 write_mask(mask, staging / "mask.nii.gz")
                 write_preview(reference.image, mask, staging / "preview.png")
-                dicom_seg = self._store_seg(mask, reference, source_files, assembled) if store_seg else None
-                labels = sitk.GetArrayViewFromImage(mask).astype(np.uint8, copy=False)
-                volumes = volumes_ml(labels, voxel_volume_mm3(reference.image))
-                result = {
-                    "result_id": result_id,
-                    "patient_id": request.patient_id,
-                    "study_instance_uid": assembled.study.study_instance_uid,
-                    "series": {
-                        m: {
-                            "series_instance_uid": series[m].series_instance_uid,
-                            "series_description": series[m].series_description,
-                            "orthanc_id": series[m].orthanc_id,
-                        }
-                        for m in MODALITIES
-                    },
-                    "reference": {
-                        "modality": request.reference,
-                        "series_instance_uid": reference.series_instance_uid,
-                    },
-                    "labels": dict(LABEL_NAMES),
-                    "volumes_ml": {k: round(v, 3) for k, v in volumes.items()},
-                    "mask_url": f"/results/{result_id}/mask.nii.gz",
-                    "preview_url": f"/results/{result_id}/preview.png",
-                    "dicom_seg": dicom_seg.to_json() if dicom_seg else None,
-                    "mask": {
-                        "shape": list(mask.GetSize()),
-                        "spacing": list(mask.GetSpacing()),
-                        "origin": list(mask.GetOrigin()),
-                        "direction": list(mask.GetDirection()),
-                    },
-                    "model": {"name": manifest.name, "version": manifest.version},
-                    "mapping_notes": list(assembled.mapping.notes),
-                    "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "tumorseg_version": __version__,
-                }
+                dicom_seg = (
+                    self._store_seg(mask, reference, files[request.reference], assembled)
+                    if store_seg
+                    else None
+                )
+                result = build_result(
+                    result_id,
+                    request.patient_id,
+                    assembled,
+                    request.reference,
+                    reference,
+                    mask,
+                    manifest,
+                    dicom_seg,
+                )
             except BaseException:
                 self.store.discard(staging)
                 raise
@@ -196,7 +176,12 @@ class Segmenter:
         except BaseException:
             self.store.discard(staging)
             raise
-        log.info("result %s: %s", result_id, " ".join(f"{k}={v:.2f}s" for k, v in timings.items()))
+        log.info(
+            "result %s: %s",
+            result_id,
+            " ".join(f"{k}={v:.2f}s" for k, v in timings.items()),
+            extra={"fields": {"result_id": result_id, "timings_s": timings}},
+        )
         return result
 
     def _store_seg(

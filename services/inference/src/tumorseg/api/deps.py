@@ -48,6 +48,7 @@ class AppState:
                 self.store,
                 rules=self.settings.mapping_rules,
                 store_seg=self.settings.store_seg,
+                cache_bytes=self.settings.series_cache_mb * 2**20,
             )
         return self._segmenter
 

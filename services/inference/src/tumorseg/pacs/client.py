@@ -107,6 +107,7 @@ class SeriesInfo:
     series_date: str
     series_time: str
     instance_ids: tuple[str, ...]
+    last_update: str = ""  # Orthanc's LastUpdate: changes whenever an instance is added or replaced
 
     @property
     def instance_count(self) -> int:
@@ -145,6 +146,7 @@ class SeriesInfo:
             series_date=str(tag("SeriesDate") or ""),
             series_time=str(tag("SeriesTime") or ""),
             instance_ids=tuple(series.get("Instances", ())),
+            last_update=str(series.get("LastUpdate", "")),
         )
 
 
