@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pydicom
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
-from tests.conftest import OrthancEndpoint
-from tests.integration.conftest import UploadedStudy
+from tests.conftest import OrthancEndpoint, service_settings
+from tests.integration.conftest import UploadedStudy, clone_study
 from tests.service import running_service
+from tumorseg.api.main import create_app
+from tumorseg.pacs import OrthancClient, SeriesInfo
 from tumorseg.pacs.local import LocalOrthanc
+from tumorseg.pacs.upload import upload_directory
+from tumorseg.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration
 
@@ -65,3 +74,123 @@ def test_orthanc_down_at_start_up_degrades_then_recovers(random_model: Path, tmp
         with orthanc:
             up = httpx.get(f"{url}/health", timeout=10).json()
             assert up["status"] == "ok" and up["orthanc"]["reachable"] is True
+
+
+# -- concurrency and faults in the middle of a request (service in-process over ASGI, real Orthanc) ---------
+
+
+def app_for(url: str, auth: tuple[str, str], model: Path, results: Path, **extra: object) -> FastAPI:
+    return create_app(service_settings(url, auth, model_path=model, results_dir=results, **extra))
+
+
+def test_simultaneous_requests_all_complete(
+    clinical_study: UploadedStudy, orthanc: OrthancEndpoint, random_model: Path, tmp_path: Path
+) -> None:
+    with TestClient(app_for(orthanc.url, orthanc.auth, random_model, tmp_path, queue_size=4)) as client:
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            responses = list(
+                pool.map(
+                    lambda _: client.post(
+                        f"/segment/{clinical_study.patient_id}", params={"reference": "t1ce"}
+                    ),
+                    range(3),
+                )
+            )
+        assert [r.status_code for r in responses] == [200, 200, 200]
+        ids = {r.json()["result_id"] for r in responses}
+        assert len(ids) == 3  # identical requests are done safely twice: separate, complete results
+        masks = {client.get(f"/results/{rid}/mask.nii.gz").content for rid in ids}
+        assert len(masks) == 1
+
+
+def test_a_full_queue_answers_503_with_retry_after(
+    clinical_study: UploadedStudy, orthanc: OrthancEndpoint, random_model: Path, tmp_path: Path
+) -> None:
+    app = app_for(orthanc.url, orthanc.auth, random_model, tmp_path, queue_size=0)
+    with TestClient(app) as client:
+        predictor = app.state.tumorseg.predictor
+        inside, release = threading.Event(), threading.Event()
+        original = predictor.predict
+
+        def slow_predict(model_input: object) -> object:
+            inside.set()
+            release.wait(60)
+            return original(model_input)
+
+        predictor.predict = slow_predict
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            first = pool.submit(client.post, f"/segment/{clinical_study.patient_id}")
+            assert inside.wait(120)
+            busy = client.post(f"/segment/{clinical_study.patient_id}")
+            release.set()
+            assert first.result().status_code == 200
+    assert busy.status_code == 503 and busy.json()["code"] == "busy"
+    assert int(busy.headers["Retry-After"]) > 0
+
+
+@pytest.fixture
+def private_study(own_orthanc: LocalOrthanc, plain_study: ConvertedStudy, tmp_path: Path) -> str:
+    """A clone of the plain study in a private Orthanc that a test may stop."""
+    patient_id = clone_study(plain_study, tmp_path / "clone")
+    with OrthancClient(own_orthanc.url, own_orthanc.auth) as pacs:
+        assert not upload_directory(pacs, tmp_path / "clone").failed
+    return patient_id
+
+
+def test_orthanc_stopped_mid_request_is_503(
+    own_orthanc: LocalOrthanc, private_study: str, random_model: Path, tmp_path: Path
+) -> None:
+    app = app_for(own_orthanc.url, own_orthanc.auth, random_model, tmp_path / "results")
+    with TestClient(app) as client:
+        pacs = app.state.tumorseg.pacs
+        original = pacs.download_series
+
+        def stop_then_download(series: object, progress: object = None) -> list[bytes]:
+            own_orthanc.stop()  # Orthanc goes away after the study was found, before the pixels come
+            return original(series)
+
+        pacs.download_series = stop_then_download
+        response = client.post(f"/segment/{private_study}")
+    assert response.status_code == 503 and response.json()["code"] == "pacs_unavailable"
+    assert not list((tmp_path / "results").glob("[0-9a-f]*"))  # no half result
+
+
+def test_series_deleted_while_fetched_is_422_naming_it(
+    own_orthanc: LocalOrthanc, private_study: str, random_model: Path, tmp_path: Path
+) -> None:
+    app = app_for(own_orthanc.url, own_orthanc.auth, random_model, tmp_path / "results")
+    with TestClient(app) as client:
+        pacs = app.state.tumorseg.pacs
+        original = pacs.download_series
+        deleted: list[str] = []
+        lock = threading.Lock()
+
+        def delete_then_download(series: SeriesInfo, progress: object = None) -> list[bytes]:
+            with lock:
+                if not deleted:  # the first series fetched vanishes from Orthanc just before
+                    pacs.delete("series", series.orthanc_id)
+                    deleted.append(series.series_instance_uid)
+            return original(series)
+
+        pacs.download_series = delete_then_download
+        response = client.post(f"/segment/{private_study}")
+    assert response.status_code == 422 and response.json()["code"] == "broken_series"
+    assert deleted[0] in response.json()["detail"] and "changed in Orthanc" in response.json()["detail"]
+
+
+def test_corrupt_instance_is_422_naming_the_series(
+    plain_study: ConvertedStudy, orthanc: OrthancEndpoint, random_model: Path, tmp_path: Path
+) -> None:
+    def truncate(modality: str, n: int, ds: pydicom.Dataset) -> pydicom.Dataset:
+        if (modality, n) == ("t2", 7):
+            ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]
+        return ds
+
+    patient_id = clone_study(plain_study, tmp_path / "clone", edit=truncate)
+    with orthanc.client() as pacs:
+        assert not upload_directory(pacs, tmp_path / "clone").failed
+    with TestClient(app_for(orthanc.url, orthanc.auth, random_model, tmp_path / "results")) as client:
+        response = client.post(f"/segment/{patient_id}")
+    body = response.json()
+    assert response.status_code == 422 and body["code"] == "broken_series"
+    assert "t2" in body["detail"] and "cannot be decoded" in body["detail"]

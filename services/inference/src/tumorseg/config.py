@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Memory for decoded series kept between requests (0: none); repeated requests skip fetch and decode.",
     )
+    queue_size: int = Field(
+        default=4,
+        ge=0,
+        le=1000,
+        description="Requests that may wait while one runs; more are answered 503 with Retry-After.",
+    )
     api_key: SecretStr | None = Field(
         default=None, description="When set, every route but /health needs header X-API-Key."
     )

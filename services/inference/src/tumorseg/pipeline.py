@@ -21,7 +21,7 @@ from typing import Any
 
 import SimpleITK as sitk
 
-from tumorseg.errors import Busy, InvalidInput
+from tumorseg.errors import BrokenSeries, Busy, InvalidInput, PacsNotFound
 from tumorseg.export.dicom_seg import StoredSeg, next_series_number, store_segmentation
 from tumorseg.export.nifti import write_mask
 from tumorseg.export.preview import write_preview
@@ -121,7 +121,7 @@ class Segmenter:
             wanted = [m for m in MODALITIES if m not in loaded or (store_seg and m == request.reference)]
             with ThreadPoolExecutor(max_workers=len(MODALITIES)) as pool:
                 files = dict(
-                    zip(wanted, pool.map(lambda m: self.pacs.download_series(series[m]), wanted), strict=True)
+                    zip(wanted, pool.map(lambda m: self._download(m, series[m]), wanted), strict=True)
                 )
         with timer.stage("load"), ThreadPoolExecutor(max_workers=len(MODALITIES)) as pool:
             missing = [m for m in MODALITIES if m not in loaded]
@@ -183,6 +183,15 @@ class Segmenter:
             extra={"fields": {"result_id": result_id, "timings_s": timings}},
         )
         return result
+
+    def _download(self, modality: str, info: SeriesInfo) -> list[bytes]:
+        try:
+            return self.pacs.download_series(info)
+        except PacsNotFound as exc:  # listed a moment ago: it changed under us
+            raise BrokenSeries(
+                f"series {_series_label(modality, info)} changed in Orthanc while it was fetched "
+                "(an instance disappeared); retry when the study is complete"
+            ) from exc
 
     def _store_seg(
         self, mask: sitk.Image, reference: SeriesVolume, source_files: list[bytes], assembled: AssembledStudy

@@ -49,6 +49,7 @@ class AppState:
                 rules=self.settings.mapping_rules,
                 store_seg=self.settings.store_seg,
                 cache_bytes=self.settings.series_cache_mb * 2**20,
+                max_waiting=self.settings.queue_size,
             )
         return self._segmenter
 

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tumorseg.errors import ResultNotFound
+from tumorseg.results import ResultStore, new_result_id
+
+
+def test_commit_then_read_and_survive_a_new_store(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    rid = new_result_id()
+    staging = store.staging(rid)
+    (staging / "mask.nii.gz").write_bytes(b"mask")
+    store.commit(rid, staging, {"result_id": rid})
+    again = ResultStore(tmp_path)  # a restart
+    assert again.read(rid) == {"result_id": rid}
+    assert again.file(rid, "mask.nii.gz").read_bytes() == b"mask"
+    assert not staging.exists()
+
+
+def test_a_crash_before_commit_leaves_no_result(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    rid = new_result_id()
+    staging = store.staging(rid)
+    (staging / "mask.nii.gz").write_bytes(b"half")
+    # the process dies here: the staging folder stays, but it is not a result
+    with pytest.raises(ResultNotFound):
+        store.read(rid)
+    with pytest.raises(ResultNotFound):
+        store.file(rid, "mask.nii.gz")
+    store.discard(staging)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("rid", ["../etc", "..", "a" * 31, "A" * 32, "0" * 32 + "/x", "", "%2e%2e"])
+def test_ids_that_could_escape_the_store_are_refused(tmp_path: Path, rid: str) -> None:
+    store = ResultStore(tmp_path / "results")
+    with pytest.raises(ResultNotFound):
+        store.read(rid)
+    with pytest.raises(ResultNotFound):
+        store.file(rid, "mask.nii.gz")
+
+
+def test_only_known_files_are_served(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    rid = new_result_id()
+    staging = store.staging(rid)
+    store.commit(rid, staging, {"result_id": rid})
+    with pytest.raises(ResultNotFound):
+        store.file(rid, "result.json")  # served as JSON by its own route, not as a file
+    with pytest.raises(ResultNotFound):
+        store.file(rid, "preview.png")  # not written
