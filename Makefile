@@ -8,7 +8,7 @@ APT_PACKAGES := orthanc orthanc-dicomweb dcm2niix dcmtk dicom3tools
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup system-packages test test-unit lint format demo bench clean
+.PHONY: setup system-packages test test-unit lint format demo bench train-demo clean
 
 setup: system-packages $(STAMP)
 
@@ -45,6 +45,10 @@ format: setup
 
 demo: setup
 	$(BIN)/python scripts/demo.py
+
+# Trains the shipped model on phantoms (~40 min on 2 CPU cores; the same script on a CUDA GPU).
+train-demo: setup
+	bash scripts/train_demo.sh
 
 bench: setup
 	$(BIN)/python scripts/bench.py

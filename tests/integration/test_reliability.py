@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -137,20 +138,26 @@ def private_study(own_orthanc: LocalOrthanc, plain_study: ConvertedStudy, tmp_pa
     return patient_id
 
 
+def segment_with_fault(app: FastAPI, patient_id: str, fault: Callable[[SeriesInfo], None]) -> httpx.Response:
+    """POST /segment with ``fault(series)`` happening just before each series download, i.e. after the
+    study was found and mapped."""
+    with TestClient(app) as client:
+        pacs = app.state.tumorseg.pacs
+        download = pacs.download_series
+
+        def faulty_download(series: SeriesInfo, progress: object = None) -> list[bytes]:
+            fault(series)
+            return download(series)
+
+        pacs.download_series = faulty_download
+        return client.post(f"/segment/{patient_id}")
+
+
 def test_orthanc_stopped_mid_request_is_503(
     own_orthanc: LocalOrthanc, private_study: str, random_model: Path, tmp_path: Path
 ) -> None:
     app = app_for(own_orthanc.url, own_orthanc.auth, random_model, tmp_path / "results")
-    with TestClient(app) as client:
-        pacs = app.state.tumorseg.pacs
-        original = pacs.download_series
-
-        def stop_then_download(series: object, progress: object = None) -> list[bytes]:
-            own_orthanc.stop()  # Orthanc goes away after the study was found, before the pixels come
-            return original(series)
-
-        pacs.download_series = stop_then_download
-        response = client.post(f"/segment/{private_study}")
+    response = segment_with_fault(app, private_study, lambda series: own_orthanc.stop())
     assert response.status_code == 503 and response.json()["code"] == "pacs_unavailable"
     assert not list((tmp_path / "results").glob("[0-9a-f]*"))  # no half result
 
@@ -159,21 +166,17 @@ def test_series_deleted_while_fetched_is_422_naming_it(
     own_orthanc: LocalOrthanc, private_study: str, random_model: Path, tmp_path: Path
 ) -> None:
     app = app_for(own_orthanc.url, own_orthanc.auth, random_model, tmp_path / "results")
-    with TestClient(app) as client:
-        pacs = app.state.tumorseg.pacs
-        original = pacs.download_series
-        deleted: list[str] = []
-        lock = threading.Lock()
+    deleted: list[str] = []
+    lock = threading.Lock()
 
-        def delete_then_download(series: SeriesInfo, progress: object = None) -> list[bytes]:
-            with lock:
-                if not deleted:  # the first series fetched vanishes from Orthanc just before
+    def delete_first(series: SeriesInfo) -> None:
+        with lock:
+            if not deleted:  # the first series fetched vanishes from Orthanc just before
+                with OrthancClient(own_orthanc.url, own_orthanc.auth) as pacs:
                     pacs.delete("series", series.orthanc_id)
-                    deleted.append(series.series_instance_uid)
-            return original(series)
+                deleted.append(series.series_instance_uid)
 
-        pacs.download_series = delete_then_download
-        response = client.post(f"/segment/{private_study}")
+    response = segment_with_fault(app, private_study, delete_first)
     assert response.status_code == 422 and response.json()["code"] == "broken_series"
     assert deleted[0] in response.json()["detail"] and "changed in Orthanc" in response.json()["detail"]
 

@@ -72,7 +72,7 @@ def inspect(
         except TumorsegError as exc:
             _fail(exc)
     if as_json:
-        console.print_json(json.dumps(report))
+        typer.echo(json.dumps(report, indent=2))  # plain: scripts parse it
     else:
         _print_inspection(report)
     if not report["orthanc"]["reachable"] or "series" not in report:
@@ -328,7 +328,9 @@ def train(
     val_fraction: Annotated[
         float | None, typer.Option(min=0.0, max=0.9, help="Share of cases held out.")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu or cuda (default: the recipe's, auto).")
+    ] = None,
     config: Annotated[
         str | None,
         typer.Option(help="Training recipe: a JSON file or an inline JSON object (TrainConfig keys)."),
@@ -349,11 +351,16 @@ def train(
     _training_logs()
     try:
         raw = Path(config).read_text() if config and not config.lstrip().startswith("{") else config
-        overrides = {"epochs": epochs, "max_steps": max_steps, "val_fraction": val_fraction, "seed": seed}
+        overrides = {
+            "epochs": epochs,
+            "max_steps": max_steps,
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "device": device,
+        }
         recipe = TrainConfig.from_json(
             {
                 **(json.loads(raw) if raw else {}),
-                "device": device,
                 **{k: v for k, v in overrides.items() if v is not None},
             }
         )

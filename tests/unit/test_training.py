@@ -1,0 +1,249 @@
+"""Training package: the BraTS folder reader, and a two-step training run whose package the service loads.
+
+The cases here are tiny BraTS-layout volumes written by the test (a bright ellipsoid "brain" with a
+three-label tumour, BraTS 2021 NIfTI geometry), so the whole file runs in well under a minute; the real
+phantoms are exercised by ``scripts/train_demo.sh`` and the golden-model test.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from tumorseg.imaging.preprocess import MODALITIES, Preprocessing, prepare
+from tumorseg.model.predictor import Predictor
+
+ROOT = Path(__file__).resolve().parents[2]
+if importlib.util.find_spec("tumorseg_training") is None:  # until the package is installed with the project
+    sys.path.insert(0, str(ROOT / "training"))
+
+from tumorseg_training.config import TrainConfig  # noqa: E402
+from tumorseg_training.data import IncompleteCase, find_cases, load_prepared, split_cases  # noqa: E402
+from tumorseg_training.evaluate import evaluate  # noqa: E402
+from tumorseg_training.metrics import EMPTY_HD95_MM, region_scores  # noqa: E402
+from tumorseg_training.train import CHECKPOINT, CURVES_PNG, METRICS_CSV, train  # noqa: E402
+from tumorseg_training.transforms import train_transform, training_item  # noqa: E402
+
+SHAPE = (40, 44, 36)  # (i, j, k)
+TINY_RECIPE = {
+    "network": {"channels": [4, 8], "strides": [2], "num_res_units": 0},
+    "preprocessing": {"divisible_by": 16, "crop_margin_vox": 2},
+    "crop_size": [16, 16, 16],
+    "roi_size": [32, 32, 32],
+    "batch_size": 2,
+    "samples_per_case": 2,
+    "warmup_steps": 1,
+    "val_fraction": 0.5,
+    "val_every": 1,
+    "device": "cpu",
+    "num_threads": 1,
+}
+
+
+def tiny_case(root: Path, case_id: str, seed: int, suffix: str = ".nii.gz") -> Path:
+    """A BraTS-layout case: ellipsoid brain, ED shell, NCR core, ET rim; 1 mm, BraTS-like LPS geometry."""
+    rng = np.random.default_rng(seed)
+    i, j, k = np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij")
+    centre = np.array(SHAPE) / 2 + rng.uniform(-2, 2, 3)
+    brain = ((i - centre[0]) / 16) ** 2 + ((j - centre[1]) / 18) ** 2 + ((k - centre[2]) / 14) ** 2 < 1
+    tumour_centre = centre + rng.uniform(-4, 4, 3)
+    r = np.sqrt((i - tumour_centre[0]) ** 2 + (j - tumour_centre[1]) ** 2 + (k - tumour_centre[2]) ** 2)
+    seg = np.zeros(SHAPE, np.uint8)
+    seg[(r < 8) & brain] = 2
+    seg[(r < 5) & brain] = 4
+    seg[(r < 3) & brain] = 1
+    contrast = {
+        "flair": (100, 300, 200, 180),
+        "t1": (300, 200, 150, 250),
+        "t1ce": (300, 200, 120, 600),
+        "t2": (150, 350, 300, 250),
+    }
+    folder = root / case_id
+    folder.mkdir(parents=True)
+    for name, (base, ed, ncr, et) in contrast.items():
+        image = np.where(brain, base, 0).astype(np.float32)
+        for label, value in ((2, ed), (1, ncr), (4, et)):
+            image[seg == label] = value
+        image = np.where(brain, image + rng.normal(0, 10, SHAPE), 0).astype(np.int16)
+        write(folder / f"{case_id}_{name}{suffix}", image)
+    write(folder / f"{case_id}_seg{suffix}", seg)
+    return folder
+
+
+def write(path: Path, array: np.ndarray) -> None:  # type: ignore[type-arg]
+    """(i, j, k) array → NIfTI with the BraTS 2021 geometry as SimpleITK reads it (identity LPS)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+    image.SetOrigin((0.0, -239.0, 0.0))
+    sitk.WriteImage(image, str(path))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("brats")
+    tiny_case(root, "BraTS2021_00000", 0)
+    tiny_case(root, "BraTS2021_00001", 1, suffix=".nii")
+    return root
+
+
+def test_reader_finds_nii_and_niigz_cases(data: Path) -> None:
+    cases = find_cases(data)
+    assert [c.case_id for c in cases] == ["BraTS2021_00000", "BraTS2021_00001"]
+    assert cases[0].paths["seg"].name == "BraTS2021_00000_seg.nii.gz"
+    assert cases[1].paths["t1ce"].name == "BraTS2021_00001_t1ce.nii"
+    assert set(cases[1].paths) == {*MODALITIES, "seg"}
+    volume = cases[1].volume("flair")
+    assert volume.GetSize() == SHAPE and volume.GetSpacing() == (1.0, 1.0, 1.0)
+
+
+def test_incomplete_case_is_refused_by_name(tmp_path: Path) -> None:
+    folder = tiny_case(tmp_path, "BraTS2021_00007", 7)
+    (folder / "BraTS2021_00007_t1ce.nii.gz").unlink()
+    with pytest.raises(IncompleteCase, match=r"BraTS2021_00007 .*missing BraTS2021_00007_t1ce\.nii\.gz"):
+        find_cases(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no BraTS-layout cases"):
+        find_cases(tmp_path / "empty")
+
+
+def test_split_is_seeded_and_keeps_a_training_case(data: Path) -> None:
+    cases = find_cases(data)
+    assert split_cases(cases, 0.5, 3) == split_cases(cases, 0.5, 3)
+    train_cases, val_cases = split_cases(cases, 0.9, 0)
+    assert len(train_cases) == 1 and len(val_cases) == 1
+    assert split_cases(cases, 0.0, 0) == (cases, [])
+
+
+def test_prepared_cases_match_the_service_preprocessing_and_are_cached(data: Path, tmp_path: Path) -> None:
+    case = find_cases(data)[0]
+    prep = Preprocessing(divisible_by=16, crop_margin_vox=2)
+    first = load_prepared([case], prep, cache_dir=tmp_path)[0]
+    again = load_prepared([case], prep, cache_dir=tmp_path)[0]  # read from the .npz
+    assert (tmp_path / "BraTS2021_00000.npz").is_file()
+    served, labels = prepare(case.volumes(), "flair", prep, labels=case.volume("seg"))
+    assert first.image.dtype == np.float16 and first.image.shape == served.array.shape
+    np.testing.assert_allclose(again.float32(), served.array, atol=2e-2, rtol=1e-3)
+    assert np.array_equal(again.labels, labels)
+
+
+def test_crops_are_tumour_biased_region_channels(data: Path) -> None:
+    case = load_prepared(find_cases(data)[:1], Preprocessing(divisible_by=16, crop_margin_vox=2))[0]
+    transform = train_transform((16, 16, 16), samples_per_case=8, class_ratios=(0.0, 0.0, 0.0, 1.0))
+    transform.set_random_state(seed=0)
+    samples = transform(training_item(case, (16, 16, 16)))
+    assert len(samples) == 8
+    for sample in samples:
+        assert sample["image"].shape == (4, 16, 16, 16) and sample["image"].dtype == torch.float32
+        assert sample["label"].shape == (3, 16, 16, 16)
+        assert sample["label"][2].sum() > 0  # every crop is centred on enhancing tumour
+        assert torch.all(sample["label"][2] <= sample["label"][0])  # ET ⊂ TC ⊂ WT
+        assert torch.all(sample["label"][0] <= sample["label"][1])
+
+
+def test_region_scores_follow_the_brats_empty_rules() -> None:
+    truth = np.zeros((3, 20, 20, 20), bool)
+    truth[:2, 5:10, 5:10, 5:10] = True
+    prediction = truth.copy()
+    prediction[2, 0, 0, 0] = True  # ET predicted where there is none
+    scores = region_scores(prediction, truth, (1.0, 1.0, 1.0))
+    assert scores["dice_tc"] == pytest.approx(1.0) and scores["hd95_tc"] == pytest.approx(0.0)
+    assert scores["dice_et"] == 0.0 and scores["hd95_et"] == EMPTY_HD95_MM
+    assert region_scores(truth, truth, (1.0, 1.0, 1.0))["dice_et"] == 1.0
+    shifted = np.roll(truth, 2, axis=1)
+    assert region_scores(shifted, truth, (1.0, 1.0, 1.0))["hd95_wt"] == pytest.approx(2.0)
+
+
+def test_config_refuses_typos_and_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="unknown training config keys"):
+        TrainConfig.from_json({"learning_rate": 1.0})
+    with pytest.raises(ValueError, match="divide by 16"):
+        TrainConfig.from_json({"crop_size": [90, 96, 96]})
+
+
+def test_two_steps_make_a_package_the_service_loads(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "package"
+    config = TrainConfig.from_json({**TINY_RECIPE, "max_steps": 2, "data_description": "two tiny cases"})
+    result = train(data, out, config, cache_dir=tmp_path / "cache")
+    assert result.steps == 2
+    for name in ("model.json", "model.pt", METRICS_CSV, CURVES_PNG, CHECKPOINT):
+        assert (out / name).is_file(), name
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["architecture"]["args"]["channels"] == [4, 8]
+    assert manifest["training"]["data"]["description"] == "two tiny cases"
+    assert manifest["training"]["steps"] == 2 and set(manifest["metrics"]["validation"]) >= {
+        "dice_wt",
+        "hd95_et",
+    }
+    rows = list(csv.DictReader((out / METRICS_CSV).read_text().splitlines()))
+    assert rows and rows[-1]["step"] == "2" and rows[-1]["val_dice_wt"] != ""
+
+    predictor = Predictor.from_package(out)
+    case = find_cases(data)[0]
+    model_input, _ = prepare(case.volumes(), "flair", predictor.manifest.preprocessing)
+    probabilities = predictor.predict(model_input)
+    assert probabilities.shape == (3, *model_input.array.shape[1:])
+    assert 0.0 <= probabilities.min() and probabilities.max() <= 1.0
+
+    report = evaluate(out, data, device="cpu")
+    assert [c.case_id for c in report.cases] == ["BraTS2021_00000", "BraTS2021_00001"]
+    assert 0.0 <= report.summary["dice_wt"]["mean"] <= 1.0
+
+    resumed = train(data, out, config.replace(max_steps=3), resume=True, cache_dir=tmp_path / "cache")
+    assert resumed.steps == 3 and [r["step"] for r in resumed.history] == [1, 2, 3]
+    with pytest.raises(ValueError, match="recipe changed"):
+        train(data, out, config.replace(lr=0.1), resume=True, cache_dir=tmp_path / "cache")
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """The CLI gives the tumorseg loggers rich handlers; later tests expect them untouched."""
+    loggers = [logging.getLogger(name) for name in ("tumorseg", "tumorseg_training")]
+    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    yield
+    for lg, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+        lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate
+
+
+def test_cli_train_and_evaluate(data: Path, tmp_path: Path, restore_logging: None) -> None:
+    from typer.testing import CliRunner
+
+    from tumorseg.cli import app
+
+    runner = CliRunner()
+    recipe = json.dumps({**TINY_RECIPE, "val_fraction": 0.0})
+    trained = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "pkg"),
+            "--max-steps",
+            "1",
+            "--config",
+            recipe,
+        ],
+    )
+    assert trained.exit_code == 0, trained.output
+    assert "1 steps" in trained.output
+    report = tmp_path / "report.json"
+    scored = runner.invoke(
+        app, ["evaluate", "--model", str(tmp_path / "pkg"), "--data", str(data), "--json", str(report)]
+    )
+    assert scored.exit_code == 0, scored.output
+    assert "seconds per case" in scored.output  # the table itself wraps to the runner's width
+    assert len(json.loads(report.read_text())["cases"]) == 2
+    refused = runner.invoke(
+        app, ["train", "--data", str(data), "--out", str(tmp_path / "x"), "--config", '{"lr_max": 1}']
+    )
+    assert refused.exit_code == 2 and "unknown training config keys" in refused.output

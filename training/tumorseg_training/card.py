@@ -1,0 +1,180 @@
+"""``MODEL_CARD.md`` for a trained package, from its manifest and an evaluation report (real numbers only).
+
+Input: the package folder (``model.json`` with ``training`` and ``metrics``) and the JSON written by
+``tumorseg evaluate --json`` on held-out cases. Output: Markdown (``write_card``). Run as
+``python -m tumorseg_training.card --model DIR --evaluation REPORT.json [--timing stage=seconds ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tumorseg.model.labels import REGIONS
+from tumorseg.model.package import MANIFEST
+
+CARD = "MODEL_CARD.md"
+
+
+def _score_table(summary: Mapping[str, Mapping[str, float]]) -> list[str]:
+    lines = [
+        "| region | Dice mean ± sd | Dice median (min) | HD95 mm mean ± sd | HD95 median |",
+        "|---|---|---|---|---|",
+    ]
+    for region in REGIONS:
+        d, h = summary[f"dice_{region}"], summary[f"hd95_{region}"]
+        lines.append(
+            f"| {region.upper()} | {d['mean']:.3f} ± {d['sd']:.3f} | {d['median']:.3f} ({d['min']:.3f}) "
+            f"| {h['mean']:.2f} ± {h['sd']:.2f} | {h['median']:.2f} |"
+        )
+    return lines
+
+
+def _case_table(cases: Sequence[Mapping[str, Any]]) -> list[str]:
+    names = [f"{k}_{r}" for k in ("dice", "hd95") for r in REGIONS]
+    lines = [
+        "| case | " + " | ".join(n.replace("_", " ").upper() for n in names) + " | seconds |",
+        "|---|" + "---|" * (len(names) + 1),
+    ]
+    for case in cases:
+        values = " | ".join(f"{case['scores'][n]:.3f}" for n in names)
+        lines.append(f"| {case['case_id']} | {values} | {case['seconds']['total']:.1f} |")
+    return lines
+
+
+def render_card(
+    manifest: Mapping[str, Any], evaluation: Mapping[str, Any], timing: Mapping[str, float]
+) -> str:
+    training, recipe = manifest["training"], manifest["training"]["recipe"]
+    net = manifest["architecture"]["args"]
+    data = training["data"]
+    seconds = evaluation["seconds_per_case"]
+    heldout = manifest.get("metrics", {}).get("heldout", {})
+    validation = manifest.get("metrics", {}).get("validation", {})
+    timing_text = ", ".join(f"{k} {v / 60:.1f} min" for k, v in timing.items())
+    n_cases = len(evaluation["cases"])
+    lines = [
+        f"# Model card: {manifest['name']} {manifest['version']}",
+        "",
+        "> **Not for clinical use.** This model was trained only on synthetic phantoms "
+        "(`tumorseg phantom`), never on patient images. It exists so that the tumorseg service, its demo and "
+        "its tests run end to end; its outputs on real MR studies mean nothing.",
+        "",
+        "## What it does",
+        "",
+        "Input: FLAIR, T1, T1ce, T2 of one study, resampled onto a 1 mm axis-aligned LPS grid, cropped to "
+        "the head and z-scored per channel over non-zero voxels (`tumorseg.imaging.preprocess.prepare`, "
+        f"channel order {manifest['preprocessing']['channels']}). Output: sigmoid probabilities of the "
+        "BraTS regions TC, WT, ET, thresholded at "
+        f"{manifest['output']['threshold']} and nested into BraTS 2021 labels (1 NCR, 2 ED, 4 ET) on the "
+        "reference series' own lattice.",
+        "",
+        "## Training data",
+        "",
+        f"- {data.get('description') or data['folder']}",
+        f"- {data['cases_train']} cases for training, {data['cases_validation']} for validation "
+        f"(model selection): {', '.join(data['validation_case_ids']) or '-'}",
+        "",
+        "## Recipe",
+        "",
+        f"- Network: MONAI `UNet`, channels {net['channels']}, strides {net['strides']}, "
+        f"{net['num_res_units']} residual unit(s) per level, {net['norm']} norm, "
+        f"{training['parameters'] / 1e6:.2f} M parameters.",
+        f"- Samples: random {recipe['crop_size']} crops, {recipe['batch_size']} per step "
+        f"({recipe['samples_per_case']} per case), centres drawn per label with ratios "
+        f"background/NCR/ED/ET = {recipe['class_ratios']}; flips on every axis (p = {recipe['flip_prob']}), "
+        f"per-channel intensity scale ±{recipe['intensity_scale']} and shift ±{recipe['intensity_shift']}, "
+        f"modality dropout p = {recipe['modality_dropout']}.",
+        f"- Loss: {recipe['loss']} on the sigmoid outputs; AdamW lr {recipe['lr']}, weight decay "
+        f"{recipe['weight_decay']}, {recipe['warmup_steps']} warm-up steps then cosine decay.",
+        f"- Length: {training['steps']} steps, {training['epochs']} epochs, seed {recipe['seed']}; best "
+        f"checkpoint by validation mean Dice at epoch {training['best'].get('epoch')}.",
+        f"- Inference: sliding window {manifest['inference']['roi_size']}, overlap "
+        f"{manifest['inference']['overlap']}, Gaussian blending.",
+        f"- Trained on {training['device']} in {training['duration_s'] / 60:.1f} min"
+        + (f" (whole `make train-demo`: {timing_text})" if timing_text else "")
+        + ".",
+        "",
+        f"## Held-out evaluation ({n_cases} phantoms)",
+        "",
+        f"{heldout.get('description') or 'Held-out cases'}. Scored as the service delivers: prepare → "
+        "predict → mask on the original lattice of each case's "
+        f"{evaluation['reference']} → compared with its seg. HD95 in mm; a region absent from both truth and "
+        "prediction counts as Dice 1 / HD95 0, absent from only one as Dice 0 / HD95 373.13 (BraTS rules).",
+        "",
+        *_score_table(evaluation["summary"]),
+        "",
+        f"Time per case on {evaluation['device']}: prepare {seconds['prepare']:.1f} s, predict "
+        f"{seconds['predict']:.1f} s, mask {seconds['postprocess']:.1f} s, total {seconds['total']:.1f} s "
+        "(mean over the held-out cases).",
+        "",
+        "<details><summary>Per case</summary>",
+        "",
+        *_case_table(evaluation["cases"]),
+        "",
+        "</details>",
+        "",
+    ]
+    if validation:
+        lines += [
+            "Validation on the model grid at the chosen epoch (no post-processing): "
+            + ", ".join(f"Dice {r.upper()} {validation[f'dice_{r}']:.3f}" for r in REGIONS)
+            + ".",
+            "",
+        ]
+    lines += [
+        "Curves: `curves.png` (training loss and validation Dice per epoch); numbers: `metrics.csv`.",
+        "",
+        "## Limitations",
+        "",
+        "- Phantoms are simpler than patients: no scanner artefacts beyond bias and noise, no post-operative "
+        "cavities, no real anatomy variation. Scores here say nothing about BraTS or clinical data.",
+        "- Output quality depends on four co-registered sequences; a missing or mislabelled one is refused "
+        "upstream, not handled here.",
+        "",
+        "## Training on BraTS 2021",
+        "",
+        "Download the BraTS 2021 training data (Synapse, RSNA-ASNR-MICCAI BraTS 2021) and unpack it so that "
+        "each case is `<dir>/BraTS2021_XXXXX/BraTS2021_XXXXX_{flair,t1,t1ce,t2,seg}.nii.gz`; then",
+        "",
+        "```bash",
+        ".venv/bin/tumorseg train --data /data/BraTS2021 --out models/brats2021 --cache /data/brats-cache \\",
+        "    --config training/recipes/brats2021.json --device cuda",
+        ".venv/bin/tumorseg evaluate --model models/brats2021 --data /data/BraTS2021-holdout",
+        "TUMORSEG_MODEL_PATH=models/brats2021 .venv/bin/tumorseg serve",
+        "```",
+        "",
+        "See `training/README.md` for the recipe keys.",
+        "",
+        "## Versions",
+        "",
+        ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_card(
+    model_dir: Path, evaluation: Mapping[str, Any], timing: Mapping[str, float] | None = None
+) -> Path:
+    manifest = json.loads((model_dir / MANIFEST).read_text())
+    path = model_dir / CARD
+    path.write_text(render_card(manifest, evaluation, timing or {}))
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="package folder")
+    parser.add_argument("--evaluation", type=Path, required=True, help="JSON of `tumorseg evaluate --json`")
+    parser.add_argument("--timing", nargs="*", default=[], help="stage=seconds pairs of the whole run")
+    args = parser.parse_args(argv)
+    timing = {k: float(v) for k, v in (item.split("=", 1) for item in args.timing)}
+    write_card(args.model, json.loads(args.evaluation.read_text()), timing)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The training recipe: one frozen dataclass, recorded verbatim in the package manifest.
+
+``TrainConfig.from_json`` accepts a partial dict (the CLI's ``--config``): unknown keys are refused with
+the list of known ones, so a typo cannot silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tumorseg.imaging.preprocess import MODALITIES, Preprocessing
+from tumorseg.model.network import DEFAULT_UNET_ARGS, stride_product
+
+# Keys that may differ between a run and its resumption: they do not change what is learned per step.
+RESUMABLE_CHANGES = frozenset(
+    {"epochs", "max_steps", "device", "num_threads", "num_workers", "val_every", "log_every"}
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "tumorseg-unet"
+    version: str = "0.1.0"
+    data_description: str = ""
+    # model
+    network: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_UNET_ARGS))
+    preprocessing: dict[str, Any] = field(default_factory=lambda: Preprocessing().to_json())
+    reference: str = "flair"
+    # samples and augmentation (see transforms.py)
+    crop_size: tuple[int, int, int] = (96, 96, 96)
+    batch_size: int = 2  # crops per optimiser step
+    samples_per_case: int = 2  # crops drawn from one case per visit
+    class_ratios: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.5)  # crop centres: bg, NCR, ED, ET
+    flip_prob: float = 0.5
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.1
+    modality_dropout: float = 0.0
+    # optimisation
+    loss: str = "dice_bce"  # "dice" or "dice_bce" (sigmoid Dice + binary cross-entropy per region)
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    warmup_steps: int = 20
+    epochs: int = 50
+    max_steps: int | None = None
+    seed: int = 0
+    bn_batches: int = 64  # batches that fix BatchNorm statistics before validation and at the end
+    # validation (sliding window over whole held-out cases; expensive, so every few epochs)
+    val_fraction: float = 0.1
+    val_every: int = 5  # epochs; the last epoch is always validated
+    # inference, recorded in the package
+    roi_size: tuple[int, int, int] = (128, 128, 128)
+    overlap: float = 0.25
+    threshold: float = 0.5
+    # execution
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # mixed precision, CUDA only
+    num_threads: int | None = None  # torch CPU threads; None leaves torch's default
+    num_workers: int = 0  # DataLoader worker processes
+    log_every: int = 50  # steps between progress log lines
+
+    def __post_init__(self) -> None:
+        problems = []
+        factor = stride_product(self.network)
+        if any(s % factor for s in self.crop_size):
+            problems.append(f"crop_size {self.crop_size} must divide by {factor} (the network strides)")
+        if any(s % factor for s in self.roi_size):
+            problems.append(f"roi_size {self.roi_size} must divide by {factor} (the network strides)")
+        prep = Preprocessing.from_json(self.preprocessing)
+        if prep.divisible_by % factor:
+            problems.append(f"preprocessing.divisible_by must be a multiple of {factor}")
+        if self.batch_size < 1 or self.samples_per_case < 1 or self.batch_size % self.samples_per_case:
+            problems.append("batch_size must be a positive multiple of samples_per_case")
+        if self.loss not in ("dice", "dice_bce"):
+            problems.append(f"loss must be 'dice' or 'dice_bce', got {self.loss!r}")
+        if self.reference not in MODALITIES:
+            problems.append(f"reference must be one of {MODALITIES}")
+        if self.epochs < 1 or (self.max_steps is not None and self.max_steps < 1):
+            problems.append("epochs and max_steps must be >= 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            problems.append("val_fraction must be in [0, 1)")
+        if self.val_every < 1 or self.log_every < 1:
+            problems.append("val_every and log_every must be >= 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            problems.append("device must be auto, cpu or cuda")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
+    @property
+    def cases_per_step(self) -> int:
+        return self.batch_size // self.samples_per_case
+
+    @property
+    def prep(self) -> Preprocessing:
+        return Preprocessing.from_json(self.preprocessing)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        for key, value in data.items():
+            if isinstance(value, tuple):
+                data[key] = list(value)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys {unknown}; known: {sorted(known)}")
+        values = dict(data)
+        for key in ("crop_size", "roi_size", "class_ratios"):
+            if key in values:
+                values[key] = tuple(values[key])
+        if "network" in values:
+            values["network"] = {**DEFAULT_UNET_ARGS, **values["network"]}
+        if "preprocessing" in values:
+            values["preprocessing"] = Preprocessing.from_json(values["preprocessing"]).to_json()
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def differences(self, other: TrainConfig) -> list[str]:
+        """Keys whose values differ and that a resumed run may not change."""
+        mine, theirs = self.to_json(), other.to_json()
+        return sorted(k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs[k])

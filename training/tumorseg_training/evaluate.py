@@ -1,0 +1,157 @@
+"""Score a model package on BraTS-layout cases, on each case's ORIGINAL lattice — what the service delivers.
+
+Per case: read the four volumes (SimpleITK, LPS) → ``prepare`` onto the model grid (the manifest's
+``Preprocessing``) → ``Predictor.predict`` (sliding window; (3, I, J, K) TC/WT/ET probabilities) →
+``to_reference_mask`` onto the reference volume's lattice (threshold, nesting into BraTS labels, removal of
+specks) → compare with the case's ``seg`` on that same lattice (a seg on another lattice is resampled onto
+it label-wise first). Scores: ``metrics.region_scores`` (Dice, HD95 in mm, BraTS empty-region rules).
+Times per stage are measured too (``seconds``: prepare, predict, postprocess, total).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from tumorseg.imaging import grid as g
+from tumorseg.imaging.postprocess import to_reference_mask
+from tumorseg.imaging.preprocess import prepare
+from tumorseg.model.device import resolve_device
+from tumorseg.model.labels import labels_to_regions
+from tumorseg.model.package import MANIFEST, read_manifest
+from tumorseg.model.predictor import Predictor
+from tumorseg_training.data import SEG, CaseFiles, find_cases
+from tumorseg_training.metrics import SCORES, region_scores, summarise
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case_id: str
+    scores: dict[str, float]
+    seconds: dict[str, float]
+
+
+@dataclass
+class EvaluationReport:
+    model: str
+    model_dir: str
+    data_dir: str
+    device: str
+    reference: str
+    cases: list[CaseResult] = field(default_factory=list)
+
+    @property
+    def summary(self) -> dict[str, dict[str, float]]:
+        return summarise(c.scores for c in self.cases)
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Mean seconds per case for each stage."""
+        if not self.cases:
+            return {}
+        return {k: float(np.mean([c.seconds[k] for c in self.cases])) for k in self.cases[0].seconds}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "model_dir": self.model_dir,
+            "data_dir": self.data_dir,
+            "device": self.device,
+            "reference": self.reference,
+            "summary": self.summary,
+            "seconds_per_case": self.seconds,
+            "cases": [dataclasses.asdict(c) for c in self.cases],
+        }
+
+
+def _same_lattice(a: sitk.Image, b: sitk.Image) -> bool:
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-5)
+    )
+
+
+def evaluate_case(predictor: Predictor, case: CaseFiles, reference: str) -> CaseResult:
+    """Prepare → predict → back onto the reference lattice → scores against the case's seg."""
+    manifest = predictor.manifest
+    start = time.perf_counter()
+    volumes = case.volumes()
+    model_input, _ = prepare(volumes, reference, manifest.preprocessing)
+    prepared = time.perf_counter()
+    probabilities = predictor.predict(model_input)
+    predicted = time.perf_counter()
+    mask = to_reference_mask(probabilities, model_input.grid, volumes[reference], manifest.threshold)
+    done = time.perf_counter()
+    truth = case.volume(SEG)
+    if not _same_lattice(truth, volumes[reference]):
+        truth = g.resample_labels(truth, volumes[reference])
+    scores = region_scores(
+        labels_to_regions(g.to_array(mask).astype(np.uint8)),
+        labels_to_regions(g.to_array(truth).astype(np.uint8)),
+        volumes[reference].GetSpacing(),  # (i, j, k) order, as to_array
+    )
+    seconds = {
+        "prepare": prepared - start,
+        "predict": predicted - prepared,
+        "postprocess": done - predicted,
+        "total": done - start,
+    }
+    return CaseResult(case.case_id, scores, seconds)
+
+
+def evaluate(
+    model_dir: Path,
+    data_dir: Path,
+    device: str = "auto",
+    reference: str | None = None,
+    progress: Callable[[int, int, CaseResult], None] | None = None,
+) -> EvaluationReport:
+    """Every case under ``data_dir`` (each needs its seg) scored with the package in ``model_dir``.
+    ``reference`` defaults to the one the package was trained with (else flair)."""
+    resolved = resolve_device(device)
+    predictor = Predictor.from_package(model_dir, resolved)
+    recipe = predictor.manifest.training.get("recipe", {})
+    ref = reference or str(recipe.get("reference", "flair"))
+    cases = find_cases(data_dir, require_seg=True)
+    report = EvaluationReport(predictor.name, str(model_dir), str(data_dir), resolved, ref)
+    for n, case in enumerate(cases, start=1):
+        result = evaluate_case(predictor, case, ref)
+        report.cases.append(result)
+        log.info(
+            "%s: %s (%.1f s)",
+            case.case_id,
+            " ".join(f"{k} {result.scores[k]:.3f}" for k in SCORES),
+            result.seconds["total"],
+        )
+        if progress is not None:
+            progress(n, len(cases), result)
+    return report
+
+
+def record_in_package(model_dir: Path, report: EvaluationReport, key: str, description: str) -> None:
+    """Add the report's summary to the package manifest's ``metrics[key]`` (rewrites ``model.json``)."""
+    manifest = read_manifest(model_dir)
+    entry = {
+        "description": description,
+        "cases": len(report.cases),
+        "case_ids": [c.case_id for c in report.cases],
+        "lattice": f"original lattice of each case's {report.reference}",
+        "device": report.device,
+        "seconds_per_case": {k: round(v, 2) for k, v in report.seconds.items()},
+        "summary": {k: {s: round(v, 4) for s, v in stats.items()} for k, stats in report.summary.items()},
+    }
+    updated = dataclasses.replace(manifest, metrics={**manifest.metrics, key: entry})
+    (model_dir / MANIFEST).write_text(json.dumps(updated.to_json(), indent=2) + "\n")

@@ -1,0 +1,366 @@
+"""Train a MONAI U-Net on BraTS-layout cases and write a ``tumorseg.model.package`` directory.
+
+``train(data_dir, out_dir, config)``:
+
+1. finds the cases (``data.find_cases``), splits off ``val_fraction`` for validation (seeded), prepares
+   each case once with the service's ``prepare`` (cached in memory, and in ``cache_dir`` when given);
+2. trains with tumour-biased random crops (``transforms``), Dice (+ BCE) on the sigmoid region outputs
+   TC/WT/ET, AdamW with linear warm-up then cosine decay per step, AMP and ``cudnn.benchmark`` on CUDA;
+3. every ``val_every`` epochs (and after the last) runs the package's own ``Predictor`` (sliding window)
+   over each validation case on the model grid and scores Dice/HD95 per region (``metrics``);
+4. keeps the best weights by mean validation Dice (the last ones without validation) as the package in
+   ``out_dir`` (``model.json`` + ``model.pt``), and after every epoch rewrites ``metrics.csv``,
+   ``curves.png`` and ``checkpoint.pt`` (network, optimiser, schedule, history: ``resume=True`` continues
+   from it).
+
+Determinism: ``monai.utils.set_determinism(seed)`` before the network is built, and the crop sampler and
+the case order are reseeded from ``seed + epoch`` at every epoch, so a CPU run is reproducible and a run
+resumed at an epoch boundary continues as if uninterrupted (CUDA trades this for ``cudnn.benchmark``).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.data import DataLoader, Dataset
+from monai.losses import DiceLoss
+from monai.transforms import Compose
+from monai.utils import set_determinism
+from torch import nn
+
+from tumorseg.imaging.preprocess import ModelInput
+from tumorseg.model.device import resolve_device
+from tumorseg.model.labels import labels_to_regions
+from tumorseg.model.network import build_network
+from tumorseg.model.package import WEIGHTS, InferenceConfig, ModelManifest, current_versions, save_package
+from tumorseg.model.predictor import Predictor
+from tumorseg_training import __version__
+from tumorseg_training.config import TrainConfig
+from tumorseg_training.curves import draw_curves
+from tumorseg_training.data import PreparedCase, find_cases, load_prepared, split_cases
+from tumorseg_training.metrics import SCORES, mean_dice, region_scores, summarise
+from tumorseg_training.transforms import train_transform, training_item
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+METRICS_CSV = "metrics.csv"
+CURVES_PNG = "curves.png"
+CSV_FIELDS = ("epoch", "step", "lr", "loss", "elapsed_s", *(f"val_{s}" for s in SCORES), "val_mean_dice")
+
+
+class Callbacks:
+    """Progress hooks (the CLI draws a progress bar with them); every method is a no-op here."""
+
+    def prepared(self, done: int, total: int, case_id: str) -> None: ...
+
+    def started(self, total_steps: int, step: int) -> None: ...
+
+    def step(self, step: int, loss: float, lr: float) -> None: ...
+
+    def validating(self, epoch: int, cases: int) -> None: ...
+
+    def epoch_done(self, record: dict[str, float]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    package: Path
+    steps: int
+    epochs: int
+    best: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    duration_s: float = 0.0
+
+
+class RegionLoss(nn.Module):
+    """Sigmoid Dice over the batch per region (+ BCE for ``dice_bce``); targets are (B, 3, …) floats."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.dice = DiceLoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+        self.bce = nn.BCEWithLogitsLoss() if kind == "dice_bce" else None
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss: torch.Tensor = self.dice(logits, target)
+        if self.bce is not None:
+            loss = loss + self.bce(logits, target)
+        return loss
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def manifest_for(config: TrainConfig, training: dict[str, Any], metrics: dict[str, Any]) -> ModelManifest:
+    return ModelManifest(
+        name=config.name,
+        version=config.version,
+        architecture="monai.UNet",
+        architecture_args=dict(config.network),
+        preprocessing=config.prep,
+        inference=InferenceConfig(roi_size=config.roi_size, overlap=config.overlap),
+        threshold=config.threshold,
+        training=training,
+        metrics=metrics,
+        versions={**current_versions(), "tumorseg_training": __version__},
+    )
+
+
+def validate(
+    network: nn.Module, cases: list[PreparedCase], config: TrainConfig, device: str
+) -> dict[str, float]:
+    """Mean region scores of ``network`` over ``cases`` (model grid, threshold, no post-processing)."""
+    predictor = Predictor(manifest_for(config, {}, {}), network, device)
+    spacing = (config.prep.spacing_mm,) * 3
+    rows = []
+    network.eval()
+    for case in cases:
+        array = case.float32()
+        grid = sitk.Image([int(s) for s in array.shape[1:]], sitk.sitkUInt8)
+        probabilities = predictor.predict(ModelInput(array=array, grid=grid))
+        rows.append(region_scores(probabilities > config.threshold, labels_to_regions(case.labels), spacing))
+    network.train()
+    return {name: stats["mean"] for name, stats in summarise(rows).items()}
+
+
+def recalibrate_batch_norm(
+    network: nn.Module, items: list[dict[str, Any]], transform: Compose, batches: int, device: str
+) -> None:
+    """Replace BatchNorm running statistics by their exact average over ``batches`` training batches (one
+    case each, cycling through ``items``), drawn with ``transform`` in a fixed order. Momentum averages of the
+    last few batches of 2 crops are noisy, and inference uses exactly these statistics. No-op without BN."""
+    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or not items:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    network.train()
+    with torch.no_grad():
+        for i in range(batches):
+            samples = transform(items[i % len(items)])
+            network(torch.stack([s["image"] for s in samples]).to(device))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+
+
+def _cpu_state(network: nn.Module) -> dict[str, Any]:
+    return {k: v.detach().cpu() for k, v in network.state_dict().items()}
+
+
+def _write_history(out: Path, history: list[dict[str, float]]) -> None:
+    with (out / METRICS_CSV).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, restval="")
+        writer.writeheader()
+        for record in history:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in record.items()})
+    draw_curves(history, out / CURVES_PNG)
+
+
+def train(
+    data_dir: Path,
+    out_dir: Path,
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    cache_dir: Path | None = None,
+    callbacks: Callbacks | None = None,
+) -> TrainResult:
+    """Train on the cases under ``data_dir``; the package (and its checkpoint) goes to ``out_dir``."""
+    hooks = callbacks or Callbacks()
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    if device == "cpu":
+        torch.set_flush_denormal(True)  # tiny gradients late in training otherwise slow CPU kernels down
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    checkpoint: dict[str, Any] | None = None
+    if resume and (out_dir / CHECKPOINT).is_file():
+        checkpoint = torch.load(out_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+        assert checkpoint is not None
+        previous = TrainConfig.from_json(checkpoint["config"])
+        changed = config.differences(previous)
+        if changed:
+            raise ValueError(f"cannot resume {out_dir}: the recipe changed in {changed}")
+    elif resume:
+        log.warning("no %s in %s: starting from scratch", CHECKPOINT, out_dir)
+
+    cases = find_cases(data_dir)
+    train_files, val_files = split_cases(cases, config.val_fraction, config.seed)
+    prep = config.prep
+    log.info("%d case(s): %d for training, %d for validation", len(cases), len(train_files), len(val_files))
+    prepared = load_prepared([*train_files, *val_files], prep, config.reference, cache_dir, hooks.prepared)
+    train_cases, val_cases = prepared[: len(train_files)], prepared[len(train_files) :]
+
+    set_determinism(seed=config.seed)
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    network = build_network("monai.UNet", config.network).to(device)
+    optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_cases) / config.cases_per_step)
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    warmup = min(config.warmup_steps, total_steps // 2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: lr_factor(s, total_steps, warmup))
+    use_amp = config.amp and device == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    loss_fn = RegionLoss(config.loss)
+
+    step, epoch, history, best = 0, 0, [], {"val_mean_dice": -1.0}
+    elapsed_before = 0.0
+    if checkpoint is not None:
+        network.load_state_dict(checkpoint["network"])
+        optimiser.load_state_dict(checkpoint["optimiser"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        step, epoch = int(checkpoint["step"]), int(checkpoint["epoch"])
+        history, best = list(checkpoint["history"]), dict(checkpoint["best"])
+        elapsed_before = float(history[-1]["elapsed_s"]) if history else 0.0
+        log.info("resuming %s at epoch %d, step %d", out_dir, epoch, step)
+
+    transform = train_transform(
+        config.crop_size,
+        config.samples_per_case,
+        config.class_ratios,
+        config.flip_prob,
+        config.intensity_scale,
+        config.intensity_shift,
+        config.modality_dropout,
+    )
+    calibration = train_transform(
+        config.crop_size, config.samples_per_case, config.class_ratios, flip_prob=0.0
+    )
+    items = [training_item(case, config.crop_size) for case in train_cases]
+    generator = torch.Generator()
+    loader = DataLoader(
+        Dataset(items, transform),
+        batch_size=config.cases_per_step,
+        shuffle=True,
+        num_workers=config.num_workers,
+        generator=generator,
+        persistent_workers=False,
+    )
+    training_info: dict[str, Any] = {
+        "data": {
+            "description": config.data_description,
+            "folder": data_dir.name,
+            "cases_train": len(train_cases),
+            "cases_validation": len(val_cases),
+            "validation_case_ids": [c.case_id for c in val_cases],
+        },
+        "recipe": config.to_json(),
+        "device": device,
+        "parameters": sum(p.numel() for p in network.parameters()),
+    }
+    hooks.started(total_steps, step)
+    network.train()
+    while step < total_steps:
+        epoch_started, losses = time.perf_counter(), []
+        generator.manual_seed(config.seed * 100_003 + epoch)
+        transform.set_random_state(seed=(config.seed * 100_003 + epoch) % 2**32)
+        for batch in loader:
+            if step >= total_steps:
+                break
+            images, targets = batch["image"].to(device), batch["label"].to(device)
+            optimiser.zero_grad(set_to_none=True)
+            with torch.autocast("cuda") if use_amp else nullcontext():
+                loss = loss_fn(network(images), targets)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            hooks.step(step, losses[-1], float(scheduler.get_last_lr()[0]))
+            if step % config.log_every == 0:
+                seconds = (time.perf_counter() - epoch_started) / len(losses)
+                log.info(
+                    "step %d/%d loss %.4f, %.2f s/step",
+                    step,
+                    total_steps,
+                    np.mean(losses[-config.log_every :]),
+                    seconds,
+                )
+        epoch += 1
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "step": step,
+            "lr": float(scheduler.get_last_lr()[0]),
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+        }
+        last = step >= total_steps
+        validating = bool(val_cases) and (epoch % config.val_every == 0 or last)
+        if validating or last:
+            calibration.set_random_state(seed=config.seed)
+            recalibrate_batch_norm(network, items, calibration, config.bn_batches, device)
+        if validating:
+            hooks.validating(epoch, len(val_cases))
+            scores = validate(network, val_cases, config, device)
+            record.update({f"val_{k}": v for k, v in scores.items()}, val_mean_dice=mean_dice(scores))
+        record["elapsed_s"] = elapsed_before + time.perf_counter() - started
+        history.append(record)
+        log.info(
+            "epoch %d step %d/%d loss %.4f (%.0f s)%s",
+            epoch,
+            step,
+            total_steps,
+            record["loss"],
+            time.perf_counter() - epoch_started,
+            "".join(f" {k[4:]} {v:.3f}" for k, v in record.items() if k.startswith("val_dice")),
+        )
+        improved = "val_mean_dice" in record and record["val_mean_dice"] > best["val_mean_dice"]
+        if improved or (not val_cases and last):
+            best = {k: v for k, v in record.items() if k in ("epoch", "step") or k.startswith("val_")}
+            info = {
+                **training_info,
+                "steps": step,
+                "epochs": epoch,
+                "duration_s": round(record["elapsed_s"], 1),
+            }
+            metrics = {"validation": {k[4:]: v for k, v in best.items() if k.startswith("val_")}}
+            save_package(out_dir, manifest_for(config, {**info, "best": best}, metrics), _cpu_state(network))
+        _write_history(out_dir, history)
+        state = {
+            "config": config.to_json(),
+            "network": network.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "history": history,
+            "best": best,
+        }
+        torch.save(state, out_dir / f"{CHECKPOINT}.tmp")
+        (out_dir / f"{CHECKPOINT}.tmp").replace(out_dir / CHECKPOINT)
+        hooks.epoch_done(record)
+
+    duration = elapsed_before + time.perf_counter() - started
+    # The weights are the best epoch's; the manifest describes the whole run.
+    info = {**training_info, "steps": step, "epochs": epoch, "duration_s": round(duration, 1), "best": best}
+    metrics = {"validation": {k[4:]: v for k, v in best.items() if k.startswith("val_")}}
+    if not (out_dir / WEIGHTS).is_file():  # no validation score was ever finite: keep the last weights
+        save_package(out_dir, manifest_for(config, info, metrics), _cpu_state(network))
+    weights = torch.load(out_dir / WEIGHTS, map_location="cpu", weights_only=True)
+    save_package(out_dir, manifest_for(config, info, metrics), weights)
+    log.info("training done: %d steps, %d epochs, %.0f s; package %s", step, epoch, duration, out_dir)
+    return TrainResult(out_dir, step, epoch, best, history, duration)
