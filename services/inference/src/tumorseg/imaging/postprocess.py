@@ -10,6 +10,8 @@ Output: ``SimpleITK.Image`` uint8 with the reference's size, origin, spacing and
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
@@ -40,6 +42,30 @@ def remove_small_components(labels: NDArray[np.uint8], min_voxels: int) -> NDArr
     return labels
 
 
+def covering_box(
+    reference: sitk.Image, other: sitk.Image
+) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    """(start, size) of the smallest index box of ``reference`` holding every voxel centre that lies
+    within ``other``'s extent (its voxel centres' bounding box, plus one voxel); None when they miss."""
+    corners = g.physical_corners(other)
+    spacing = np.asarray(other.GetSpacing())
+    direction = np.asarray(other.GetDirection()).reshape(3, 3)
+    # Grow by one voxel of ``other`` along each of its axes: linear interpolation reaches that far.
+    steps = np.asarray(list(itertools.product((-1.0, 1.0), repeat=3))) * spacing
+    grown = (corners[:, None, :] + (steps @ direction.T)[None, :, :]).reshape(-1, 3)
+    index = np.asarray([reference.TransformPhysicalPointToContinuousIndex(p.tolist()) for p in grown])
+    size = np.asarray(reference.GetSize())
+    low = np.clip(np.floor(index.min(axis=0)).astype(int), 0, size)
+    high = np.clip(np.ceil(index.max(axis=0)).astype(int) + 1, 0, size)
+    if np.any(high <= low):
+        return None
+    return (int(low[0]), int(low[1]), int(low[2])), (
+        int(high[0] - low[0]),
+        int(high[1] - low[1]),
+        int(high[2] - low[2]),
+    )
+
+
 def to_reference_mask(
     probabilities: NDArray[np.float32],
     model_grid: sitk.Image,
@@ -47,13 +73,20 @@ def to_reference_mask(
     threshold: float = 0.5,
     min_component_ml: float = DEFAULT_MIN_COMPONENT_ML,
 ) -> sitk.Image:
-    regions = []
-    for channel in probabilities:
-        on_reference = g.resample(g.from_array(channel, model_grid), reference)
-        regions.append(sitk.GetArrayViewFromImage(on_reference) > threshold)  # (k, j, i)
-    labels = regions_to_labels(np.stack(regions))
-    min_voxels = int(np.ceil(min_component_ml * 1000.0 / voxel_volume_mm3(reference)))
-    labels = remove_small_components(labels, min_voxels)
+    labels = np.zeros(reference.GetSize()[::-1], dtype=np.uint8)  # (k, j, i)
+    box = covering_box(reference, model_grid)
+    if box is not None:
+        # Outside the model grid every probability is 0: only the reference voxels it covers are resampled.
+        (i0, j0, k0), (ni, nj, nk) = box
+        sub = g.crop(reference, (i0, j0, k0), (ni, nj, nk))
+        regions = []
+        for channel in probabilities:
+            on_reference = g.resample(g.from_array(channel, model_grid), sub)
+            regions.append(sitk.GetArrayViewFromImage(on_reference) > threshold)  # (k, j, i)
+        min_voxels = int(np.ceil(min_component_ml * 1000.0 / voxel_volume_mm3(reference)))
+        labels[k0 : k0 + nk, j0 : j0 + nj, i0 : i0 + ni] = remove_small_components(
+            regions_to_labels(np.stack(regions)), min_voxels
+        )
     mask = sitk.GetImageFromArray(labels)
     mask.CopyInformation(reference)
     return mask

@@ -1,0 +1,59 @@
+"""Model output → mask on the reference lattice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from tests.unit.test_grid import lattice, rotation
+from tumorseg.imaging import grid as g
+from tumorseg.imaging.postprocess import to_reference_mask
+from tumorseg.model.labels import regions_to_labels
+
+
+def full_lattice_mask(probabilities: np.ndarray, model_grid: sitk.Image, reference: sitk.Image) -> np.ndarray:
+    """The straightforward way: every reference voxel resampled (what the cropped version must equal)."""
+    regions = [
+        sitk.GetArrayFromImage(g.resample(g.from_array(c, model_grid), reference)) > 0.5
+        for c in probabilities
+    ]
+    return regions_to_labels(np.stack(regions))
+
+
+@pytest.mark.parametrize(
+    ("spacing", "direction"),
+    [((0.9, 0.9, 4.0), rotation(0, 15)), ((1.0, 1.0, 1.0), np.eye(3)), ((0.5, 0.5, 3.0), rotation(0, 90))],
+)
+def test_resampling_only_the_covered_box_changes_nothing(
+    spacing: tuple[float, float, float], direction: np.ndarray
+) -> None:
+    reference = lattice((120, 110, 40), spacing, direction, (-50.0, -40.0, -30.0))
+    model_grid = g.crop(g.model_grid(reference), (20, 25, 10), (48, 40, 32))
+    i, j, k = np.meshgrid(*[np.arange(n) for n in model_grid.GetSize()], indexing="ij")
+    r = np.sqrt((i - 24) ** 2 + (j - 20) ** 2 + (k - 16) ** 2)
+    probabilities = np.stack([r < 9, r < 14, (r > 5) & (r < 9)]).astype(np.float32)
+    probabilities += np.random.default_rng(0).uniform(0, 0.3, probabilities.shape).astype(np.float32)
+    mask = to_reference_mask(probabilities, model_grid, reference, min_component_ml=0.0)
+    assert mask.GetSize() == reference.GetSize() and mask.GetDirection() == reference.GetDirection()
+    expected = full_lattice_mask(probabilities, model_grid, reference)
+    assert np.count_nonzero(expected) > 100
+    assert np.array_equal(sitk.GetArrayFromImage(mask), expected)
+
+
+def test_a_model_grid_outside_the_reference_gives_an_empty_mask() -> None:
+    reference = lattice((20, 20, 10), (1.0, 1.0, 1.0), np.eye(3), (0.0, 0.0, 0.0))
+    far = lattice((16, 16, 16), (1.0, 1.0, 1.0), np.eye(3), (500.0, 500.0, 500.0))
+    mask = to_reference_mask(np.ones((3, 16, 16, 16), np.float32), far, reference)
+    assert not sitk.GetArrayFromImage(mask).any()
+
+
+def test_small_components_are_removed() -> None:
+    reference = lattice((40, 40, 20), (1.0, 1.0, 1.0), np.eye(3), (0.0, 0.0, 0.0))
+    probabilities = np.zeros((3, 40, 40, 20), np.float32)
+    probabilities[1, 5:20, 5:20, 5:15] = 1.0  # 2.25 mL of oedema
+    probabilities[1, 30, 30, 10] = 1.0  # one stray voxel
+    mask = sitk.GetArrayFromImage(
+        to_reference_mask(probabilities, reference, reference, min_component_ml=0.1)
+    )
+    assert np.count_nonzero(mask) == 15 * 15 * 10 and set(np.unique(mask)) == {0, 2}
