@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,7 +32,9 @@ from tumorseg.synth.phantom import generate_case, write_case
 from tumorseg.synth.to_dicom import convert_case
 
 PATIENT_ID = "DEMO-0001"
-PHANTOM_SEED = 20211
+# A typical case, chosen from the generator's plan (not from results): one 34 mL deep lesion with
+# necrosis, enhancing rim and oedema.
+PHANTOM_SEED = 20215
 OUT = Path("out/demo")
 CLINICAL = ConversionOptions(
     geometry={
@@ -70,13 +73,14 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> None:
     work = OUT / "work"
     work.mkdir(parents=True, exist_ok=True)
-    case_dir = work / "phantom" / "BraTS2021_DEMO1"
-    if not (case_dir / "BraTS2021_DEMO1_seg.nii.gz").exists():
+    case_dir = work / "phantom" / f"BraTS2021_DEMO{PHANTOM_SEED}"
+    if not (case_dir / f"{case_dir.name}_seg.nii.gz").exists():
         say("making a BraTS-like phantom (MNI152 anatomy, synthetic tumour)")
         write_case(generate_case(PHANTOM_SEED), case_dir.parent, case_dir.name)
     say("writing it as a DICOM MR study with clinical geometry")
     converted = convert_case(case_dir, PATIENT_ID, work / "dicom", CLINICAL)
 
+    shutil.rmtree(work / "orthanc", ignore_errors=True)  # a fresh PACS: DEMO-0001 has exactly one study
     orthanc = LocalOrthanc(work / "orthanc")
     service: subprocess.Popen[bytes] | None = None
     try:
@@ -124,7 +128,7 @@ def main() -> None:
 
     # How good is it? The phantom's truth, resampled onto the mask's lattice (the FLAIR's).
     mask = sitk.ReadImage(str(OUT / "mask.nii.gz"))
-    truth = g.resample_labels(sitk.ReadImage(str(case_dir / "BraTS2021_DEMO1_seg.nii.gz")), mask)
+    truth = g.resample_labels(sitk.ReadImage(str(case_dir / f"{case_dir.name}_seg.nii.gz")), mask)
     predicted, expected = sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(truth)
     scores = {
         "WT": dice(predicted > 0, expected > 0),

@@ -144,3 +144,17 @@ def test_prepare_normalises_channels_on_the_cropped_grid() -> None:
     with pytest.raises(ValueError, match="permutation"):
         Preprocessing(channels=("flair", "t1", "t2"))
     assert Preprocessing.from_json(Preprocessing().to_json()) == Preprocessing()
+
+
+def test_voxels_outside_one_field_of_view_are_background_in_every_channel() -> None:
+    ref = lattice((64, 64, 40), (1.0, 1.0, 1.0), np.eye(3), (0.0, 0.0, 0.0))
+    brain = np.random.default_rng(1).uniform(10, 20, (64, 64, 40)).astype(np.float32)
+    volumes = {m: g.from_array(brain, ref) for m in ("t1", "t1ce", "t2")}
+    # A FLAIR slab that stops at k = 19: the upper half of the head is outside its field of view.
+    slab = lattice((64, 64, 20), (1.0, 1.0, 1.0), np.eye(3), (0.0, 0.0, 0.0))
+    volumes["flair"] = g.from_array(brain[:, :, :20], slab)
+    model_input, _ = prepare(volumes, "t1", Preprocessing(crop_foreground=False))
+    top = np.asarray(model_input.grid.TransformPhysicalPointToIndex((10.0, 10.0, 30.0)))
+    bottom = np.asarray(model_input.grid.TransformPhysicalPointToIndex((10.0, 10.0, 10.0)))
+    assert np.all(model_input.array[(slice(None), *top)] == 0)
+    assert np.all(model_input.array[(slice(None), *bottom)] != 0)

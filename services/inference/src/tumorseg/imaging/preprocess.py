@@ -2,7 +2,8 @@
 
 ``prepare`` takes the four co-registered volumes (``SimpleITK.Image``, any lattices, LPS geometry),
 resamples them in physical space onto the model grid of the reference volume (``grid.model_grid``),
-crops to the foreground bounding box (+ margin), and normalises each channel to zero mean / unit variance
+crops to the foreground bounding box (+ margin), makes voxels outside any volume's field of view
+background in every channel, and normalises each channel to zero mean / unit variance
 over its non-zero voxels (MONAI ``NormalizeIntensity(nonzero=True, channel_wise=True)``).
 
 Output array contract: float32, shape (C, I, J, K), channels in ``Preprocessing.channels`` order, the
@@ -132,6 +133,14 @@ def zscore_nonzero(channel: NDArray[np.float32]) -> NDArray[np.float32]:
     return channel
 
 
+def field_of_view(volume: sitk.Image, grid: sitk.Image) -> NDArray[np.bool_]:
+    """(I, J, K) booleans on ``grid``: the voxels inside ``volume``'s field of view (its voxels' extent)."""
+    ones = sitk.Image(volume.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(volume)
+    inside = sitk.Resample(ones, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return np.asarray(g.to_array(inside), dtype=bool)
+
+
 def prepare(
     volumes: Mapping[str, sitk.Image], reference: str, prep: Preprocessing, labels: sitk.Image | None = None
 ) -> tuple[ModelInput, NDArray[np.uint8] | None]:
@@ -159,6 +168,13 @@ def prepare(
     array = np.stack(
         [g.to_array(g.resample(volumes[m], cropped)).astype(np.float32, copy=False) for m in prep.channels]
     )
+    # Where one sequence's field of view ends (a thick oblique slab that misses the vertex, say) the others
+    # still show brain; the model was never shown a head with one channel cut off, so the voxels outside
+    # any field of view are made background in every channel. Full-coverage data (BraTS) is unchanged.
+    covered = np.ones(array.shape[1:], dtype=bool)
+    for m in prep.channels:
+        covered &= field_of_view(volumes[m], cropped)
+    array[:, ~covered] = 0.0
     for c in range(array.shape[0]):
         zscore_nonzero(array[c])
     label_array = None
