@@ -36,13 +36,14 @@ from tumorseg_training.transforms import train_transform, training_item  # noqa:
 
 SHAPE = (40, 44, 36)  # (i, j, k)
 TINY_RECIPE = {
-    "network": {"channels": [4, 8], "strides": [2], "num_res_units": 0},
+    "network": {"channels": [4, 8], "strides": [2], "num_res_units": 0, "norm": "BATCH"},
     "preprocessing": {"divisible_by": 16, "crop_margin_vox": 2},
     "crop_size": [16, 16, 16],
     "roi_size": [32, 32, 32],
     "batch_size": 2,
     "samples_per_case": 2,
     "warmup_steps": 1,
+    "bn_batches": 2,
     "val_fraction": 0.5,
     "val_every": 1,
     "device": "cpu",

@@ -90,8 +90,21 @@ def render_card(
         f"modality dropout p = {recipe['modality_dropout']}.",
         f"- Loss: {recipe['loss']} on the sigmoid outputs; AdamW lr {recipe['lr']}, weight decay "
         f"{recipe['weight_decay']}, {recipe['warmup_steps']} warm-up steps then cosine decay.",
+        *(
+            [f"- Shipped weights: exponential moving average of the weights (decay {recipe['ema_decay']})."]
+            if recipe.get("ema_decay")
+            else []
+        ),
         f"- Length: {training['steps']} steps, {training['epochs']} epochs, seed {recipe['seed']}; best "
         f"checkpoint by validation mean Dice at epoch {training['best'].get('epoch')}.",
+        *(
+            [
+                f"- BatchNorm statistics re-estimated over {recipe['bn_batches']} training batches before "
+                "each validation and at the end (inference uses exactly these)."
+            ]
+            if str(net["norm"]).upper() == "BATCH"
+            else []
+        ),
         f"- Inference: sliding window {manifest['inference']['roi_size']}, overlap "
         f"{manifest['inference']['overlap']}, Gaussian blending.",
         f"- Trained on {training['device']} in {training['duration_s'] / 60:.1f} min"
@@ -107,7 +120,9 @@ def render_card(
         "",
         *_score_table(evaluation["summary"]),
         "",
-        f"Time per case on {evaluation['device']}: prepare {seconds['prepare']:.1f} s, predict "
+        f"Time per case on {evaluation['device']}"
+        + (f" ({evaluation['cpu_threads']} threads)" if evaluation.get("cpu_threads") else "")
+        + f": prepare {seconds['prepare']:.1f} s, predict "
         f"{seconds['predict']:.1f} s, mask {seconds['postprocess']:.1f} s, total {seconds['total']:.1f} s "
         "(mean over the held-out cases).",
         "",

@@ -46,6 +46,7 @@ class TrainConfig:
     epochs: int = 50
     max_steps: int | None = None
     seed: int = 0
+    ema_decay: float | None = 0.999  # moving average of the weights (validated and shipped); None: off
     bn_batches: int = 64  # batches that fix BatchNorm statistics before validation and at the end
     # validation (sliding window over whole held-out cases; expensive, so every few epochs)
     val_fraction: float = 0.1
@@ -81,6 +82,8 @@ class TrainConfig:
             problems.append("epochs and max_steps must be >= 1")
         if not 0.0 <= self.val_fraction < 1.0:
             problems.append("val_fraction must be in [0, 1)")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            problems.append("ema_decay must be in (0, 1) or null")
         if self.val_every < 1 or self.log_every < 1:
             problems.append("val_every and log_every must be >= 1")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from tumorseg.imaging import grid as g
 from tumorseg.imaging.postprocess import to_reference_mask
@@ -50,6 +51,7 @@ class EvaluationReport:
     device: str
     reference: str
     cases: list[CaseResult] = field(default_factory=list)
+    cpu_threads: int = 0  # torch intra-op threads during the evaluation
 
     @property
     def summary(self) -> dict[str, dict[str, float]]:
@@ -68,6 +70,7 @@ class EvaluationReport:
             "model_dir": self.model_dir,
             "data_dir": self.data_dir,
             "device": self.device,
+            "cpu_threads": self.cpu_threads,
             "reference": self.reference,
             "summary": self.summary,
             "seconds_per_case": self.seconds,
@@ -126,7 +129,9 @@ def evaluate(
     recipe = predictor.manifest.training.get("recipe", {})
     ref = reference or str(recipe.get("reference", "flair"))
     cases = find_cases(data_dir, require_seg=True)
-    report = EvaluationReport(predictor.name, str(model_dir), str(data_dir), resolved, ref)
+    report = EvaluationReport(
+        predictor.name, str(model_dir), str(data_dir), resolved, ref, cpu_threads=torch.get_num_threads()
+    )
     for n, case in enumerate(cases, start=1):
         result = evaluate_case(predictor, case, ref)
         report.cases.append(result)

@@ -5,13 +5,16 @@
 1. finds the cases (``data.find_cases``), splits off ``val_fraction`` for validation (seeded), prepares
    each case once with the service's ``prepare`` (cached in memory, and in ``cache_dir`` when given);
 2. trains with tumour-biased random crops (``transforms``), Dice (+ BCE) on the sigmoid region outputs
-   TC/WT/ET, AdamW with linear warm-up then cosine decay per step, AMP and ``cudnn.benchmark`` on CUDA;
-3. every ``val_every`` epochs (and after the last) runs the package's own ``Predictor`` (sliding window)
-   over each validation case on the model grid and scores Dice/HD95 per region (``metrics``);
+   TC/WT/ET, AdamW with linear warm-up then cosine decay per step, AMP and ``cudnn.benchmark`` on CUDA,
+   keeping a moving average of the weights (``optim.WeightAverage``, ``ema_decay``) — the weights that are
+   validated and shipped;
+3. every ``val_every`` epochs (and after the last) re-estimates BatchNorm statistics for those weights
+   (``optim.recalibrate_batch_norm``), runs the package's own ``Predictor`` (sliding window) over each
+   validation case on the model grid and scores Dice/HD95 per region (``metrics``);
 4. keeps the best weights by mean validation Dice (the last ones without validation) as the package in
    ``out_dir`` (``model.json`` + ``model.pt``), and after every epoch rewrites ``metrics.csv``,
-   ``curves.png`` and ``checkpoint.pt`` (network, optimiser, schedule, history: ``resume=True`` continues
-   from it).
+   ``curves.png`` and ``checkpoint.pt`` (network, average, optimiser, schedule, history: ``resume=True``
+   continues from it).
 
 Determinism: ``monai.utils.set_determinism(seed)`` before the network is built, and the crop sampler and
 the case order are reseeded from ``seed + epoch`` at every epoch, so a CPU run is reproducible and a run
@@ -33,8 +36,6 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from monai.data import DataLoader, Dataset
-from monai.losses import DiceLoss
-from monai.transforms import Compose
 from monai.utils import set_determinism
 from torch import nn
 
@@ -49,6 +50,7 @@ from tumorseg_training.config import TrainConfig
 from tumorseg_training.curves import draw_curves
 from tumorseg_training.data import PreparedCase, find_cases, load_prepared, split_cases
 from tumorseg_training.metrics import SCORES, mean_dice, region_scores, summarise
+from tumorseg_training.optim import RegionLoss, WeightAverage, lr_factor, recalibrate_batch_norm
 from tumorseg_training.transforms import train_transform, training_item
 
 log = logging.getLogger(__name__)
@@ -83,29 +85,6 @@ class TrainResult:
     duration_s: float = 0.0
 
 
-class RegionLoss(nn.Module):
-    """Sigmoid Dice over the batch per region (+ BCE for ``dice_bce``); targets are (B, 3, …) floats."""
-
-    def __init__(self, kind: str) -> None:
-        super().__init__()
-        self.dice = DiceLoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
-        self.bce = nn.BCEWithLogitsLoss() if kind == "dice_bce" else None
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss: torch.Tensor = self.dice(logits, target)
-        if self.bce is not None:
-            loss = loss + self.bce(logits, target)
-        return loss
-
-
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 def manifest_for(config: TrainConfig, training: dict[str, Any], metrics: dict[str, Any]) -> ModelManifest:
     return ModelManifest(
         name=config.name,
@@ -128,36 +107,15 @@ def validate(
     predictor = Predictor(manifest_for(config, {}, {}), network, device)
     spacing = (config.prep.spacing_mm,) * 3
     rows = []
+    was_training = network.training
     network.eval()
     for case in cases:
         array = case.float32()
         grid = sitk.Image([int(s) for s in array.shape[1:]], sitk.sitkUInt8)
         probabilities = predictor.predict(ModelInput(array=array, grid=grid))
         rows.append(region_scores(probabilities > config.threshold, labels_to_regions(case.labels), spacing))
-    network.train()
+    network.train(was_training)
     return {name: stats["mean"] for name, stats in summarise(rows).items()}
-
-
-def recalibrate_batch_norm(
-    network: nn.Module, items: list[dict[str, Any]], transform: Compose, batches: int, device: str
-) -> None:
-    """Replace BatchNorm running statistics by their exact average over ``batches`` training batches (one
-    case each, cycling through ``items``), drawn with ``transform`` in a fixed order. Momentum averages of the
-    last few batches of 2 crops are noisy, and inference uses exactly these statistics. No-op without BN."""
-    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or not items:
-        return
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    network.train()
-    with torch.no_grad():
-        for i in range(batches):
-            samples = transform(items[i % len(items)])
-            network(torch.stack([s["image"] for s in samples]).to(device))
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
 
 
 def _cpu_state(network: nn.Module) -> dict[str, Any]:
@@ -224,6 +182,8 @@ def train(
     use_amp = config.amp and device == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loss_fn = RegionLoss(config.loss)
+    average = WeightAverage(network, config.ema_decay) if config.ema_decay else None
+    shipped = average.model if average else network  # what is validated and saved
 
     step, epoch, history, best = 0, 0, [], {"val_mean_dice": -1.0}
     elapsed_before = 0.0
@@ -232,6 +192,8 @@ def train(
         optimiser.load_state_dict(checkpoint["optimiser"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
+        if average is not None:
+            average.load_state_dict(checkpoint["average"])
         step, epoch = int(checkpoint["step"]), int(checkpoint["epoch"])
         history, best = list(checkpoint["history"]), dict(checkpoint["best"])
         elapsed_before = float(history[-1]["elapsed_s"]) if history else 0.0
@@ -288,6 +250,8 @@ def train(
             scaler.step(optimiser)
             scaler.update()
             scheduler.step()
+            if average is not None:
+                average.update(network)
             step += 1
             losses.append(float(loss.detach()))
             hooks.step(step, losses[-1], float(scheduler.get_last_lr()[0]))
@@ -311,10 +275,12 @@ def train(
         validating = bool(val_cases) and (epoch % config.val_every == 0 or last)
         if validating or last:
             calibration.set_random_state(seed=config.seed)
-            recalibrate_batch_norm(network, items, calibration, config.bn_batches, device)
+            recalibrate_batch_norm(
+                shipped, items, calibration, config.bn_batches, config.cases_per_step, device
+            )
         if validating:
             hooks.validating(epoch, len(val_cases))
-            scores = validate(network, val_cases, config, device)
+            scores = validate(shipped, val_cases, config, device)
             record.update({f"val_{k}": v for k, v in scores.items()}, val_mean_dice=mean_dice(scores))
         record["elapsed_s"] = elapsed_before + time.perf_counter() - started
         history.append(record)
@@ -337,7 +303,7 @@ def train(
                 "duration_s": round(record["elapsed_s"], 1),
             }
             metrics = {"validation": {k[4:]: v for k, v in best.items() if k.startswith("val_")}}
-            save_package(out_dir, manifest_for(config, {**info, "best": best}, metrics), _cpu_state(network))
+            save_package(out_dir, manifest_for(config, {**info, "best": best}, metrics), _cpu_state(shipped))
         _write_history(out_dir, history)
         state = {
             "config": config.to_json(),
@@ -345,6 +311,7 @@ def train(
             "optimiser": optimiser.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
+            "average": average.state_dict() if average is not None else None,
             "step": step,
             "epoch": epoch,
             "history": history,
@@ -359,7 +326,7 @@ def train(
     info = {**training_info, "steps": step, "epochs": epoch, "duration_s": round(duration, 1), "best": best}
     metrics = {"validation": {k[4:]: v for k, v in best.items() if k.startswith("val_")}}
     if not (out_dir / WEIGHTS).is_file():  # no validation score was ever finite: keep the last weights
-        save_package(out_dir, manifest_for(config, info, metrics), _cpu_state(network))
+        save_package(out_dir, manifest_for(config, info, metrics), _cpu_state(shipped))
     weights = torch.load(out_dir / WEIGHTS, map_location="cpu", weights_only=True)
     save_package(out_dir, manifest_for(config, info, metrics), weights)
     log.info("training done: %d steps, %d epochs, %.0f s; package %s", step, epoch, duration, out_dir)

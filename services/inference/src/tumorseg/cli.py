@@ -416,7 +416,8 @@ def evaluate(
     except (FileNotFoundError, ValueError, TumorsegError) as exc:
         err_console.print(f"[red]error[/red] {exc}")
         raise typer.Exit(code=1) from exc
-    console.print(report_table(report))
+    # Into a log file, rich would squeeze the table into 80 columns.
+    (console if console.is_terminal else Console(width=160, file=console.file)).print(report_table(report))
     console.print("seconds per case: " + ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items()))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
