@@ -158,3 +158,45 @@ def test_voxels_outside_one_field_of_view_are_background_in_every_channel() -> N
     bottom = np.asarray(model_input.grid.TransformPhysicalPointToIndex((10.0, 10.0, 10.0)))
     assert np.all(model_input.array[(slice(None), *top)] == 0)
     assert np.all(model_input.array[(slice(None), *bottom)] != 0)
+
+
+SIGNED_PERMUTATIONS = [
+    np.eye(3),
+    np.array([[0.0, 0, 1], [1, 0, 0], [0, -1, 0]]),  # sagittal-like
+    np.array([[-1.0, 0, 0], [0, 0, 1], [0, -1, 0]]),  # coronal-like, i reversed
+    np.diag([1.0, 1.0, -1.0]),  # reversed slice order
+]
+
+
+@pytest.mark.parametrize("direction", SIGNED_PERMUTATIONS, ids=["axial", "sagittal", "coronal", "reversed"])
+@pytest.mark.parametrize("shift", [(0, 0, 0), (3, -5, 7), (-10, 2, 0)])
+def test_coinciding_lattices_are_copied_exactly_as_interpolation_would(
+    direction: np.ndarray, shift: tuple[int, int, int]
+) -> None:
+    rng = np.random.default_rng(7)
+    source = sitk.GetImageFromArray(rng.normal(size=(23, 31, 17)).astype(np.float32))  # (k, j, i)
+    source.SetDirection(tuple(direction.ravel()))
+    source.SetOrigin((10.0, -20.0, 5.0))
+    # A 1 mm axis-aligned target whose centres sit on source centres, shifted partly outside the source.
+    corners = g.physical_corners(source)
+    low, high = corners.min(axis=0), corners.max(axis=0)
+    size = tuple(int(n) + 1 for n in np.rint(high - low))
+    target = lattice(size, (1.0, 1.0, 1.0), np.eye(3), tuple(low + np.asarray(shift, float)))
+    assert g.lattice_map(source, target) is not None
+    fast = g.resample_to_array(source, target, fill=np.nan)
+    interpolated = g.to_array(sitk.Resample(source, target, sitk.Transform(), sitk.sitkLinear, np.nan))
+    np.testing.assert_array_equal(np.isnan(fast), np.isnan(interpolated))
+    assert not np.isnan(fast).all() and np.isnan(fast).any() == any(shift)
+    np.testing.assert_allclose(fast[~np.isnan(fast)], interpolated[~np.isnan(interpolated)], atol=1e-6)
+
+
+def test_lattices_that_do_not_coincide_are_interpolated() -> None:
+    rng = np.random.default_rng(8)
+    source = sitk.GetImageFromArray(rng.normal(size=(12, 14, 16)).astype(np.float32))
+    half_shift = lattice((10, 10, 10), (1.0, 1.0, 1.0), np.eye(3), (0.5, 0.0, 0.0))
+    finer = lattice((10, 10, 10), (0.5, 0.5, 0.5), np.eye(3), (0.0, 0.0, 0.0))
+    oblique = lattice((10, 10, 10), (1.0, 1.0, 1.0), rotation(2, 10), (0.0, 0.0, 0.0))
+    for target in (half_shift, finer, oblique):
+        assert g.lattice_map(source, target) is None
+        expected = g.to_array(sitk.Resample(source, target, sitk.Transform(), sitk.sitkLinear, -1.0))
+        np.testing.assert_allclose(g.resample_to_array(source, target, fill=-1.0), expected, atol=1e-6)

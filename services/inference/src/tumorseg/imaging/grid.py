@@ -57,6 +57,94 @@ def resample(image: sitk.Image, target: sitk.Image, *, interpolator: int = sitk.
     return sitk.Resample(image, target, sitk.Transform(), interpolator, 0.0, sitk.sitkFloat32)
 
 
+def reversed_axes(geometry: sitk.Image, array: NDArray[np.generic] | None = None) -> sitk.Image:
+    """The lattice of ``geometry`` with its index axes in reverse order (k, j, i), as an empty uint8 image
+    or holding ``array`` given in (i, j, k) order: SimpleITK's (z, y, x) numpy view of such an image is
+    (i, j, k) of ``geometry``, so no transposing copy is needed either way. Physically the same voxels."""
+    if array is None:
+        image = sitk.Image([int(n) for n in geometry.GetSize()[::-1]], sitk.sitkUInt8)
+    else:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    image.SetOrigin(geometry.GetOrigin())
+    image.SetSpacing(geometry.GetSpacing()[::-1])
+    image.SetDirection(
+        tuple(float(v) for v in np.asarray(geometry.GetDirection()).reshape(3, 3)[:, ::-1].ravel())
+    )
+    return image
+
+
+def lattice_map(
+    source: sitk.Image, target: sitk.Image, tol: float = 1e-4
+) -> tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int]] | None:
+    """How ``target``'s voxel centres fall on ``source``'s lattice, when each is a source voxel centre:
+    target axis a runs along source axis ``axes[a]`` in direction ``signs[a]`` (±1), and target index 0
+    is source index ``offsets`` (per source axis). None when the lattices do not coincide that way
+    (other spacing, rotation, a fractional shift). BraTS volumes and the model grid coincide, as does a
+    1 mm sagittal series whose voxel centres sit on integer mm."""
+    b = np.asarray(
+        source.TransformPhysicalPointToContinuousIndex(target.TransformIndexToPhysicalPoint((0, 0, 0)))
+    )
+    columns = []
+    for axis in range(3):
+        step = [0, 0, 0]
+        step[axis] = 1
+        columns.append(
+            np.asarray(
+                source.TransformPhysicalPointToContinuousIndex(target.TransformIndexToPhysicalPoint(step))
+            )
+            - b
+        )
+    a = np.stack(columns, axis=1)  # source index = a @ target index + b
+    rounded, offsets = np.rint(a), np.rint(b)
+    if np.abs(a - rounded).max() > tol or np.abs(b - offsets).max() > tol:
+        return None
+    if not (np.abs(rounded).sum(axis=0) == 1).all() or not (np.abs(rounded).sum(axis=1) == 1).all():
+        return None
+    axes = tuple(int(np.flatnonzero(rounded[:, t])[0]) for t in range(3))
+    signs = tuple(int(rounded[axes[t], t]) for t in range(3))
+    return axes, signs, tuple(int(v) for v in offsets)  # type: ignore[return-value]
+
+
+def resample_to_array(
+    image: sitk.Image, target: sitk.Image, *, fill: float = 0.0, out: NDArray[np.float32] | None = None
+) -> NDArray[np.float32]:
+    """``image`` linearly interpolated at ``target``'s voxel centres, as a float32 (i, j, k) array;
+    ``fill`` where a centre lies outside ``image``'s voxels (half a voxel beyond the outer centres), as in
+    ``sitk.Resample``. When the lattices coincide (``lattice_map``) interpolation would only copy voxels,
+    so the voxels are copied, by slicing; otherwise SimpleITK resamples onto a twin of ``target`` with the
+    index axes reversed, whose (z, y, x) view is already (i, j, k)."""
+    shape = tuple(int(n) for n in target.GetSize())
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    mapping = lattice_map(image, target)
+    if mapping is None:
+        resampled = sitk.Resample(
+            image, reversed_axes(target), sitk.Transform(), sitk.sitkLinear, fill, sitk.sitkFloat32
+        )
+        out[...] = sitk.GetArrayViewFromImage(resampled)  # a view: ``resampled`` must outlive the copy
+        return out
+    axes, signs, offsets = mapping
+    source = sitk.GetArrayViewFromImage(image).transpose(2, 1, 0).transpose(axes)  # source axis axes[a] → a
+    size = source.shape
+    inner, outer = [], []
+    for a in range(3):
+        sign, offset = signs[a], offsets[axes[a]]
+        # target t ↦ source offset + sign * t, kept where 0 <= source < size[a]
+        lo, hi = (-offset, size[a] - offset) if sign > 0 else (offset - size[a] + 1, offset + 1)
+        lo, hi = max(lo, 0), min(hi, shape[a])
+        if hi <= lo:
+            out[...] = fill
+            return out
+        first, last = offset + sign * lo, offset + sign * (hi - 1)
+        inner.append(slice(lo, hi))
+        outer.append(slice(first, last + 1) if sign > 0 else slice(first, last - 1 if last > 0 else None, -1))
+    block = (inner[0], inner[1], inner[2])
+    if any(s.start > 0 or s.stop < n for s, n in zip(inner, shape, strict=True)):
+        out[...] = fill
+    out[block] = source[outer[0], outer[1], outer[2]]
+    return out
+
+
 def resample_labels(labels: sitk.Image, target: sitk.Image) -> sitk.Image:
     """A label map on ``target``'s lattice (uint8). Label-aware linear interpolation (each label's
     indicator is interpolated and the largest wins), so thin structures survive better than with

@@ -81,8 +81,8 @@ def to_reference_mask(
         sub = g.crop(reference, (i0, j0, k0), (ni, nj, nk))
         regions = []
         for channel in probabilities:
-            on_reference = g.resample(g.from_array(channel, model_grid), sub)
-            regions.append(sitk.GetArrayViewFromImage(on_reference) > threshold)  # (k, j, i)
+            on_reference = g.resample_to_array(g.reversed_axes(model_grid, channel), sub)  # (i, j, k)
+            regions.append((on_reference > threshold).T)  # (k, j, i)
         min_voxels = int(np.ceil(min_component_ml * 1000.0 / voxel_volume_mm3(reference)))
         labels[k0 : k0 + nk, j0 : j0 + nj, i0 : i0 + ni] = remove_small_components(
             regions_to_labels(np.stack(regions)), min_voxels

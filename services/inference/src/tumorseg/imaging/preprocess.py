@@ -133,14 +133,6 @@ def zscore_nonzero(channel: NDArray[np.float32]) -> NDArray[np.float32]:
     return channel
 
 
-def field_of_view(volume: sitk.Image, grid: sitk.Image) -> NDArray[np.bool_]:
-    """(I, J, K) booleans on ``grid``: the voxels inside ``volume``'s field of view (its voxels' extent)."""
-    ones = sitk.Image(volume.GetSize(), sitk.sitkUInt8) + 1
-    ones.CopyInformation(volume)
-    inside = sitk.Resample(ones, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return np.asarray(g.to_array(inside), dtype=bool)
-
-
 def prepare(
     volumes: Mapping[str, sitk.Image], reference: str, prep: Preprocessing, labels: sitk.Image | None = None
 ) -> tuple[ModelInput, NDArray[np.uint8] | None]:
@@ -165,15 +157,16 @@ def prepare(
     else:
         start, size = (0, 0, 0), tuple(shape)
     cropped = g.crop(full, (start[0], start[1], start[2]), (size[0], size[1], size[2]))
-    array = np.stack(
-        [g.to_array(g.resample(volumes[m], cropped)).astype(np.float32, copy=False) for m in prep.channels]
-    )
+    # One resampling pass per volume, straight into the (C, I, J, K) array: voxels outside the volume's
+    # field of view (the same inside test for every interpolator) come out NaN, never a real intensity.
+    array = np.empty((len(prep.channels), *cropped.GetSize()), dtype=np.float32)
+    covered = np.ones(array.shape[1:], dtype=bool)
+    for c, m in enumerate(prep.channels):
+        g.resample_to_array(volumes[m], cropped, fill=np.nan, out=array[c])
+        covered &= ~np.isnan(array[c])
     # Where one sequence's field of view ends (a thick oblique slab that misses the vertex, say) the others
     # still show brain; the model was never shown a head with one channel cut off, so the voxels outside
     # any field of view are made background in every channel. Full-coverage data (BraTS) is unchanged.
-    covered = np.ones(array.shape[1:], dtype=bool)
-    for m in prep.channels:
-        covered &= field_of_view(volumes[m], cropped)
     array[:, ~covered] = 0.0
     for c in range(array.shape[0]):
         zscore_nonzero(array[c])
