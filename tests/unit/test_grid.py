@@ -200,3 +200,16 @@ def test_lattices_that_do_not_coincide_are_interpolated() -> None:
         assert g.lattice_map(source, target) is None
         expected = g.to_array(sitk.Resample(source, target, sitk.Transform(), sitk.sitkLinear, -1.0))
         np.testing.assert_allclose(g.resample_to_array(source, target, fill=-1.0), expected, atol=1e-6)
+
+
+def test_zscore_gives_the_numbers_of_the_plain_formula() -> None:
+    from tumorseg.imaging.preprocess import zscore_nonzero
+
+    rng = np.random.default_rng(3)
+    channel = rng.normal(400.0, 90.0, (30, 20, 10)).astype(np.float32)
+    channel[rng.random(channel.shape) < 0.5] = 0.0
+    values = channel[channel != 0]
+    expected = np.zeros_like(channel)
+    expected[channel != 0] = (values - float(values.mean())) / float(values.std())
+    np.testing.assert_array_equal(zscore_nonzero(channel.copy()), expected)
+    np.testing.assert_array_equal(zscore_nonzero(np.zeros((4, 4, 4), np.float32)), 0.0)

@@ -41,6 +41,21 @@ def test_resampling_only_the_covered_box_changes_nothing(
     assert np.array_equal(sitk.GetArrayFromImage(mask), expected)
 
 
+@pytest.mark.parametrize("centre", [(24, 20, 16), (2, 38, 30)], ids=["inside", "at-the-grid-edge"])
+def test_resampling_only_near_the_tumour_changes_nothing(centre: tuple[int, int, int]) -> None:
+    """Smooth probabilities crossing the threshold between grid nodes: the box around the voxels above
+    it must hold every interpolation that can exceed it."""
+    reference = lattice((120, 110, 40), (0.9, 0.9, 4.0), rotation(0, 15), (-50.0, -40.0, -30.0))
+    model_grid = g.crop(g.model_grid(reference), (20, 25, 10), (48, 40, 32))
+    i, j, k = np.meshgrid(*[np.arange(n) for n in model_grid.GetSize()], indexing="ij")
+    r2 = (i - centre[0]) ** 2 + (j - centre[1]) ** 2 + (k - centre[2]) ** 2
+    probabilities = np.stack([np.exp(-r2 / s) for s in (40.0, 120.0, 25.0)]).astype(np.float32)
+    mask = to_reference_mask(probabilities, model_grid, reference, min_component_ml=0.0)
+    expected = full_lattice_mask(probabilities, model_grid, reference)
+    assert np.count_nonzero(expected) > 20
+    assert np.array_equal(sitk.GetArrayFromImage(mask), expected)
+
+
 def test_a_model_grid_outside_the_reference_gives_an_empty_mask() -> None:
     reference = lattice((20, 20, 10), (1.0, 1.0, 1.0), np.eye(3), (0.0, 0.0, 0.0))
     far = lattice((16, 16, 16), (1.0, 1.0, 1.0), np.eye(3), (500.0, 500.0, 500.0))

@@ -87,10 +87,17 @@ def _letter(axis: NDArray[np.float64]) -> str:
 
 def _centre(mask: sitk.Image) -> tuple[NDArray[np.float64], bool]:
     """WT centre of mass in LPS, or the volume centre when the mask is empty; and whether it was a tumour."""
-    labels = sitk.GetArrayViewFromImage(mask)  # (k, j, i)
-    kji = np.argwhere(labels > 0)
-    found = len(kji) > 0
-    index = kji.mean(axis=0)[::-1] if found else (np.asarray(mask.GetSize(), dtype=np.float64) - 1) / 2
+    tumour = sitk.GetArrayViewFromImage(mask) > 0  # (k, j, i)
+    count = int(np.count_nonzero(tumour))
+    found = count > 0
+    if found:  # mean index per axis from the projections: no list of voxel coordinates
+        kji = [
+            float(np.arange(n) @ tumour.sum(axis=tuple(a for a in range(3) if a != axis)))
+            for axis, n in enumerate(tumour.shape)
+        ]
+        index = np.asarray(kji[::-1]) / count
+    else:
+        index = (np.asarray(mask.GetSize(), dtype=np.float64) - 1) / 2
     return np.asarray(mask.TransformContinuousIndexToPhysicalPoint([float(v) for v in index])), found
 
 
@@ -238,5 +245,5 @@ def _legend(draw: ImageDraw.ImageDraw, font: _Font, height: int, found: bool) ->
 def write_preview(reference: sitk.Image, mask: sitk.Image, path: Path) -> PreviewLayout:
     """Render and write the preview PNG to ``path``; returns its layout."""
     canvas, layout = render_preview(reference, mask)
-    canvas.save(path, format="PNG", optimize=False)
+    canvas.save(path, format="PNG", optimize=False, compress_level=1)  # fast; a few hundred kB
     return layout

@@ -66,6 +66,26 @@ def covering_box(
     )
 
 
+def above_threshold_box(
+    probabilities: NDArray[np.float32], threshold: float
+) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    """(start, size) on the model grid of every voxel above ``threshold`` in any region, grown by one
+    voxel and clipped to the grid; None when no voxel is above it.
+
+    A linear interpolation is a convex combination of its 8 neighbours, so it exceeds the threshold only
+    where some neighbour does: every reference voxel that can become tumour interpolates from voxels
+    inside this box, and sees there exactly what it would see on the whole grid."""
+    above = np.any(probabilities > threshold, axis=0)
+    if not above.any():
+        return None
+    low, high = [], []
+    for axis in range(3):
+        hits = np.flatnonzero(above.any(axis=tuple(a for a in range(3) if a != axis)))
+        low.append(max(int(hits[0]) - 1, 0))
+        high.append(min(int(hits[-1]) + 2, above.shape[axis]))
+    return (low[0], low[1], low[2]), (high[0] - low[0], high[1] - low[1], high[2] - low[2])
+
+
 def to_reference_mask(
     probabilities: NDArray[np.float32],
     model_grid: sitk.Image,
@@ -74,9 +94,16 @@ def to_reference_mask(
     min_component_ml: float = DEFAULT_MIN_COMPONENT_ML,
 ) -> sitk.Image:
     labels = np.zeros(reference.GetSize()[::-1], dtype=np.uint8)  # (k, j, i)
-    box = covering_box(reference, model_grid)
+    tumour = above_threshold_box(probabilities, threshold)
+    box = None
+    if tumour is not None:
+        # Only the reference voxels near the tumour are resampled (see ``above_threshold_box``): everywhere
+        # else no region can exceed the threshold. The result is that of resampling the whole grid.
+        (a0, b0, c0), (na, nb, nc) = tumour
+        probabilities = probabilities[:, a0 : a0 + na, b0 : b0 + nb, c0 : c0 + nc]
+        model_grid = g.crop(model_grid, (a0, b0, c0), (na, nb, nc))
+        box = covering_box(reference, model_grid)
     if box is not None:
-        # Outside the model grid every probability is 0: only the reference voxels it covers are resampled.
         (i0, j0, k0), (ni, nj, nk) = box
         sub = g.crop(reference, (i0, j0, k0), (ni, nj, nk))
         regions = []

@@ -129,7 +129,11 @@ def zscore_nonzero(channel: NDArray[np.float32]) -> NDArray[np.float32]:
     if nonzero.any():
         values = channel[nonzero]
         mean, std = float(values.mean()), float(values.std())
-        channel[nonzero] = (values - mean) / (std if std > 0 else 1.0)
+        # Dense arithmetic, then zeros restored by a multiply: the same numbers as writing back through
+        # the mask, at half the cost.
+        channel -= np.float32(mean)
+        channel /= np.float32(std if std > 0 else 1.0)
+        channel *= nonzero
     return channel
 
 
@@ -167,7 +171,7 @@ def prepare(
     # Where one sequence's field of view ends (a thick oblique slab that misses the vertex, say) the others
     # still show brain; the model was never shown a head with one channel cut off, so the voxels outside
     # any field of view are made background in every channel. Full-coverage data (BraTS) is unchanged.
-    array[:, ~covered] = 0.0
+    np.copyto(array, np.float32(0.0), where=~covered)
     for c in range(array.shape[0]):
         zscore_nonzero(array[c])
     label_array = None
