@@ -77,3 +77,22 @@ def test_labels_and_regions_round_trip() -> None:
     odd = np.array([[False, True], [False, False], [True, False]])
     assert regions_to_labels(odd).tolist() == [4, 1]
     assert volumes_ml(labels, 2.0) == {"tc": 0.006, "wt": 0.008, "et": 0.004}
+
+
+def test_threads_follow_the_cpus_the_process_may_use() -> None:
+    import os
+
+    import SimpleITK as sitk
+    import torch
+
+    from tumorseg.model.device import configure_threads, usable_cpus
+
+    cpus = usable_cpus()
+    assert 1 <= cpus <= len(os.sched_getaffinity(0))
+    before = torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    try:
+        assert configure_threads(1) == 1
+        assert torch.get_num_threads() == 1 and sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 1
+    finally:
+        torch.set_num_threads(before[0])
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])

@@ -137,7 +137,7 @@ def segment(
     """The segmentation pipeline without the API: writes OUT/mask.nii.gz, OUT/preview.png, OUT/result.json."""
     import shutil
 
-    from tumorseg.model.device import resolve_device
+    from tumorseg.model.device import configure_threads, resolve_device
     from tumorseg.model.predictor import Predictor
     from tumorseg.pipeline import Segmenter, SegmentRequest
     from tumorseg.results import ResultStore
@@ -145,6 +145,7 @@ def segment(
     settings = get_settings()
     try:
         with _pacs() as pacs, console.status("loading the model") as status:
+            configure_threads()
             predictor = Predictor.from_package(settings.model_path, resolve_device(settings.device))
             segmenter = Segmenter(
                 pacs, predictor, ResultStore(settings.results_dir), rules=settings.mapping_rules

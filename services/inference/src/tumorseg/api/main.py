@@ -20,7 +20,7 @@ from tumorseg.api.routes import health, results, segment
 from tumorseg.config import Settings, get_settings
 from tumorseg.errors import ModelError
 from tumorseg.logs import request_id_var
-from tumorseg.model.device import resolve_device
+from tumorseg.model.device import configure_threads, resolve_device
 from tumorseg.model.predictor import Predictor
 from tumorseg.pacs import OrthancClient
 from tumorseg.results import ResultStore
@@ -31,6 +31,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 def load_predictor(path: Path, device: str) -> Predictor:
+    log.info("%d CPU thread(s) for torch and SimpleITK", configure_threads())
     predictor = Predictor.from_package(path, device)
     predictor.warm_up()
     return predictor
