@@ -33,6 +33,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from tumorseg.errors import BrokenSeries
+from tumorseg.imaging.header import Header, read_header
 
 log = logging.getLogger(__name__)
 
@@ -63,38 +64,61 @@ class SeriesVolume:
         return (int(size[0]), int(size[1]), int(size[2]))
 
 
-def _parse(data: bytes, label: str) -> Dataset:
+Instance = Dataset | Header  # a Header where it can be read fast (see tumorseg.imaging.header)
+
+
+def _parse(data: bytes, label: str) -> Instance:
+    header = read_header(data)
+    if header is not None and _native_dtype(header) is not None:
+        return header
     try:
         return pydicom.dcmread(DicomBytesIO(data))
     except Exception as exc:  # pydicom raises many types for a damaged file
         raise BrokenSeries(f"series {label}: an instance is not readable DICOM ({exc})") from exc
 
 
-def _vector(ds: Dataset, keyword: str, length: int, label: str) -> NDArray[np.float64]:
+def _vector(ds: Instance, keyword: str, length: int, label: str) -> NDArray[np.float64]:
     value = ds.get(keyword)
     if value is None or len(value) != length:
         raise BrokenSeries(f"series {label}: instance {ds.get('SOPInstanceUID', '?')} has no valid {keyword}")
     return np.asarray([float(v) for v in value], dtype=np.float64)
 
 
-def _native_pixels(ds: Dataset) -> NDArray[np.generic] | None:
-    """The stored values of an uncompressed little-endian greyscale slice straight from the buffer
-    (``pixel_array`` costs ~20× more per slice); None when the general decoder is needed."""
-    if ds.file_meta.get("TransferSyntaxUID") not in _NATIVE_LE or int(ds.get("SamplesPerPixel", 1)) != 1:
+def _native_dtype(ds: Instance) -> type[np.integer] | None:
+    """The stored integer type of an uncompressed little-endian single-frame greyscale slice of 8 or 16
+    bits; None when the general decoder is needed."""
+    if ds.file_meta.get("TransferSyntaxUID") not in _NATIVE_LE or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         return None
-    bits, signed = int(ds.get("BitsAllocated", 0)), int(ds.get("PixelRepresentation", 0)) == 1
-    dtype = {8: np.int8 if signed else np.uint8, 16: np.int16 if signed else np.uint16}.get(bits)
-    stored_bits = int(ds.get("BitsStored", bits))
-    if dtype is None or stored_bits != bits or int(ds.get("NumberOfFrames", 1) or 1) != 1:
-        return None  # packed or masked bits, multi-frame: let pydicom handle it
+    bits, signed = int(ds.get("BitsAllocated", 0) or 0), int(ds.get("PixelRepresentation", 0) or 0) == 1
+    stored_bits = int(ds.get("BitsStored", bits) or bits)
+    if not 1 <= stored_bits <= bits or int(ds.get("NumberOfFrames", 1) or 1) != 1:
+        return None
+    return {8: np.int8 if signed else np.uint8, 16: np.int16 if signed else np.uint16}.get(bits)
+
+
+def _native_pixels(ds: Instance) -> NDArray[np.generic] | None:
+    """The stored values of a slice that ``_native_dtype`` accepts, straight from the buffer (``pixel_array``
+    costs ~20× more per slice), with the bits above BitsStored cleared (unsigned) or sign-extended
+    (signed), as pydicom does; None when the general decoder is needed."""
+    dtype = _native_dtype(ds)
+    if dtype is None:
+        return None
     rows, columns = int(ds.Rows), int(ds.Columns)
     data = ds.PixelData
-    if len(data) < rows * columns * (bits // 8):
-        raise ValueError(f"PixelData holds {len(data)} bytes, {rows}x{columns}x{bits // 8} expected")
-    return np.frombuffer(data, dtype=dtype, count=rows * columns).reshape(rows, columns)
+    size = np.dtype(dtype).itemsize
+    if len(data) < rows * columns * size:
+        raise ValueError(f"PixelData holds {len(data)} bytes, {rows}x{columns}x{size} expected")
+    pixels = np.frombuffer(data, dtype=dtype, count=rows * columns).reshape(rows, columns)
+    unused = 8 * size - int(ds.get("BitsStored", 8 * size) or 8 * size)
+    if unused:
+        wide = pixels.astype(np.int32)
+        if np.issubdtype(dtype, np.signedinteger):
+            return (wide << (32 - 8 * size + unused)) >> (32 - 8 * size + unused)
+        return wide & ((1 << (8 * size - unused)) - 1)
+    return pixels
 
 
-def _pixels(ds: Dataset, label: str, out: NDArray[np.float32]) -> None:
+def _pixels(ds: Instance, label: str, out: NDArray[np.float32]) -> None:
     """One slice's stored values with the modality rescale applied, written into ``out`` (rows, columns)."""
     try:
         stored = _native_pixels(ds)
