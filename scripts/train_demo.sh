@@ -9,12 +9,13 @@
 # ~60 min on 2 CPU cores; the same script runs unchanged on a CUDA machine (device auto).
 # Everything can be overridden from the environment, e.g. TRAIN_CASES=8 EPOCHS=1 for a quick look.
 set -euo pipefail
+trap 'echo "train_demo.sh: failed (line $LINENO, exit $?); run it again to resume" >&2' ERR
 cd "$(dirname "$0")/.."
 
 BIN=${BIN:-.venv/bin}
 WORK=${WORK:-out/train-demo}
 RECIPE=${RECIPE:-training/recipes/phantom_default.json}
-TRAIN_CASES=${TRAIN_CASES:-64}
+TRAIN_CASES=${TRAIN_CASES:-96}
 TRAIN_SEED=${TRAIN_SEED:-1}
 HELDOUT_SEEDS=${HELDOUT_SEEDS:-"2 3 4"}
 HELDOUT_PER_SEED=${HELDOUT_PER_SEED:-4}
@@ -47,7 +48,9 @@ phantoms() {
         ) &
         pids+=($!)
     done
-    for pid in "${pids[@]}"; do wait "$pid"; done
+    for pid in "${pids[@]}"; do
+        wait "$pid" || { echo "phantom generation into $out failed" >&2; return 1; }
+    done
 }
 
 stage() { echo "== $(date +%H:%M:%S) $*"; }

@@ -8,10 +8,8 @@ phantoms are exercised by ``scripts/train_demo.sh`` and the golden-model test.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import logging
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,20 +17,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from tumorseg_training.config import TrainConfig
+from tumorseg_training.data import IncompleteCase, find_cases, load_prepared, split_cases
+from tumorseg_training.evaluate import evaluate
+from tumorseg_training.metrics import EMPTY_HD95_MM, region_scores
+from tumorseg_training.train import CHECKPOINT, CURVES_PNG, METRICS_CSV, train
+from tumorseg_training.transforms import train_transform, training_item
 
 from tumorseg.imaging.preprocess import MODALITIES, Preprocessing, prepare
 from tumorseg.model.predictor import Predictor
-
-ROOT = Path(__file__).resolve().parents[2]
-if importlib.util.find_spec("tumorseg_training") is None:  # until the package is installed with the project
-    sys.path.insert(0, str(ROOT / "training"))
-
-from tumorseg_training.config import TrainConfig  # noqa: E402
-from tumorseg_training.data import IncompleteCase, find_cases, load_prepared, split_cases  # noqa: E402
-from tumorseg_training.evaluate import evaluate  # noqa: E402
-from tumorseg_training.metrics import EMPTY_HD95_MM, region_scores  # noqa: E402
-from tumorseg_training.train import CHECKPOINT, CURVES_PNG, METRICS_CSV, train  # noqa: E402
-from tumorseg_training.transforms import train_transform, training_item  # noqa: E402
 
 SHAPE = (40, 44, 36)  # (i, j, k)
 TINY_RECIPE = {
@@ -248,3 +241,44 @@ def test_cli_train_and_evaluate(data: Path, tmp_path: Path, restore_logging: Non
         app, ["train", "--data", str(data), "--out", str(tmp_path / "x"), "--config", '{"lr_max": 1}']
     )
     assert refused.exit_code == 2 and "unknown training config keys" in refused.output
+
+
+def test_weight_average_and_batch_norm_statistics() -> None:
+    from tumorseg_training.optim import WeightAverage, lr_factor, recalibrate_batch_norm
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Conv3d(4, 2, 1), torch.nn.BatchNorm3d(2))
+    average = WeightAverage(network, decay=0.999)
+    start = average.model[0].weight.clone()
+    with torch.no_grad():
+        network[0].weight.add_(1.0)
+    average.update(network)  # early updates follow the network closely (decay 2/11)
+    expected = start * (2 / 11) + network[0].weight * (9 / 11)
+    torch.testing.assert_close(average.model[0].weight, expected)
+    assert not average.model[0].weight.requires_grad
+
+    items = [{"image": torch.full((4, 8, 8, 8), float(v))} for v in (1.0, 3.0)]
+
+    def one_crop(item: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        return [item]
+
+    recalibrate_batch_norm(network, items, one_crop, batches=4, cases_per_batch=2, device="cpu")  # type: ignore[arg-type]
+    norm = network[1]
+    assert norm.momentum == 0.1 and int(norm.num_batches_tracked) == 4
+    expected_mean = network[0](torch.stack([i["image"] for i in items])).mean(dim=(0, 2, 3, 4))
+    torch.testing.assert_close(norm.running_mean, expected_mean.detach())
+
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1) and lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_cases_without_enhancing_tumour_are_visited_more_often() -> None:
+    from tumorseg_training.transforms import LABEL, epoch_visits
+
+    with_et = {LABEL: np.array([[[0, 1], [2, 4]]], dtype=np.uint8)}
+    without_et = {LABEL: np.array([[[0, 1], [2, 2]]], dtype=np.uint8)}
+    visits = epoch_visits([with_et, without_et], repeat_without_et=3)
+    assert [v is without_et for v in visits] == [False, True, True, True]
+    assert epoch_visits([with_et, without_et], repeat_without_et=1) == [with_et, without_et]
+    with pytest.raises(ValueError, match="repeat_without_et"):
+        TrainConfig(repeat_without_et=0)

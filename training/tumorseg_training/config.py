@@ -38,6 +38,10 @@ class TrainConfig:
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
     modality_dropout: float = 0.0
+    # Cases without enhancing tumour (no label 4: a non-enhancing core, or oedema only) are visited this
+    # many times per epoch. They are the rarer profile, and their core looks like neither necrosis nor
+    # oedema, so the network sees too few of them otherwise.
+    repeat_without_et: int = 1
     # optimisation
     loss: str = "dice_bce"  # "dice" or "dice_bce" (sigmoid Dice + binary cross-entropy per region)
     lr: float = 2e-3
@@ -82,6 +86,8 @@ class TrainConfig:
             problems.append("epochs and max_steps must be >= 1")
         if not 0.0 <= self.val_fraction < 1.0:
             problems.append("val_fraction must be in [0, 1)")
+        if self.repeat_without_et < 1:
+            problems.append("repeat_without_et must be >= 1")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             problems.append("ema_decay must be in (0, 1) or null")
         if self.val_every < 1 or self.log_every < 1:

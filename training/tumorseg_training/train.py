@@ -51,7 +51,7 @@ from tumorseg_training.curves import draw_curves
 from tumorseg_training.data import PreparedCase, find_cases, load_prepared, split_cases
 from tumorseg_training.metrics import SCORES, mean_dice, region_scores, summarise
 from tumorseg_training.optim import RegionLoss, WeightAverage, lr_factor, recalibrate_batch_norm
-from tumorseg_training.transforms import train_transform, training_item
+from tumorseg_training.transforms import epoch_visits, train_transform, training_item
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,9 @@ def train(
         torch.backends.cudnn.benchmark = True
     network = build_network("monai.UNet", config.network).to(device)
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train_cases) / config.cases_per_step)
+    items = [training_item(case, config.crop_size) for case in train_cases]
+    visits = epoch_visits(items, config.repeat_without_et)
+    steps_per_epoch = math.ceil(len(visits) / config.cases_per_step)
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
@@ -211,10 +213,9 @@ def train(
     calibration = train_transform(
         config.crop_size, config.samples_per_case, config.class_ratios, flip_prob=0.0
     )
-    items = [training_item(case, config.crop_size) for case in train_cases]
     generator = torch.Generator()
     loader = DataLoader(
-        Dataset(items, transform),
+        Dataset(visits, transform),
         batch_size=config.cases_per_step,
         shuffle=True,
         num_workers=config.num_workers,

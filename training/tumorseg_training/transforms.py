@@ -66,6 +66,19 @@ def training_item(case: PreparedCase, crop_size: Sequence[int]) -> dict[str, Any
     return {IMAGE: image, LABEL: label, INDICES: indices}
 
 
+ET_LABEL = 4
+
+
+def epoch_visits(items: Sequence[dict[str, Any]], repeat_without_et: int) -> list[dict[str, Any]]:
+    """The items of one epoch: every case once, a case without enhancing tumour ``repeat_without_et``
+    times (see ``TrainConfig.repeat_without_et``)."""
+    return [
+        item
+        for item in items
+        for _ in range(1 if np.any(item[LABEL] == ET_LABEL) else repeat_without_et)
+    ]
+
+
 class LabelsToRegionsd(MapTransform):
     """BraTS labels (1, …) → float32 (3, …) TC, WT, ET, with ``tumorseg.model.labels.labels_to_regions``."""
 
