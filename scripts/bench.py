@@ -5,11 +5,12 @@ Kinds (all from one phantom, written by `tumorseg to-dicom`):
 - clinical  oblique 2D FLAIR 0.9×0.9×4 mm, sagittal 3D T1 1 mm, T1ce 0.8×0.8×3 mm, T2 0.5×0.5×3 mm;
 - large     four ~512×512×200 series (0.47×0.47×0.78 mm).
 
-For each kind a fresh `tumorseg serve` process gets one warm-up request and then BENCH_RUNS timed ones;
-the table shows the median of each stage (the service's own `timings_s`), the client-side end-to-end time,
-end-to-end / inference, the load stage against `dcm2niix` converting the same four series in the same run,
-and the service's peak RSS (VmHWM). Then BENCH_LEAK_RUNS consecutive requests on the clinical study show
-whether the resident memory grows. Results go to bench/results.json.
+For each kind, two fresh `tumorseg serve` processes (series cache off, then on) each get a first request and
+then BENCH_RUNS timed ones; the table shows the median of each stage (the service's own `timings_s`), the
+client-side end-to-end time, end-to-end / inference, the first request's end-to-end time, the load stage
+(cache off: every request decodes) against `dcm2niix` converting the same four series in the same run, and
+the service's peak RSS (VmHWM). Then BENCH_LEAK_RUNS consecutive requests on the clinical study (cache on)
+show whether the resident memory grows. Results go to bench/results.json.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from tumorseg.synth.dicom_options import ConversionOptions
 from tumorseg.synth.phantom import generate_case, write_case
 from tumorseg.synth.to_dicom import convert_case
 
-RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 LEAK_RUNS = int(os.environ.get("BENCH_LEAK_RUNS", "20"))
 KINDS_WANTED = os.environ.get("BENCH_KINDS", "brats,clinical,large").split(",")
 WORK = Path(os.environ.get("BENCH_WORK", "out/bench"))
@@ -86,7 +87,7 @@ def dcm2niix_seconds(folders: list[Path]) -> float:
 
 
 class Service:
-    def __init__(self, orthanc: LocalOrthanc, results: Path, log: Path) -> None:
+    def __init__(self, orthanc: LocalOrthanc, results: Path, log: Path, cache_mb: int) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
         env = {
             **os.environ,
@@ -94,6 +95,7 @@ class Service:
             "TUMORSEG_ORTHANC_USERNAME": orthanc.username,
             "TUMORSEG_ORTHANC_PASSWORD": orthanc.password,
             "TUMORSEG_RESULTS_DIR": str(results),
+            "TUMORSEG_SERIES_CACHE_MB": str(cache_mb),
         }
         self._log = log.open("wb")
         exe = Path(sys.executable).with_name("tumorseg")
@@ -151,60 +153,72 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def bench_kind(kind: str, orthanc: LocalOrthanc, case_dir: Path) -> dict[str, Any]:
+def timed(service: Service, patient_id: str) -> dict[str, Any]:
+    """A first request, then RUNS timed ones: their stage medians and the first request's timings."""
+    cold, cold_e2e = service.segment(patient_id)
+    runs = []
+    for _ in range(RUNS):
+        result, e2e = service.segment(patient_id)
+        runs.append({**result["timings_s"], "e2e": e2e})
+    median = {stage: statistics.median(r[stage] for r in runs) for stage in (*STAGES, "e2e")}
+    return {
+        "median_s": {k: round(v, 3) for k, v in median.items()},
+        "e2e_over_inference": round(median["e2e"] / median["inference"], 3),
+        "first_request_s": {**cold["timings_s"], "e2e": round(cold_e2e, 3)},
+        "runs": runs,
+    }
+
+
+def bench_kind(kind: str, orthanc: LocalOrthanc, case_dir: Path) -> list[dict[str, Any]]:
+    """Two fresh services on one study: without the series cache (every request fetches and decodes:
+    the load stage against dcm2niix), and with it (repeated requests skip fetch and decode)."""
     patient_id = f"BENCH-{kind.upper()}"
     converted = convert_case(case_dir, patient_id, WORK / "dicom" / kind, KINDS[kind])
     with OrthancClient(orthanc.url, orthanc.auth) as pacs:
         report = upload_directory(pacs, converted.out, workers=4)
     say(f"{kind}: {report.stored + report.already_stored} instances in Orthanc")
     folders = [converted.get(m).folder for m in MODALITIES]
-    service = Service(orthanc, WORK / "results", WORK / f"service-{kind}.log")
-    try:
-        service.segment(patient_id)  # warm-up: lazy imports, caches, allocator
-        runs = []
-        for _ in range(RUNS):
-            result, e2e = service.segment(patient_id)
-            runs.append({**result["timings_s"], "e2e": e2e})
-        converter = [dcm2niix_seconds(folders) for _ in range(RUNS)]
-        peak = rss_mib(service.process.pid, "VmHWM")
+    shapes = {m: converted.get(m).n_files for m in MODALITIES}
+    rows = []
+    for mode, cache_mb in (("no cache", 0), ("series cache", 512)):
+        service = Service(orthanc, WORK / "results", WORK / f"service-{kind}-{cache_mb}.log", cache_mb)
         leak: list[float] = []
-        if kind == "clinical":
-            for n in range(LEAK_RUNS):
-                service.segment(patient_id)
-                leak.append(rss_mib(service.process.pid, "VmRSS"))
-                say(f"leak check {n + 1}/{LEAK_RUNS}: RSS {leak[-1]:.0f} MiB")
-    finally:
-        service.stop()
-    median = {stage: statistics.median(r[stage] for r in runs) for stage in (*STAGES, "e2e")}
-    shapes = {m: s.n_files for m, s in ((m, converted.get(m)) for m in MODALITIES)}
-    row: dict[str, Any] = {
-        "kind": kind,
-        "slices": shapes,
-        "median_s": {k: round(v, 3) for k, v in median.items()},
-        "e2e_over_inference": round(median["e2e"] / median["inference"], 3),
-        "dcm2niix_s": round(statistics.median(converter), 3),
-        "load_over_dcm2niix": round(median["load"] / statistics.median(converter), 3),
-        "peak_rss_mib": round(peak, 1),
-        "runs": runs,
-    }
-    if leak:
-        row["leak_rss_mib"] = [round(v, 1) for v in leak]
-        row["leak_growth_mib"] = round(leak[-1] - leak[min(4, len(leak) - 1)], 1)
-    return row
+        try:
+            row: dict[str, Any] = {"kind": kind, "mode": mode, "slices": shapes, **timed(service, patient_id)}
+            row["peak_rss_mib"] = round(rss_mib(service.process.pid, "VmHWM"), 1)
+            if kind == "clinical" and cache_mb:
+                for n in range(LEAK_RUNS):
+                    service.segment(patient_id)
+                    leak.append(rss_mib(service.process.pid, "VmRSS"))
+                    say(f"leak check {n + 1}/{LEAK_RUNS}: RSS {leak[-1]:.0f} MiB")
+        finally:
+            service.stop()
+        if not cache_mb:  # dcm2niix converting the same four series, timed in the same run
+            converter = statistics.median(dcm2niix_seconds(folders) for _ in range(RUNS))
+            row["dcm2niix_s"] = round(converter, 3)
+            row["load_over_dcm2niix"] = round(row["median_s"]["load"] / converter, 3)
+        if leak:
+            row["leak_rss_mib"] = [round(v, 1) for v in leak]
+            row["leak_growth_mib"] = round(leak[-1] - leak[min(4, len(leak) - 1)], 1)
+        rows.append(row)
+        say(f"{kind}, {mode}: e2e/inference {row['e2e_over_inference']}")
+    return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ["kind", *STAGES, "e2e", "e2e/inf", "dcm2niix", "load/d2n", "peak RSS MiB"]
+    head = ["kind", "mode", *STAGES, "e2e", "e2e/inf", "first e2e", "dcm2niix", "load/d2n", "peak RSS MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         m = row["median_s"]
         cells = [
             row["kind"],
+            row["mode"],
             *(f"{m[s]:.2f}" for s in STAGES),
             f"{m['e2e']:.2f}",
             f"{row['e2e_over_inference']:.2f}",
-            f"{row['dcm2niix_s']:.2f}",
-            f"{row['load_over_dcm2niix']:.2f}",
+            f"{row['first_request_s']['e2e']:.2f}",
+            f"{row['dcm2niix_s']:.2f}" if "dcm2niix_s" in row else "–",
+            f"{row['load_over_dcm2niix']:.2f}" if "load_over_dcm2niix" in row else "–",
             f"{row['peak_rss_mib']:.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -225,7 +239,7 @@ def main() -> None:
         orthanc.start()
         for kind in KINDS_WANTED:
             say(f"{kind}: converting, uploading, {RUNS} timed runs after a warm-up")
-            rows.append(bench_kind(kind, orthanc, case_dir))
+            rows.extend(bench_kind(kind, orthanc, case_dir))
     finally:
         orthanc.stop()
     results = {

@@ -35,10 +35,15 @@ def remove_small_components(labels: NDArray[np.uint8], min_voxels: int) -> NDArr
     if count == 0:
         return labels
     sizes = np.bincount(components.ravel())
-    small = sizes < min_voxels
-    small[0] = False
+    small = np.flatnonzero(sizes < min_voxels)
+    small = small[small > 0]
+    if small.size == 0:
+        return labels
     labels = labels.copy()
-    labels[small[components]] = 0
+    boxes = ndimage.find_objects(components)
+    for component in small:  # within each small component's bounding box only
+        box = boxes[component - 1]
+        labels[box][components[box] == component] = 0
     return labels
 
 

@@ -15,6 +15,7 @@ physical space (``grid.from_array``) and onto any series' lattice.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -105,13 +106,15 @@ def nonzero_extent_on(
     """The index range of ``grid`` (continuous, low and high corner) covering ``volume``'s non-zero voxels
     in physical space; None for an all-zero volume."""
     array = sitk.GetArrayViewFromImage(volume)  # (k, j, i)
+    # Two passes over the voxels: per slice, and the OR of all slices (whose rows and columns give j, i).
+    per_slice = array.reshape(array.shape[0], -1).any(axis=1)
+    in_plane = array.any(axis=0)
     bounds = []
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(array.any(axis=others))
-        if hits.size == 0:
+    for hits in (per_slice, in_plane.any(axis=1), in_plane.any(axis=0)):
+        index = np.flatnonzero(hits)
+        if index.size == 0:
             return None
-        bounds.append((int(hits[0]), int(hits[-1])))
+        bounds.append((int(index[0]), int(index[-1])))
     (k0, k1), (j0, j1), (i0, i1) = bounds
     corners = [
         grid.TransformPhysicalPointToContinuousIndex(volume.TransformIndexToPhysicalPoint((i, j, k)))
@@ -165,15 +168,16 @@ def prepare(
     # field of view (the same inside test for every interpolator) come out NaN, never a real intensity.
     array = np.empty((len(prep.channels), *cropped.GetSize()), dtype=np.float32)
     covered = np.ones(array.shape[1:], dtype=bool)
+    outside = np.empty(array.shape[1:], dtype=bool)
     for c, m in enumerate(prep.channels):
         g.resample_to_array(volumes[m], cropped, fill=np.nan, out=array[c])
-        covered &= ~np.isnan(array[c])
+        covered &= np.logical_not(np.isnan(array[c], out=outside), out=outside)
     # Where one sequence's field of view ends (a thick oblique slab that misses the vertex, say) the others
     # still show brain; the model was never shown a head with one channel cut off, so the voxels outside
     # any field of view are made background in every channel. Full-coverage data (BraTS) is unchanged.
     np.copyto(array, np.float32(0.0), where=~covered)
-    for c in range(array.shape[0]):
-        zscore_nonzero(array[c])
+    with ThreadPoolExecutor(max_workers=2) as pool:  # numpy releases the GIL: two channels at a time
+        list(pool.map(zscore_nonzero, array))
     label_array = None
     if labels is not None:
         label_array = g.to_array(g.resample_labels(labels, cropped)).astype(np.uint8, copy=False)
