@@ -14,5 +14,5 @@ import SimpleITK as sitk
 def write_mask(mask: sitk.Image, path: Path) -> Path:
     if mask.GetPixelID() != sitk.sitkUInt8:
         mask = sitk.Cast(mask, sitk.sitkUInt8)
-    sitk.WriteImage(mask, str(path), useCompression=True)
+    sitk.WriteImage(mask, str(path), useCompression=True, compressionLevel=1)  # labels compress well at 1
     return path

@@ -106,21 +106,32 @@ def lattice_map(
 
 
 def resample_to_array(
-    image: sitk.Image, target: sitk.Image, *, fill: float = 0.0, out: NDArray[np.float32] | None = None
+    image: sitk.Image,
+    target: sitk.Image,
+    *,
+    fill: float = 0.0,
+    out: NDArray[np.float32] | None = None,
+    threads: int | None = None,
 ) -> NDArray[np.float32]:
     """``image`` linearly interpolated at ``target``'s voxel centres, as a float32 (i, j, k) array;
     ``fill`` where a centre lies outside ``image``'s voxels (half a voxel beyond the outer centres), as in
     ``sitk.Resample``. When the lattices coincide (``lattice_map``) interpolation would only copy voxels,
     so the voxels are copied, by slicing; otherwise SimpleITK resamples onto a twin of ``target`` with the
-    index axes reversed, whose (z, y, x) view is already (i, j, k)."""
+    index axes reversed, whose (z, y, x) view is already (i, j, k). ``threads``: SimpleITK's threads for
+    this call (default: its global setting)."""
     shape = tuple(int(n) for n in target.GetSize())
     if out is None:
         out = np.empty(shape, dtype=np.float32)
     mapping = lattice_map(image, target)
     if mapping is None:
-        resampled = sitk.Resample(
-            image, reversed_axes(target), sitk.Transform(), sitk.sitkLinear, fill, sitk.sitkFloat32
-        )
+        resampler = sitk.ResampleImageFilter()
+        resampler.SetReferenceImage(reversed_axes(target))
+        resampler.SetInterpolator(sitk.sitkLinear)
+        resampler.SetDefaultPixelValue(fill)
+        resampler.SetOutputPixelType(sitk.sitkFloat32)
+        if threads is not None:
+            resampler.SetNumberOfThreads(threads)
+        resampled = resampler.Execute(image)
         out[...] = sitk.GetArrayViewFromImage(resampled)  # a view: ``resampled`` must outlive the copy
         return out
     axes, signs, offsets = mapping

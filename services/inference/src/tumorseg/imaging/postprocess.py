@@ -91,6 +91,27 @@ def above_threshold_box(
     return (low[0], low[1], low[2]), (high[0] - low[0], high[1] - low[1], high[2] - low[2])
 
 
+def _region_on(
+    channel: NDArray[np.float32], model_grid: sitk.Image, sub: sitk.Image, threshold: float
+) -> NDArray[np.bool_]:
+    """(i, j, k) booleans on ``sub``: where ``channel`` resampled there exceeds ``threshold``, computed only
+    near the channel's own voxels above it (see ``above_threshold_box``)."""
+    region = np.zeros(sub.GetSize(), dtype=bool)
+    own = above_threshold_box(channel[None], threshold)
+    if own is None:
+        return region
+    (a0, b0, c0), (na, nb, nc) = own
+    grid = g.crop(model_grid, (a0, b0, c0), (na, nb, nc))
+    box = covering_box(sub, grid)
+    if box is None:
+        return region
+    (i0, j0, k0), (ni, nj, nk) = box
+    values = channel[a0 : a0 + na, b0 : b0 + nb, c0 : c0 + nc]
+    on_sub = g.resample_to_array(g.reversed_axes(grid, values), g.crop(sub, (i0, j0, k0), (ni, nj, nk)))
+    region[i0 : i0 + ni, j0 : j0 + nj, k0 : k0 + nk] = on_sub > threshold
+    return region
+
+
 def to_reference_mask(
     probabilities: NDArray[np.float32],
     model_grid: sitk.Image,
@@ -100,21 +121,16 @@ def to_reference_mask(
 ) -> sitk.Image:
     labels = np.zeros(reference.GetSize()[::-1], dtype=np.uint8)  # (k, j, i)
     tumour = above_threshold_box(probabilities, threshold)
-    box = None
-    if tumour is not None:
-        # Only the reference voxels near the tumour are resampled (see ``above_threshold_box``): everywhere
-        # else no region can exceed the threshold. The result is that of resampling the whole grid.
-        (a0, b0, c0), (na, nb, nc) = tumour
-        probabilities = probabilities[:, a0 : a0 + na, b0 : b0 + nb, c0 : c0 + nc]
-        model_grid = g.crop(model_grid, (a0, b0, c0), (na, nb, nc))
-        box = covering_box(reference, model_grid)
+    # Only the reference voxels near the tumour are resampled (see ``above_threshold_box``), each region near
+    # its own voxels: everywhere else no region can exceed the threshold. The result is that of resampling
+    # the whole grid.
+    box = None if tumour is None else covering_box(reference, g.crop(model_grid, *tumour))
     if box is not None:
         (i0, j0, k0), (ni, nj, nk) = box
         sub = g.crop(reference, (i0, j0, k0), (ni, nj, nk))
-        regions = []
-        for channel in probabilities:
-            on_reference = g.resample_to_array(g.reversed_axes(model_grid, channel), sub)  # (i, j, k)
-            regions.append((on_reference > threshold).T)  # (k, j, i)
+        regions = [
+            _region_on(channel, model_grid, sub, threshold).T for channel in probabilities
+        ]  # (k, j, i)
         min_voxels = int(np.ceil(min_component_ml * 1000.0 / voxel_volume_mm3(reference)))
         labels[k0 : k0 + nk, j0 : j0 + nj, i0 : i0 + ni] = remove_small_components(
             regions_to_labels(np.stack(regions)), min_voxels

@@ -24,6 +24,7 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 
 from tumorseg.imaging import grid as g
+from tumorseg.threads import usable_cpus
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 
@@ -105,10 +106,10 @@ def nonzero_extent_on(
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
     """The index range of ``grid`` (continuous, low and high corner) covering ``volume``'s non-zero voxels
     in physical space; None for an all-zero volume."""
-    array = sitk.GetArrayViewFromImage(volume)  # (k, j, i)
+    array: NDArray[np.generic] = np.asarray(sitk.GetArrayViewFromImage(volume))  # (k, j, i)
     # Two passes over the voxels: per slice, and the OR of all slices (whose rows and columns give j, i).
     per_slice = array.reshape(array.shape[0], -1).any(axis=1)
-    in_plane = array.any(axis=0)
+    in_plane: NDArray[np.bool_] = np.any(array, axis=0)
     bounds = []
     for hits in (per_slice, in_plane.any(axis=1), in_plane.any(axis=0)):
         index = np.flatnonzero(hits)
@@ -168,15 +169,27 @@ def prepare(
     # field of view (the same inside test for every interpolator) come out NaN, never a real intensity.
     array = np.empty((len(prep.channels), *cropped.GetSize()), dtype=np.float32)
     covered = np.ones(array.shape[1:], dtype=bool)
+    # The volumes side by side, each with a share of the CPUs: resampling scales better across volumes than
+    # within one.
+    workers = min(len(prep.channels), usable_cpus())
+    share = max(1, usable_cpus() // workers)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(
+            pool.map(
+                lambda c: g.resample_to_array(
+                    volumes[prep.channels[c]], cropped, fill=np.nan, out=array[c], threads=share
+                ),
+                range(len(prep.channels)),
+            )
+        )
     outside = np.empty(array.shape[1:], dtype=bool)
-    for c, m in enumerate(prep.channels):
-        g.resample_to_array(volumes[m], cropped, fill=np.nan, out=array[c])
+    for c in range(len(prep.channels)):
         covered &= np.logical_not(np.isnan(array[c], out=outside), out=outside)
     # Where one sequence's field of view ends (a thick oblique slab that misses the vertex, say) the others
     # still show brain; the model was never shown a head with one channel cut off, so the voxels outside
     # any field of view are made background in every channel. Full-coverage data (BraTS) is unchanged.
     np.copyto(array, np.float32(0.0), where=~covered)
-    with ThreadPoolExecutor(max_workers=2) as pool:  # numpy releases the GIL: two channels at a time
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # numpy releases the GIL
         list(pool.map(zscore_nonzero, array))
     label_array = None
     if labels is not None:

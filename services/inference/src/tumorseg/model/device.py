@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-import os
-from pathlib import Path
 from typing import Literal
 
 from tumorseg.errors import ModelError
+from tumorseg.threads import usable_cpus
 
 Device = Literal["cpu", "cuda"]
 
@@ -22,19 +20,6 @@ def resolve_device(requested: str) -> Device:
     if requested == "cuda" and not available:
         raise ModelError("TUMORSEG_DEVICE=cuda but no CUDA device is visible; use auto or cpu")
     return "cuda" if available else "cpu"
-
-
-def usable_cpus() -> int:
-    """CPUs this process may really use: its affinity mask, capped by a cgroup v2 CPU quota (a container
-    started with ``--cpus 4`` on a 64-core host sees 64 cores but gets the time of 4)."""
-    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            count = min(count, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, count)
 
 
 def configure_threads(cpus: int | None = None) -> int:
