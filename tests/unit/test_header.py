@@ -108,3 +108,20 @@ def test_a_series_loads_the_same_with_and_without_the_fast_reader(monkeypatch: p
         slow.frame_of_reference_uid,
         slow.sop_class_uid,
     )
+
+
+def test_an_undefined_length_un_element_is_left_to_pydicom() -> None:
+    """Explicit VR UN of undefined length holds implicit-VR items: not for the fast reader."""
+    import struct
+
+    plain = to_bytes(instance())
+    start = 144 + struct.unpack_from("<I", plain, 140)[0]  # after the file meta group (its length at 140)
+    item = b"\x10\x00\x10\x00" + struct.pack("<I", 4) + b"ABCD"  # implicit VR (0010,0010)
+    un = (
+        b"\x09\x00\x01\x10UN\x00\x00\xff\xff\xff\xff"
+        + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+        + item
+        + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+        + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    )
+    assert read_header(plain[:start] + un + plain[start:]) is None

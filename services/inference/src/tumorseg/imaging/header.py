@@ -119,6 +119,12 @@ class _Reader:
             return tag, vr, _U32.unpack_from(self.data, pos + 8)[0], pos + 12
         return tag, vr, _U16.unpack_from(self.data, pos + 6)[0], pos + 8
 
+    def check_undefined(self, vr: bytes | None) -> None:
+        """Only a sequence may have an undefined length here (an explicit-VR UN of undefined length holds
+        implicit-VR data: pydicom's job)."""
+        if self.explicit and vr != b"SQ":
+            raise _Unsupported
+
     def skip_undefined(self, pos: int, depth: int) -> int:
         """Past a sequence of undefined length starting at ``pos`` (its first item); returns the offset
         after its Sequence Delimitation Item."""
@@ -134,10 +140,14 @@ class _Reader:
                 pos += length
                 continue
             while True:  # an item of undefined length: a dataset up to the Item Delimitation Item
-                tag, _, length, pos = self.element(pos)
+                tag, vr, length, pos = self.element(pos)
                 if tag == _ITEM_END:
                     break
-                pos = self.skip_undefined(pos, depth + 1) if length == _UNDEFINED else pos + length
+                if length == _UNDEFINED:
+                    self.check_undefined(vr)
+                    pos = self.skip_undefined(pos, depth + 1)
+                else:
+                    pos += length
 
     def walk(self, pos: int, values: dict[str, Any]) -> memoryview | None:
         """Top-level elements from ``pos``: fills ``values``; returns the native PixelData."""
@@ -148,8 +158,7 @@ class _Reader:
                     raise _Unsupported  # encapsulated (compressed) or truncated: pydicom decides
                 return self.data[pos : pos + length]
             if length == _UNDEFINED:
-                if self.explicit and vr not in (b"SQ", b"UN"):
-                    raise _Unsupported
+                self.check_undefined(vr)
                 pos = self.skip_undefined(pos, 1)
                 continue
             if pos + length > self.end:
