@@ -111,3 +111,26 @@ def test_upload_without_an_id_is_a_protocol_error() -> None:
     with client_with(lambda r: httpx.Response(200, json={"Status": "Success"})) as client:
         with pytest.raises(PacsProtocolError):
             client.upload_instance(DICOM)
+
+
+@pytest.mark.parametrize("failure", [httpx.ReadError, httpx.RemoteProtocolError])
+def test_a_download_broken_on_a_stale_connection_is_retried_once(failure: type[httpx.TransportError]) -> None:
+    body = b"\0" * 128 + b"DICM" + b"\0" * 16
+    calls: list[int] = []
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) == 1:
+            raise failure("[Errno 9] Bad file descriptor", request=request)
+        return httpx.Response(200, content=body)
+
+    assert client_with(flaky).download_instance("abc") == body and len(calls) == 2
+
+    def down(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        raise failure("gone", request=request)
+
+    calls.clear()
+    with pytest.raises(PacsUnavailable):
+        client_with(down).download_instance("abc")
+    assert len(calls) == 2  # one retry, then the error

@@ -310,7 +310,20 @@ class OrthancClient:
     # -- transfer ----------------------------------------------------------------------------------
 
     def download_instance(self, instance_id: str) -> bytes:
-        """The DICOM file of one instance, streamed, checked to be complete and to be DICOM Part 10."""
+        """The DICOM file of one instance, streamed, checked to be complete and to be DICOM Part 10.
+
+        A read that fails on a pooled keep-alive connection (closed by the server between two requests,
+        "Bad file descriptor", "Server disconnected") is retried once on a fresh connection: the GET is
+        idempotent. If Orthanc is really gone, the retry fails to connect and says so."""
+        try:
+            return self._download_instance(instance_id)
+        except PacsUnavailable as exc:
+            if not isinstance(exc.__cause__, (httpx.ReadError, httpx.RemoteProtocolError)):
+                raise
+            log.info("retrying GET /instances/%s/file after %s", instance_id, type(exc.__cause__).__name__)
+            return self._download_instance(instance_id)
+
+    def _download_instance(self, instance_id: str) -> bytes:
         what = f"GET /instances/{instance_id}/file"
         with (
             self._mapped_errors(what),
