@@ -92,12 +92,15 @@ def above_threshold_box(
 
 
 def _region_on(
-    channel: NDArray[np.float32], model_grid: sitk.Image, sub: sitk.Image, threshold: float
+    channel: NDArray[np.float32],
+    own: tuple[tuple[int, int, int], tuple[int, int, int]] | None,
+    model_grid: sitk.Image,
+    sub: sitk.Image,
+    threshold: float,
 ) -> NDArray[np.bool_]:
     """(i, j, k) booleans on ``sub``: where ``channel`` resampled there exceeds ``threshold``, computed only
-    near the channel's own voxels above it (see ``above_threshold_box``)."""
+    from ``own``, the channel's ``above_threshold_box``."""
     region = np.zeros(sub.GetSize(), dtype=bool)
-    own = above_threshold_box(channel[None], threshold)
     if own is None:
         return region
     (a0, b0, c0), (na, nb, nc) = own
@@ -120,16 +123,25 @@ def to_reference_mask(
     min_component_ml: float = DEFAULT_MIN_COMPONENT_ML,
 ) -> sitk.Image:
     labels = np.zeros(reference.GetSize()[::-1], dtype=np.uint8)  # (k, j, i)
-    tumour = above_threshold_box(probabilities, threshold)
     # Only the reference voxels near the tumour are resampled (see ``above_threshold_box``), each region near
     # its own voxels: everywhere else no region can exceed the threshold. The result is that of resampling
     # the whole grid.
-    box = None if tumour is None else covering_box(reference, g.crop(model_grid, *tumour))
+    owns = [above_threshold_box(channel[None], threshold) for channel in probabilities]
+    found = [own for own in owns if own is not None]
+    box = None
+    if found:  # the union of the regions' boxes
+        low = np.min([start for start, _ in found], axis=0)
+        size = np.max([np.add(start, extent) for start, extent in found], axis=0) - low
+        tumour = g.crop(
+            model_grid, (int(low[0]), int(low[1]), int(low[2])), (int(size[0]), int(size[1]), int(size[2]))
+        )
+        box = covering_box(reference, tumour)
     if box is not None:
         (i0, j0, k0), (ni, nj, nk) = box
         sub = g.crop(reference, (i0, j0, k0), (ni, nj, nk))
         regions = [
-            _region_on(channel, model_grid, sub, threshold).T for channel in probabilities
+            _region_on(channel, own, model_grid, sub, threshold).T
+            for channel, own in zip(probabilities, owns, strict=True)
         ]  # (k, j, i)
         min_voxels = int(np.ceil(min_component_ml * 1000.0 / voxel_volume_mm3(reference)))
         labels[k0 : k0 + nk, j0 : j0 + nj, i0 : i0 + ni] = remove_small_components(

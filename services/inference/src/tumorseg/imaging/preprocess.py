@@ -171,8 +171,9 @@ def prepare(
     covered = np.ones(array.shape[1:], dtype=bool)
     # The volumes side by side, each with a share of the CPUs: resampling scales better across volumes than
     # within one.
-    workers = min(len(prep.channels), usable_cpus())
-    share = max(1, usable_cpus() // workers)
+    cpus = usable_cpus()
+    workers = min(len(prep.channels), cpus)
+    share = max(1, cpus // workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(
             pool.map(
