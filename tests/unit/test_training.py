@@ -282,3 +282,70 @@ def test_cases_without_enhancing_tumour_are_visited_more_often() -> None:
     assert epoch_visits([with_et, without_et], repeat_without_et=1) == [with_et, without_et]
     with pytest.raises(ValueError, match="repeat_without_et"):
         TrainConfig(repeat_without_et=0)
+
+
+def test_core_contrast_scales_the_core_against_normal_brain_per_channel() -> None:
+    from tumorseg_training.transforms import RandRegionContrastd
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((1, 24, 24, 24), np.uint8)
+    labels[0, 8:16, 8:16, 8:16] = 1
+    labels[0, 16:20, 8:16, 8:16] = 2
+    image = rng.normal(0.0, 0.1, (4, 24, 24, 24)).astype(np.float32)
+    image[:, labels[0] == 1] += np.array([2.0, -1.0, 0.0, 1.5], np.float32)[:, None]
+    image[:, :7] = 0.0  # outside the brain, within the smoothing's reach of the core
+    core, normal = labels[0] == 1, (labels[0] == 0) & np.any(image != 0, axis=0)
+    deep = np.zeros_like(core)
+    deep[10:14, 10:14, 10:14] = True  # 2 voxels from the edge: the smoothed weight is ~1 there
+
+    transform = RandRegionContrastd("image", label_key="label", label=1, spread=0.5, prob=1.0)
+    transform.set_random_state(seed=3)
+    out = transform({"image": torch.from_numpy(image), "label": torch.from_numpy(labels)})
+    after = out["image"].numpy()
+    factors = transform._factors
+    assert factors.shape == (4,) and np.all(np.abs(factors - 1) <= 0.5) and len(set(factors)) == 4
+    before_contrast = image[:, core].mean(1) - image[:, normal].mean(1)
+    shift = after - image
+    expected = (factors - 1) * before_contrast
+    np.testing.assert_allclose(shift[:, deep].mean(1), expected, atol=0.02)
+    # the core's texture is kept (only its mean moves), normal brain away from the core is untouched,
+    # and nothing moves outside the brain or in the labels
+    np.testing.assert_allclose(after[:, deep].std(1), image[:, deep].std(1), rtol=1e-2)
+    far = normal.copy()
+    far[3:21, 3:21, 3:21] = False  # the smoothing reaches 4 voxels
+    assert np.abs(shift[:, far]).max() < 1e-6
+    assert np.abs(after[:, :7]).max() == 0.0
+    assert torch.equal(out["label"], torch.from_numpy(labels))
+
+    # off: spread 0, probability 0, or a crop without the label leave the image as it is
+    for off in (
+        RandRegionContrastd("image", label_key="label", label=1, spread=0.0, prob=1.0),
+        RandRegionContrastd("image", label_key="label", label=1, spread=0.5, prob=0.0),
+        RandRegionContrastd("image", label_key="label", label=3, spread=0.5, prob=1.0),
+    ):
+        same = off({"image": torch.from_numpy(image), "label": torch.from_numpy(labels)})
+        assert torch.equal(same["image"], torch.from_numpy(image))
+    with pytest.raises(ValueError, match="core_contrast"):
+        TrainConfig(core_contrast=1.0)
+
+
+def test_region_loss_is_computed_in_float32_for_half_precision_logits() -> None:
+    from tumorseg_training.optim import RegionLoss
+
+    # Under CUDA autocast the network returns float16; a float16 Dice sum over 2 × 64³ voxels overflows.
+    logits = torch.full((2, 3, 64, 64, 64), 8.0, dtype=torch.float16)
+    target = torch.ones((2, 3, 64, 64, 64))
+    loss = RegionLoss("dice_bce")(logits, target)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss) and float(loss) < 0.01
+
+
+def test_prepared_cases_keep_their_order_when_prepared_in_parallel(data: Path, tmp_path: Path) -> None:
+    cases = find_cases(data)
+    prep = Preprocessing(divisible_by=16, crop_margin_vox=2)
+    seen: list[tuple[int, str]] = []
+    prepared = load_prepared(cases, prep, cache_dir=tmp_path, progress=lambda n, t, c: seen.append((n, c)))
+    assert [p.case_id for p in prepared] == [c.case_id for c in cases]
+    assert seen == [(n, c.case_id) for n, c in enumerate(cases, start=1)]
+    for case, item in zip(cases, prepared, strict=True):
+        alone = load_prepared([case], prep)[0]
+        assert np.array_equal(alone.image, item.image) and np.array_equal(alone.labels, item.labels)

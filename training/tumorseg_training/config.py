@@ -38,6 +38,11 @@ class TrainConfig:
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
     modality_dropout: float = 0.0
+    # Label-1 core contrast jitter (transforms.RandRegionContrastd): with probability core_contrast_prob
+    # a crop's core contrast against the normal brain is scaled per channel by a factor drawn from
+    # [1 - core_contrast, 1 + core_contrast]; 0 turns it off.
+    core_contrast: float = 0.0
+    core_contrast_prob: float = 0.5
     # Cases without enhancing tumour (no label 4: a non-enhancing core, or oedema only) are visited this
     # many times per epoch. They are the rarer profile, and their core looks like neither necrosis nor
     # oedema, so the network sees too few of them otherwise.
@@ -86,6 +91,8 @@ class TrainConfig:
             problems.append("epochs and max_steps must be >= 1")
         if not 0.0 <= self.val_fraction < 1.0:
             problems.append("val_fraction must be in [0, 1)")
+        if not 0.0 <= self.core_contrast < 1.0 or not 0.0 <= self.core_contrast_prob <= 1.0:
+            problems.append("core_contrast must be in [0, 1) and core_contrast_prob in [0, 1]")
         if self.repeat_without_et < 1:
             problems.append("repeat_without_et must be >= 1")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:

@@ -26,6 +26,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 
 from tumorseg.imaging.preprocess import MODALITIES, Preprocessing, prepare
+from tumorseg.threads import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -154,25 +156,32 @@ def load_prepared(
     progress: Callable[[int, int, str], None] | None = None,
 ) -> list[PreparedCase]:
     """``prepare_case`` for every case, reusing ``cache_dir/<case_id>.npz`` where it is still valid.
-    ``progress(done, total, case_id)`` is called after each case."""
+
+    Cases are read and prepared side by side, one thread per usable CPU (decompression, resampling and
+    file writes release the GIL); the result keeps the order of ``cases``. ``progress(done, total,
+    case_id)`` is called after each case, in that order."""
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
-    prepared = []
-    for n, case in enumerate(cases, start=1):
-        item = None
-        if cache_dir is not None:
-            key = cache_key(case, prep, reference)
-            path = cache_dir / f"{case.case_id}.npz"
-            item = _read_cached(path, key, case.case_id) if path.is_file() else None
+
+    def load(case: CaseFiles) -> PreparedCase:
+        if cache_dir is None:
+            return prepare_case(case, prep, reference)
+        key = cache_key(case, prep, reference)
+        path = cache_dir / f"{case.case_id}.npz"
+        item = _read_cached(path, key, case.case_id) if path.is_file() else None
         if item is None:
             item = prepare_case(case, prep, reference)
-            if cache_dir is not None:
-                tmp = path.with_suffix(".tmp.npz")
-                np.savez(tmp, key=np.array(key), image=item.image, labels=item.labels)
-                tmp.replace(path)
-        prepared.append(item)
-        if progress is not None:
-            progress(n, len(cases), case.case_id)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, key=np.array(key), image=item.image, labels=item.labels)
+            tmp.replace(path)
+        return item
+
+    prepared = []
+    with ThreadPoolExecutor(max_workers=max(1, min(usable_cpus(), len(cases)))) as pool:
+        for n, (case, item) in enumerate(zip(cases, pool.map(load, cases), strict=True), start=1):
+            prepared.append(item)
+            if progress is not None:
+                progress(n, len(cases), case.case_id)
     total = sum(p.nbytes for p in prepared) / 2**20
     log.info("%d case(s) prepared, %.0f MiB in memory", len(prepared), total)
     return prepared

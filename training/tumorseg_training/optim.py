@@ -19,7 +19,11 @@ from torch import nn
 
 
 class RegionLoss(nn.Module):
-    """Sigmoid Dice over the batch per region (+ BCE for ``dice_bce``); targets are (B, 3, …) floats."""
+    """Sigmoid Dice over the batch per region (+ BCE for ``dice_bce``); targets are (B, 3, …) floats.
+
+    Computed in float32 whatever the logits' dtype: under CUDA autocast the network returns float16, and
+    the Dice sums over a batch of crops (2 × 64³ voxels) pass float16's maximum of 65504, which made the
+    loss NaN on some steps of a GPU run."""
 
     def __init__(self, kind: str) -> None:
         super().__init__()
@@ -27,6 +31,7 @@ class RegionLoss(nn.Module):
         self.bce = nn.BCEWithLogitsLoss() if kind == "dice_bce" else None
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits, target = logits.float(), target.float()
         loss: torch.Tensor = self.dice(logits, target)
         if self.bce is not None:
             loss = loss + self.bce(logits, target)

@@ -209,6 +209,8 @@ def train(
         config.intensity_scale,
         config.intensity_shift,
         config.modality_dropout,
+        config.core_contrast,
+        config.core_contrast_prob,
     )
     calibration = train_transform(
         config.crop_size, config.samples_per_case, config.class_ratios, flip_prob=0.0
@@ -246,7 +248,8 @@ def train(
             images, targets = batch["image"].to(device), batch["label"].to(device)
             optimiser.zero_grad(set_to_none=True)
             with torch.autocast("cuda") if use_amp else nullcontext():
-                loss = loss_fn(network(images), targets)
+                logits = network(images)
+            loss = loss_fn(logits, targets)  # in float32 (see RegionLoss)
             scaler.scale(loss).backward()
             scaler.step(optimiser)
             scaler.update()

@@ -9,8 +9,10 @@ Output (``train_transform``): per case ``samples_per_case`` dicts with ``image``
 ``label`` float32 (3, *crop) region channels TC, WT, ET (``tumorseg.model.labels.labels_to_regions``),
 plain ``torch.Tensor`` s. Crop centres are drawn per label class with ``class_ratios`` (background, NCR,
 ED, ET), so most crops hold tumour and the thin enhancing rims are seen often; a class a case lacks is
-skipped. Then random flips on each axis, per-channel intensity scale and shift, and optional modality
-dropout (one channel set to 0, the value of "no signal" after z-scoring).
+skipped. Then optional core-contrast jitter (``RandRegionContrastd``: the contrast of the label-1 core
+against the normal brain around it scaled per channel), random flips on each axis, per-channel intensity
+scale and shift, and optional modality dropout (one channel set to 0, the value of "no signal" after
+z-scoring).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from monai.transforms import (
 )
 from monai.transforms.utils import map_classes_to_indices
 from monai.utils import convert_to_numpy
+from scipy import ndimage as ndi
 
 from tumorseg.model.labels import labels_to_regions
 from tumorseg_training.data import PreparedCase
@@ -73,9 +76,7 @@ def epoch_visits(items: Sequence[dict[str, Any]], repeat_without_et: int) -> lis
     """The items of one epoch: every case once, a case without enhancing tumour ``repeat_without_et``
     times (see ``TrainConfig.repeat_without_et``)."""
     return [
-        item
-        for item in items
-        for _ in range(1 if np.any(item[LABEL] == ET_LABEL) else repeat_without_et)
+        item for item in items for _ in range(1 if np.any(item[LABEL] == ET_LABEL) else repeat_without_et)
     ]
 
 
@@ -113,6 +114,65 @@ class RandModalityDropoutd(RandomizableTransform, MapTransform):
         return d
 
 
+class RandRegionContrastd(RandomizableTransform, MapTransform):
+    """With probability ``prob``, scale the contrast of one label's region per channel.
+
+    For a crop holding at least ``min_voxels`` of ``label``, each channel c gets its own factor f_c drawn
+    from [1 - ``spread``, 1 + ``spread``], and the image moves by ``w * (f_c - 1) * (mean_region_c -
+    mean_normal_c)``: the region's mean contrast against the normal brain of the crop (label 0, non-zero
+    in some channel) is scaled by f_c, its texture kept. ``w`` is the region mask smoothed by a Gaussian of
+    ``sigma`` voxels, so no step edge appears that the labels alone would explain, and 0 outside the
+    brain (which stays 0).
+
+    Why: the BraTS label-1 core (necrosis, or a non-enhancing core) varies most between tumours, and a
+    network that learns its contrasts from a few dozen cases misses a core whose contrast sits at the
+    edge of them (a non-enhancing core as grey as cortex in FLAIR and T1ce, only brighter in T2). Varying
+    the contrast per channel teaches it to use every channel and the region's shape.
+    """
+
+    def __init__(
+        self,
+        keys: str | Sequence[str],
+        label_key: str,
+        label: int,
+        spread: float,
+        prob: float = 0.5,
+        sigma: float = 1.0,
+        min_voxels: int = 8,
+    ) -> None:
+        if not 0.0 <= spread < 1.0:
+            raise ValueError(f"spread must be in [0, 1), got {spread}")
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self.label_key, self.label, self.spread = label_key, label, spread
+        self.sigma, self.min_voxels = sigma, min_voxels
+        self._factors: np.ndarray[Any, Any] = np.ones(0)
+
+    def randomize(self, data: Any = None) -> None:
+        super().randomize(None)
+        self._factors = self.R.uniform(1.0 - self.spread, 1.0 + self.spread, size=int(data or 0))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        labels = convert_to_numpy(d[self.label_key])[0]
+        region = labels == self.label
+        for key in self.key_iterator(d):
+            image = torch.as_tensor(d[key])
+            self.randomize(image.shape[0])
+            if not self._do_transform or self.spread == 0 or region.sum() < self.min_voxels:
+                continue
+            values = convert_to_numpy(image).astype(np.float32, copy=False)
+            brain = np.any(values != 0, axis=0)
+            normal = (labels == 0) & brain
+            if not normal.any():
+                continue
+            weight = ndi.gaussian_filter(region.astype(np.float32), self.sigma) * brain
+            contrast = values[:, region].mean(axis=1) - values[:, normal].mean(axis=1)
+            shift = ((self._factors - 1.0) * contrast).astype(np.float32)
+            d[key] = image + torch.from_numpy(shift[:, None, None, None] * weight[None]).to(image.dtype)
+        return d
+
+
 def train_transform(
     crop_size: Sequence[int],
     samples_per_case: int,
@@ -121,8 +181,11 @@ def train_transform(
     intensity_scale: float = 0.1,
     intensity_shift: float = 0.1,
     modality_dropout: float = 0.0,
+    core_contrast: float = 0.0,
+    core_contrast_prob: float = 0.5,
 ) -> Compose:
-    """The random part of the pipeline (see module docstring); ``class_ratios`` = (bg, NCR, ED, ET)."""
+    """The random part of the pipeline (see module docstring); ``class_ratios`` = (bg, NCR, ED, ET);
+    ``core_contrast`` is ``RandRegionContrastd``'s spread for label 1 (0: off)."""
     if len(class_ratios) != 4 or min(class_ratios) < 0 or sum(class_ratios) <= 0:
         raise ValueError(
             f"class_ratios must be four non-negative weights (bg, NCR, ED, ET), got {class_ratios}"
@@ -143,6 +206,9 @@ def train_transform(
             ),
             SelectItemsd(keys=keys),
             CastToTyped(keys=IMAGE, dtype=np.float32),
+            RandRegionContrastd(
+                keys=IMAGE, label_key=LABEL, label=1, spread=core_contrast, prob=core_contrast_prob
+            ),
             LabelsToRegionsd(keys=LABEL),
             *[RandFlipd(keys=keys, prob=flip_prob, spatial_axis=axis) for axis in range(3)],
             RandScaleIntensityd(keys=IMAGE, factors=intensity_scale, prob=1.0, channel_wise=True),
