@@ -134,3 +134,29 @@ def test_a_download_broken_on_a_stale_connection_is_retried_once(failure: type[h
     with pytest.raises(PacsUnavailable):
         client_with(down).download_instance("abc")
     assert len(calls) == 2  # one retry, then the error
+
+
+@pytest.mark.parametrize("failure", [httpx.ReadError, httpx.RemoteProtocolError])
+def test_queries_are_retried_once_on_a_stale_connection_and_uploads_are_not(
+    failure: type[httpx.TransportError],
+) -> None:
+    calls: list[str] = []
+
+    def first_read_breaks(request: httpx.Request) -> httpx.Response:
+        calls.append(f"{request.method} {request.url.path}")
+        if len(calls) == 1:
+            raise failure("[Errno 9] Bad file descriptor", request=request)
+        if request.url.path == "/tools/find":
+            return httpx.Response(200, json=[])
+        return httpx.Response(200, json={"ID": "x", "Status": "Success", "Instances": []})
+
+    for query in (lambda c: c.instance_tags("x"), lambda c: c.find_studies("P1")):
+        calls.clear()
+        query(client_with(first_read_breaks))
+        assert len(calls) == 2 and calls[0] == calls[1]
+
+    # POST /instances stores data: a second try is not this client's call to make
+    calls.clear()
+    with pytest.raises(PacsUnavailable):
+        client_with(first_read_breaks).upload_instance(DICOM)
+    assert calls == ["POST /instances"]

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 # Characters with a meaning in Orthanc/DICOM matching: wildcards and the multi-value separator.
 _MATCHING_SPECIALS = ("*", "?", "\\")
 _DICM_OFFSET = 128
+# A pooled keep-alive connection the server closed between two requests fails with one of these.
+_STALE_CONNECTION = (httpx.ReadError, httpx.RemoteProtocolError)
+_T = TypeVar("_T")
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -233,10 +236,30 @@ class OrthancClient:
             raise PacsNotFound(f"Orthanc has no such resource ({what})")
         raise PacsProtocolError(f"Orthanc answered HTTP {status} to {what}: {response.text[:200]}")
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _once_more_if_stale(self, what: str, call: Callable[[], _T]) -> _T:
+        """``call()``, and once more if it broke on a stale pooled keep-alive connection.
+
+        A read that fails on a connection the server closed between two requests ("Bad file descriptor",
+        "Server disconnected") is retried once on a fresh connection; only idempotent requests come here.
+        If Orthanc is really gone, the retry fails to connect and says so."""
+        try:
+            return call()
+        except PacsUnavailable as exc:
+            if not isinstance(exc.__cause__, _STALE_CONNECTION):
+                raise
+            log.info("retrying %s after %s", what, type(exc.__cause__).__name__)
+            return call()
+
+    def _json(self, method: str, path: str, *, idempotent: bool | None = None, **kwargs: Any) -> Any:
+        """One request whose answer is JSON. GET (or ``idempotent=True``) is retried on a stale connection."""
         what = f"{method} {path}"
-        with self._mapped_errors(what):
-            response = self._client.request(method, path, **kwargs)
+
+        def send() -> httpx.Response:
+            with self._mapped_errors(what):
+                return self._client.request(method, path, **kwargs)
+
+        retry = method == "GET" if idempotent is None else idempotent
+        response = self._once_more_if_stale(what, send) if retry else send()
         self._check(response, what)
         try:
             return response.json()
@@ -261,7 +284,7 @@ class OrthancClient:
         """
         query = "".join("?" if ch in _MATCHING_SPECIALS else ch for ch in patient_id)
         body = {"Level": "Study", "Query": {"PatientID": query}, "Expand": True}
-        answer = self._json("POST", "/tools/find", json=body)
+        answer = self._json("POST", "/tools/find", json=body, idempotent=True)  # a query, changes nothing
         if not isinstance(answer, list):
             raise PacsProtocolError("Orthanc answered /tools/find with something other than a list")
         studies = [StudyInfo.from_orthanc(item) for item in answer]
@@ -310,18 +333,11 @@ class OrthancClient:
     # -- transfer ----------------------------------------------------------------------------------
 
     def download_instance(self, instance_id: str) -> bytes:
-        """The DICOM file of one instance, streamed, checked to be complete and to be DICOM Part 10.
-
-        A read that fails on a pooled keep-alive connection (closed by the server between two requests,
-        "Bad file descriptor", "Server disconnected") is retried once on a fresh connection: the GET is
-        idempotent. If Orthanc is really gone, the retry fails to connect and says so."""
-        try:
-            return self._download_instance(instance_id)
-        except PacsUnavailable as exc:
-            if not isinstance(exc.__cause__, (httpx.ReadError, httpx.RemoteProtocolError)):
-                raise
-            log.info("retrying GET /instances/%s/file after %s", instance_id, type(exc.__cause__).__name__)
-            return self._download_instance(instance_id)
+        """The DICOM file of one instance, streamed, checked to be complete and to be DICOM Part 10
+        (retried once on a stale connection, like every idempotent request)."""
+        return self._once_more_if_stale(
+            f"GET /instances/{instance_id}/file", lambda: self._download_instance(instance_id)
+        )
 
     def _download_instance(self, instance_id: str) -> bytes:
         what = f"GET /instances/{instance_id}/file"
