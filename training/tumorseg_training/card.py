@@ -87,8 +87,15 @@ def render_card(
         f"({recipe['samples_per_case']} per case), centres drawn per label with ratios "
         f"background/NCR/ED/ET = {recipe['class_ratios']}; flips on every axis (p = {recipe['flip_prob']}), "
         f"per-channel intensity scale ±{recipe['intensity_scale']} and shift ±{recipe['intensity_shift']}, "
-        f"modality dropout p = {recipe['modality_dropout']}; cases without enhancing tumour visited "
-        f"{recipe.get('repeat_without_et', 1)}× per epoch.",
+        f"modality dropout p = {recipe['modality_dropout']}"
+        + (
+            f", label-1 core contrast against the brain around it scaled per channel by a factor in "
+            f"[{1 - recipe['core_contrast']:g}, {1 + recipe['core_contrast']:g}] "
+            f"(p = {recipe.get('core_contrast_prob', 0.5)})"
+            if recipe.get("core_contrast")
+            else ""
+        )
+        + f"; cases without enhancing tumour visited {recipe.get('repeat_without_et', 1)}× per epoch.",
         f"- Loss: {recipe['loss']} on the sigmoid outputs; AdamW lr {recipe['lr']}, weight decay "
         f"{recipe['weight_decay']}, {recipe['warmup_steps']} warm-up steps then cosine decay.",
         *(
