@@ -349,3 +349,29 @@ def test_prepared_cases_keep_their_order_when_prepared_in_parallel(data: Path, t
     for case, item in zip(cases, prepared, strict=True):
         alone = load_prepared([case], prep)[0]
         assert np.array_equal(alone.image, item.image) and np.array_equal(alone.labels, item.labels)
+
+
+def test_a_step_with_a_non_finite_loss_is_skipped(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tumorseg_training import optim
+
+    real = optim.RegionLoss.forward
+    calls: list[int] = []
+
+    def nan_on_the_second_step(
+        self: optim.RegionLoss, logits: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        calls.append(1)
+        loss = real(self, logits, target)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(optim.RegionLoss, "forward", nan_on_the_second_step)
+    config = TrainConfig.from_json({**TINY_RECIPE, "max_steps": 3, "ema_decay": None, "val_fraction": 0.0})
+    caplog.set_level(logging.WARNING, logger="tumorseg_training")
+    result = train(data, tmp_path / "package", config, cache_dir=tmp_path / "cache")
+    assert result.steps == 3 and len(calls) == 3
+    assert all(np.isfinite(r["loss"]) for r in result.history)  # the skipped step is left out of the mean
+    assert "1 step(s) with a non-finite loss skipped" in caplog.text
+    weights = torch.load(tmp_path / "package" / "model.pt", weights_only=True)
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())

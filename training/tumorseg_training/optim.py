@@ -22,8 +22,8 @@ class RegionLoss(nn.Module):
     """Sigmoid Dice over the batch per region (+ BCE for ``dice_bce``); targets are (B, 3, …) floats.
 
     Computed in float32 whatever the logits' dtype: under CUDA autocast the network returns float16, and
-    the Dice sums over a batch of crops (2 × 64³ voxels) pass float16's maximum of 65504, which made the
-    loss NaN on some steps of a GPU run."""
+    the sum of the predictions over a batch of crops (2 × 64³ voxels) passes float16's maximum of 65504
+    for a large region, which saturates its Dice term at 1 with no gradient."""
 
     def __init__(self, kind: str) -> None:
         super().__init__()

@@ -118,6 +118,12 @@ def validate(
     return {name: stats["mean"] for name, stats in summarise(rows).items()}
 
 
+def _finite_mean(values: list[float]) -> float:
+    """Mean of the finite values (skipped non-finite steps left out); NaN when there are none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def _cpu_state(network: nn.Module) -> dict[str, Any]:
     return {k: v.detach().cpu() for k, v in network.state_dict().items()}
 
@@ -239,7 +245,7 @@ def train(
     hooks.started(total_steps, step)
     network.train()
     while step < total_steps:
-        epoch_started, losses = time.perf_counter(), []
+        epoch_started, losses, non_finite = time.perf_counter(), [], 0
         generator.manual_seed(config.seed * 100_003 + epoch)
         transform.set_random_state(seed=(config.seed * 100_003 + epoch) % 2**32)
         for batch in loader:
@@ -250,9 +256,12 @@ def train(
             with torch.autocast("cuda") if use_amp else nullcontext():
                 logits = network(images)
             loss = loss_fn(logits, targets)  # in float32 (see RegionLoss)
-            scaler.scale(loss).backward()
-            scaler.step(optimiser)
-            scaler.update()
+            if torch.isfinite(loss):
+                scaler.scale(loss).backward()
+                scaler.step(optimiser)
+                scaler.update()
+            else:  # an overflow in float16 activations, say: this batch teaches nothing, skip it
+                non_finite += 1
             scheduler.step()
             if average is not None:
                 average.update(network)
@@ -265,7 +274,7 @@ def train(
                     "step %d/%d loss %.4f, %.2f s/step",
                     step,
                     total_steps,
-                    np.mean(losses[-config.log_every :]),
+                    _finite_mean(losses[-config.log_every :]),
                     seconds,
                 )
         epoch += 1
@@ -273,8 +282,10 @@ def train(
             "epoch": epoch,
             "step": step,
             "lr": float(scheduler.get_last_lr()[0]),
-            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "loss": _finite_mean(losses),
         }
+        if non_finite:
+            log.warning("epoch %d: %d step(s) with a non-finite loss skipped", epoch, non_finite)
         last = step >= total_steps
         validating = bool(val_cases) and (epoch % config.val_every == 0 or last)
         if validating or last:
