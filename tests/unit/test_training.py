@@ -375,3 +375,25 @@ def test_a_step_with_a_non_finite_loss_is_skipped(
     assert "1 step(s) with a non-finite loss skipped" in caplog.text
     weights = torch.load(tmp_path / "package" / "model.pt", weights_only=True)
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_augmentation_is_reproducible_and_the_core_jitter_only_joins_when_on(data: Path) -> None:
+    case = load_prepared(find_cases(data)[:1], Preprocessing(divisible_by=16, crop_margin_vox=2))[0]
+    item = training_item(case, (16, 16, 16))
+
+    def crops(**options: float) -> list[torch.Tensor]:
+        transform = train_transform((16, 16, 16), samples_per_case=4, **options)  # type: ignore[arg-type]
+        transform.set_random_state(seed=7)
+        return [sample["image"] for sample in transform(item)]
+
+    first, again = (
+        crops(core_contrast=0.5, core_contrast_prob=1.0),
+        crops(core_contrast=0.5, core_contrast_prob=1.0),
+    )
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    # off, the pipeline (and so every seed it hands out) is the one of recipes without the key
+    assert (
+        len(train_transform((16, 16, 16), 1).transforms)
+        == len(train_transform((16, 16, 16), 1, core_contrast=0.5).transforms) - 1
+    )
+    assert all(torch.equal(a, b) for a, b in zip(crops(), crops(core_contrast=0.0), strict=True))

@@ -39,6 +39,8 @@ from tumorseg.threads import usable_cpus
 
 log = logging.getLogger(__name__)
 
+PREPARE_WORKERS = 4  # cases prepared at once by load_prepared
+
 SEG = "seg"
 PARTS = (*MODALITIES, SEG)
 _SUFFIXES = (".nii.gz", ".nii")
@@ -157,8 +159,9 @@ def load_prepared(
 ) -> list[PreparedCase]:
     """``prepare_case`` for every case, reusing ``cache_dir/<case_id>.npz`` where it is still valid.
 
-    Cases are read and prepared side by side, one thread per usable CPU (decompression, resampling and
-    file writes release the GIL); the result keeps the order of ``cases``. ``progress(done, total,
+    Up to ``PREPARE_WORKERS`` cases are read and prepared side by side (decompression, resampling and file
+    writes release the GIL; ``prepare`` itself already spreads each case over the CPUs, and every case in
+    flight holds its full-size volumes); the result keeps the order of ``cases``. ``progress(done, total,
     case_id)`` is called after each case, in that order."""
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +180,7 @@ def load_prepared(
         return item
 
     prepared = []
-    with ThreadPoolExecutor(max_workers=max(1, min(usable_cpus(), len(cases)))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(usable_cpus(), PREPARE_WORKERS, len(cases)))) as pool:
         for n, (case, item) in enumerate(zip(cases, pool.map(load, cases), strict=True), start=1):
             prepared.append(item)
             if progress is not None:

@@ -21,9 +21,9 @@ from torch import nn
 class RegionLoss(nn.Module):
     """Sigmoid Dice over the batch per region (+ BCE for ``dice_bce``); targets are (B, 3, …) floats.
 
-    Computed in float32 whatever the logits' dtype: under CUDA autocast the network returns float16, and
-    the sum of the predictions over a batch of crops (2 × 64³ voxels) passes float16's maximum of 65504
-    for a large region, which saturates its Dice term at 1 with no gradient."""
+    Computed in float32 whatever the logits' dtype. Training calls it outside autocast with the network's
+    float16 logits (CUDA AMP), and a float16 sum of the predictions over a batch of crops (2 × 64³ voxels)
+    would pass float16's maximum of 65504 for a large region, saturating its Dice term at 1."""
 
     def __init__(self, kind: str) -> None:
         super().__init__()

@@ -119,10 +119,11 @@ class RandRegionContrastd(RandomizableTransform, MapTransform):
 
     For a crop holding at least ``min_voxels`` of ``label``, each channel c gets its own factor f_c drawn
     from [1 - ``spread``, 1 + ``spread``], and the image moves by ``w * (f_c - 1) * (mean_region_c -
-    mean_normal_c)``: the region's mean contrast against the normal brain of the crop (label 0, non-zero
-    in some channel) is scaled by f_c, its texture kept. ``w`` is the region mask smoothed by a Gaussian of
-    ``sigma`` voxels, so no step edge appears that the labels alone would explain, and 0 outside the
-    brain (which stays 0).
+    mean_normal_c)``: inside the region its mean contrast against the normal brain of the crop (label 0,
+    non-zero in some channel) is scaled by f_c, its texture kept. ``w`` is the region mask smoothed by a
+    Gaussian of ``sigma`` voxels, so no step edge appears that the labels alone would explain; it fades
+    over the first voxels around the region (a neighbouring rim moves a little with it) and is 0 outside
+    the brain (which stays 0).
 
     Why: the BraTS label-1 core (necrosis, or a non-enhancing core) varies most between tumours, and a
     network that learns its contrasts from a few dozen cases misses a core whose contrast sits at the
@@ -206,8 +207,16 @@ def train_transform(
             ),
             SelectItemsd(keys=keys),
             CastToTyped(keys=IMAGE, dtype=np.float32),
-            RandRegionContrastd(
-                keys=IMAGE, label_key=LABEL, label=1, spread=core_contrast, prob=core_contrast_prob
+            # Only when on: every randomisable transform takes a seed from the Compose, so an extra one
+            # would change the augmentation of recipes without it.
+            *(
+                [
+                    RandRegionContrastd(
+                        keys=IMAGE, label_key=LABEL, label=1, spread=core_contrast, prob=core_contrast_prob
+                    )
+                ]
+                if core_contrast > 0
+                else []
             ),
             LabelsToRegionsd(keys=LABEL),
             *[RandFlipd(keys=keys, prob=flip_prob, spatial_axis=axis) for axis in range(3)],

@@ -392,8 +392,15 @@ class OrthancClient:
         return files
 
     def upload_instance(self, data: bytes) -> UploadResult:
-        """``POST /instances`` with one DICOM file. Re-sending a stored instance gives ``AlreadyStored``."""
-        answer = self._json("POST", "/instances", content=data, headers={"Content-Type": "application/dicom"})
+        """``POST /instances`` with one DICOM file. Re-sending a stored instance gives ``AlreadyStored``, so
+        the upload is idempotent and retried once on a stale connection like a query."""
+        answer = self._json(
+            "POST",
+            "/instances",
+            idempotent=True,
+            content=data,
+            headers={"Content-Type": "application/dicom"},
+        )
         if not isinstance(answer, dict) or "ID" not in answer:
             raise PacsProtocolError("Orthanc answered POST /instances without an instance ID")
         return UploadResult(
