@@ -46,7 +46,7 @@ format: setup
 demo: setup
 	$(BIN)/python scripts/demo.py
 
-# Trains the shipped model on phantoms (~40 min on 2 CPU cores; the same script on a CUDA GPU).
+# Trains the shipped model on phantoms (~55 min on 2 CPU cores, ~7 min on one H100; the same script).
 train-demo: setup
 	bash scripts/train_demo.sh
 

@@ -1,7 +1,7 @@
 """Golden test of the shipped model: one fixed phantom it never saw, segmented the way the service does it.
 
 The phantom is case 0 of run seed 9 (``generate_case(900000)``); ``scripts/train_demo.sh`` trains on run
-seed 1 and evaluates on run seeds 2-4, so this case is in neither. The path is the service's: NIfTI files
+seed 1 and evaluates on run seeds 2-7, so this case is in neither. The path is the service's: NIfTI files
 read with SimpleITK → ``prepare`` → ``Predictor`` → ``to_reference_mask`` onto the FLAIR lattice.
 """
 

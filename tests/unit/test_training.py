@@ -397,3 +397,14 @@ def test_augmentation_is_reproducible_and_the_core_jitter_only_joins_when_on(dat
         == len(train_transform((16, 16, 16), 1, core_contrast=0.5).transforms) - 1
     )
     assert all(torch.equal(a, b) for a, b in zip(crops(), crops(core_contrast=0.0), strict=True))
+
+
+def test_the_card_names_the_held_out_misses() -> None:
+    from tumorseg_training.card import _misses
+
+    def case(case_id: str, tc: float, wt: float, et: float) -> dict[str, object]:
+        return {"case_id": case_id, "scores": {"dice_tc": tc, "dice_wt": wt, "dice_et": et}}
+
+    assert _misses([case("A", 0.9, 0.95, 0.9)]) == []
+    (line,) = _misses([case("A", 0.9, 0.95, 0.9), case("B", 0.01, 0.8, 1.0), case("C", 0.9, 0.9, 0.0)])
+    assert "TC B 0.010" in line and "ET C 0.000" in line and " A 0." not in line

@@ -45,6 +45,22 @@ def _case_table(cases: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _misses(cases: Sequence[Mapping[str, Any]], below: float = 0.5) -> list[str]:
+    """One Limitations line naming the held-out cases with a region's Dice under ``below``, if any."""
+    found = [
+        f"{region.upper()} {case['case_id']} {case['scores'][f'dice_{region}']:.3f}"
+        for region in REGIONS
+        for case in cases
+        if case["scores"][f"dice_{region}"] < below
+    ]
+    if not found:
+        return []
+    return [
+        f"- Held-out misses (Dice < {below}): {', '.join(found)}. A region the truth lacks but the model "
+        "marks, even with a few voxels, scores 0 by the BraTS rules."
+    ]
+
+
 def render_card(
     manifest: Mapping[str, Any], evaluation: Mapping[str, Any], timing: Mapping[str, float]
 ) -> str:
@@ -157,6 +173,7 @@ def render_card(
         "cavities, no real anatomy variation. Scores here say nothing about BraTS or clinical data.",
         "- Output quality depends on four co-registered sequences; a missing or mislabelled one is refused "
         "upstream, not handled here.",
+        *_misses(evaluation["cases"]),
         "",
         "## Training on BraTS 2021",
         "",
