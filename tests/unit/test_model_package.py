@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,19 @@ def test_round_trip_and_predict(tmp_path: Path) -> None:
     assert 0.0 <= probabilities.min() and probabilities.max() <= 1.0
     again = predictor.predict(ModelInput(array=array, grid=sitk.Image([40, 36, 20], sitk.sitkUInt8)))
     assert np.array_equal(probabilities, again)
+    assert manifest.min_enhancing_ml == 0.0  # the default: every enhancing voxel kept
+
+
+def test_the_enhancing_minimum_travels_in_the_manifest(tmp_path: Path) -> None:
+    package = tiny_package(tmp_path / "pkg")
+    data = json.loads((package / "model.json").read_text())
+    data["output"]["min_enhancing_ml"] = 0.25
+    (package / "model.json").write_text(json.dumps(data))
+    manifest = read_manifest(package)
+    assert manifest.min_enhancing_ml == 0.25 and manifest.to_json()["output"]["min_enhancing_ml"] == 0.25
+    del data["output"]["min_enhancing_ml"]  # packages written before the key existed
+    (package / "model.json").write_text(json.dumps(data))
+    assert read_manifest(package).min_enhancing_ml == 0.0
 
 
 @pytest.mark.parametrize(

@@ -72,3 +72,31 @@ def test_small_components_are_removed() -> None:
         to_reference_mask(probabilities, reference, reference, min_component_ml=0.1)
     )
     assert np.count_nonzero(mask) == 15 * 15 * 10 and set(np.unique(mask)) == {0, 2}
+
+
+@pytest.mark.parametrize(
+    ("et_voxels", "min_enhancing_ml", "enhancing_kept"),
+    [(27, 0.1, False), (27, 0.0, True), (27, 0.02, True), (125, 0.1, True)],
+    ids=["small-relabelled", "off", "above-the-limit", "large-kept"],
+)
+def test_a_small_enhancing_region_becomes_necrotic_core(
+    et_voxels: int, min_enhancing_ml: float, enhancing_kept: bool
+) -> None:
+    reference = lattice((40, 40, 20), (1.0, 1.0, 1.0), np.eye(3), (0.0, 0.0, 0.0))
+    probabilities = np.zeros((3, 40, 40, 20), np.float32)
+    probabilities[1, 5:25, 5:25, 2:18] = 1.0  # oedema (WT)
+    probabilities[0, 10:20, 10:20, 5:15] = 1.0  # tumour core (TC)
+    side = round(et_voxels ** (1 / 3))
+    probabilities[2, 12 : 12 + side, 12 : 12 + side, 7 : 7 + side] = 1.0  # enhancing (ET), inside TC
+    plain = sitk.GetArrayFromImage(to_reference_mask(probabilities, reference, reference))
+    mask = sitk.GetArrayFromImage(
+        to_reference_mask(probabilities, reference, reference, min_enhancing_ml=min_enhancing_ml)
+    )
+    assert np.count_nonzero(plain == 4) == et_voxels
+    assert np.array_equal(mask > 0, plain > 0) and np.array_equal(
+        np.isin(mask, (1, 4)), np.isin(plain, (1, 4))
+    )
+    if enhancing_kept:
+        assert np.array_equal(mask, plain)
+    else:
+        assert not np.any(mask == 4) and np.array_equal(mask == 1, np.isin(plain, (1, 4)))

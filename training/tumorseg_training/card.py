@@ -130,7 +130,13 @@ def render_card(
             else []
         ),
         f"- Inference: sliding window {manifest['inference']['roi_size']}, overlap "
-        f"{manifest['inference']['overlap']}, Gaussian blending.",
+        f"{manifest['inference']['overlap']}, Gaussian blending"
+        + (
+            f"; an enhancing region under {manifest['output']['min_enhancing_ml']:g} mL in all becomes "
+            "necrotic core (BraTS post-processing)."
+            if manifest["output"].get("min_enhancing_ml")
+            else "."
+        ),
         f"- Trained on {training['device']} in {training['duration_s'] / 60:.1f} min"
         + (f" (whole `make train-demo`: {timing_text})" if timing_text else "")
         + ".",

@@ -64,6 +64,7 @@ class TrainConfig:
     roi_size: tuple[int, int, int] = (128, 128, 128)
     overlap: float = 0.25
     threshold: float = 0.5
+    min_enhancing_ml: float = 0.0  # a smaller enhancing region becomes necrotic core (0: off)
     # execution
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # mixed precision, CUDA only
@@ -93,6 +94,8 @@ class TrainConfig:
             problems.append("val_fraction must be in [0, 1)")
         if not 0.0 <= self.core_contrast < 1.0 or not 0.0 <= self.core_contrast_prob <= 1.0:
             problems.append("core_contrast must be in [0, 1) and core_contrast_prob in [0, 1]")
+        if self.min_enhancing_ml < 0:
+            problems.append("min_enhancing_ml must be >= 0")
         if self.repeat_without_et < 1:
             problems.append("repeat_without_et must be >= 1")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:

@@ -96,7 +96,13 @@ def evaluate_case(predictor: Predictor, case: CaseFiles, reference: str) -> Case
     prepared = time.perf_counter()
     probabilities = predictor.predict(model_input)
     predicted = time.perf_counter()
-    mask = to_reference_mask(probabilities, model_input.grid, volumes[reference], manifest.threshold)
+    mask = to_reference_mask(
+        probabilities,
+        model_input.grid,
+        volumes[reference],
+        manifest.threshold,
+        min_enhancing_ml=manifest.min_enhancing_ml,
+    )
     done = time.perf_counter()
     truth = case.volume(SEG)
     if not _same_lattice(truth, volumes[reference]):

@@ -94,6 +94,7 @@ def manifest_for(config: TrainConfig, training: dict[str, Any], metrics: dict[st
         preprocessing=config.prep,
         inference=InferenceConfig(roi_size=config.roi_size, overlap=config.overlap),
         threshold=config.threshold,
+        min_enhancing_ml=config.min_enhancing_ml,
         training=training,
         metrics=metrics,
         versions={**current_versions(), "tumorseg_training": __version__},

@@ -143,7 +143,13 @@ class Segmenter:
         with self._model_lock, timer.stage("inference"):
             probabilities = self.predictor.predict(model_input)
         with timer.stage("postprocess"):
-            mask = to_reference_mask(probabilities, model_input.grid, reference.image, manifest.threshold)
+            mask = to_reference_mask(
+                probabilities,
+                model_input.grid,
+                reference.image,
+                manifest.threshold,
+                min_enhancing_ml=manifest.min_enhancing_ml,
+            )
         result_id = new_result_id()
         with timer.stage("export"):
             staging = self.store.staging(result_id)

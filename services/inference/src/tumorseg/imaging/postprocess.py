@@ -4,7 +4,8 @@ Input: region probabilities, float32 (3, I, J, K) in TC, WT, ET order, on the (c
 Each region's probability map is resampled linearly in physical space onto the reference lattice and
 thresholded there — the mask is decided on the reference voxels themselves, never copied from the model
 grid — then nested into labels (ET = 4, rest of TC = 1, rest of WT = 2). Optionally, tumour components
-smaller than ``min_component_ml`` are removed (speckle far from the lesion).
+smaller than ``min_component_ml`` are removed (speckle far from the lesion), and an enhancing region
+smaller than ``min_enhancing_ml`` in all becomes necrotic core (the model package's choice).
 Output: ``SimpleITK.Image`` uint8 with the reference's size, origin, spacing and direction.
 """
 
@@ -18,7 +19,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from tumorseg.imaging import grid as g
-from tumorseg.model.labels import regions_to_labels
+from tumorseg.model.labels import ET, NCR, regions_to_labels
 
 DEFAULT_MIN_COMPONENT_ML = 0.1
 
@@ -45,6 +46,17 @@ def remove_small_components(labels: NDArray[np.uint8], min_voxels: int) -> NDArr
         box = boxes[component - 1]
         labels[box][components[box] == component] = 0
     return labels
+
+
+def relabel_small_enhancing(labels: NDArray[np.uint8], min_ml: float, voxel_mm3: float) -> None:
+    """In place: when the whole enhancing region (label 4) is smaller than ``min_ml``, it becomes
+    necrotic core (label 1). TC and WT keep their voxels; only ET is given up."""
+    if min_ml <= 0:
+        return
+    enhancing = labels == ET
+    count = int(np.count_nonzero(enhancing))
+    if 0 < count * voxel_mm3 / 1000.0 < min_ml:
+        labels[enhancing] = NCR
 
 
 def covering_box(
@@ -121,6 +133,7 @@ def to_reference_mask(
     reference: sitk.Image,
     threshold: float = 0.5,
     min_component_ml: float = DEFAULT_MIN_COMPONENT_ML,
+    min_enhancing_ml: float = 0.0,
 ) -> sitk.Image:
     labels = np.zeros(reference.GetSize()[::-1], dtype=np.uint8)  # (k, j, i)
     # Only the reference voxels near the tumour are resampled (see ``above_threshold_box``), each region near
@@ -144,9 +157,9 @@ def to_reference_mask(
             for channel, own in zip(probabilities, owns, strict=True)
         ]  # (k, j, i)
         min_voxels = int(np.ceil(min_component_ml * 1000.0 / voxel_volume_mm3(reference)))
-        labels[k0 : k0 + nk, j0 : j0 + nj, i0 : i0 + ni] = remove_small_components(
-            regions_to_labels(np.stack(regions)), min_voxels
-        )
+        near = remove_small_components(regions_to_labels(np.stack(regions)), min_voxels)
+        relabel_small_enhancing(near, min_enhancing_ml, voxel_volume_mm3(reference))
+        labels[k0 : k0 + nk, j0 : j0 + nj, i0 : i0 + ni] = near
     mask = sitk.GetImageFromArray(labels)
     mask.CopyInformation(reference)
     return mask

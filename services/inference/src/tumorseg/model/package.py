@@ -51,6 +51,10 @@ class ModelManifest:
     preprocessing: Preprocessing
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     threshold: float = 0.5
+    # An enhancing region smaller than this (mL, on the reference lattice) is relabelled as necrotic core
+    # (BraTS post-processing: a few false enhancing voxels in a tumour without enhancement would otherwise
+    # score ET Dice 0). 0 keeps every enhancing voxel.
+    min_enhancing_ml: float = 0.0
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -64,7 +68,12 @@ class ModelManifest:
             "weights": self.weights,
             "architecture": {"name": self.architecture, "args": self.architecture_args},
             "preprocessing": self.preprocessing.to_json(),
-            "output": {"activation": "sigmoid", "regions": list(REGIONS), "threshold": self.threshold},
+            "output": {
+                "activation": "sigmoid",
+                "regions": list(REGIONS),
+                "threshold": self.threshold,
+                "min_enhancing_ml": self.min_enhancing_ml,
+            },
             "labels": dict(LABEL_NAMES),
             "inference": {
                 "roi_size": list(self.inference.roi_size),
@@ -106,6 +115,7 @@ class ModelManifest:
                     sw_batch_size=int(inference.get("sw_batch_size", 1)),
                 ),
                 threshold=float(output.get("threshold", 0.5)),
+                min_enhancing_ml=float(output.get("min_enhancing_ml", 0.0)),
                 training=dict(data.get("training", {})),
                 metrics=dict(data.get("metrics", {})),
                 versions=dict(data.get("versions", {})),
