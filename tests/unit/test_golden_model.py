@@ -42,7 +42,13 @@ def test_shipped_model_segments_an_unseen_phantom(tmp_path: Path) -> None:
 
     model_input, _ = prepare(volumes, "flair", predictor.manifest.preprocessing)
     probabilities = predictor.predict(model_input)
-    mask = to_reference_mask(probabilities, model_input.grid, volumes["flair"], predictor.manifest.threshold)
+    mask = to_reference_mask(
+        probabilities,
+        model_input.grid,
+        volumes["flair"],
+        predictor.manifest.threshold,
+        min_enhancing_ml=predictor.manifest.min_enhancing_ml,
+    )
 
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "golden_seg.nii.gz")))
     predicted = sitk.GetArrayFromImage(mask)

@@ -75,14 +75,20 @@ def test_small_components_are_removed() -> None:
 
 
 @pytest.mark.parametrize(
-    ("et_voxels", "min_enhancing_ml", "enhancing_kept"),
-    [(27, 0.1, False), (27, 0.0, True), (27, 0.02, True), (125, 0.1, True)],
-    ids=["small-relabelled", "off", "above-the-limit", "large-kept"],
+    ("et_voxels", "spacing", "min_enhancing_ml", "enhancing_kept"),
+    [
+        (27, (1.0, 1.0, 1.0), 0.1, False),
+        (27, (1.0, 1.0, 1.0), 0.02, True),
+        (125, (1.0, 1.0, 1.0), 0.1, True),
+        (125, (1.0, 1.0, 0.5), 0.1, False),  # 125 voxels of 0.5 mm³: 0.0625 mL
+        (125, (1.0, 1.0, 0.5), 0.05, True),
+    ],
+    ids=["small-relabelled", "above-the-limit", "large-kept", "half-mm3-relabelled", "half-mm3-kept"],
 )
 def test_a_small_enhancing_region_becomes_necrotic_core(
-    et_voxels: int, min_enhancing_ml: float, enhancing_kept: bool
+    et_voxels: int, spacing: tuple[float, float, float], min_enhancing_ml: float, enhancing_kept: bool
 ) -> None:
-    reference = lattice((40, 40, 20), (1.0, 1.0, 1.0), np.eye(3), (0.0, 0.0, 0.0))
+    reference = lattice((40, 40, 20), spacing, np.eye(3), (0.0, 0.0, 0.0))
     probabilities = np.zeros((3, 40, 40, 20), np.float32)
     probabilities[1, 5:25, 5:25, 2:18] = 1.0  # oedema (WT)
     probabilities[0, 10:20, 10:20, 5:15] = 1.0  # tumour core (TC)

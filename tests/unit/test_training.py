@@ -408,3 +408,12 @@ def test_the_card_names_the_held_out_misses() -> None:
     assert _misses([case("A", 0.9, 0.95, 0.9)]) == []
     (line,) = _misses([case("A", 0.9, 0.95, 0.9), case("B", 0.01, 0.8, 1.0), case("C", 0.9, 0.9, 0.0)])
     assert "TC B 0.010" in line and "ET C 0.000" in line and " A 0." not in line
+
+
+def test_the_package_carries_the_enhancing_minimum_of_the_recipe() -> None:
+    from tumorseg_training.train import manifest_for
+
+    manifest = manifest_for(TrainConfig(min_enhancing_ml=0.5), {}, {})
+    assert manifest.min_enhancing_ml == 0.5 and manifest.to_json()["output"]["min_enhancing_ml"] == 0.5
+    with pytest.raises(ValueError, match="min_enhancing_ml"):
+        TrainConfig(min_enhancing_ml=-1.0)

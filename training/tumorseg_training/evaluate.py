@@ -3,7 +3,7 @@
 Per case: read the four volumes (SimpleITK, LPS) → ``prepare`` onto the model grid (the manifest's
 ``Preprocessing``) → ``Predictor.predict`` (sliding window; (3, I, J, K) TC/WT/ET probabilities) →
 ``to_reference_mask`` onto the reference volume's lattice (threshold, nesting into BraTS labels, removal of
-specks) → compare with the case's ``seg`` on that same lattice (a seg on another lattice is resampled onto
+specks, the package's ``min_enhancing_ml``) → compare with the case's ``seg`` on that same lattice (a seg on another lattice is resampled onto
 it label-wise first). Scores: ``metrics.region_scores`` (Dice, HD95 in mm, BraTS empty-region rules).
 Times per stage are measured too (``seconds``: prepare, predict, postprocess, total).
 """

@@ -10,7 +10,8 @@ Manifest schema (``format_version`` 1)::
     {"format_version": 1, "name": str, "version": str, "weights": "model.pt",
      "architecture": {"name": "monai.UNet", "args": {...}},
      "preprocessing": {...Preprocessing...},
-     "output": {"activation": "sigmoid", "regions": ["tc", "wt", "et"], "threshold": 0.5},
+     "output": {"activation": "sigmoid", "regions": ["tc", "wt", "et"], "threshold": 0.5,
+                "min_enhancing_ml": 0.0},   # optional; a smaller enhancing region becomes necrotic core
      "labels": {"1": ..., "2": ..., "4": ...},
      "inference": {"roi_size": [z, y, x], "overlap": 0.25, "sw_batch_size": 1},
      "training": {...free-form description...}, "metrics": {...}, "versions": {...}}
