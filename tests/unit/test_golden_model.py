@@ -2,7 +2,7 @@
 
 The phantom is case 0 of run seed 9 (``generate_case(900000)``); ``scripts/train_demo.sh`` trains on run
 seed 1 and evaluates on run seeds 2-7, so this case is in neither. The path is the service's: NIfTI files
-read with SimpleITK → ``prepare`` → ``Predictor`` → ``to_reference_mask`` onto the FLAIR lattice.
+read with SimpleITK → ``prepare`` → ``Predictor`` → ``Predictor.mask`` onto the FLAIR lattice.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tumorseg.imaging.postprocess import to_reference_mask
 from tumorseg.imaging.preprocess import MODALITIES, prepare
 from tumorseg.model.labels import labels_to_regions
 from tumorseg.model.predictor import Predictor
@@ -42,13 +41,7 @@ def test_shipped_model_segments_an_unseen_phantom(tmp_path: Path) -> None:
 
     model_input, _ = prepare(volumes, "flair", predictor.manifest.preprocessing)
     probabilities = predictor.predict(model_input)
-    mask = to_reference_mask(
-        probabilities,
-        model_input.grid,
-        volumes["flair"],
-        predictor.manifest.threshold,
-        min_enhancing_ml=predictor.manifest.min_enhancing_ml,
-    )
+    mask = predictor.mask(probabilities, model_input.grid, volumes["flair"])
 
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "golden_seg.nii.gz")))
     predicted = sitk.GetArrayFromImage(mask)

@@ -39,6 +39,19 @@ def test_the_enhancing_minimum_travels_in_the_manifest(tmp_path: Path) -> None:
     (package / "model.json").write_text(json.dumps(data))
     manifest = read_manifest(package)
     assert manifest.min_enhancing_ml == 0.25 and manifest.to_json()["output"]["min_enhancing_ml"] == 0.25
+
+    # Predictor.mask (what the service and the evaluation use) applies the package's threshold and minimum
+    from tumorseg.imaging.postprocess import to_reference_mask
+
+    grid = sitk.Image([20, 20, 10], sitk.sitkUInt8)
+    probabilities = np.zeros((3, 20, 20, 10), np.float32)
+    probabilities[:, 5:10, 5:10, 2:7] = 0.9  # 125 voxels of 1 mm³ in every region: 0.125 mL of ET
+    mask = sitk.GetArrayFromImage(Predictor.from_package(package).mask(probabilities, grid, grid))
+    assert set(np.unique(mask)) == {0, 1}  # ET under 0.25 mL became necrotic core
+    assert np.array_equal(
+        mask, sitk.GetArrayFromImage(to_reference_mask(probabilities, grid, grid, min_enhancing_ml=0.25))
+    )
+
     del data["output"]["min_enhancing_ml"]  # packages written before the key existed
     (package / "model.json").write_text(json.dumps(data))
     assert read_manifest(package).min_enhancing_ml == 0.0

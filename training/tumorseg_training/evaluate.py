@@ -2,9 +2,9 @@
 
 Per case: read the four volumes (SimpleITK, LPS) → ``prepare`` onto the model grid (the manifest's
 ``Preprocessing``) → ``Predictor.predict`` (sliding window; (3, I, J, K) TC/WT/ET probabilities) →
-``to_reference_mask`` onto the reference volume's lattice (threshold, nesting into BraTS labels, removal of
-specks, the package's ``min_enhancing_ml``) → compare with the case's ``seg`` on that same lattice (a seg on another lattice is resampled onto
-it label-wise first). Scores: ``metrics.region_scores`` (Dice, HD95 in mm, BraTS empty-region rules).
+``Predictor.mask`` onto the reference volume's lattice (the package's threshold, nesting into BraTS labels,
+removal of specks, the package's ``min_enhancing_ml``) → compare with the case's ``seg`` on that same
+lattice (a seg on another lattice is resampled onto it label-wise first). Scores: ``metrics.region_scores`` (Dice, HD95 in mm, BraTS empty-region rules).
 Times per stage are measured too (``seconds``: prepare, predict, postprocess, total).
 """
 
@@ -24,7 +24,6 @@ import SimpleITK as sitk
 import torch
 
 from tumorseg.imaging import grid as g
-from tumorseg.imaging.postprocess import to_reference_mask
 from tumorseg.imaging.preprocess import prepare
 from tumorseg.model.device import resolve_device
 from tumorseg.model.labels import labels_to_regions
@@ -96,13 +95,7 @@ def evaluate_case(predictor: Predictor, case: CaseFiles, reference: str) -> Case
     prepared = time.perf_counter()
     probabilities = predictor.predict(model_input)
     predicted = time.perf_counter()
-    mask = to_reference_mask(
-        probabilities,
-        model_input.grid,
-        volumes[reference],
-        manifest.threshold,
-        min_enhancing_ml=manifest.min_enhancing_ml,
-    )
+    mask = predictor.mask(probabilities, model_input.grid, volumes[reference])
     done = time.perf_counter()
     truth = case.volume(SEG)
     if not _same_lattice(truth, volumes[reference]):

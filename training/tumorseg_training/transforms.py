@@ -38,7 +38,7 @@ from monai.transforms.utils import map_classes_to_indices
 from monai.utils import convert_to_numpy
 from scipy import ndimage as ndi
 
-from tumorseg.model.labels import labels_to_regions
+from tumorseg.model.labels import ET, labels_to_regions
 from tumorseg_training.data import PreparedCase
 
 IMAGE, LABEL = "image", "label"
@@ -69,15 +69,10 @@ def training_item(case: PreparedCase, crop_size: Sequence[int]) -> dict[str, Any
     return {IMAGE: image, LABEL: label, INDICES: indices}
 
 
-ET_LABEL = 4
-
-
 def epoch_visits(items: Sequence[dict[str, Any]], repeat_without_et: int) -> list[dict[str, Any]]:
     """The items of one epoch: every case once, a case without enhancing tumour ``repeat_without_et``
     times (see ``TrainConfig.repeat_without_et``)."""
-    return [
-        item for item in items for _ in range(1 if np.any(item[LABEL] == ET_LABEL) else repeat_without_et)
-    ]
+    return [item for item in items for _ in range(1 if np.any(item[LABEL] == ET) else repeat_without_et)]
 
 
 class LabelsToRegionsd(MapTransform):

@@ -27,7 +27,6 @@ from tumorseg.export.nifti import write_mask
 from tumorseg.export.preview import write_preview
 from tumorseg.export.result import build_result
 from tumorseg.imaging.cache import SeriesCache
-from tumorseg.imaging.postprocess import to_reference_mask
 from tumorseg.imaging.preprocess import MODALITIES, prepare
 from tumorseg.imaging.volume import SeriesVolume, load_series
 from tumorseg.model.predictor import Predictor
@@ -143,13 +142,7 @@ class Segmenter:
         with self._model_lock, timer.stage("inference"):
             probabilities = self.predictor.predict(model_input)
         with timer.stage("postprocess"):
-            mask = to_reference_mask(
-                probabilities,
-                model_input.grid,
-                reference.image,
-                manifest.threshold,
-                min_enhancing_ml=manifest.min_enhancing_ml,
-            )
+            mask = self.predictor.mask(probabilities, model_input.grid, reference.image)
         result_id = new_result_id()
         with timer.stage("export"):
             staging = self.store.staging(result_id)

@@ -156,9 +156,11 @@ def to_reference_mask(
             _region_on(channel, own, model_grid, sub, threshold).T
             for channel, own in zip(probabilities, owns, strict=True)
         ]  # (k, j, i)
-        min_voxels = int(np.ceil(min_component_ml * 1000.0 / voxel_volume_mm3(reference)))
-        near = remove_small_components(regions_to_labels(np.stack(regions)), min_voxels)
-        relabel_small_enhancing(near, min_enhancing_ml, voxel_volume_mm3(reference))
+        voxel_mm3 = voxel_volume_mm3(reference)
+        near = remove_small_components(
+            regions_to_labels(np.stack(regions)), int(np.ceil(min_component_ml * 1000.0 / voxel_mm3))
+        )
+        relabel_small_enhancing(near, min_enhancing_ml, voxel_mm3)
         labels[k0 : k0 + nk, j0 : j0 + nj, i0 : i0 + ni] = near
     mask = sitk.GetImageFromArray(labels)
     mask.CopyInformation(reference)

@@ -2,7 +2,8 @@
 
 ``predict`` takes a ``ModelInput`` (float32 (4, I, J, K) on the cropped model grid, see
 ``tumorseg.imaging.preprocess``) and returns region probabilities, float32 (3, I, J, K) in the order
-TC, WT, ET, on the same grid. Inference runs under ``torch.inference_mode`` with MONAI sliding windows,
+TC, WT, ET, on the same grid; ``mask`` turns them into the package's BraTS label mask on a series' lattice.
+Inference runs under ``torch.inference_mode`` with MONAI sliding windows,
 with autocast on CUDA, one call at a time per predictor (a lock), since a second concurrent call would only
 compete for the same device memory.
 """
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 from numpy.typing import NDArray
 
+from tumorseg.imaging.postprocess import to_reference_mask
 from tumorseg.imaging.preprocess import ModelInput
 from tumorseg.model.network import stride_product
 from tumorseg.model.package import ModelManifest, load_package
@@ -68,9 +71,20 @@ class Predictor:
             probabilities = torch.sigmoid(logits.float())[0]
         return np.ascontiguousarray(probabilities.cpu().numpy(), dtype=np.float32)
 
+    def mask(
+        self, probabilities: NDArray[np.float32], model_grid: sitk.Image, reference: sitk.Image
+    ) -> sitk.Image:
+        """``predict``'s probabilities on ``model_grid`` as the package's BraTS label mask on ``reference``'s
+        lattice (``to_reference_mask`` with the manifest's threshold and enhancing minimum)."""
+        return to_reference_mask(
+            probabilities,
+            model_grid,
+            reference,
+            self.manifest.threshold,
+            min_enhancing_ml=self.manifest.min_enhancing_ml,
+        )
+
     def warm_up(self) -> None:
         """One tiny forward pass, so the first request does not pay for lazy initialisation."""
-        import SimpleITK as sitk
-
         grid = sitk.Image([32, 32, 32], sitk.sitkUInt8)
         self.predict(ModelInput(array=np.zeros((4, 32, 32, 32), np.float32), grid=grid))
