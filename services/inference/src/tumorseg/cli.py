@@ -286,10 +286,18 @@ def phantom(
     start_index: Annotated[
         int, typer.Option(min=0, max=99_999, help="Index of the first case (its id and its seed).")
     ] = 0,
+    kind: Annotated[
+        Literal["brats", "clinical-head"],
+        typer.Option(
+            help="brats: skull-stripped, co-registered 240x240x155 volumes. clinical-head: the same brain "
+            "and tumour in a whole head (skull, scalp, eyes, neck) on 240x256x256, each series with its own "
+            "patient motion, bias field and Rician noise; truth/ holds per-series labels, brain masks and "
+            "motion.json."
+        ),
+    ] = "brats",
 ) -> None:
-    """Write synthetic BraTS-2021-layout cases (FLAIR, T1, T1ce, T2, seg; 240x240x155, 1 mm)."""
-    from tumorseg.synth.phantom import write_cases
-
+    """Write synthetic BraTS-2021-layout cases (FLAIR, T1, T1ce, T2, seg; 1 mm): skull-stripped BraTS-like
+    volumes, or with --kind clinical-head whole-head series as a scanner delivers them."""
     if start_index + cases > 100_000:
         err_console.print("[red]error[/red] case ids have five digits: start-index + cases must be <= 100000")
         raise typer.Exit(code=2)
@@ -297,7 +305,14 @@ def phantom(
     def report(index: int, folder: Path) -> None:
         console.print(f"case {index - start_index + 1}/{cases}: {folder}")
 
-    folders = write_cases(out, cases=cases, seed=seed, start_index=start_index, progress=report)
+    if kind == "brats":
+        from tumorseg.synth.phantom import write_cases
+
+        folders = write_cases(out, cases=cases, seed=seed, start_index=start_index, progress=report)
+    else:
+        from tumorseg.synth.phantom_head import write_head_cases
+
+        folders = write_head_cases(out, cases=cases, seed=seed, start_index=start_index, progress=report)
     console.print(f"{len(folders)} case(s) written under {out}")
 
 

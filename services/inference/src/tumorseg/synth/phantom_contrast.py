@@ -3,8 +3,12 @@
 Contract
 - Input: ``Anatomy`` (WM/GM/CSF fractions) and ``Tumour`` (soft NCR-or-core / ET / ED maps) on the phantom
   lattice (``SHAPE``, axes i, j, k of ``BRATS_AFFINE``, 1 mm).
-- Output: one int16 volume per modality on the same lattice, >= 1 inside the brain and exactly 0 outside
-  it (skull-stripped, as in BraTS, and so a non-zero mask recovers the brain).
+- Output of ``synthesize``: one int16 volume per modality on the same lattice, >= 1 inside the brain and
+  exactly 0 outside it (skull-stripped, as in BraTS, and so a non-zero mask recovers the brain).
+- ``render`` makes the same draws and also returns, per modality, the noiseless signal (relative to WM = 1,
+  before bias, scale and noise) and the tissue means of the case (``BrainContrast``): what the clinical-head
+  phantoms (``phantom_head``) put inside their own acquisition. A seed's images never depend on which of
+  the two was called.
 
 Each voxel is the partial-volume mix of the per-tissue mean intensities, times a smooth texture, a smooth
 multiplicative bias field and a per-modality global scale, then Rician noise. The per-tissue means are
@@ -21,6 +25,7 @@ All arithmetic is done on the brain voxels only (about a fifth of the box).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -111,15 +116,36 @@ def _blur_along_axis(values: F32, where: tuple[NDArray[np.intp], ...], axis: int
     return block[local]
 
 
-def synthesize(
-    anatomy: Anatomy, tumour: Tumour, enhancing: bool, rng: np.random.Generator
-) -> dict[str, NDArray[np.int16]]:
-    """The four modalities (``MODALITIES``), int16 on ``SHAPE``, 0 outside the brain.
+@dataclass(frozen=True, eq=False)
+class BrainContrast:
+    """One modality of one case, as 1-d arrays over the brain voxels (``Anatomy.voxels``, in that order).
 
-    Label 1 (``tumour.core``) is rendered as necrosis when ``enhancing`` and as non-enhancing core otherwise.
+    ``signal`` (float32) is the noiseless image relative to white matter = 1: the partial-volume mix of the
+    per-tissue ``means``, texture and the optional through-plane blur, before bias, scale and noise.
+    ``means`` are the per-tissue means drawn for the case (keys ``wm`` = 1.0, ``gm``, ``csf``, ``vessel``,
+    ``ed``, ``ncr``, ``net``, ``et``). ``values`` (int16, >= 1) are what ``synthesize`` writes on those
+    voxels: ``signal`` times a bias field and a scale, with Rician noise.
     """
+
+    signal: F32
+    means: dict[str, float]
+    values: NDArray[np.int16]
+
+
+@dataclass(frozen=True, eq=False)
+class _Mixture:
+    """What the four modalities share: tissue fractions, texture fields and texture amplitudes."""
+
+    fractions: dict[str, F32]
+    texture_a: F32
+    texture_b: F32
+    texture_amp: dict[str, float]
+
+
+def _mixture(
+    anatomy: Anatomy, tumour: Tumour, enhancing: bool, coords: F32, rng: np.random.Generator
+) -> _Mixture:
     where = anatomy.voxels
-    coords = np.stack(where).astype(np.float32)
     core_kind = "ncr" if enhancing else "net"
 
     ed_strength = np.float32(rng.uniform(0.8, 1.0))  # oedema infiltrates: some normal signal remains
@@ -155,28 +181,72 @@ def synthesize(
         "et": 0.12,
     }
     texture_amp = {k: v * rng.uniform(0.5, 1.5) for k, v in texture_amp.items()}
+    return _Mixture(fractions, tex_a, tex_b, texture_amp)
 
-    images: dict[str, NDArray[np.int16]] = {}
+
+def _noiseless(
+    modality: str, mix: _Mixture, where: tuple[NDArray[np.intp], ...], rng: np.random.Generator
+) -> tuple[F32, dict[str, float]]:
+    """Signal relative to WM (texture and optional blur included) and the tissue means of ``modality``."""
+    theta = rng.uniform(0, 2 * np.pi)
+    texture = np.float32(np.cos(theta)) * mix.texture_a + np.float32(np.sin(theta)) * mix.texture_b
+    means = {"wm": 1.0} | {t: float(rng.uniform(*r)) for t, r in _RANGES[modality].items()}
+    signal = np.zeros(texture.size, dtype=np.float32)
+    for tissue, frac in mix.fractions.items():
+        signal += frac * np.float32(means[tissue]) * (1 + np.float32(mix.texture_amp[tissue]) * texture)
+    if rng.random() < 0.3:
+        axis = int(rng.choice(3, p=[0.2, 0.2, 0.6]))
+        signal = _blur_along_axis(signal, where, axis, rng.uniform(0.6, 1.5))
+    return signal, means
+
+
+def _acquire(modality: str, signal: F32, coords: F32, rng: np.random.Generator) -> NDArray[np.int16]:
+    """Bias, global scale and Rician noise on ``signal``: the values of the skull-stripped phantom."""
+    signal = signal * _bias(rng, coords)
+    scale = np.float32(np.exp(rng.uniform(np.log(150), np.log(2000))))
+    signal *= scale
+    sigma = np.float32(rng.uniform(0.008, 0.05)) * scale
+    # Rician magnitude noise: |signal + complex Gaussian|.
+    real = signal + sigma * rng.standard_normal(signal.size, dtype=np.float32)
+    imag = sigma * rng.standard_normal(signal.size, dtype=np.float32)
+    magnitude = np.sqrt(real * real + imag * imag)
+    log.debug("%s: scale %.0f, noise %.1f", modality, scale, sigma)
+    return np.clip(np.rint(magnitude), 1, np.iinfo(np.int16).max).astype(np.int16)
+
+
+def render(
+    anatomy: Anatomy, tumour: Tumour, enhancing: bool, rng: np.random.Generator
+) -> dict[str, BrainContrast]:
+    """Per modality (``MODALITIES`` order), the brain's noiseless signal, tissue means and final values.
+
+    Arrays are 1-d over ``anatomy.voxels`` (see ``BrainContrast``). The draws from ``rng`` are exactly
+    those of ``synthesize``, in the same order (shared mixture, then per modality: contrast, then
+    acquisition), so the signal and means of a seed are those behind ``generate_case(seed)``'s images.
+    Label 1 (``tumour.core``) is rendered as necrosis when ``enhancing`` and as non-enhancing core otherwise.
+    """
+    where = anatomy.voxels
+    coords = np.stack(where).astype(np.float32)
+    mix = _mixture(anatomy, tumour, enhancing, coords, rng)
+    out: dict[str, BrainContrast] = {}
     for modality in MODALITIES:
-        theta = rng.uniform(0, 2 * np.pi)
-        texture = np.float32(np.cos(theta)) * tex_a + np.float32(np.sin(theta)) * tex_b
-        means = {"wm": 1.0} | {t: rng.uniform(*r) for t, r in _RANGES[modality].items()}
-        signal = np.zeros(coords.shape[1], dtype=np.float32)
-        for tissue, frac in fractions.items():
-            signal += frac * np.float32(means[tissue]) * (1 + np.float32(texture_amp[tissue]) * texture)
-        if rng.random() < 0.3:
-            axis = int(rng.choice(3, p=[0.2, 0.2, 0.6]))
-            signal = _blur_along_axis(signal, where, axis, rng.uniform(0.6, 1.5))
-        signal *= _bias(rng, coords)
-        scale = np.float32(np.exp(rng.uniform(np.log(150), np.log(2000))))
-        signal *= scale
-        sigma = np.float32(rng.uniform(0.008, 0.05)) * scale
-        # Rician magnitude noise: |signal + complex Gaussian|.
-        real = signal + sigma * rng.standard_normal(signal.size, dtype=np.float32)
-        imag = sigma * rng.standard_normal(signal.size, dtype=np.float32)
-        magnitude = np.sqrt(real * real + imag * imag)
+        signal, means = _noiseless(modality, mix, where, rng)
+        out[modality] = BrainContrast(
+            signal=signal, means=means, values=_acquire(modality, signal, coords, rng)
+        )
+    return out
+
+
+def synthesize(
+    anatomy: Anatomy, tumour: Tumour, enhancing: bool, rng: np.random.Generator
+) -> dict[str, NDArray[np.int16]]:
+    """The four modalities (``MODALITIES``), int16 on ``SHAPE`` (axes i, j, k of ``BRATS_AFFINE``), >= 1
+    inside the brain and 0 outside.
+
+    Label 1 (``tumour.core``) is rendered as necrosis when ``enhancing`` and as non-enhancing core otherwise.
+    """
+    images: dict[str, NDArray[np.int16]] = {}
+    for modality, contrast in render(anatomy, tumour, enhancing, rng).items():
         volume = np.zeros(SHAPE, dtype=np.int16)
-        volume[where] = np.clip(np.rint(magnitude), 1, np.iinfo(np.int16).max).astype(np.int16)
+        volume[anatomy.voxels] = contrast.values
         images[modality] = volume
-        log.debug("%s: scale %.0f, noise %.1f", modality, scale, sigma)
     return images
