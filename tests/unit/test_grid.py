@@ -153,7 +153,10 @@ def test_voxels_outside_one_field_of_view_are_background_in_every_channel() -> N
     # A FLAIR slab that stops at k = 19: the upper half of the head is outside its field of view.
     slab = lattice((64, 64, 20), (1.0, 1.0, 1.0), np.eye(3), (0.0, 0.0, 0.0))
     volumes["flair"] = g.from_array(brain[:, :, :20], slab)
-    model_input, _ = prepare(volumes, "t1", Preprocessing(crop_foreground=False))
+    # Noise has no anatomy to register or brain to extract: this is about the field of view alone.
+    model_input, _ = prepare(
+        volumes, "t1", Preprocessing(crop_foreground=False), registration=False, brain_extractor="none"
+    )
     top = np.asarray(model_input.grid.TransformPhysicalPointToIndex((10.0, 10.0, 30.0)))
     bottom = np.asarray(model_input.grid.TransformPhysicalPointToIndex((10.0, 10.0, 10.0)))
     assert np.all(model_input.array[(slice(None), *top)] == 0)
@@ -264,7 +267,8 @@ def test_prepare_equals_the_plain_implementation_on_mixed_lattices() -> None:
         "t1ce": head((100, 112, 20), (0.8, 0.8, 3.0), np.diag([1.0, 1.0, -1.0]), (0.0, 0.0, 60.0)),
         "t2": head((80, 90, 10), (1.0, 1.0, 3.0), np.eye(3), (0.0, 0.0, 0.0)),  # stops at z = 27 mm
     }
-    model_input, _ = prepare(volumes, "flair", Preprocessing())
+    # The resampling paths against the plain ones; co-registration is tested in test_registration.py.
+    model_input, _ = prepare(volumes, "flair", Preprocessing(), registration=False)
     assert g.lattice_map(volumes["t1"], model_input.grid) is not None  # the copy path is exercised
     expected = plain_prepare(volumes, model_input.grid)
     assert (expected == 0).any() and (expected != 0).mean() > 0.05

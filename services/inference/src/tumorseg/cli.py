@@ -133,6 +133,14 @@ def segment(
     store_seg: Annotated[
         bool, typer.Option(help="Also store a DICOM SEG in the study in Orthanc (or TUMORSEG_STORE_SEG).")
     ] = False,
+    registration: Annotated[
+        bool | None,
+        typer.Option(
+            "--registration/--no-registration",
+            help="Co-register the series to the reference (default: TUMORSEG_REGISTRATION, on).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """The segmentation pipeline without the API: writes OUT/mask.nii.gz, OUT/preview.png, OUT/result.json."""
     import shutil
@@ -148,7 +156,12 @@ def segment(
             configure_threads()
             predictor = Predictor.from_package(settings.model_path, resolve_device(settings.device))
             segmenter = Segmenter(
-                pacs, predictor, ResultStore(settings.results_dir), rules=settings.mapping_rules
+                pacs,
+                predictor,
+                ResultStore(settings.results_dir),
+                rules=settings.mapping_rules,
+                registration=settings.registration,
+                brain_extractor=settings.brain_extractor,
             )
             request = SegmentRequest(
                 patient_id=patient_id,
@@ -156,6 +169,7 @@ def segment(
                 reference=reference,
                 explicit_series=_explicit_series(series or []),
                 store_seg=store_seg or settings.store_seg,
+                registration=registration,
             )
             result = segmenter.run(request, progress=lambda stage: status.update(f"{stage}…"))
     except TumorsegError as exc:

@@ -51,6 +51,17 @@ class Settings(BaseSettings):
         description="Store a DICOM SEG of every result in the source study in Orthanc, as if each "
         "POST /segment asked store_seg=true (a request cannot turn it off).",
     )
+    registration: bool = Field(
+        default=True,
+        description="Co-register every series rigidly to the reference series before resampling (patients "
+        "move between series); false for studies known to be pre-registered. A request's ?registration= "
+        "overrides it.",
+    )
+    brain_extractor: Literal["auto", "deepbet", "none"] = Field(
+        default="auto",
+        description="Brain extraction: auto (skull-stripped input is kept as it is, any other goes to "
+        "deepbet), deepbet (always), none (the whole field of view, no extraction).",
+    )
     series_cache_mb: int = Field(
         default=512,
         ge=0,

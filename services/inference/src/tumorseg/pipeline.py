@@ -37,7 +37,16 @@ from tumorseg.validation import check_patient_id, check_uid
 
 log = logging.getLogger(__name__)
 
-STAGES = ("fetch", "load", "preprocess", "inference", "postprocess", "export")
+STAGES = (
+    "fetch",
+    "load",
+    "registration",
+    "brain_extraction",
+    "preprocess",
+    "inference",
+    "postprocess",
+    "export",
+)
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,7 @@ class SegmentRequest:
     reference: str = "flair"
     explicit_series: Mapping[str, str] | None = None
     store_seg: bool = False
+    registration: bool | None = None  # None: the Segmenter's setting (TUMORSEG_REGISTRATION)
 
     def __post_init__(self) -> None:
         check_patient_id(self.patient_id)
@@ -89,6 +99,8 @@ class Segmenter:
         rules: Path | None = None,
         store_seg: bool = False,
         cache_bytes: int = 0,
+        registration: bool = True,
+        brain_extractor: str = "auto",
     ) -> None:
         self.pacs = pacs
         self.predictor = predictor
@@ -96,6 +108,8 @@ class Segmenter:
         self.rules = rules
         self.store_seg = store_seg  # TUMORSEG_STORE_SEG: a SEG for every request, asked for or not
         self.cache = SeriesCache(cache_bytes)
+        self.registration = registration  # TUMORSEG_REGISTRATION, unless a request says otherwise
+        self.brain_extractor = brain_extractor  # TUMORSEG_BRAIN_EXTRACTOR
         self._model_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_waiting + 1)
 
@@ -135,14 +149,23 @@ class Segmenter:
             files.clear()  # the decoded volumes are all that is needed from here on
         reference = loaded[request.reference]
         manifest = self.predictor.manifest
+        registration = self.registration if request.registration is None else request.registration
         with timer.stage("preprocess"):
             model_input, _ = prepare(
-                {m: v.image for m, v in loaded.items()}, request.reference, manifest.preprocessing
+                {m: v.image for m, v in loaded.items()},
+                request.reference,
+                manifest.preprocessing,
+                registration=registration,
+                brain_extractor=self.brain_extractor,
             )
+        # prepare() runs registration and brain extraction first: report them as their own stages.
+        for stage, seconds in model_input.timings_s.items():
+            timer.timings[stage] = round(seconds, 4)
+            timer.timings["preprocess"] = round(timer.timings["preprocess"] - seconds, 4)
         with self._model_lock, timer.stage("inference"):
             probabilities = self.predictor.predict(model_input)
         with timer.stage("postprocess"):
-            mask = self.predictor.mask(probabilities, model_input.grid, reference.image)
+            mask = self.predictor.mask(probabilities, model_input.grid, reference.image, model_input.brain)
         result_id = new_result_id()
         with timer.stage("export"):
             staging = self.store.staging(result_id)
@@ -163,6 +186,8 @@ class Segmenter:
                     mask,
                     manifest,
                     dicom_seg,
+                    model_input,
+                    registration,
                 )
             except BaseException:
                 self.store.discard(staging)

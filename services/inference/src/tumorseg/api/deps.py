@@ -50,6 +50,8 @@ class AppState:
                 store_seg=self.settings.store_seg,
                 cache_bytes=self.settings.series_cache_mb * 2**20,
                 max_waiting=self.settings.queue_size,
+                registration=self.settings.registration,
+                brain_extractor=self.settings.brain_extractor,
             )
         return self._segmenter
 

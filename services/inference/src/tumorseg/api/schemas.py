@@ -55,11 +55,43 @@ class DicomSegRef(BaseModel):
 class Timings(BaseModel):
     fetch: float
     load: float
+    registration: float
+    brain_extraction: float
     preprocess: float
     inference: float
     postprocess: float
     export: float
     total: float
+
+
+class SeriesRegistration(BaseModel):
+    rotation_deg: float = Field(description="rotation angle of the rigid transform found, degrees")
+    translation_mm: float = Field(description="how far it moves the centre of the reference head, mm")
+    angles_deg: list[float] = Field(description="Euler angles about x, y, z (LPS), degrees")
+    offset_mm: list[float] = Field(description="translation (LPS), mm")
+    metric: float = Field(description="Mattes mutual information at the solution (negative; lower is better)")
+    metric_initial: float = Field(description="the same in the scanner's geometry, before registration")
+    iterations: int
+    applied: bool = Field(
+        description="false when the series was already in register (identity kept) or the solution was "
+        "implausible (see warnings)"
+    )
+
+
+class Registration(BaseModel):
+    enabled: bool
+    series: dict[Literal["flair", "t1", "t1ce", "t2"], SeriesRegistration] = Field(
+        description="every series but the reference, registered to it"
+    )
+
+
+class BrainExtractionRef(BaseModel):
+    method: Literal["deepbet", "stripped-input", "none"] = Field(
+        description="deepbet: extracted; stripped-input: the input was already skull-stripped (its non-zero "
+        "voxels are the brain); none: no extraction (TUMORSEG_BRAIN_EXTRACTOR=none)"
+    )
+    series: str | None = Field(default=None, description="the series the extraction ran on")
+    volume_ml: float | None = Field(default=None, description="volume of the extracted brain, mL")
 
 
 BRATS_LABELS = {"1": "necrotic tumor core", "2": "peritumoral edema", "4": "enhancing tumor"}
@@ -76,4 +108,9 @@ class SegmentResult(BaseModel):
     mask_url: str
     preview_url: str | None = None
     dicom_seg: DicomSegRef | None = None
+    registration: Registration
+    brain_extraction: BrainExtractionRef
+    warnings: list[str] = Field(
+        default_factory=list, description="what a reader should check (e.g. an implausible registration)"
+    )
     timings_s: Timings

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from tumorseg import __version__
 from tumorseg.export.dicom_seg import StoredSeg
 from tumorseg.imaging.postprocess import voxel_volume_mm3
-from tumorseg.imaging.preprocess import MODALITIES
+from tumorseg.imaging.preprocess import MODALITIES, ModelInput
 from tumorseg.imaging.volume import SeriesVolume
 from tumorseg.model.labels import LABEL_NAMES, volumes_ml
 from tumorseg.model.package import ModelManifest
@@ -27,8 +27,11 @@ def build_result(
     mask: sitk.Image,
     manifest: ModelManifest,
     dicom_seg: StoredSeg | None,
+    model_input: ModelInput,
+    registration: bool,
 ) -> dict[str, Any]:
-    """Everything but ``timings_s``, which the pipeline adds once the export is timed."""
+    """Everything but ``timings_s``, which the pipeline adds once the export is timed. ``model_input``
+    brings what the clinical-input stages found (co-registration, brain extraction, warnings)."""
     series = assembled.mapping.series
     labels = sitk.GetArrayViewFromImage(mask).astype(np.uint8, copy=False)
     volumes = volumes_ml(labels, voxel_volume_mm3(reference.image))
@@ -58,6 +61,12 @@ def build_result(
         },
         "model": {"name": manifest.name, "version": manifest.version},
         "mapping_notes": list(assembled.mapping.notes),
+        "registration": {
+            "enabled": registration,
+            "series": {m: r.to_json() for m, r in model_input.registrations.items()},
+        },
+        "brain_extraction": dict(model_input.brain_extraction),
+        "warnings": list(model_input.warnings),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "tumorseg_version": __version__,
     }

@@ -112,23 +112,28 @@ def resample_to_array(
     fill: float = 0.0,
     out: NDArray[np.float32] | None = None,
     threads: int | None = None,
+    transform: sitk.Transform | None = None,
 ) -> NDArray[np.float32]:
     """``image`` linearly interpolated at ``target``'s voxel centres, as a float32 (i, j, k) array;
     ``fill`` where a centre lies outside ``image``'s voxels (half a voxel beyond the outer centres), as in
     ``sitk.Resample``. When the lattices coincide (``lattice_map``) interpolation would only copy voxels,
     so the voxels are copied, by slicing; otherwise SimpleITK resamples onto a twin of ``target`` with the
     index axes reversed, whose (z, y, x) view is already (i, j, k). ``threads``: SimpleITK's threads for
-    this call (default: its global setting)."""
+    this call (default: its global setting). ``transform`` (ITK convention: a point of ``target``'s
+    physical space → the same anatomy in ``image``'s, e.g. a co-registration) is composed into the one
+    interpolation; with it there is no copy path."""
     shape = tuple(int(n) for n in target.GetSize())
     if out is None:
         out = np.empty(shape, dtype=np.float32)
-    mapping = lattice_map(image, target)
+    mapping = lattice_map(image, target) if transform is None else None
     if mapping is None:
         resampler = sitk.ResampleImageFilter()
         resampler.SetReferenceImage(reversed_axes(target))
         resampler.SetInterpolator(sitk.sitkLinear)
         resampler.SetDefaultPixelValue(fill)
         resampler.SetOutputPixelType(sitk.sitkFloat32)
+        if transform is not None:
+            resampler.SetTransform(transform)
         if threads is not None:
             resampler.SetNumberOfThreads(threads)
         resampled = resampler.Execute(image)

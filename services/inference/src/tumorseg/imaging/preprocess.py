@@ -14,6 +14,7 @@ physical space (``grid.from_array``) and onto any series' lattice.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,15 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 
 from tumorseg.imaging import grid as g
+from tumorseg.imaging.brain import (
+    EXTRACTORS,
+    PLAUSIBLE_ML,
+    PREFERENCE,
+    BrainExtractor,
+    get_extractor,
+    is_skull_stripped,
+)
+from tumorseg.imaging.registration import Registration, register_study
 from tumorseg.threads import usable_cpus
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
@@ -65,6 +75,11 @@ class Preprocessing:
 class ModelInput:
     array: NDArray[np.float32]  # (C, I, J, K), see module docstring
     grid: sitk.Image  # geometry of the spatial axes (empty uint8 image)
+    brain: NDArray[np.bool_] | None = None  # (I, J, K): where a mask may be; None: everywhere
+    registrations: Mapping[str, Registration] = field(default_factory=dict)  # per non-reference series
+    brain_extraction: Mapping[str, Any] = field(default_factory=dict)  # method, series, volume_ml
+    warnings: tuple[str, ...] = ()
+    timings_s: Mapping[str, float] = field(default_factory=dict)  # registration, brain_extraction
 
 
 def foreground_box(
@@ -102,10 +117,11 @@ def grow_box(
 
 
 def nonzero_extent_on(
-    volume: sitk.Image, grid: sitk.Image
+    volume: sitk.Image, grid: sitk.Image, transform: sitk.Transform | None = None
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
     """The index range of ``grid`` (continuous, low and high corner) covering ``volume``'s non-zero voxels
-    in physical space; None for an all-zero volume."""
+    in physical space; None for an all-zero volume. ``transform`` maps ``grid``'s physical space to
+    ``volume``'s (a co-registration); its inverse carries the volume's corners onto the grid."""
     array: NDArray[np.generic] = np.asarray(sitk.GetArrayViewFromImage(volume))  # (k, j, i)
     # Two passes over the voxels: per slice, and the OR of all slices (whose rows and columns give j, i).
     per_slice = array.reshape(array.shape[0], -1).any(axis=1)
@@ -117,8 +133,11 @@ def nonzero_extent_on(
             return None
         bounds.append((int(index[0]), int(index[-1])))
     (k0, k1), (j0, j1), (i0, i1) = bounds
+    inverse = transform.GetInverse() if transform is not None else sitk.Transform()
     corners = [
-        grid.TransformPhysicalPointToContinuousIndex(volume.TransformIndexToPhysicalPoint((i, j, k)))
+        grid.TransformPhysicalPointToContinuousIndex(
+            inverse.TransformPoint(volume.TransformIndexToPhysicalPoint((i, j, k)))
+        )
         for i in (i0, i1)
         for j in (j0, j1)
         for k in (k0, k1)
@@ -142,57 +161,191 @@ def zscore_nonzero(channel: NDArray[np.float32]) -> NDArray[np.float32]:
 
 
 def prepare(
-    volumes: Mapping[str, sitk.Image], reference: str, prep: Preprocessing, labels: sitk.Image | None = None
+    volumes: Mapping[str, sitk.Image],
+    reference: str,
+    prep: Preprocessing,
+    labels: sitk.Image | None = None,
+    *,
+    registration: bool = True,
+    brain_extractor: str = "auto",
 ) -> tuple[ModelInput, NDArray[np.uint8] | None]:
-    """Volumes (and optionally a label map, for training) → model input on the cropped model grid."""
+    """Volumes (and optionally a label map in the reference's frame, for training) → model input on the
+    cropped model grid: co-registration to the reference, brain extraction, resampling, normalisation."""
     missing = [m for m in prep.channels if m not in volumes]
     if missing:
         raise ValueError(f"missing volumes for {missing}")
+    if brain_extractor not in EXTRACTORS:
+        raise ValueError(f"unknown brain extractor {brain_extractor!r}; choose one of {EXTRACTORS}")
+    timings: dict[str, float] = {}
+    warnings: list[str] = []
+    started = time.perf_counter()
+    channels = {m: volumes[m] for m in prep.channels}
+    registrations = register_study(channels, reference) if registration else {}
+    warnings += [r.warning for r in registrations.values() if r.warning]
+    transforms = {m: r.transform if r.applied else None for m, r in registrations.items()}
+    timings["registration"] = time.perf_counter() - started
     full = g.model_grid(volumes[reference], prep.spacing_mm)
-    shape = full.GetSize()
-    if prep.crop_foreground:
-        # Crop first, from each volume's non-zero extent in physical space, so that only the voxels the
-        # model will see are resampled (the brain is a third of a typical field of view).
-        extents = [e for e in (nonzero_extent_on(volumes[m], full) for m in prep.channels) if e is not None]
-        if extents:
-            low = np.floor(np.min([e[0] for e in extents], axis=0)).astype(int).clip(0, np.asarray(shape))
-            high = np.ceil(np.max([e[1] for e in extents], axis=0)).astype(int) + 1
-            start, size = grow_box(
-                low, np.minimum(high, shape), shape, prep.crop_margin_vox, prep.divisible_by
-            )
-        else:
-            start, size = (0, 0, 0), tuple(shape)
+    stripped = brain_extractor == "auto" and is_skull_stripped(channels)
+    extraction: BrainExtraction | None = None
+    if stripped or brain_extractor == "none":
+        start, size = _nonzero_box(channels, transforms, full, prep)
+        block = None
     else:
-        start, size = (0, 0, 0), tuple(shape)
-    cropped = g.crop(full, (start[0], start[1], start[2]), (size[0], size[1], size[2]))
-    # One resampling pass per volume, straight into the (C, I, J, K) array: voxels outside the volume's
-    # field of view (the same inside test for every interpolator) come out NaN, never a real intensity.
-    array = np.empty((len(prep.channels), *cropped.GetSize()), dtype=np.float32)
-    covered = np.ones(array.shape[1:], dtype=bool)
-    # The volumes side by side, each with a share of the CPUs: resampling scales better across volumes than
-    # within one.
-    cpus = usable_cpus()
-    workers = min(len(prep.channels), cpus)
-    share = max(1, cpus // workers)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(
-            pool.map(
-                lambda c: g.resample_to_array(
-                    volumes[prep.channels[c]], cropped, fill=np.nan, out=array[c], threads=share
-                ),
-                range(len(prep.channels)),
-            )
+        started = time.perf_counter()
+        extraction, block = _extract_brain(
+            channels,
+            transforms,
+            full,
+            prep,
+            get_extractor("deepbet" if brain_extractor == "auto" else brain_extractor),
         )
+        timings["brain_extraction"] = time.perf_counter() - started
+        if extraction.warning:
+            warnings.append(extraction.warning)
+        start, size = extraction.box
+    cropped = g.crop(full, (start[0], start[1], start[2]), (size[0], size[1], size[2]))
+    # One resampling pass per volume, straight into the (C, I, J, K) array, each volume's co-registration
+    # composed in: voxels outside the volume's field of view (the same inside test for every interpolator)
+    # come out NaN, never a real intensity.
+    array = np.empty((len(prep.channels), *cropped.GetSize()), dtype=np.float32)
+    todo = list(range(len(prep.channels)))
+    if extraction is not None and block is not None:  # the extraction's channel is resampled already
+        done = prep.channels.index(extraction.series)
+        array[done] = block[
+            start[0] : start[0] + size[0], start[1] : start[1] + size[1], start[2] : start[2] + size[2]
+        ]
+        todo.remove(done)
+    _resample_channels(
+        [channels[prep.channels[c]] for c in todo],
+        [transforms.get(prep.channels[c]) for c in todo],
+        cropped,
+        [array[c] for c in todo],
+    )
+    covered = np.ones(array.shape[1:], dtype=bool)
     outside = np.empty(array.shape[1:], dtype=bool)
     for c in range(len(prep.channels)):
         covered &= np.logical_not(np.isnan(array[c], out=outside), out=outside)
     # Where one sequence's field of view ends (a thick oblique slab that misses the vertex, say) the others
     # still show brain; the model was never shown a head with one channel cut off, so the voxels outside
     # any field of view are made background in every channel. Full-coverage data (BraTS) is unchanged.
-    np.copyto(array, np.float32(0.0), where=~covered)
+    if extraction is None:
+        brain = covered
+    else:
+        brain = (
+            covered
+            & extraction.mask[
+                start[0] : start[0] + size[0], start[1] : start[1] + size[1], start[2] : start[2] + size[2]
+            ]
+        )
+    np.copyto(array, np.float32(0.0), where=~brain)
+    if extraction is None:  # skull-stripped input (or none wanted): its non-zero voxels are the brain
+        brain = np.any(array != 0, axis=0)
+    # Each channel normalised over the brain (for stripped input, its non-zero voxels, as BraTS models
+    # expect); the voxels outside it stay 0.
+    workers = min(len(prep.channels), usable_cpus())
     with ThreadPoolExecutor(max_workers=workers) as pool:  # numpy releases the GIL
         list(pool.map(zscore_nonzero, array))
     label_array = None
     if labels is not None:
         label_array = g.to_array(g.resample_labels(labels, cropped)).astype(np.uint8, copy=False)
-    return ModelInput(array=array, grid=cropped), label_array
+    model_input = ModelInput(
+        array=array,
+        grid=cropped,
+        brain=brain,
+        registrations=registrations,
+        brain_extraction=(
+            extraction.summary() if extraction else {"method": "stripped-input" if stripped else "none"}
+        ),
+        warnings=tuple(warnings),
+        timings_s=timings,
+    )
+    return model_input, label_array
+
+
+@dataclass(frozen=True)
+class BrainExtraction:
+    """The brain found on the full model grid, and the crop box (start, size) around it."""
+
+    mask: NDArray[np.bool_]
+    series: str
+    method: str
+    volume_ml: float
+    box: tuple[tuple[int, ...], tuple[int, ...]]
+    warning: str | None
+
+    def summary(self) -> dict[str, Any]:
+        return {"method": self.method, "series": self.series, "volume_ml": round(self.volume_ml, 1)}
+
+
+def _extract_brain(
+    channels: Mapping[str, sitk.Image],
+    transforms: Mapping[str, sitk.Transform | None],
+    full: sitk.Image,
+    prep: Preprocessing,
+    extractor: BrainExtractor,
+) -> tuple[BrainExtraction, NDArray[np.float32]]:
+    """Brain extraction on the best-suited series (``brain.PREFERENCE``) resampled onto the full grid;
+    returns the extraction and that resampled series (NaN outside its field of view)."""
+    series = next(m for m in PREFERENCE if m in channels)
+    block = g.resample_to_array(channels[series], full, fill=np.nan, transform=transforms.get(series))
+    mask = extractor.extract(np.nan_to_num(block, nan=0.0), prep.spacing_mm)
+    volume_ml = float(np.count_nonzero(mask)) * prep.spacing_mm**3 / 1000.0
+    warning = None
+    if not PLAUSIBLE_ML[0] <= volume_ml <= PLAUSIBLE_ML[1]:
+        warning = (
+            f"brain extraction ({extractor.name} on {series}) found {volume_ml:.0f} mL of brain, outside the "
+            f"plausible {PLAUSIBLE_ML[0]:.0f}-{PLAUSIBLE_ML[1]:.0f} mL: check the mask"
+        )
+    box = foreground_box(mask, prep.crop_margin_vox, prep.divisible_by)
+    if not prep.crop_foreground:
+        box = ((0, 0, 0), tuple(int(n) for n in full.GetSize()))
+    return BrainExtraction(mask, series, extractor.name, volume_ml, box, warning), block
+
+
+def _nonzero_box(
+    channels: Mapping[str, sitk.Image],
+    transforms: Mapping[str, sitk.Transform | None],
+    full: sitk.Image,
+    prep: Preprocessing,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The crop box (start, size) on ``full`` around every channel's non-zero voxels, grown by the margin;
+    the whole grid when cropping is off or every channel is empty."""
+    shape = full.GetSize()
+    if not prep.crop_foreground:
+        return (0, 0, 0), tuple(shape)
+    # Crop first, from each volume's non-zero extent in physical space, so that only the voxels the model
+    # will see are resampled (the brain is a third of a typical field of view).
+    extents = [
+        e
+        for m, volume in channels.items()
+        if (e := nonzero_extent_on(volume, full, transforms.get(m))) is not None
+    ]
+    if not extents:
+        return (0, 0, 0), tuple(shape)
+    low = np.floor(np.min([e[0] for e in extents], axis=0)).astype(int).clip(0, np.asarray(shape))
+    high = np.ceil(np.max([e[1] for e in extents], axis=0)).astype(int) + 1
+    return grow_box(low, np.minimum(high, shape), shape, prep.crop_margin_vox, prep.divisible_by)
+
+
+def _resample_channels(
+    volumes: Sequence[sitk.Image],
+    transforms: Sequence[sitk.Transform | None],
+    grid: sitk.Image,
+    outs: Sequence[NDArray[np.float32]],
+) -> None:
+    """Each volume onto ``grid`` into its ``outs`` array (NaN outside its field of view), side by side, each
+    with a share of the CPUs: resampling scales better across volumes than within one."""
+    if not volumes:
+        return
+    cpus = usable_cpus()
+    workers = min(len(volumes), cpus)
+    share = max(1, cpus // workers)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(
+            pool.map(
+                lambda c: g.resample_to_array(
+                    volumes[c], grid, fill=np.nan, out=outs[c], threads=share, transform=transforms[c]
+                ),
+                range(len(volumes)),
+            )
+        )

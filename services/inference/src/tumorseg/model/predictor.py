@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
 
+from tumorseg.imaging.brain import confine_to_brain
 from tumorseg.imaging.postprocess import to_reference_mask
 from tumorseg.imaging.preprocess import ModelInput
 from tumorseg.model.network import stride_product
@@ -72,10 +73,18 @@ class Predictor:
         return np.ascontiguousarray(probabilities.cpu().numpy(), dtype=np.float32)
 
     def mask(
-        self, probabilities: NDArray[np.float32], model_grid: sitk.Image, reference: sitk.Image
+        self,
+        probabilities: NDArray[np.float32],
+        model_grid: sitk.Image,
+        reference: sitk.Image,
+        brain: NDArray[np.bool_] | None = None,
     ) -> sitk.Image:
         """``predict``'s probabilities on ``model_grid`` as the package's BraTS label mask on ``reference``'s
-        lattice (``to_reference_mask`` with the manifest's threshold and enhancing minimum)."""
+        lattice (``to_reference_mask`` with the manifest's threshold and enhancing minimum); with ``brain``
+        (on ``model_grid``, e.g. ``ModelInput.brain``), nothing outside it (``brain.confine_to_brain``)."""
+        if brain is not None:
+            spacing_mm = float(model_grid.GetSpacing()[0])
+            probabilities = confine_to_brain(probabilities, brain, self.manifest.threshold, spacing_mm)
         return to_reference_mask(
             probabilities,
             model_grid,

@@ -38,6 +38,13 @@ def segment(
         Literal["flair", "t1", "t1ce", "t2"], Query(description="the series whose lattice the mask lies on")
     ] = "flair",
     store_seg: Annotated[bool, Query(description="also store a DICOM SEG in the study")] = False,
+    registration: Annotated[
+        bool | None,
+        Query(
+            description="co-register the series to the reference (on/off; default TUMORSEG_REGISTRATION): "
+            "off for studies known to be pre-registered"
+        ),
+    ] = None,
     flair_series: Annotated[str | None, Query(description=_EXPLICIT.format("FLAIR"))] = None,
     t1_series: Annotated[str | None, Query(description=_EXPLICIT.format("T1"))] = None,
     t1ce_series: Annotated[str | None, Query(description=_EXPLICIT.format("T1ce"))] = None,
@@ -49,6 +56,7 @@ def segment(
         study_instance_uid=study,
         reference=reference,
         store_seg=store_seg,
+        registration=registration,
         explicit_series={m: uid for m, uid in given.items() if uid} or None,
     )
     return SegmentResult.model_validate(state.segmenter().run(request))
