@@ -43,7 +43,12 @@ PREFERENCE = ("t1ce", "t1", "flair", "t2")
 STRIPPED_ZERO_FRACTION = 0.25  # a skull-stripped series is at least this much exact zero ...
 STRIPPED_MAX_ML = 2500.0  # ... around a non-zero region no larger than a brain
 PLAUSIBLE_ML = (700.0, 2500.0)
-RIM_MM = 3.0  # see confine_to_brain  # an extracted brain outside this range is reported as a warning
+RIM_MM = 3.0  # see confine_to_brain
+PEEL_MM = 10.0  # how deep ``peel`` may take the extractor's mask
+# not_brain_like's thresholds, in robust z (median, IQR over the extracted brain)
+CSF_FLAIR_Z, CSF_T2_Z = -2.0, 1.5
+DARK_FLAIR_Z, DARK_T2_Z = -1.2, -1.0
+FAT_T1_Z = 1.6  # an extracted brain outside this range is reported as a warning
 DEEPBET_SHAPE = 192  # the box is resampled to this cube (the weights were trained on 256³; 192³ is 3x faster)
 _BBOX_SHAPE = 128
 
@@ -229,3 +234,54 @@ def confine_to_brain(
         drop = np.isin(labels, shallow)
         confined[(slice(None), *box)] *= ~drop
     return confined
+
+
+def _robust_z(channel: NDArray[np.float32], mask: NDArray[np.bool_]) -> NDArray[np.float32]:
+    """``channel`` as (x - median) / IQR over ``mask`` (robust to the tumour and to what the mask kept)."""
+    values = channel[mask]
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return np.zeros_like(channel)
+    low, median, high = np.percentile(values, [25, 50, 75])
+    return np.asarray((channel - np.float32(median)) / np.float32(max(high - low, 1e-6)), dtype=np.float32)
+
+
+def not_brain_like(channels: Mapping[str, NDArray[np.float32]], mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Voxels whose contrasts across the sequences (robust z over ``mask``) are those of what surrounds the
+    brain, not of brain or tumour: CSF (dark on FLAIR, bright on T2), dura, bone and muscle (dark on FLAIR and
+    on T2), fat and marrow (bright on T1 without contrast). Oedema is bright on FLAIR, enhancing tumour bright
+    on T1ce only, necrosis lies inside its rim (see ``peel``)."""
+    flair, t2, t1 = (_robust_z(channels[m], mask) for m in ("flair", "t2", "t1"))
+    csf = (flair < CSF_FLAIR_Z) & (t2 > CSF_T2_Z)
+    dark = (flair < DARK_FLAIR_Z) & (t2 < DARK_T2_Z)
+    fat = t1 > FAT_T1_Z
+    return np.asarray(csf | dark | fat)
+
+
+def peel(
+    mask: NDArray[np.bool_], outside_like: NDArray[np.bool_], max_mm: float, spacing_mm: float
+) -> NDArray[np.bool_]:
+    """``mask`` with its surface peeled, one voxel layer at a time, where the voxels look like the outside
+    (``outside_like``), at most ``max_mm`` deep; then the largest part, holes filled. Only what is reachable
+    from the outside goes: a necrotic core inside its enhancing rim, or the ventricles, stay."""
+    from scipy import ndimage
+
+    peeled = mask.copy()
+    structure = ndimage.generate_binary_structure(3, 1)
+    for _ in range(max(1, int(round(max_mm / spacing_mm)))):
+        surface = peeled & ~ndimage.binary_erosion(peeled, structure, border_value=0)
+        drop = surface & outside_like
+        if not drop.any():
+            break
+        peeled &= ~drop
+    return largest_filled(peeled)
+
+
+def implausible_brain(volume_ml: float, method: str, series: str) -> str | None:
+    """A warning when an extracted brain's volume is outside ``PLAUSIBLE_ML``."""
+    if PLAUSIBLE_ML[0] <= volume_ml <= PLAUSIBLE_ML[1]:
+        return None
+    return (
+        f"brain extraction ({method} on {series}) found {volume_ml:.0f} mL of brain, outside the plausible "
+        f"{PLAUSIBLE_ML[0]:.0f}-{PLAUSIBLE_ML[1]:.0f} mL: check the mask"
+    )

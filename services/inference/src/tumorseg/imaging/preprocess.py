@@ -27,11 +27,14 @@ from numpy.typing import NDArray
 from tumorseg.imaging import grid as g
 from tumorseg.imaging.brain import (
     EXTRACTORS,
-    PLAUSIBLE_ML,
+    PEEL_MM,
     PREFERENCE,
     BrainExtractor,
     get_extractor,
+    implausible_brain,
     is_skull_stripped,
+    not_brain_like,
+    peel,
 )
 from tumorseg.imaging.registration import Registration, register_study
 from tumorseg.threads import usable_cpus
@@ -200,8 +203,6 @@ def prepare(
             get_extractor("deepbet" if brain_extractor == "auto" else brain_extractor),
         )
         timings["brain_extraction"] = time.perf_counter() - started
-        if extraction.warning:
-            warnings.append(extraction.warning)
         start, size = extraction.box
     cropped = g.crop(full, (start[0], start[1], start[2]), (size[0], size[1], size[2]))
     # One resampling pass per volume, straight into the (C, I, J, K) array, each volume's co-registration
@@ -228,15 +229,25 @@ def prepare(
     # Where one sequence's field of view ends (a thick oblique slab that misses the vertex, say) the others
     # still show brain; the model was never shown a head with one channel cut off, so the voxels outside
     # any field of view are made background in every channel. Full-coverage data (BraTS) is unchanged.
+    summary: dict[str, Any] = {"method": "stripped-input" if stripped else "none"}
     if extraction is None:
         brain = covered
     else:
-        brain = (
-            covered
-            & extraction.mask[
-                start[0] : start[0] + size[0], start[1] : start[1] + size[1], start[2] : start[2] + size[2]
-            ]
-        )
+        started = time.perf_counter()
+        found = extraction.mask[
+            start[0] : start[0] + size[0], start[1] : start[1] + size[1], start[2] : start[2] + size[2]
+        ]
+        # The extractor's mask is intracranial rather than brain: what it kept of CSF, dura, bone and fat
+        # at its surface is peeled off by the contrasts of all four sequences.
+        channel_arrays = {m: array[c] for c, m in enumerate(prep.channels)}
+        brain = covered & peel(found, not_brain_like(channel_arrays, found), PEEL_MM, prep.spacing_mm)
+        timings["brain_extraction"] += time.perf_counter() - started
+        summary = extraction.summary() | {
+            "volume_ml": round(float(np.count_nonzero(brain)) * prep.spacing_mm**3 / 1000.0, 1)
+        }
+        warning = implausible_brain(summary["volume_ml"], extraction.method, extraction.series)
+        if warning:
+            warnings.append(warning)
     np.copyto(array, np.float32(0.0), where=~brain)
     if extraction is None:  # skull-stripped input (or none wanted): its non-zero voxels are the brain
         brain = np.any(array != 0, axis=0)
@@ -253,9 +264,7 @@ def prepare(
         grid=cropped,
         brain=brain,
         registrations=registrations,
-        brain_extraction=(
-            extraction.summary() if extraction else {"method": "stripped-input" if stripped else "none"}
-        ),
+        brain_extraction=summary,
         warnings=tuple(warnings),
         timings_s=timings,
     )
@@ -271,7 +280,6 @@ class BrainExtraction:
     method: str
     volume_ml: float
     box: tuple[tuple[int, ...], tuple[int, ...]]
-    warning: str | None
 
     def summary(self) -> dict[str, Any]:
         return {"method": self.method, "series": self.series, "volume_ml": round(self.volume_ml, 1)}
@@ -290,16 +298,10 @@ def _extract_brain(
     block = g.resample_to_array(channels[series], full, fill=np.nan, transform=transforms.get(series))
     mask = extractor.extract(np.nan_to_num(block, nan=0.0), prep.spacing_mm)
     volume_ml = float(np.count_nonzero(mask)) * prep.spacing_mm**3 / 1000.0
-    warning = None
-    if not PLAUSIBLE_ML[0] <= volume_ml <= PLAUSIBLE_ML[1]:
-        warning = (
-            f"brain extraction ({extractor.name} on {series}) found {volume_ml:.0f} mL of brain, outside the "
-            f"plausible {PLAUSIBLE_ML[0]:.0f}-{PLAUSIBLE_ML[1]:.0f} mL: check the mask"
-        )
     box = foreground_box(mask, prep.crop_margin_vox, prep.divisible_by)
     if not prep.crop_foreground:
         box = ((0, 0, 0), tuple(int(n) for n in full.GetSize()))
-    return BrainExtraction(mask, series, extractor.name, volume_ml, box, warning), block
+    return BrainExtraction(mask, series, extractor.name, volume_ml, box), block
 
 
 def _nonzero_box(
