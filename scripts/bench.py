@@ -1,16 +1,23 @@
-"""`make bench`: the pipeline's cost per stage on three kinds of study, against a real local Orthanc.
+"""`make bench`: the pipeline's cost per stage on four kinds of study, against a real local Orthanc.
 
-Kinds (all from one phantom, written by `tumorseg to-dicom`):
-- brats     four 1 mm 240×240×155 series (the source lattice);
-- clinical  oblique 2D FLAIR 0.9×0.9×4 mm, sagittal 3D T1 1 mm, T1ce 0.8×0.8×3 mm, T2 0.5×0.5×3 mm;
-- large     four ~512×512×200 series (0.47×0.47×0.78 mm).
+Kinds (converted by `tumorseg to-dicom`; the first three from one skull-stripped BraTS-like phantom):
+- brats          four 1 mm 240×240×155 series (the source lattice);
+- clinical       oblique 2D FLAIR 0.9×0.9×4 mm, sagittal 3D T1 1 mm, T1ce 0.8×0.8×3 mm, T2 0.5×0.5×3 mm;
+- large          four ~512×512×200 series (0.47×0.47×0.78 mm);
+- clinical-head  the same seed's clinical head phantom (`tumorseg phantom --kind clinical-head`: the brain
+                 and tumour inside skull, scalp, eyes and neck, each series moved rigidly, bias and noise)
+                 with the clinical kind's geometry, so the service co-registers the series and extracts the
+                 brain (deepbet) as it would on a scanner's study.
 
+BENCH_KINDS (comma list, default all four) picks kinds, e.g. `BENCH_KINDS=clinical-head BENCH_RUNS=2`.
 For each kind, two fresh `tumorseg serve` processes (series cache off, then on) each get a first request and
-then BENCH_RUNS timed ones; the table shows the median of each stage (the service's own `timings_s`), the
-client-side end-to-end time, end-to-end / inference, the first request's end-to-end time, the load stage
-(cache off: every request decodes) against `dcm2niix` converting the same four series in the same run, and
-the service's peak RSS (VmHWM). Then BENCH_LEAK_RUNS consecutive requests on the clinical study (cache on)
-show whether the resident memory grows. Results go to bench/results.json.
+then BENCH_RUNS timed ones; the table shows the median of each stage (the service's own `timings_s`:
+fetch, load, registration, brain_extraction, preprocess without those two, inference, postprocess, export,
+total), the client-side end-to-end time, end-to-end / inference, registration + brain extraction / inference
+(the clinical-head target: at most 1), the first request's end-to-end time, the load stage (cache off: every
+request decodes) against `dcm2niix` converting the same four series in the same run, and the service's peak
+RSS (VmHWM). Then BENCH_LEAK_RUNS consecutive requests on the clinical study (cache on) show whether the
+resident memory grows. Results go to bench/results.json.
 """
 
 from __future__ import annotations
@@ -35,30 +42,45 @@ from tumorseg.pacs.upload import upload_directory
 from tumorseg.synth.dicom_geometry import SeriesGeometry
 from tumorseg.synth.dicom_options import ConversionOptions
 from tumorseg.synth.phantom import generate_case, write_case
+from tumorseg.synth.phantom_head import generate_head_case, write_head_case
 from tumorseg.synth.to_dicom import convert_case
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 LEAK_RUNS = int(os.environ.get("BENCH_LEAK_RUNS", "20"))
-KINDS_WANTED = os.environ.get("BENCH_KINDS", "brats,clinical,large").split(",")
 WORK = Path(os.environ.get("BENCH_WORK", "out/bench"))
 RESULTS = Path("bench/results.json")
-STAGES = ("fetch", "load", "preprocess", "inference", "postprocess", "export", "total")
+STAGES = (
+    "fetch",
+    "load",
+    "registration",
+    "brain_extraction",
+    "preprocess",
+    "inference",
+    "postprocess",
+    "export",
+    "total",
+)
 MODALITIES = ("flair", "t1", "t1ce", "t2")
+SEED = 31337
+CLINICAL = ConversionOptions(
+    geometry={
+        "flair": SeriesGeometry(plane="axial", tilt_deg=12.0, spacing=(0.9, 0.9, 4.0)),
+        "t1": SeriesGeometry(plane="sagittal"),
+        "t1ce": SeriesGeometry(spacing=(0.8, 0.8, 3.0)),
+        "t2": SeriesGeometry(spacing=(0.5, 0.5, 3.0)),
+    }
+)
 
-KINDS = {
-    "brats": ConversionOptions(),
-    "clinical": ConversionOptions(
-        geometry={
-            "flair": SeriesGeometry(plane="axial", tilt_deg=12.0, spacing=(0.9, 0.9, 4.0)),
-            "t1": SeriesGeometry(plane="sagittal"),
-            "t1ce": SeriesGeometry(spacing=(0.8, 0.8, 3.0)),
-            "t2": SeriesGeometry(spacing=(0.5, 0.5, 3.0)),
-        }
+KINDS = {  # kind: (phantom, conversion options)
+    "brats": ("brats", ConversionOptions()),
+    "clinical": ("brats", CLINICAL),
+    "large": (
+        "brats",
+        ConversionOptions(geometry={m: SeriesGeometry(spacing=(0.46875, 0.46875, 0.78)) for m in MODALITIES}),
     ),
-    "large": ConversionOptions(
-        geometry={m: SeriesGeometry(spacing=(0.46875, 0.46875, 0.78)) for m in MODALITIES}
-    ),
+    "clinical-head": ("head", CLINICAL),
 }
+KINDS_WANTED = [k.strip() for k in os.environ.get("BENCH_KINDS", ",".join(KINDS)).split(",") if k.strip()]
 
 
 def say(message: str) -> None:
@@ -161,19 +183,33 @@ def timed(service: Service, patient_id: str) -> dict[str, Any]:
         result, e2e = service.segment(patient_id)
         runs.append({**result["timings_s"], "e2e": e2e})
     median = {stage: statistics.median(r[stage] for r in runs) for stage in (*STAGES, "e2e")}
+    reg_bet = median["registration"] + median["brain_extraction"]
     return {
         "median_s": {k: round(v, 3) for k, v in median.items()},
         "e2e_over_inference": round(median["e2e"] / median["inference"], 3),
+        "reg_bet_over_inference": round(reg_bet / median["inference"], 3),
         "first_request_s": {**cold["timings_s"], "e2e": round(cold_e2e, 3)},
         "runs": runs,
     }
 
 
-def bench_kind(kind: str, orthanc: LocalOrthanc, case_dir: Path) -> list[dict[str, Any]]:
+def phantom(name: str) -> Path:
+    """The case folder (BraTS layout) of phantom ``name`` (brats or head) of SEED, written once under WORK."""
+    case_dir = WORK / "phantom" / ("BraTS2021_BENCH" if name == "brats" else "HEAD_BENCH")
+    if not (case_dir / f"{case_dir.name}_seg.nii.gz").exists():
+        if name == "brats":
+            write_case(generate_case(SEED), case_dir.parent, case_dir.name)
+        else:
+            write_head_case(generate_head_case(SEED), case_dir.parent, case_dir.name)
+    return case_dir
+
+
+def bench_kind(kind: str, orthanc: LocalOrthanc) -> list[dict[str, Any]]:
     """Two fresh services on one study: without the series cache (every request fetches and decodes:
     the load stage against dcm2niix), and with it (repeated requests skip fetch and decode)."""
     patient_id = f"BENCH-{kind.upper()}"
-    converted = convert_case(case_dir, patient_id, WORK / "dicom" / kind, KINDS[kind])
+    source, options = KINDS[kind]
+    converted = convert_case(phantom(source), patient_id, WORK / "dicom" / kind, options)
     with OrthancClient(orthanc.url, orthanc.auth) as pacs:
         report = upload_directory(pacs, converted.out, workers=4)
     say(f"{kind}: {report.stored + report.already_stored} instances in Orthanc")
@@ -206,7 +242,18 @@ def bench_kind(kind: str, orthanc: LocalOrthanc, case_dir: Path) -> list[dict[st
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ["kind", "mode", *STAGES, "e2e", "e2e/inf", "first e2e", "dcm2niix", "load/d2n", "peak RSS MiB"]
+    head = [
+        "kind",
+        "mode",
+        *STAGES,
+        "e2e",
+        "e2e/inf",
+        "reg+BET/inf",
+        "first e2e",
+        "dcm2niix",
+        "load/d2n",
+        "peak RSS MiB",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         m = row["median_s"]
@@ -216,6 +263,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             *(f"{m[s]:.2f}" for s in STAGES),
             f"{m['e2e']:.2f}",
             f"{row['e2e_over_inference']:.2f}",
+            f"{row['reg_bet_over_inference']:.2f}",
             f"{row['first_request_s']['e2e']:.2f}",
             f"{row['dcm2niix_s']:.2f}" if "dcm2niix_s" in row else "–",
             f"{row['load_over_dcm2niix']:.2f}" if "load_over_dcm2niix" in row else "–",
@@ -228,10 +276,10 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     if not shutil.which("dcm2niix"):
         sys.exit("dcm2niix is missing; run make setup")
+    unknown = sorted(set(KINDS_WANTED) - set(KINDS))
+    if unknown or not KINDS_WANTED:
+        sys.exit(f"BENCH_KINDS={','.join(KINDS_WANTED)!r}: the kinds are {', '.join(KINDS)}")
     WORK.mkdir(parents=True, exist_ok=True)
-    case_dir = WORK / "phantom" / "BraTS2021_BENCH"
-    if not (case_dir / "BraTS2021_BENCH_seg.nii.gz").exists():
-        write_case(generate_case(31337), case_dir.parent, case_dir.name)
     orthanc = LocalOrthanc(WORK / "orthanc")
     rows = []
     started = time.perf_counter()
@@ -239,10 +287,10 @@ def main() -> None:
         orthanc.start()
         for kind in KINDS_WANTED:
             say(f"{kind}: converting, uploading, {RUNS} timed runs after a warm-up")
-            rows.extend(bench_kind(kind, orthanc, case_dir))
+            rows.extend(bench_kind(kind, orthanc))
     finally:
         orthanc.stop()
-    results = {
+    results: dict[str, Any] = {
         "machine": machine(),
         "runs_per_kind": RUNS,
         "leak_runs": LEAK_RUNS,
@@ -258,6 +306,15 @@ def main() -> None:
     )
     print(table(rows))
     for row in rows:
+        if row["kind"] == "clinical-head":
+            med = row["median_s"]
+            verdict = "met" if row["reg_bet_over_inference"] <= 1 else "MISSED"
+            print(
+                f"\nclinical-head, {row['mode']}: registration {med['registration']:.2f} s + brain extraction "
+                f"{med['brain_extraction']:.2f} s = {med['registration'] + med['brain_extraction']:.2f} s vs "
+                f"inference {med['inference']:.2f} s (target reg+BET <= inference: {verdict}); "
+                f"peak RSS {row['peak_rss_mib']:.0f} MiB"
+            )
         if "leak_growth_mib" in row:
             print(
                 f"\nleak check ({LEAK_RUNS} requests, clinical): RSS growth after the 5th request {row['leak_growth_mib']} MiB"
