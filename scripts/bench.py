@@ -39,6 +39,7 @@ import httpx
 from tumorseg.pacs import OrthancClient
 from tumorseg.pacs.local import LocalOrthanc, free_port
 from tumorseg.pacs.upload import upload_directory
+from tumorseg.pipeline import STAGES as PIPELINE_STAGES
 from tumorseg.synth.dicom_geometry import SeriesGeometry
 from tumorseg.synth.dicom_options import ConversionOptions
 from tumorseg.synth.phantom import generate_case, write_case
@@ -49,17 +50,7 @@ RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 LEAK_RUNS = int(os.environ.get("BENCH_LEAK_RUNS", "20"))
 WORK = Path(os.environ.get("BENCH_WORK", "out/bench"))
 RESULTS = Path("bench/results.json")
-STAGES = (
-    "fetch",
-    "load",
-    "registration",
-    "brain_extraction",
-    "preprocess",
-    "inference",
-    "postprocess",
-    "export",
-    "total",
-)
+STAGES = (*PIPELINE_STAGES, "total")
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 SEED = 31337
 CLINICAL = ConversionOptions(

@@ -1,7 +1,8 @@
 """`make demo`: the whole path on one machine, as a user would drive it.
 
 A local Orthanc (the Debian package, with services/orthanc/orthanc.json), a synthetic patient DEMO-0001
-acquired the way a clinic would (oblique thick-slice FLAIR, sagittal 3D T1, reversed-slice T1ce, coronal
+acquired the way a clinic would (a whole head with skull and scalp, the patient moving a little between
+series, bias fields and noise; oblique thick-slice FLAIR, sagittal 3D T1, reversed-slice T1ce, coronal
 T2, plus a localizer, DWI and ADC) uploaded as DICOM, the service started (`tumorseg serve`), then
 `POST /segment/DEMO-0001` over HTTP. The mask, the result JSON and the preview land in out/demo/.
 Everything started here is stopped on exit.
@@ -28,7 +29,7 @@ from tumorseg.pacs.local import LocalOrthanc, free_port
 from tumorseg.pacs.upload import upload_directory
 from tumorseg.synth.dicom_geometry import SeriesGeometry
 from tumorseg.synth.dicom_options import ConversionOptions
-from tumorseg.synth.phantom import generate_case, write_case
+from tumorseg.synth.phantom_head import generate_head_case, write_head_case
 from tumorseg.synth.to_dicom import convert_case
 
 PATIENT_ID = "DEMO-0001"
@@ -73,10 +74,10 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> None:
     work = OUT / "work"
     work.mkdir(parents=True, exist_ok=True)
-    case_dir = work / "phantom" / f"BraTS2021_DEMO{PHANTOM_SEED}"
+    case_dir = work / "phantom" / f"HEAD_DEMO{PHANTOM_SEED}"
     if not (case_dir / f"{case_dir.name}_seg.nii.gz").exists():
-        say("making a BraTS-like phantom (MNI152 anatomy, synthetic tumour)")
-        write_case(generate_case(PHANTOM_SEED), case_dir.parent, case_dir.name)
+        say("making a clinical head phantom (MNI152 brain, synthetic tumour, skull, scalp, patient motion)")
+        write_head_case(generate_head_case(PHANTOM_SEED), case_dir.parent, case_dir.name)
     say("writing it as a DICOM MR study with clinical geometry")
     converted = convert_case(case_dir, PATIENT_ID, work / "dicom", CLINICAL)
 
@@ -126,7 +127,7 @@ def main() -> None:
             service.wait(timeout=30)
         orthanc.stop()
 
-    # How good is it? The phantom's truth, resampled onto the mask's lattice (the FLAIR's).
+    # How good is it? The phantom's truth in the FLAIR's own frame, resampled onto the mask's lattice.
     mask = sitk.ReadImage(str(OUT / "mask.nii.gz"))
     truth = g.resample_labels(sitk.ReadImage(str(case_dir / f"{case_dir.name}_seg.nii.gz")), mask)
     predicted, expected = sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(truth)
@@ -148,6 +149,14 @@ def main() -> None:
         f"mask      {shape} on the {result['reference']['modality']} lattice",
         f"volumes   WT {volumes['wt']:.1f} mL, TC {volumes['tc']:.1f} mL, ET {volumes['et']:.1f} mL",
         "vs truth  Dice " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()),
+        "motion    "
+        + ", ".join(
+            f"{m} {r['rotation_deg']:.1f}° {r['translation_mm']:.1f} mm"
+            for m, r in result["registration"]["series"].items()
+        ),
+        f"brain     {result['brain_extraction']['volume_ml']} mL ({result['brain_extraction']['method']}"
+        f" on {result['brain_extraction']['series']})",
+        "warnings  " + ("; ".join(result["warnings"]) or "none"),
         "timings   " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()),
         "outputs   " + ", ".join(str(p) for p in outputs),
     ]

@@ -17,6 +17,11 @@ from tumorseg.model.labels import REGIONS
 from tumorseg.model.package import MANIFEST
 
 CARD = "MODEL_CARD.md"
+INPUT_NOTE = (
+    "Input as trained: skull-stripped, co-registered volumes (zero outside the brain), z-scored per channel "
+    "over the brain. The service brings clinical studies to that (co-registration, brain extraction); BraTS "
+    "data are recognised as already stripped and registered and pass unchanged."
+)
 
 
 def _score_table(summary: Mapping[str, Mapping[str, float]]) -> list[str]:
@@ -93,6 +98,7 @@ def render_card(
         f"- {data.get('description') or data['folder']}",
         f"- {data['cases_train']} cases for training, {data['cases_validation']} for validation "
         f"(model selection): {', '.join(data['validation_case_ids']) or '-'}",
+        f"- {INPUT_NOTE}",
         "",
         "## Recipe",
         "",

@@ -242,11 +242,13 @@ def write_cases(
     seed: int = 0,
     start_index: int = 0,
     progress: Callable[[int, Path], None] | None = None,
+    write: Callable[[int, Path, str], Path] | None = None,
 ) -> list[Path]:
     """Generate and write cases ``start_index`` .. ``start_index + cases - 1`` of run ``seed`` under ``out``.
 
-    Case ``k`` is ``generate_case(case_seed(seed, k))`` written as ``case_id(k)``; ``progress(k, folder)``
-    is called after each. Returns the case folders in order.
+    Case ``k`` is ``generate_case(case_seed(seed, k))`` written as ``case_id(k)`` (or whatever
+    ``write(case_seed(seed, k), out, case_id(k))`` writes, returning its folder); ``progress(k, folder)`` is
+    called after each. Returns the case folders in order.
     """
     if cases < 0:
         raise ValueError(f"cases must be >= 0, got {cases}")
@@ -254,7 +256,10 @@ def write_cases(
         raise ValueError(f"case indices must stay in [0, {MAX_CASES}): start {start_index}, {cases} cases")
     folders = []
     for index in range(start_index, start_index + cases):
-        folder = write_case(generate_case(case_seed(seed, index)), Path(out), case_id(index))
+        if write is None:
+            folder = write_case(generate_case(case_seed(seed, index)), Path(out), case_id(index))
+        else:
+            folder = write(case_seed(seed, index), Path(out), case_id(index))
         folders.append(folder)
         if progress is not None:
             progress(index, folder)

@@ -44,7 +44,7 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
 
-from tumorseg.synth.phantom import MAX_CASES, CasePlan, case_id, case_seed, plan_case
+from tumorseg.synth.phantom import CasePlan, plan_case, write_cases
 from tumorseg.synth.phantom_anatomy import deform, load_templates, sample_pose, ventricle_resize
 from tumorseg.synth.phantom_contrast import MODALITIES, render
 from tumorseg.synth.phantom_head_tissue import (
@@ -369,15 +369,11 @@ def write_head_cases(
     Case ``k`` is ``generate_head_case(case_seed(seed, k), **kwargs)`` written as ``case_id(k)``;
     ``progress(k, folder)`` is called after each. Returns the case folders in order.
     """
-    if cases < 0:
-        raise ValueError(f"cases must be >= 0, got {cases}")
-    if start_index < 0 or start_index + cases > MAX_CASES:
-        raise ValueError(f"case indices must stay in [0, {MAX_CASES}): start {start_index}, {cases} cases")
-    folders = []
-    for index in range(start_index, start_index + cases):
-        case = generate_head_case(case_seed(seed, index), **kwargs)
-        folder = write_head_case(case, Path(out), case_id(index))
-        folders.append(folder)
-        if progress is not None:
-            progress(index, folder)
-    return folders
+    return write_cases(
+        out,
+        cases,
+        seed,
+        start_index,
+        progress,
+        write=lambda s, folder, name: write_head_case(generate_head_case(s, **kwargs), folder, name),
+    )
