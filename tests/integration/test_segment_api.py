@@ -106,6 +106,8 @@ def test_volumes_agree_with_the_mask(
     assert set(result["timings_s"]) == {
         "fetch",
         "load",
+        "registration",
+        "brain_extraction",
         "preprocess",
         "inference",
         "postprocess",

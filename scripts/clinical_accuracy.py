@@ -1,0 +1,324 @@
+"""`make accuracy-clinical`: segmentation accuracy on clinical-head phantoms through POST /segment
+(the acceptance measurement of issue 15; a measurement, not a test: it asserts nothing).
+
+Target: on seeds no stage was tuned on, mean Dice WT >= 0.90, TC >= 0.80, ET >= 0.75, and under 1 % of
+the mask's voxels outside the true brain, with FLAIR and with T1ce as the reference series.
+
+For each seed of ACC_SEEDS (comma list, default 50-57):
+- the clinical-head phantom (`generate_head_case`: brain and tumour inside skull, scalp, eyes and neck,
+  each series moved rigidly, bias and Rician noise) is converted to DICOM with clinical geometry (oblique
+  2D FLAIR 0.9x0.9x4 mm, sagittal 3D T1, reversed-slice T1ce, coronal T2 0.8x0.8x3 mm), uploaded to a
+  local Orthanc, and segmented by the service (the FastAPI app in-process, shipped model) with
+  ?reference=flair and ?reference=t1ce;
+- each mask is scored against the phantom's truth in that reference series' own frame
+  (`truth/seg_{ref}.nii.gz` resampled label-aware onto the mask's lattice; `truth/brain_{ref}.nii.gz`
+  nearest neighbour): Dice WT (labels > 0), TC (1, 4), ET (4), BraTS convention (1 when truth and
+  prediction are both empty, 0 when only one is), and the fraction of mask voxels outside the brain;
+- the BraTS twin (`generate_case(seed)`: the same brain and tumour, skull-stripped, no motion, bias or
+  head) goes the same way with reference FLAIR and is scored against its `<id>_seg.nii.gz` (brain: its
+  non-zero FLAIR voxels), so the table separates what the network reaches on that brain from what the
+  clinical complications (registration, brain extraction, head) cost.
+
+The result JSON's registration (per series rotation, translation, applied), brain extraction volume,
+warnings and stage timings are recorded with the scores. Prints a markdown table (means over all seeds,
+and over the seeds whose profile is not no_et, where ET is absent and scores only 0 or 1) and writes
+everything to out/accuracy/clinical.json (the masks to out/accuracy/masks/).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import SimpleITK as sitk
+from fastapi.testclient import TestClient
+from numpy.typing import NDArray
+
+from tumorseg.api.main import create_app
+from tumorseg.config import DEFAULT_MODEL_PATH, Settings
+from tumorseg.imaging.grid import resample_labels
+from tumorseg.pacs import OrthancClient
+from tumorseg.pacs.local import LocalOrthanc
+from tumorseg.pacs.upload import upload_directory
+from tumorseg.synth.dicom_geometry import SeriesGeometry
+from tumorseg.synth.dicom_options import ConversionOptions
+from tumorseg.synth.phantom import generate_case, plan_case, write_case
+from tumorseg.synth.phantom_head import generate_head_case, write_head_case
+from tumorseg.synth.to_dicom import convert_case
+
+SEEDS = [int(s) for s in os.environ.get("ACC_SEEDS", "50,51,52,53,54,55,56,57").split(",") if s.strip()]
+RESULTS = Path("out/accuracy/clinical.json")
+MASKS = RESULTS.parent / "masks"  # every returned mask, kept for a look at the bad cases
+REFERENCES = ("flair", "t1ce")
+REGIONS = ("wt", "tc", "et")
+TARGET = {"wt": 0.90, "tc": 0.80, "et": 0.75}
+MAX_OUTSIDE = 0.01  # fraction of mask voxels outside the true brain
+CLINICAL = ConversionOptions(
+    geometry={
+        "flair": SeriesGeometry(plane="axial", tilt_deg=15.0, spacing=(0.9, 0.9, 4.0)),  # oblique 2D
+        "t1": SeriesGeometry(plane="sagittal"),  # 3D sagittal
+        "t1ce": SeriesGeometry(reverse_slices=True),
+        "t2": SeriesGeometry(plane="coronal", spacing=(0.8, 0.8, 3.0)),
+    }
+)
+Mask = NDArray[np.bool_]
+
+
+def say(message: str) -> None:
+    print(f"[accuracy] {message}", flush=True)
+
+
+def dice(predicted: Mask, expected: Mask) -> float:
+    """Dice with the BraTS convention: 1 when both are empty (0 when only one is)."""
+    total = int(np.count_nonzero(predicted)) + int(np.count_nonzero(expected))
+    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(predicted & expected)) / total
+
+
+def on_lattice(image: sitk.Image, mask: sitk.Image) -> NDArray[Any]:
+    """``image`` (0/1) resampled onto ``mask``'s lattice, nearest neighbour, as an array."""
+    return sitk.GetArrayFromImage(sitk.Resample(image, mask, sitk.Transform(), sitk.sitkNearestNeighbor))
+
+
+def score(mask: sitk.Image, truth: sitk.Image, brain: Mask) -> dict[str, float]:
+    """Dice WT/TC/ET of ``mask`` against ``truth`` (resampled onto the mask) and the fraction of mask
+    voxels outside ``brain`` (already on the mask's lattice)."""
+    predicted = sitk.GetArrayFromImage(mask)
+    expected = sitk.GetArrayFromImage(resample_labels(truth, mask))
+    regions: dict[str, Callable[[NDArray[Any]], Mask]] = {
+        "wt": lambda a: a > 0,
+        "tc": lambda a: np.isin(a, (1, 4)),
+        "et": lambda a: a == 4,
+    }
+    scores = {r: round(dice(f(predicted), f(expected)), 4) for r, f in regions.items()}
+    n_mask = int(np.count_nonzero(predicted))
+    outside = int(np.count_nonzero((predicted > 0) & ~brain))
+    scores["outside"] = round(outside / n_mask, 5) if n_mask else 0.0
+    return scores
+
+
+def wt_ml(labels: sitk.Image) -> float:
+    return (
+        float(np.count_nonzero(sitk.GetArrayFromImage(labels))) * float(np.prod(labels.GetSpacing())) / 1000
+    )
+
+
+class Segmenter:
+    """The service in-process against one Orthanc: upload a converted case, POST /segment, fetch the mask."""
+
+    def __init__(self, orthanc: LocalOrthanc, client: TestClient, work: Path) -> None:
+        self.orthanc, self.client, self.work = orthanc, client, work
+
+    def upload(self, case_dir: Path, patient_id: str) -> None:
+        converted = convert_case(case_dir, patient_id, self.work / "dicom" / patient_id, CLINICAL)
+        with OrthancClient(self.orthanc.url, self.orthanc.auth) as pacs:
+            report = upload_directory(pacs, converted.out, workers=2)
+        if report.failed:
+            sys.exit(f"{patient_id}: {len(report.failed)} instances failed to upload: {report.failed[:3]}")
+
+    def segment(self, patient_id: str, reference: str) -> tuple[dict[str, Any], sitk.Image, float]:
+        """The result JSON, the mask and the client-side seconds of one request."""
+        started = time.perf_counter()
+        response = self.client.post(f"/segment/{patient_id}", params={"reference": reference})
+        elapsed = time.perf_counter() - started
+        if response.status_code != 200:
+            sys.exit(
+                f"POST /segment/{patient_id}?reference={reference}: HTTP {response.status_code} {response.text}"
+            )
+        result = response.json()
+        path = MASKS / f"{patient_id}_{reference}.nii.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.client.get(result["mask_url"]).content)
+        return result, sitk.ReadImage(str(path)), elapsed
+
+
+def service_record(result: dict[str, Any], e2e: float) -> dict[str, Any]:
+    """What the result JSON says about the pipeline: registration, brain extraction, warnings, timings."""
+    timings = result["timings_s"]
+    return {
+        "registration": {
+            m: {k: entry[k] for k in ("rotation_deg", "translation_mm", "applied")}
+            for m, entry in result["registration"]["series"].items()
+        },
+        "brain_extraction": {k: result["brain_extraction"][k] for k in ("method", "series", "volume_ml")},
+        "warnings": result["warnings"],
+        "volumes_ml": result["volumes_ml"],
+        "timings_s": {k: timings[k] for k in ("registration", "brain_extraction", "inference", "total")},
+        "e2e_s": round(e2e, 2),
+    }
+
+
+def measure_seed(seed: int, segmenter: Segmenter, work: Path) -> dict[str, Any]:
+    head_id, twin_id = f"HEAD_{seed:05d}", f"BraTS2021_{seed:05d}"
+    head_dir = write_head_case(generate_head_case(seed), work / "phantoms", head_id)
+    twin_dir = write_case(generate_case(seed), work / "phantoms", twin_id)
+    segmenter.upload(head_dir, head_id)
+    segmenter.upload(twin_dir, twin_id)
+    truth_dir = head_dir / "truth"
+    row: dict[str, Any] = {
+        "seed": seed,
+        "profile": plan_case(seed).profile,
+        "truth_wt_ml": round(wt_ml(sitk.ReadImage(str(truth_dir / "seg_flair.nii.gz"))), 1),
+    }
+    for reference in REFERENCES:
+        result, mask, e2e = segmenter.segment(head_id, reference)
+        brain = on_lattice(sitk.ReadImage(str(truth_dir / f"brain_{reference}.nii.gz")), mask) > 0
+        truth = sitk.ReadImage(str(truth_dir / f"seg_{reference}.nii.gz"))
+        row[reference] = {**score(mask, truth, brain), **service_record(result, e2e)}
+        brain_ml = row[reference]["brain_extraction"]["volume_ml"]
+        say(
+            f"seed {seed}, reference {reference}: {scores_text(row[reference])}, extracted brain {brain_ml} mL"
+        )
+    result, mask, e2e = segmenter.segment(twin_id, "flair")
+    brain = on_lattice(sitk.ReadImage(str(twin_dir / f"{twin_id}_flair.nii.gz")) > 0, mask) > 0
+    truth = sitk.ReadImage(str(twin_dir / f"{twin_id}_seg.nii.gz"))
+    row["twin"] = {**score(mask, truth, brain), **service_record(result, e2e)}
+    say(f"seed {seed}, BraTS twin (flair): {scores_text(row['twin'])}")
+    return row
+
+
+def scores_text(scores: dict[str, Any]) -> str:
+    return (
+        ", ".join(f"{r.upper()} {scores[r]:.3f}" for r in REGIONS)
+        + f", outside {100 * scores['outside']:.2f} %"
+    )
+
+
+class Column(NamedTuple):
+    """One numeric column of the table: ``row[section][key]`` (``row[key]`` without section) x scale."""
+
+    header: str
+    section: str | None
+    key: str
+    scale: float
+    fmt: str
+
+    def value(self, row: dict[str, Any]) -> float:
+        return self.scale * float((row[self.section] if self.section else row)[self.key])
+
+
+COLUMNS = [
+    Column("truth WT mL", None, "truth_wt_ml", 1.0, "{:.1f}"),
+    *(
+        column
+        for ref in REFERENCES
+        for column in (
+            *(Column(f"{ref} {key.upper()}", ref, key, 1.0, "{:.3f}") for key in REGIONS),
+            Column(f"{ref} % out", ref, "outside", 100.0, "{:.2f}"),
+        )
+    ),
+    *(Column(f"twin {key.upper()}", "twin", key, 1.0, "{:.3f}") for key in REGIONS),
+]
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one row per seed, then the column means over all seeds and over those with ET."""
+    head = ["seed", "profile", *(c.header for c in COLUMNS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [str(row["seed"]), row["profile"], *(c.fmt.format(c.value(row)) for c in COLUMNS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    with_et = [r for r in rows if r["profile"] != "no_et"]
+    for label, subset in (("**mean**", rows), ("**mean, no_et excluded**", with_et)):
+        if subset:
+            means = [c.fmt.format(statistics.fmean(c.value(r) for r in subset)) for c in COLUMNS]
+            lines.append("| " + " | ".join([label, f"n={len(subset)}", *means]) + " |")
+    return "\n".join(lines)
+
+
+def verdict(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per reference: the mean Dice of each region against its target, and the mean and worst fraction of
+    mask voxels outside the brain against 1 %."""
+    out: dict[str, dict[str, Any]] = {}
+    for ref in REFERENCES:
+        entry: dict[str, Any] = {}
+        for key in REGIONS:
+            mean = statistics.fmean(r[ref][key] for r in rows)
+            entry[key] = {"mean": round(mean, 6), "target": TARGET[key], "met": mean >= TARGET[key]}
+        fractions = [r[ref]["outside"] for r in rows]
+        entry["outside"] = {
+            "mean": round(statistics.fmean(fractions), 6),
+            "max": max(fractions),
+            "target": MAX_OUTSIDE,
+            "met": max(fractions) < MAX_OUTSIDE,
+        }
+        out[ref] = entry
+    return out
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def main() -> None:
+    if not SEEDS:
+        sys.exit("ACC_SEEDS is empty; give a comma list of seeds, e.g. ACC_SEEDS=50,51")
+    started = time.perf_counter()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tumorseg-accuracy-") as tmp:
+        work = Path(tmp)
+        with LocalOrthanc(work / "orthanc") as orthanc:
+            settings = Settings(
+                _env_file=None,
+                orthanc_url=orthanc.url,
+                orthanc_username=orthanc.username,
+                orthanc_password=orthanc.password,
+                results_dir=work / "results",
+                model_path=DEFAULT_MODEL_PATH,
+            )
+            with TestClient(create_app(settings)) as client:
+                segmenter = Segmenter(orthanc, client, work)
+                for n, seed in enumerate(SEEDS, 1):
+                    say(f"seed {seed} ({n}/{len(SEEDS)}): phantoms, DICOM, upload, three requests")
+                    rows.append(measure_seed(seed, segmenter, work))
+    wall = time.perf_counter() - started
+    text = table(rows)
+    results = {
+        "seeds": SEEDS,
+        "model": str(DEFAULT_MODEL_PATH),
+        "machine": machine(),
+        "wall_s": round(wall, 1),
+        "conversion": CLINICAL.to_json(),
+        "verdict": verdict(rows),
+        "cases": rows,
+        "table": text,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nclinical-head accuracy, seeds {','.join(map(str, SEEDS))} ({wall:.0f} s)\n")
+    print(text)
+    print()
+    for ref, entry in results["verdict"].items():
+        parts = [
+            f"{key.upper()} {entry[key]['mean']:.3f} (>= {TARGET[key]}: {'met' if entry[key]['met'] else 'MISSED'})"
+            for key in REGIONS
+        ]
+        out = entry["outside"]
+        parts.append(
+            f"outside brain mean {100 * out['mean']:.2f} %, worst {100 * out['max']:.2f} % "
+            f"(< 1 % each: {'met' if out['met'] else 'MISSED'})"
+        )
+        print(f"reference {ref}: " + "; ".join(parts))
+    print(f"\nwrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
