@@ -5,6 +5,7 @@ brain; the result JSON reports the new stages."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,13 +13,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from tests.conftest import OrthancEndpoint, service_settings
 from tests.dicom_factory import unique_patient_id
 from tests.geometry import dice
 from tests.integration.conftest import CLINICAL, UploadedStudy
 from tumorseg.api.main import create_app
-from tumorseg.config import DEFAULT_MODEL_PATH
+from tumorseg.cli import app
+from tumorseg.config import DEFAULT_MODEL_PATH, get_settings
 from tumorseg.imaging import grid as g
 from tumorseg.pacs.upload import upload_directory
 from tumorseg.synth.phantom_head import generate_head_case, write_head_case
@@ -100,3 +103,21 @@ def test_registration_can_be_turned_off_per_request(head_study: UploadedStudy, c
     assert (
         client.post(f"/segment/{head_study.patient_id}", params={"registration": "maybe"}).status_code == 422
     )
+
+
+def test_the_setting_turns_registration_off_for_the_cli(
+    head_study: UploadedStudy, orthanc: OrthancEndpoint, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name, value in orthanc.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TUMORSEG_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setenv("TUMORSEG_REGISTRATION", "false")
+    get_settings.cache_clear()
+    try:
+        run = CliRunner().invoke(app, ["segment", head_study.patient_id, "--out", str(tmp_path / "out")])
+    finally:
+        get_settings.cache_clear()
+    assert run.exit_code == 0, run.output
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["registration"] == {"enabled": False, "series": {}}
+    assert result["brain_extraction"]["method"] == "deepbet"
