@@ -38,13 +38,15 @@ from tumorseg.synth.phantom_anatomy import (
     BRATS_AFFINE,
     SHAPE,
     SITES,
+    Anatomy,
+    Pose,
     deform,
     load_templates,
     sample_pose,
     ventricle_resize,
 )
 from tumorseg.synth.phantom_contrast import MODALITIES, synthesize
-from tumorseg.synth.phantom_tumour import LesionPlan, grow_tumour, mass_effects, place_lesions
+from tumorseg.synth.phantom_tumour import LesionPlan, Tumour, grow_tumour, mass_effects, place_lesions
 
 __all__ = [
     "BRATS_AFFINE",
@@ -166,6 +168,22 @@ def plan_case(seed: int) -> CasePlan:
     return CasePlan(seed=seed, profile=profile, lesions=tuple(lesions))
 
 
+def brain_and_tumour(
+    plan: CasePlan, rng_anatomy: np.random.Generator, rng_tumour: np.random.Generator
+) -> tuple[Pose, Anatomy, Tumour]:
+    """The case's deformed anatomy and grown tumour, drawn from the anatomy and tumour streams in a fixed
+    order (``generate_case`` and the head phantoms share it, so a seed gives the same brain in both)."""
+    templates = load_templates()
+    pose = sample_pose(rng_anatomy, templates)
+    centres = place_lesions(plan.lesions, templates, pose, rng_tumour)
+    masses = [
+        ventricle_resize(templates, pose, rng_anatomy),
+        *mass_effects(plan.lesions, centres, rng_tumour),
+    ]
+    anatomy = deform(templates, pose, masses, rng_anatomy)
+    return pose, anatomy, grow_tumour(plan.lesions, centres, anatomy, rng_tumour)
+
+
 def generate_case(seed: int) -> PhantomCase:
     """Make the case of ``seed`` (>= 0) in memory; see ``PhantomCase`` for the array contract.
 
@@ -175,15 +193,7 @@ def generate_case(seed: int) -> PhantomCase:
     start = time.perf_counter()
     plan = plan_case(seed)
     _, rng_anatomy, rng_tumour, rng_contrast = _streams(seed)
-    templates = load_templates()
-    pose = sample_pose(rng_anatomy, templates)
-    centres = place_lesions(plan.lesions, templates, pose, rng_tumour)
-    masses = [
-        ventricle_resize(templates, pose, rng_anatomy),
-        *mass_effects(plan.lesions, centres, rng_tumour),
-    ]
-    anatomy = deform(templates, pose, masses, rng_anatomy)
-    tumour = grow_tumour(plan.lesions, centres, anatomy, rng_tumour)
+    _, anatomy, tumour = brain_and_tumour(plan, rng_anatomy, rng_tumour)
     images = synthesize(anatomy, tumour, plan.profile != "no_et", rng_contrast)
 
     tissue = np.zeros(SHAPE, dtype=np.uint8)

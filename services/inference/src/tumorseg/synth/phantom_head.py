@@ -44,8 +44,7 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
 
-from tumorseg.synth.phantom import CasePlan, plan_case, write_cases
-from tumorseg.synth.phantom_anatomy import deform, load_templates, sample_pose, ventricle_resize
+from tumorseg.synth.phantom import CasePlan, brain_and_tumour, plan_case, write_cases
 from tumorseg.synth.phantom_contrast import MODALITIES, render
 from tumorseg.synth.phantom_head_tissue import (
     BRAIN_OFFSET,
@@ -62,7 +61,6 @@ from tumorseg.synth.phantom_head_tissue import (
     upsample2,
     upsample2_box,
 )
-from tumorseg.synth.phantom_tumour import grow_tumour, mass_effects, place_lesions
 
 __all__ = [
     "BRAIN_OFFSET",
@@ -269,15 +267,7 @@ def generate_head_case(
     series_rngs = [np.random.default_rng(c) for c in children[5].spawn(len(MODALITIES))]
 
     # Exactly generate_case's steps and draws, so the brain and tumour are identical.
-    templates = load_templates()
-    pose = sample_pose(rng_anatomy, templates)
-    centres = place_lesions(plan.lesions, templates, pose, rng_tumour)
-    masses = [
-        ventricle_resize(templates, pose, rng_anatomy),
-        *mass_effects(plan.lesions, centres, rng_tumour),
-    ]
-    anatomy = deform(templates, pose, masses, rng_anatomy)
-    tumour = grow_tumour(plan.lesions, centres, anatomy, rng_tumour)
+    pose, anatomy, tumour = brain_and_tumour(plan, rng_anatomy, rng_tumour)
     contrast = render(anatomy, tumour, plan.profile != "no_et", rng_contrast)
 
     head = build_head(anatomy, pose, rng_head)
