@@ -14,6 +14,10 @@ one connected region, holes filled. Backends, chosen by name (``TUMORSEG_BRAIN_E
   the brain is a hole to fill when the network leaves it out).
 - ``none``: no extraction; the whole field of view counts (the behaviour before this stage existed).
 
+deepbet's mask is intracranial (CSF, dura, some bone and fat at its surface): ``preprocess.prepare`` peels
+it (``peel`` with ``not_brain_like`` on all four sequences). ``confine_to_brain`` keeps the predicted tumour
+inside the brain and drops what lies only in its outer rim.
+
 HD-BET (trained on tumour patients) downloads its weights at first use and is not offered here.
 """
 

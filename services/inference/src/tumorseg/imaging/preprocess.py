@@ -1,10 +1,20 @@
 """Model input preparation, shared by serving and training so the two cannot drift.
 
-``prepare`` takes the four co-registered volumes (``SimpleITK.Image``, any lattices, LPS geometry),
-resamples them in physical space onto the model grid of the reference volume (``grid.model_grid``),
-crops to the foreground bounding box (+ margin), makes voxels outside any volume's field of view
-background in every channel, and normalises each channel to zero mean / unit variance
-over its non-zero voxels (MONAI ``NormalizeIntensity(nonzero=True, channel_wise=True)``).
+``prepare`` takes the four volumes of a study (``SimpleITK.Image``, any lattices, LPS geometry) and
+1. co-registers every series rigidly to the reference (``registration.register_study``; off with
+   ``registration=False``),
+2. finds the brain (``brain``: skull-stripped input keeps its non-zero voxels, anything else goes to the
+   extractor on the model grid, then ``brain.peel``),
+3. resamples each volume in physical space onto the model grid of the reference volume (``grid.model_grid``),
+   its co-registration composed into that one interpolation, cropped to the brain's bounding box (+ margin;
+   for stripped input the non-zero extent),
+4. makes voxels outside the brain or outside any volume's field of view background in every channel, and
+   normalises each channel to zero mean / unit variance over its non-zero voxels, i.e. over the brain
+   (MONAI ``NormalizeIntensity(nonzero=True, channel_wise=True)``, the name the packages record).
+
+BraTS-style input (stripped, co-registered, coinciding lattices) gives the arrays of before steps 1-2
+existed, bit for bit. ``ModelInput`` also carries the brain mask on the grid (``Predictor.mask`` keeps the
+mask inside it), the registrations, what the extraction found, warnings and the two new stages' timings.
 
 Output array contract: float32, shape (C, I, J, K), channels in ``Preprocessing.channels`` order, the
 spatial axes the index axes (i, j, k) of ``ModelInput.grid`` (identity direction in LPS: L, P, S), 1 mm.
