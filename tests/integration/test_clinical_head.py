@@ -20,6 +20,7 @@ from tests.dicom_factory import unique_patient_id
 from tests.geometry import dice
 from tests.integration.conftest import CLINICAL, UploadedStudy
 from tumorseg.api.main import create_app
+from tumorseg.api.schemas import SegmentResult
 from tumorseg.cli import app
 from tumorseg.config import DEFAULT_MODEL_PATH, get_settings
 from tumorseg.imaging import grid as g
@@ -87,11 +88,17 @@ def test_clinical_head_is_segmented_in_the_brain(
     assert any(entry["applied"] for entry in registration["series"].values())  # the phantom moved
     for entry in registration["series"].values():
         assert entry["rotation_deg"] <= 5.5 and entry["metric"] <= entry["metric_initial"]
+    hub = {m: registration["series"][m]["via"] for m in registration["series"]}
+    assert hub == ({"t1ce": None, "t1": "t1ce", "t2": "t1ce"} if reference == "flair" else dict.fromkeys(hub))
     assert result["brain_extraction"]["method"] == "deepbet"
     assert 1000 < result["brain_extraction"]["volume_ml"] < 2500
     assert result["warnings"] == []
     timings = result["timings_s"]
     assert timings["registration"] > 0 and timings["brain_extraction"] > 0
+    # A result stored before these stages existed still reads back through the schema.
+    old = {k: v for k, v in result.items() if k not in ("registration", "brain_extraction", "warnings")}
+    old["timings_s"] = {k: v for k, v in timings.items() if k not in ("registration", "brain_extraction")}
+    assert SegmentResult.model_validate(old).registration.enabled is False
 
 
 def test_registration_can_be_turned_off_per_request(head_study: UploadedStudy, client: TestClient) -> None:

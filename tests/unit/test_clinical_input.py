@@ -27,6 +27,8 @@ from tumorseg.imaging.preprocess import ModelInput, Preprocessing, prepare
 from tumorseg.imaging.registration import (
     MAX_ROTATION_DEG,
     SNAP_MM,
+    Registration,
+    _implausible,
     prepare_fixed,
     register,
     register_study,
@@ -103,19 +105,35 @@ def test_registration_recovers_the_motion_within_a_millimetre(head: Head, refere
 
 
 def test_implausible_registration_is_a_warning_and_not_applied(head: Head) -> None:
-    """A series turned 30 degrees: the solution is over the plausible limit, kept out of the resampling."""
+    """A series turned 30 degrees: registration either finds the turn (over the plausible limit) or does not
+    reach it; in neither case is a transform over the limit applied without a warning."""
     fixed = prepare_fixed(head.volumes["flair"])
     turn = sitk.Euler3DTransform()
     turn.SetCenter(fixed.centre)
     turn.SetRotation(0.0, 0.0, np.radians(2 * MAX_ROTATION_DEG))
     turned = sitk.Resample(head.volumes["t2"], head.volumes["t2"], turn, sitk.sitkLinear, 0.0)
     registration = register(fixed, turned, label="t2")
-    if registration.rotation_deg > MAX_ROTATION_DEG:  # found: too large a turn to trust
-        assert registration.warning is not None and "implausible" in registration.warning
-    else:  # not found: the metric tells, or the solution is still far off
-        assert registration.warning is not None or registration.max_displacement_mm >= SNAP_MM
-    assert not registration.applied or registration.warning is None
-    assert registration.to_json()["applied"] is registration.applied
+    assert not (registration.applied and registration.rotation_deg > MAX_ROTATION_DEG)
+    # The judgement itself, on a solution of known size: 20 degrees is refused, 5 is not.
+    for degrees, refused in ((20.0, True), (5.0, False)):
+        found = sitk.Euler3DTransform()
+        found.SetCenter(fixed.centre)
+        found.SetRotation(0.0, 0.0, np.radians(degrees))
+        candidate = Registration(found, found, -0.2, -0.5, 10, 30.0, True)
+        warning = _implausible(candidate, "t2")
+        assert (warning is not None and "rotation" in warning) is refused
+
+
+def test_a_blank_series_is_a_warning_not_a_failure(brats_volumes: dict[str, sitk.Image]) -> None:
+    """A series with nothing in it (or nowhere near the head) cannot be registered: it is used as acquired
+    and the result says so, instead of the request failing."""
+    blank = sitk.Image(brats_volumes["t2"].GetSize(), sitk.sitkInt16)
+    blank.CopyInformation(brats_volumes["t2"])
+    volumes = dict(brats_volumes, t2=blank)
+    model_input, _ = prepare(volumes, "flair", Preprocessing())
+    assert not model_input.registrations["t2"].applied
+    assert any("t2" in w and "failed" in w for w in model_input.warnings)
+    assert model_input.registrations["t2"].to_json()["metric"] == 0.0  # finite: the JSON stays valid
 
 
 @pytest.fixture(scope="module")

@@ -55,8 +55,8 @@ class DicomSegRef(BaseModel):
 class Timings(BaseModel):
     fetch: float
     load: float
-    registration: float
-    brain_extraction: float
+    registration: float = 0.0  # results stored before the clinical-input stages have neither
+    brain_extraction: float = 0.0
     preprocess: float
     inference: float
     postprocess: float
@@ -75,6 +75,9 @@ class SeriesRegistration(BaseModel):
     applied: bool = Field(
         description="false when the series was already in register (identity kept) or the solution was "
         "implausible (see warnings)"
+    )
+    via: Literal["flair", "t1", "t1ce", "t2"] | None = Field(
+        default=None, description="the hub series the transform was composed through, if any"
     )
 
 
@@ -108,8 +111,8 @@ class SegmentResult(BaseModel):
     mask_url: str
     preview_url: str | None = None
     dicom_seg: DicomSegRef | None = None
-    registration: Registration
-    brain_extraction: BrainExtractionRef
+    registration: Registration = Field(default_factory=lambda: Registration(enabled=False, series={}))
+    brain_extraction: BrainExtractionRef | None = None  # None: a result stored before the stage existed
     warnings: list[str] = Field(
         default_factory=list, description="what a reader should check (e.g. an implausible registration)"
     )

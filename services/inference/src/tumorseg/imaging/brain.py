@@ -221,7 +221,7 @@ def confine_to_brain(
 
     confined = probabilities * brain
     tumour: NDArray[np.bool_] = np.any(confined > threshold, axis=0)
-    if not tumour.any():
+    if rim_mm <= 0 or not tumour.any():
         return confined
     steps = max(1, int(round(rim_mm / spacing_mm)))
     # Depth is needed near the tumour only: erode the brain within the tumour's box, padded by the rim.

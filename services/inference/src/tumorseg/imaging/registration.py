@@ -104,7 +104,9 @@ def head_mask(image: sitk.Image) -> sitk.Image:
     array = sitk.GetArrayViewFromImage(image)
     values = array[array > 0]
     if values.size == 0:
-        return sitk.Image(image.GetSize(), sitk.sitkUInt8) + 0
+        empty = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+        empty.CopyInformation(image)
+        return empty
     threshold = _otsu(values)
     mask = sitk.BinaryThreshold(image, lowerThreshold=threshold, upperThreshold=float("inf"))
     if np.count_nonzero(array == 0) > array.size // 4:  # zero background (stripped or masked): use it all
@@ -190,12 +192,16 @@ def register(
     method.SetInitialTransform(initial, inPlace=False)
     if threads is not None:
         method.SetNumberOfThreads(threads)
-    before = float(method.MetricEvaluate(fixed.image, moving_low))
     try:
+        before = float(method.MetricEvaluate(fixed.image, moving_low))
         solution = method.Execute(fixed.image, moving_low)
-    except RuntimeError as exc:  # e.g. no overlap: too few samples inside the moving image
+    except RuntimeError as exc:  # e.g. no overlap, a blank series: too few samples inside the moving image
         log.warning("registration of %s failed: %s", label, exc)
-        return _identity(fixed, before, before, 0, initial, f"registration of {label} failed ({exc})")
+        reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else "no overlap"
+        failed = (
+            f"registration of {label} to the reference failed ({reason}): the series was used as acquired"
+        )
+        return _identity(fixed, 0.0, 0.0, 0, initial, failed)
     found = sitk.Euler3DTransform(sitk.CompositeTransform(solution).GetNthTransform(0))
     # The metric at the optimiser's last position, on the finest level with the same samples as ``before``.
     after = float(method.GetMetricValue())
@@ -281,8 +287,12 @@ def register_study(
     registrations = {hub: to_hub}
     for name, image in volumes.items():
         if name not in (reference, hub):
-            registrations[name] = _compose(
-                fixed, to_hub, register(hub_fixed, image, threads=threads, label=name), hub
+            via_hub = register(hub_fixed, image, threads=threads, label=name)
+            # A series the hub cannot take goes straight to the reference (never moved by the hub's motion).
+            registrations[name] = (
+                _compose(fixed, to_hub, via_hub, hub)
+                if via_hub.warning is None
+                else register(fixed, image, threads=threads, label=name)
             )
     return registrations
 

@@ -78,13 +78,17 @@ class Predictor:
         model_grid: sitk.Image,
         reference: sitk.Image,
         brain: NDArray[np.bool_] | None = None,
+        rim_mm: float = 0.0,
     ) -> sitk.Image:
         """``predict``'s probabilities on ``model_grid`` as the package's BraTS label mask on ``reference``'s
         lattice (``to_reference_mask`` with the manifest's threshold and enhancing minimum); with ``brain``
-        (on ``model_grid``, e.g. ``ModelInput.brain``), nothing outside it (``brain.confine_to_brain``)."""
+        (on ``model_grid``, e.g. ``ModelInput.brain``), nothing outside it, and with ``rim_mm`` > 0 no tumour
+        component that lies only in its outer rim (``brain.confine_to_brain``; for an extracted brain)."""
         if brain is not None:
             spacing_mm = float(model_grid.GetSpacing()[0])
-            probabilities = confine_to_brain(probabilities, brain, self.manifest.threshold, spacing_mm)
+            probabilities = confine_to_brain(
+                probabilities, brain, self.manifest.threshold, spacing_mm, rim_mm
+            )
         return to_reference_mask(
             probabilities,
             model_grid,
