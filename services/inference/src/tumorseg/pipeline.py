@@ -26,7 +26,6 @@ from tumorseg.export.dicom_seg import StoredSeg, next_series_number, store_segme
 from tumorseg.export.nifti import write_mask
 from tumorseg.export.preview import write_preview
 from tumorseg.export.result import build_result
-from tumorseg.imaging.brain import RIM_MM
 from tumorseg.imaging.cache import SeriesCache
 from tumorseg.imaging.preprocess import MODALITIES, prepare
 from tumorseg.imaging.volume import SeriesVolume, load_series
@@ -166,14 +165,8 @@ class Segmenter:
         with self._model_lock, timer.stage("inference"):
             probabilities = self.predictor.predict(model_input)
         with timer.stage("postprocess"):
-            # The rim rule is for an extracted brain (meninges, sinuses); a stripped brain's edge is cortex.
-            extracted = model_input.brain_extraction.get("method") == "deepbet"
             mask = self.predictor.mask(
-                probabilities,
-                model_input.grid,
-                reference.image,
-                model_input.brain,
-                RIM_MM if extracted else 0.0,
+                probabilities, model_input.grid, reference.image, model_input.brain, model_input.rim_mm
             )
         result_id = new_result_id()
         with timer.stage("export"):

@@ -94,9 +94,7 @@ class DeepBet:
 
     name = "deepbet"
 
-    def __init__(
-        self, model_dir: Path | None = None, shape: int = DEEPBET_SHAPE, threshold: float = 0.5
-    ) -> None:
+    def __init__(self, model_dir: Path | None = None, shape: int = DEEPBET_SHAPE) -> None:
         import torch
 
         folder = model_dir or deepbet_model_dir()
@@ -105,7 +103,6 @@ class DeepBet:
             self._bbox = torch.jit.load(str(folder / "bbox_model.pt"), map_location="cpu").eval()
             self._model = torch.jit.load(str(folder / "model.pt"), map_location="cpu").eval()
         self._shape = shape
-        self.threshold = threshold
         self._lock = threading.Lock()
 
     def extract(self, image: NDArray[np.float32], spacing_mm: float) -> NDArray[np.bool_]:
@@ -129,9 +126,7 @@ class DeepBet:
             probability = ras(self._model(ras(_normalise(crop, low, high)))[:, 1:2])
             probability = F.interpolate(probability, tuple(x[box].shape), mode="trilinear")[0, 0]
         mask = np.zeros(image.shape, dtype=bool)
-        mask[box] = largest_filled(
-            probability.numpy() > self.threshold
-        )  # the network's brain lies inside its box
+        mask[box] = largest_filled(probability.numpy() > 0.5)  # the network's brain lies inside its box
         return mask
 
     def warm_up(self) -> None:

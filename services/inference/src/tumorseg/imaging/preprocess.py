@@ -39,6 +39,7 @@ from tumorseg.imaging.brain import (
     EXTRACTORS,
     PEEL_MM,
     PREFERENCE,
+    RIM_MM,
     BrainExtractor,
     get_extractor,
     implausible_brain,
@@ -93,6 +94,7 @@ class ModelInput:
     brain_extraction: Mapping[str, Any] = field(default_factory=dict)  # method, series, volume_ml
     warnings: tuple[str, ...] = ()
     timings_s: Mapping[str, float] = field(default_factory=dict)  # registration, brain_extraction
+    rim_mm: float = 0.0  # for Predictor.mask: brain.RIM_MM when the brain was extracted, else 0 (see there)
 
 
 def foreground_box(
@@ -215,6 +217,7 @@ def prepare(
         timings["brain_extraction"] = time.perf_counter() - started
         start, size = extraction.box
     cropped = g.crop(full, (start[0], start[1], start[2]), (size[0], size[1], size[2]))
+    in_crop = tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))  # ``cropped`` on ``full``
     # One resampling pass per volume, straight into the (C, I, J, K) array, each volume's co-registration
     # composed in: voxels outside the volume's field of view (the same inside test for every interpolator)
     # come out NaN, never a real intensity.
@@ -222,9 +225,7 @@ def prepare(
     todo = list(range(len(prep.channels)))
     if extraction is not None and block is not None:  # the extraction's channel is resampled already
         done = prep.channels.index(extraction.series)
-        array[done] = block[
-            start[0] : start[0] + size[0], start[1] : start[1] + size[1], start[2] : start[2] + size[2]
-        ]
+        array[done] = block[in_crop]
         todo.remove(done)
     _resample_channels(
         [channels[prep.channels[c]] for c in todo],
@@ -244,16 +245,16 @@ def prepare(
         brain = covered
     else:
         started = time.perf_counter()
-        found = extraction.mask[
-            start[0] : start[0] + size[0], start[1] : start[1] + size[1], start[2] : start[2] + size[2]
-        ]
+        found = extraction.mask[in_crop]
         # The extractor's mask is intracranial rather than brain: what it kept of CSF, dura, bone and fat
         # at its surface is peeled off by the contrasts of all four sequences.
         channel_arrays = {m: array[c] for c, m in enumerate(prep.channels)}
         brain = covered & peel(found, not_brain_like(channel_arrays, found), PEEL_MM, prep.spacing_mm)
         timings["brain_extraction"] += time.perf_counter() - started
-        summary = extraction.summary() | {
-            "volume_ml": round(float(np.count_nonzero(brain)) * prep.spacing_mm**3 / 1000.0, 1)
+        summary = {
+            "method": extraction.method,
+            "series": extraction.series,
+            "volume_ml": round(float(np.count_nonzero(brain)) * prep.spacing_mm**3 / 1000.0, 1),
         }
         warning = implausible_brain(summary["volume_ml"], extraction.method, extraction.series)
         if warning:
@@ -277,6 +278,7 @@ def prepare(
         brain_extraction=summary,
         warnings=tuple(warnings),
         timings_s=timings,
+        rim_mm=0.0 if extraction is None else RIM_MM,
     )
     return model_input, label_array
 
@@ -288,11 +290,7 @@ class BrainExtraction:
     mask: NDArray[np.bool_]
     series: str
     method: str
-    volume_ml: float
     box: tuple[tuple[int, ...], tuple[int, ...]]
-
-    def summary(self) -> dict[str, Any]:
-        return {"method": self.method, "series": self.series, "volume_ml": round(self.volume_ml, 1)}
 
 
 def _extract_brain(
@@ -311,15 +309,14 @@ def _extract_brain(
     # deepbet, trained on heads that fill their volume, then kept 2.3 L (Dice 0.75; 0.96 on the FOV).
     seen = np.logical_not(np.isnan(block))
     mask = np.zeros(block.shape, dtype=bool)
-    hits = [np.flatnonzero(np.any(seen, axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
-    if all(h.size for h in hits):
-        fov = tuple(slice(int(h[0]), int(h[-1]) + 1) for h in hits)
+    if seen.any():
+        start, size = foreground_box(seen, 0, 1)
+        fov = tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))
         mask[fov] = extractor.extract(np.nan_to_num(block[fov], nan=0.0), prep.spacing_mm)
-    volume_ml = float(np.count_nonzero(mask)) * prep.spacing_mm**3 / 1000.0
     box = foreground_box(mask, prep.crop_margin_vox, prep.divisible_by)
     if not prep.crop_foreground:
         box = ((0, 0, 0), tuple(int(n) for n in full.GetSize()))
-    return BrainExtraction(mask, series, extractor.name, volume_ml, box), block
+    return BrainExtraction(mask, series, extractor.name, box), block
 
 
 def _nonzero_box(
