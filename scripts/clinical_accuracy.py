@@ -49,8 +49,7 @@ from tumorseg.imaging.grid import resample_labels
 from tumorseg.pacs import OrthancClient
 from tumorseg.pacs.local import LocalOrthanc
 from tumorseg.pacs.upload import upload_directory
-from tumorseg.synth.dicom_geometry import SeriesGeometry
-from tumorseg.synth.dicom_options import ConversionOptions
+from tumorseg.synth.dicom_options import CLINICAL_GEOMETRY, ConversionOptions
 from tumorseg.synth.phantom import generate_case, plan_case, write_case
 from tumorseg.synth.phantom_head import generate_head_case, write_head_case
 from tumorseg.synth.to_dicom import convert_case
@@ -62,14 +61,7 @@ REFERENCES = ("flair", "t1ce")
 REGIONS = ("wt", "tc", "et")
 TARGET = {"wt": 0.90, "tc": 0.80, "et": 0.75}
 MAX_OUTSIDE = 0.01  # fraction of mask voxels outside the true brain
-CLINICAL = ConversionOptions(
-    geometry={
-        "flair": SeriesGeometry(plane="axial", tilt_deg=15.0, spacing=(0.9, 0.9, 4.0)),  # oblique 2D
-        "t1": SeriesGeometry(plane="sagittal"),  # 3D sagittal
-        "t1ce": SeriesGeometry(reverse_slices=True),
-        "t2": SeriesGeometry(plane="coronal", spacing=(0.8, 0.8, 3.0)),
-    }
-)
+CLINICAL = ConversionOptions(geometry=CLINICAL_GEOMETRY)
 Mask = NDArray[np.bool_]
 
 

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -27,8 +28,7 @@ from tumorseg.imaging import grid as g
 from tumorseg.pacs import OrthancClient
 from tumorseg.pacs.local import LocalOrthanc, free_port
 from tumorseg.pacs.upload import upload_directory
-from tumorseg.synth.dicom_geometry import SeriesGeometry
-from tumorseg.synth.dicom_options import ConversionOptions
+from tumorseg.synth.dicom_options import CLINICAL_GEOMETRY, ConversionOptions
 from tumorseg.synth.phantom_head import generate_head_case, write_head_case
 from tumorseg.synth.to_dicom import convert_case
 
@@ -38,12 +38,7 @@ PATIENT_ID = "DEMO-0001"
 PHANTOM_SEED = 20215
 OUT = Path("out/demo")
 CLINICAL = ConversionOptions(
-    geometry={
-        "flair": SeriesGeometry(plane="axial", tilt_deg=12.0, spacing=(0.9, 0.9, 4.0)),
-        "t1": SeriesGeometry(plane="sagittal"),
-        "t1ce": SeriesGeometry(reverse_slices=True),
-        "t2": SeriesGeometry(plane="coronal", spacing=(0.8, 0.8, 3.0)),
-    },
+    geometry={**CLINICAL_GEOMETRY, "flair": replace(CLINICAL_GEOMETRY["flair"], tilt_deg=12.0)},
     decoys=True,
     patient_name="DEMO^PHANTOM",
 )

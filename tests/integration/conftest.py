@@ -14,23 +14,13 @@ from tests.conftest import OrthancEndpoint
 from tests.dicom_factory import unique_patient_id
 from tests.models import tiny_package
 from tumorseg.pacs.upload import upload_directory
-from tumorseg.synth.dicom_geometry import SeriesGeometry
-from tumorseg.synth.dicom_options import ConversionOptions
+from tumorseg.synth.dicom_options import CLINICAL_GEOMETRY, ConversionOptions
 from tumorseg.synth.phantom import generate_case, write_case
 from tumorseg.synth.to_dicom import ConvertedStudy, convert_case
 
 PHANTOM_SEED = 424242  # not a training seed (those are small consecutive integers)
 
-CLINICAL = ConversionOptions(
-    geometry={
-        "flair": SeriesGeometry(plane="axial", tilt_deg=15.0, spacing=(0.9, 0.9, 4.0)),  # oblique 2D
-        "t1": SeriesGeometry(plane="sagittal"),  # 3D sagittal
-        "t1ce": SeriesGeometry(reverse_slices=True),
-        "t2": SeriesGeometry(plane="coronal", spacing=(0.8, 0.8, 3.0)),
-    },
-    decoys=True,
-    prior_study=True,
-)
+CLINICAL = ConversionOptions(geometry=CLINICAL_GEOMETRY, decoys=True, prior_study=True)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from tumorseg.imaging.preprocess import MODALITIES, prepare
-from tumorseg.model.labels import labels_to_regions
+from tumorseg.labels import labels_to_regions
 from tumorseg.model.predictor import Predictor
 from tumorseg.synth.phantom import case_seed, generate_case, write_case
 

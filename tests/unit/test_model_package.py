@@ -13,7 +13,7 @@ import torch
 from tests.models import TINY, tiny_package
 from tumorseg.errors import ModelError
 from tumorseg.imaging.preprocess import ModelInput
-from tumorseg.model.labels import labels_to_regions, regions_to_labels, volumes_ml
+from tumorseg.labels import labels_to_regions, regions_to_labels, volumes_ml
 from tumorseg.model.package import read_manifest
 from tumorseg.model.predictor import Predictor
 

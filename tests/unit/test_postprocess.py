@@ -9,7 +9,7 @@ import SimpleITK as sitk
 from tests.unit.test_grid import lattice, rotation
 from tumorseg.imaging import grid as g
 from tumorseg.imaging.postprocess import to_reference_mask
-from tumorseg.model.labels import regions_to_labels
+from tumorseg.labels import regions_to_labels
 
 
 def full_lattice_mask(probabilities: np.ndarray, model_grid: sitk.Image, reference: sitk.Image) -> np.ndarray:

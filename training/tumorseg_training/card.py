@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tumorseg.model.labels import REGIONS
+from tumorseg.labels import REGIONS
 from tumorseg.model.package import MANIFEST
 
 CARD = "MODEL_CARD.md"

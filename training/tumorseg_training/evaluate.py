@@ -25,8 +25,8 @@ import torch
 
 from tumorseg.imaging import grid as g
 from tumorseg.imaging.preprocess import prepare
+from tumorseg.labels import labels_to_regions
 from tumorseg.model.device import resolve_device
-from tumorseg.model.labels import labels_to_regions
 from tumorseg.model.package import MANIFEST, read_manifest
 from tumorseg.model.predictor import Predictor
 from tumorseg_training.data import SEG, CaseFiles, find_cases

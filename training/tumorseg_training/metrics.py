@@ -1,6 +1,6 @@
 """Per-region Dice and HD95 with the BraTS conventions for empty regions.
 
-Inputs are boolean region stacks (3, …) in the order ``tumorseg.model.labels.REGIONS`` (TC, WT, ET), any
+Inputs are boolean region stacks (3, …) in the order ``tumorseg.labels.REGIONS`` (TC, WT, ET), any
 spatial axis order, with ``spacing`` (mm) given in that same axis order. The computation is MONAI's
 (``compute_dice`` = ``DiceMetric``, ``compute_hausdorff_distance(percentile=95)`` =
 ``HausdorffDistanceMetric(percentile=95)``); the empty cases follow the BraTS 2021 evaluation: a region
@@ -21,7 +21,7 @@ import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 from numpy.typing import NDArray
 
-from tumorseg.model.labels import REGIONS
+from tumorseg.labels import REGIONS
 
 EMPTY_HD95_MM = 373.13
 SCORES = tuple(f"{kind}_{region}" for kind in ("dice", "hd95") for region in REGIONS)

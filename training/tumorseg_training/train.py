@@ -40,8 +40,8 @@ from monai.utils import set_determinism
 from torch import nn
 
 from tumorseg.imaging.preprocess import ModelInput
+from tumorseg.labels import labels_to_regions
 from tumorseg.model.device import resolve_device
-from tumorseg.model.labels import labels_to_regions
 from tumorseg.model.network import build_network
 from tumorseg.model.package import WEIGHTS, InferenceConfig, ModelManifest, current_versions, save_package
 from tumorseg.model.predictor import Predictor

@@ -6,7 +6,7 @@ least the crop size, plus ``label_cls_indices``: flat voxel indices per label va
 per case (MONAI ``map_classes_to_indices``; background centres restricted to the brain).
 
 Output (``train_transform``): per case ``samples_per_case`` dicts with ``image`` float32 (C, *crop) and
-``label`` float32 (3, *crop) region channels TC, WT, ET (``tumorseg.model.labels.labels_to_regions``),
+``label`` float32 (3, *crop) region channels TC, WT, ET (``tumorseg.labels.labels_to_regions``),
 plain ``torch.Tensor`` s. Crop centres are drawn per label class with ``class_ratios`` (background, NCR,
 ED, ET), so most crops hold tumour and the thin enhancing rims are seen often; a class a case lacks is
 skipped. Then optional core-contrast jitter (``RandRegionContrastd``: the contrast of the label-1 core
@@ -38,7 +38,7 @@ from monai.transforms.utils import map_classes_to_indices
 from monai.utils import convert_to_numpy
 from scipy import ndimage as ndi
 
-from tumorseg.model.labels import ET, labels_to_regions
+from tumorseg.labels import ET, labels_to_regions
 from tumorseg_training.data import PreparedCase
 
 IMAGE, LABEL = "image", "label"
@@ -76,7 +76,7 @@ def epoch_visits(items: Sequence[dict[str, Any]], repeat_without_et: int) -> lis
 
 
 class LabelsToRegionsd(MapTransform):
-    """BraTS labels (1, …) → float32 (3, …) TC, WT, ET, with ``tumorseg.model.labels.labels_to_regions``."""
+    """BraTS labels (1, …) → float32 (3, …) TC, WT, ET, with ``tumorseg.labels.labels_to_regions``."""
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

@@ -50,8 +50,8 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from tumorseg import __version__
-from tumorseg.export.preview import LABEL_STYLE
 from tumorseg.imaging.volume import SeriesVolume
+from tumorseg.labels import LABEL_STYLE
 from tumorseg.pacs.client import UploadResult
 
 log = logging.getLogger(__name__)

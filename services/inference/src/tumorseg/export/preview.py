@@ -29,14 +29,10 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
+from tumorseg.labels import LABEL_STYLE
+
 log = logging.getLogger(__name__)
 
-# BraTS label → (abbreviation, name, RGB). Also the SEG's recommended display colours.
-LABEL_STYLE: dict[int, tuple[str, str, tuple[int, int, int]]] = {
-    1: ("NCR", "necrotic tumor core", (255, 0, 0)),
-    2: ("ED", "peritumoral edema", (0, 255, 0)),
-    4: ("ET", "enhancing tumor", (255, 255, 0)),
-}
 OVERLAY_ALPHA = 0.5
 PANEL_PX = 256  # the longest side of the reference's bounding box, in preview pixels
 SIDE = 28  # room on each side of a panel for its direction letters and plane ticks

@@ -13,7 +13,7 @@ from tumorseg.export.dicom_seg import StoredSeg
 from tumorseg.imaging.postprocess import voxel_volume_mm3
 from tumorseg.imaging.preprocess import MODALITIES, ModelInput
 from tumorseg.imaging.volume import SeriesVolume
-from tumorseg.model.labels import LABEL_NAMES, volumes_ml
+from tumorseg.labels import LABEL_NAMES, volumes_ml
 from tumorseg.model.package import ModelManifest
 from tumorseg.study.choose import AssembledStudy
 

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from tumorseg.imaging import grid as g
-from tumorseg.model.labels import ET, NCR, regions_to_labels
+from tumorseg.labels import ET, NCR, regions_to_labels
 
 DEFAULT_MIN_COMPONENT_ML = 0.1
 

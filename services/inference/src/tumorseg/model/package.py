@@ -28,7 +28,7 @@ from typing import Any
 from tumorseg import __version__
 from tumorseg.errors import ModelError
 from tumorseg.imaging.preprocess import Preprocessing
-from tumorseg.model.labels import LABEL_NAMES, REGIONS
+from tumorseg.labels import LABEL_NAMES, REGIONS
 from tumorseg.model.network import build_network, stride_product
 
 FORMAT_VERSION = 1

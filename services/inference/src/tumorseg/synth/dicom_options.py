@@ -21,6 +21,15 @@ from tumorseg.synth.dicom_profiles import DECOY_KINDS, MODALITIES, VENDORS, Vend
 from tumorseg.synth.dicom_series import TRANSFER_SYNTAXES, TransferSyntax
 
 PATIENT_SEXES = ("M", "F", "O")
+# The clinical acquisition the tests, `make accuracy-clinical` and `make demo` convert to: an oblique 2D
+# FLAIR (0.9×0.9×4 mm, 15° tilt), a sagittal 3D T1, a T1ce stored in reversed slice order and a coronal
+# T2 (0.8×0.8×3 mm).
+CLINICAL_GEOMETRY: Mapping[str, SeriesGeometry] = {
+    "flair": SeriesGeometry(plane="axial", tilt_deg=15.0, spacing=(0.9, 0.9, 4.0)),
+    "t1": SeriesGeometry(plane="sagittal"),
+    "t1ce": SeriesGeometry(reverse_slices=True),
+    "t2": SeriesGeometry(plane="coronal", spacing=(0.8, 0.8, 3.0)),
+}
 _CONTROL = re.compile(r"[\x00-\x1f\\]")
 
 

@@ -1,4 +1,4 @@
-"""BraTS 2021 labels ⇄ the model's region channels.
+"""BraTS 2021 labels ⇄ the model's region channels, named once for the package (mask, JSON, preview, SEG).
 
 Labels (uint8): 0 background, 1 necrotic tumour core (NCR), 2 peritumoral oedema (ED), 4 enhancing tumour (ET).
 Regions (the network's sigmoid outputs, channel order ``REGIONS``): TC = 1 ∪ 4, WT = 1 ∪ 2 ∪ 4, ET = 4,
@@ -11,7 +11,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 NCR, ED, ET = 1, 2, 4
-LABEL_NAMES = {"1": "necrotic tumor core", "2": "peritumoral edema", "4": "enhancing tumor"}
+# BraTS label → (abbreviation, name, RGB display colour: the preview's and the SEG's recommended colours).
+LABEL_STYLE: dict[int, tuple[str, str, tuple[int, int, int]]] = {
+    NCR: ("NCR", "necrotic tumor core", (255, 0, 0)),
+    ED: ("ED", "peritumoral edema", (0, 255, 0)),
+    ET: ("ET", "enhancing tumor", (255, 255, 0)),
+}
+# The result JSON's and the manifest's ``labels``: {"1": "necrotic tumor core", ...}.
+LABEL_NAMES = {str(label): name for label, (_, name, _) in LABEL_STYLE.items()}
 REGIONS = ("tc", "wt", "et")
 
 
