@@ -21,11 +21,12 @@ system-packages:
 	echo "installing OS packages:$$missing"; \
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing
 
-$(STAMP): pyproject.toml
+# The service package and, as a plugin of its CLI (tumorseg train/evaluate), the training package.
+$(STAMP): pyproject.toml training/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test]" -e ./training
 	touch $(STAMP)
 
 test: setup
@@ -34,10 +35,13 @@ test: setup
 test-unit: setup
 	$(BIN)/pytest -m "not integration"
 
+# ruff, mypy, and the layering contracts of pyproject.toml ([tool.importlinter]; tests/unit/test_layering.py
+# runs them inside `make test` too).
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: setup
 	$(BIN)/ruff format .

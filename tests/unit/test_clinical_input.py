@@ -33,7 +33,7 @@ from tumorseg.imaging.registration import (
     register,
     register_study,
 )
-from tumorseg.synth.phantom import MODALITIES, generate_case, write_case
+from tumorseg.synth.phantom import SEQUENCES, generate_case, write_case
 from tumorseg.synth.phantom_head import generate_head_case, write_head_case
 
 # Head seeds never used while the stages were tuned (3, 5, 8, 21-24 were); motion up to 5 deg / 5 mm,
@@ -47,11 +47,11 @@ class Head:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         case_id = folder.name
-        self.volumes = {m: sitk.ReadImage(str(folder / f"{case_id}_{m}.nii.gz")) for m in MODALITIES}
-        self.brain = {m: sitk.ReadImage(str(folder / "truth" / f"brain_{m}.nii.gz")) for m in MODALITIES}
-        self.seg = {m: sitk.ReadImage(str(folder / "truth" / f"seg_{m}.nii.gz")) for m in MODALITIES}
+        self.volumes = {m: sitk.ReadImage(str(folder / f"{case_id}_{m}.nii.gz")) for m in SEQUENCES}
+        self.brain = {m: sitk.ReadImage(str(folder / "truth" / f"brain_{m}.nii.gz")) for m in SEQUENCES}
+        self.seg = {m: sitk.ReadImage(str(folder / "truth" / f"seg_{m}.nii.gz")) for m in SEQUENCES}
         motion = json.loads((folder / "truth" / "motion.json").read_text())
-        self.motion = {m: np.asarray(motion[m]) for m in MODALITIES}
+        self.motion = {m: np.asarray(motion[m]) for m in SEQUENCES}
 
     def true_transform(self, reference: str, moving: str) -> NDArray[np.float64]:
         """Reference physical (LPS) → moving physical, the phantom's ITK-convention truth."""
@@ -71,7 +71,7 @@ def head(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture(scope="module")
 def brats_volumes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, sitk.Image]:
     folder = write_case(generate_case(SEEDS[0]), tmp_path_factory.mktemp("brats"), "BraTS2021_00031")
-    return {m: sitk.ReadImage(str(folder / f"BraTS2021_00031_{m}.nii.gz")) for m in MODALITIES}
+    return {m: sitk.ReadImage(str(folder / f"BraTS2021_00031_{m}.nii.gz")) for m in SEQUENCES}
 
 
 def brain_points(head: Head, reference: str, step: int = 200) -> NDArray[np.float64]:
@@ -99,7 +99,7 @@ def test_registration_recovers_the_motion_within_a_millimetre(head: Head, refere
         unregistered[moving] = tre_mm(sitk.Euler3DTransform(), truth, points)
         assert registration.warning is None
         assert registration.metric < registration.metric_initial or not registration.applied
-    assert set(errors) == set(MODALITIES) - {reference}
+    assert set(errors) == set(SEQUENCES) - {reference}
     assert max(errors.values()) <= 1.0, f"TRE (mm) {errors}; without registration {unregistered}"
     assert max(unregistered.values()) > 1.0  # the motion is real: without the stage it would fail
 

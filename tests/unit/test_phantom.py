@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from tumorseg.cli import app
 from tumorseg.synth.phantom import (
     BRATS_AFFINE,
-    MODALITIES,
+    SEQUENCES,
     PROFILES,
     SHAPE,
     LesionPlan,
@@ -90,7 +90,7 @@ def test_layout_and_read_back(case: PhantomCase, written: Path) -> None:
 def test_case_arrays_follow_the_contract(case: PhantomCase) -> None:
     np.testing.assert_array_equal(case.affine, BRATS_AFFINE)
     assert case.seg.dtype == np.uint8 and case.seg.shape == SHAPE
-    for m in MODALITIES:
+    for m in SEQUENCES:
         assert case.image(m).dtype == np.int16 and case.image(m).shape == SHAPE
     with pytest.raises(ValueError, match="unknown modality"):
         case.image("dwi")
@@ -101,7 +101,7 @@ def test_labels_and_skull_stripping(case: PhantomCase) -> None:
     assert set(np.unique(case.seg).tolist()) == {0, 1, 2, 4}
     brain = case.tissue > 0
     assert 900_000 < brain.sum() < 2_000_000  # 0.9-2 L
-    for m in MODALITIES:
+    for m in SEQUENCES:
         img = case.image(m)
         assert img.min() >= 0
         np.testing.assert_array_equal(img > 0, brain, err_msg=f"{m}: non-zero exactly inside the brain")
@@ -115,7 +115,7 @@ def test_tissue_contrasts(case: PhantomCase) -> None:
     healthy = case.seg == 0
     wm, gm, csf = ((case.tissue == t) & healthy for t in (3, 2, 1))
     ncr, ed, et = (case.seg == label for label in (1, 2, 4))
-    flair, t1, t1ce, t2 = (case.image(m) for m in MODALITIES)
+    flair, t1, t1ce, t2 = (case.image(m) for m in SEQUENCES)
 
     assert _mean(flair, ed) > _mean(flair, gm) > _mean(flair, wm) > _mean(flair, csf)
     assert _mean(t1, wm) > _mean(t1, gm) > _mean(t1, csf)

@@ -6,6 +6,26 @@ import pytest
 
 from tumorseg.errors import ResultNotFound
 from tumorseg.results import ResultStore, new_result_id
+from tumorseg.schema import SegmentResult
+
+
+def result(rid: str) -> SegmentResult:
+    """The smallest valid result JSON (the keys without defaults)."""
+    uid = {"series_instance_uid": "1.2.3", "series_description": "AX FLAIR", "orthanc_id": "abc"}
+    return SegmentResult.model_validate(
+        {
+            "result_id": rid,
+            "patient_id": "P1",
+            "study_instance_uid": "1.2",
+            "series": {"flair": uid},
+            "reference": {"modality": "flair", "series_instance_uid": "1.2.3"},
+            "volumes_ml": {"et": 1.0, "tc": 2.0, "wt": 3.5},
+            "mask_url": f"/results/{rid}/mask.nii.gz",
+            "timings_s": dict.fromkeys(
+                ("fetch", "load", "preprocess", "inference", "postprocess", "export", "total"), 0.5
+            ),
+        }
+    )
 
 
 def test_commit_then_read_and_survive_a_new_store(tmp_path: Path) -> None:
@@ -13,9 +33,9 @@ def test_commit_then_read_and_survive_a_new_store(tmp_path: Path) -> None:
     rid = new_result_id()
     staging = store.staging(rid)
     (staging / "mask.nii.gz").write_bytes(b"mask")
-    store.commit(rid, staging, {"result_id": rid})
+    store.commit(staging, result(rid))
     again = ResultStore(tmp_path)  # a restart
-    assert again.read(rid) == {"result_id": rid}
+    assert again.read(rid) == result(rid)
     assert again.file(rid, "mask.nii.gz").read_bytes() == b"mask"
     assert not staging.exists()
 
@@ -47,8 +67,15 @@ def test_only_known_files_are_served(tmp_path: Path) -> None:
     store = ResultStore(tmp_path)
     rid = new_result_id()
     staging = store.staging(rid)
-    store.commit(rid, staging, {"result_id": rid})
+    store.commit(staging, result(rid))
     with pytest.raises(ResultNotFound):
         store.file(rid, "result.json")  # served as JSON by its own route, not as a file
     with pytest.raises(ResultNotFound):
         store.file(rid, "preview.png")  # not written
+
+
+def test_a_result_with_a_key_the_schema_lacks_is_refused() -> None:
+    """The schema declares every key, so the API's OpenAPI document cannot silently drop one."""
+    data = result(new_result_id()).model_dump() | {"surprise": 1}
+    with pytest.raises(ValueError, match="surprise"):
+        SegmentResult.model_validate(data)

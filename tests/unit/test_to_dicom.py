@@ -28,7 +28,7 @@ from tumorseg.errors import InvalidInput
 from tumorseg.synth.dicom_options import parse_descriptions, parse_geometry
 from tumorseg.synth.dicom_series import quantise
 from tumorseg.synth.to_dicom import (
-    MODALITIES,
+    SEQUENCES,
     ConversionOptions,
     ConvertedStudy,
     SeriesGeometry,
@@ -53,7 +53,7 @@ def write_case(root: Path, affine: np.ndarray, shape: tuple[int, int, int], dtyp
         (k - c[2]) / (0.45 * shape[2])
     ) ** 2 < 1
     blob = (i - 0.35 * shape[0]) ** 2 + (j - 0.45 * shape[1]) ** 2 + (k - 0.4 * shape[2]) ** 2 < 25
-    for n, key in enumerate(MODALITIES):
+    for n, key in enumerate(SEQUENCES):
         v = (300 + 120 * n) + 60 * np.sin(i / 5) + 40 * np.cos(j / 7) + 3 * k + rng.normal(0, 4, shape)
         v = np.where(brain, v + 350 * blob, 0.0)
         if np.issubdtype(dtype, np.integer):
@@ -143,7 +143,7 @@ def dciodvfy_errors(path: Path) -> list[str]:
 def test_default_series_reproduce_source_lattice_and_intensities(
     brats_case: Path, default_brats: ConvertedStudy, tmp_path: Path
 ) -> None:
-    for key in MODALITIES:
+    for key in SEQUENCES:
         series = default_brats.get(key)
         source = nib.load(brats_case / f"{brats_case.name}_{key}.nii.gz")
         back = onto_lattice_of(source, dcm2niix(series.folder, tmp_path / key))  # type: ignore[arg-type]
@@ -155,7 +155,7 @@ def test_default_series_reproduce_source_lattice_and_intensities(
 
 def test_oblique_float_source_keeps_lattice_within_quantisation(oblique_case: Path, tmp_path: Path) -> None:
     result = convert_case(oblique_case, "TS-0003", tmp_path / "out")
-    for key in MODALITIES:
+    for key in SEQUENCES:
         series = result.get(key)
         source = nib.load(oblique_case / f"{oblique_case.name}_{key}.nii.gz")
         back = onto_lattice_of(source, dcm2niix(series.folder, tmp_path / key))  # type: ignore[arg-type]
@@ -170,7 +170,7 @@ def test_planes_and_reversed_slices_keep_the_lattice(brats_case: Path, tmp_path:
     geometry = parse_geometry(planes=["t1:sagittal", "t2:coronal"], reverse_slices=["t1ce,flair", "t2"])
     result = convert_case(brats_case, "TS-0004", tmp_path / "out", ConversionOptions(geometry=geometry))
     expected_iop = {"t1": [0, 1, 0, 0, 0, -1], "t2": [1, 0, 0, 0, 0, -1], "t1ce": [1, 0, 0, 0, 1, 0]}
-    for key in MODALITIES:
+    for key in SEQUENCES:
         series = result.get(key)
         source = nib.load(brats_case / f"{brats_case.name}_{key}.nii.gz")
         back = onto_lattice_of(source, dcm2niix(series.folder, tmp_path / key))  # type: ignore[arg-type]
@@ -297,7 +297,7 @@ def test_sagittal_tilt_and_anisotropic_spacing(brats_case: Path, tmp_path: Path)
 def test_sequence_tags_and_descriptions(default_brats: ConvertedStudy) -> None:
     h = {
         key: pydicom.dcmread(default_brats.get(key).folder / "IM_0001.dcm", stop_before_pixels=True)
-        for key in MODALITIES
+        for key in SEQUENCES
     }
     assert h["flair"].SeriesDescription == "t2_tirm_tra_dark-fluid" and list(h["flair"].ScanningSequence) == [
         "SE",

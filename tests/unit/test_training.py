@@ -24,7 +24,9 @@ from tumorseg_training.metrics import EMPTY_HD95_MM, region_scores
 from tumorseg_training.train import CHECKPOINT, CURVES_PNG, METRICS_CSV, train
 from tumorseg_training.transforms import train_transform, training_item
 
-from tumorseg.imaging.preprocess import MODALITIES, Preprocessing, prepare
+from tests.geometry import dice
+from tumorseg.imaging.preprocess import SEQUENCES, Preprocessing, prepare
+from tumorseg.labels import REGIONS, labels_to_regions
 from tumorseg.model.predictor import Predictor
 
 SHAPE = (40, 44, 36)  # (i, j, k)
@@ -94,7 +96,7 @@ def test_reader_finds_nii_and_niigz_cases(data: Path) -> None:
     assert [c.case_id for c in cases] == ["BraTS2021_00000", "BraTS2021_00001"]
     assert cases[0].paths["seg"].name == "BraTS2021_00000_seg.nii.gz"
     assert cases[1].paths["t1ce"].name == "BraTS2021_00001_t1ce.nii"
-    assert set(cases[1].paths) == {*MODALITIES, "seg"}
+    assert set(cases[1].paths) == {*SEQUENCES, "seg"}
     volume = cases[1].volume("flair")
     assert volume.GetSize() == SHAPE and volume.GetSpacing() == (1.0, 1.0, 1.0)
 
@@ -182,14 +184,22 @@ def test_two_steps_make_a_package_the_service_loads(data: Path, tmp_path: Path) 
 
     predictor = Predictor.from_package(out)
     case = find_cases(data)[0]
-    model_input, _ = prepare(case.volumes(), "flair", predictor.manifest.preprocessing)
+    volumes = case.volumes()
+    model_input, _ = prepare(volumes, "flair", predictor.manifest.preprocessing)
     probabilities = predictor.predict(model_input)
     assert probabilities.shape == (3, *model_input.array.shape[1:])
-    assert 0.0 <= probabilities.min() and probabilities.max() <= 1.0
+    mask = predictor.mask(probabilities, model_input.grid, volumes["flair"])
+    found = labels_to_regions(sitk.GetArrayFromImage(mask))
+    truth = labels_to_regions(sitk.GetArrayFromImage(case.volume("seg")))
 
     report = evaluate(out, data, device="cpu")
     assert [c.case_id for c in report.cases] == ["BraTS2021_00000", "BraTS2021_00001"]
-    assert 0.0 <= report.summary["dice_wt"]["mean"] <= 1.0
+    # The evaluation scores what the service delivers: case 0's Dice are those of the mask made above.
+    assert report.reference == "flair"
+    for n, region in enumerate(REGIONS):
+        assert report.cases[0].scores[f"dice_{region}"] == pytest.approx(dice(found[n], truth[n])), region
+    wt = [c.scores["dice_wt"] for c in report.cases]
+    assert report.summary["dice_wt"]["mean"] == pytest.approx(float(np.mean(wt)))
 
     resumed = train(data, out, config.replace(max_steps=3), resume=True, cache_dir=tmp_path / "cache")
     assert resumed.steps == 3 and [r["step"] for r in resumed.history] == [1, 2, 3]

@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tumorseg.imaging.preprocess import MODALITIES, Preprocessing
+from tumorseg.imaging.preprocess import Preprocessing
 from tumorseg.model.network import DEFAULT_UNET_ARGS, stride_product
+from tumorseg.sequences import SEQUENCES
 
 # Keys that may differ between a run and its resumption: they do not change what is learned per step.
 RESUMABLE_CHANGES = frozenset(
@@ -86,8 +87,8 @@ class TrainConfig:
             problems.append("batch_size must be a positive multiple of samples_per_case")
         if self.loss not in ("dice", "dice_bce"):
             problems.append(f"loss must be 'dice' or 'dice_bce', got {self.loss!r}")
-        if self.reference not in MODALITIES:
-            problems.append(f"reference must be one of {MODALITIES}")
+        if self.reference not in SEQUENCES:
+            problems.append(f"reference must be one of {SEQUENCES}")
         if self.epochs < 1 or (self.max_steps is not None and self.max_steps < 1):
             problems.append("epochs and max_steps must be >= 1")
         if not 0.0 <= self.val_fraction < 1.0:

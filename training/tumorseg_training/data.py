@@ -34,7 +34,8 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
 
-from tumorseg.imaging.preprocess import MODALITIES, Preprocessing, prepare
+from tumorseg.imaging.preprocess import Preprocessing, prepare
+from tumorseg.sequences import SEQUENCES
 from tumorseg.threads import usable_cpus
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 PREPARE_WORKERS = 4  # cases prepared at once by load_prepared
 
 SEG = "seg"
-PARTS = (*MODALITIES, SEG)
+PARTS = (*SEQUENCES, SEG)
 _SUFFIXES = (".nii.gz", ".nii")
 _FILE = re.compile(r"^(?P<case>.+)_(?P<part>flair|t1|t1ce|t2|seg)\.nii(\.gz)?$")
 
@@ -64,7 +65,7 @@ class CaseFiles:
         return sitk.ReadImage(str(self.paths[part]))
 
     def volumes(self) -> dict[str, sitk.Image]:
-        return {m: self.volume(m) for m in MODALITIES}
+        return {m: self.volume(m) for m in SEQUENCES}
 
 
 def _case_files(folder: Path, require_seg: bool) -> CaseFiles | None:
@@ -83,7 +84,7 @@ def _case_files(folder: Path, require_seg: bool) -> CaseFiles | None:
     if len(found) > 1:
         raise IncompleteCase(f"{folder} holds files of several cases: {sorted(found)}")
     case_id, paths = next(iter(found.items()))
-    needed = PARTS if require_seg else MODALITIES
+    needed = PARTS if require_seg else SEQUENCES
     missing = [p for p in needed if p not in paths]
     if missing:
         expected = ", ".join(f"{case_id}_{p}.nii.gz" for p in missing)

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from tumorseg.config import get_settings
 from tumorseg.errors import TumorsegError
+from tumorseg.sequences import SequenceName
 
 if TYPE_CHECKING:
     from tumorseg.pacs import OrthancClient
@@ -23,10 +24,9 @@ err_console = Console(stderr=True)
 
 
 def _pacs() -> OrthancClient:
-    from tumorseg.pacs import OrthancClient
+    from tumorseg.wiring import open_pacs
 
-    settings = get_settings()
-    return OrthancClient(settings.orthanc_url, settings.orthanc_auth, settings.orthanc_timeout)
+    return open_pacs(get_settings())
 
 
 @app.command()
@@ -43,9 +43,6 @@ def serve(
     logs.configure()
     # log_config=None keeps uvicorn from replacing the JSON handlers set up above.
     uvicorn.run(create_app(), host=host, port=port, log_config=None, access_log=False)
-
-
-Modality = Literal["flair", "t1", "t1ce", "t2"]
 
 
 def _fail(exc: TumorsegError) -> NoReturn:
@@ -125,7 +122,7 @@ def segment(
     study: Annotated[
         str | None, typer.Option(help="StudyInstanceUID; default: newest complete study.")
     ] = None,
-    reference: Annotated[Modality, typer.Option(help="Series whose lattice the mask lies on.")] = "flair",
+    reference: Annotated[SequenceName, typer.Option(help="Series whose lattice the mask lies on.")] = "flair",
     out: Annotated[Path, typer.Option(help="Folder for mask, preview and result.json.")] = Path("out"),
     series: Annotated[
         list[str] | None, typer.Option(help="MOD=SeriesInstanceUID to override the mapping (repeatable).")
@@ -145,24 +142,16 @@ def segment(
     """The segmentation pipeline without the API: writes OUT/mask.nii.gz, OUT/preview.png, OUT/result.json."""
     import shutil
 
-    from tumorseg.model.device import configure_threads, resolve_device
-    from tumorseg.model.predictor import Predictor
-    from tumorseg.pipeline import Segmenter, SegmentRequest
+    from tumorseg.model.device import resolve_device
+    from tumorseg.pipeline import SegmentRequest
     from tumorseg.results import ResultStore
+    from tumorseg.wiring import build_segmenter, load_predictor
 
     settings = get_settings()
     try:
         with _pacs() as pacs, console.status("loading the model") as status:
-            configure_threads()
-            predictor = Predictor.from_package(settings.model_path, resolve_device(settings.device))
-            segmenter = Segmenter(
-                pacs,
-                predictor,
-                ResultStore(settings.results_dir),
-                rules=settings.mapping_rules,
-                registration=settings.registration,
-                brain_extractor=settings.brain_extractor,
-            )
+            predictor = load_predictor(settings, resolve_device(settings.device))
+            segmenter = build_segmenter(settings, pacs, predictor, ResultStore(settings.results_dir))
             request = SegmentRequest(
                 patient_id=patient_id,
                 study_instance_uid=study,
@@ -176,15 +165,15 @@ def segment(
         _fail(exc)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("mask.nii.gz", "preview.png"):
-        shutil.copyfile(segmenter.store.file(result["result_id"], name), out / name)
-    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    volumes = result["volumes_ml"]
+        shutil.copyfile(segmenter.store.file(result.result_id, name), out / name)
+    (out / "result.json").write_text(result.model_dump_json(indent=2) + "\n")
+    volumes = result.volumes_ml
     console.print(
-        f"result {result['result_id']}: WT {volumes['wt']:.1f} mL, TC {volumes['tc']:.1f} mL, "
-        f"ET {volumes['et']:.1f} mL on the {reference} lattice; total {result['timings_s']['total']:.1f} s"
+        f"result {result.result_id}: WT {volumes.wt:.1f} mL, TC {volumes.tc:.1f} mL, "
+        f"ET {volumes.et:.1f} mL on the {reference} lattice; total {result.timings_s.total:.1f} s"
     )
-    if result["dicom_seg"]:
-        console.print(f"stored DICOM SEG series {result['dicom_seg']['series_instance_uid']} in the study")
+    if result.dicom_seg:
+        console.print(f"stored DICOM SEG series {result.dicom_seg.series_instance_uid} in the study")
     console.print(f"wrote {out / 'mask.nii.gz'}, {out / 'preview.png'} and {out / 'result.json'}")
 
 
@@ -330,130 +319,17 @@ def phantom(
     console.print(f"{len(folders)} case(s) written under {out}")
 
 
-def _training_logs() -> None:
-    """Log lines of tumorseg and tumorseg_training through rich, so they interleave with the progress bar."""
-    import logging
+def _add_plugin_commands() -> None:
+    """Commands of installed plugins (entry points in the group ``tumorseg.cli``, each a function that
+    takes this Typer app): ``tumorseg train`` and ``tumorseg evaluate`` come from the training package
+    (``training/``, installed by ``make setup``), which the service never imports and its image lacks."""
+    from importlib.metadata import entry_points
 
-    from rich.logging import RichHandler
-
-    for name in ("tumorseg", "tumorseg_training"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [RichHandler(console=console, show_path=False)]
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    for entry_point in entry_points(group="tumorseg.cli"):
+        entry_point.load()(app)
 
 
-@app.command()
-def train(
-    data: Annotated[
-        Path, typer.Option(help="Folder of BraTS-layout cases (<id>/<id>_{flair,t1,t1ce,t2,seg}.nii.gz).")
-    ],
-    out: Annotated[
-        Path, typer.Option(help="Package folder to write (model.json, model.pt, metrics.csv, ...).")
-    ],
-    epochs: Annotated[int | None, typer.Option(min=1, help="Passes over the training cases.")] = None,
-    max_steps: Annotated[
-        int | None, typer.Option(min=1, help="Stop after this many optimiser steps.")
-    ] = None,
-    val_fraction: Annotated[
-        float | None, typer.Option(min=0.0, max=0.9, help="Share of cases held out.")
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="auto, cpu or cuda (default: the recipe's, auto).")
-    ] = None,
-    config: Annotated[
-        str | None,
-        typer.Option(help="Training recipe: a JSON file or an inline JSON object (TrainConfig keys)."),
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option(min=0, help="Seed for the split, the network and the crops.")
-    ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
-    cache: Annotated[
-        Path | None, typer.Option(help="Folder for the prepared arrays (.npz), reused by later runs.")
-    ] = None,
-) -> None:
-    """Train a MONAI U-Net on BraTS-layout cases and write a model package."""
-    from tumorseg_training.config import TrainConfig
-    from tumorseg_training.progress import RichCallbacks, new_progress
-    from tumorseg_training.train import train as run_training
-
-    _training_logs()
-    try:
-        raw = Path(config).read_text() if config and not config.lstrip().startswith("{") else config
-        overrides = {
-            "epochs": epochs,
-            "max_steps": max_steps,
-            "val_fraction": val_fraction,
-            "seed": seed,
-            "device": device,
-        }
-        recipe = TrainConfig.from_json(
-            {
-                **(json.loads(raw) if raw else {}),
-                **{k: v for k, v in overrides.items() if v is not None},
-            }
-        )
-    except (OSError, ValueError) as exc:
-        err_console.print(f"[red]error[/red] {exc}")
-        raise typer.Exit(code=2) from exc
-    try:
-        with new_progress() as progress:
-            result = run_training(
-                data, out, recipe, resume=resume, cache_dir=cache, callbacks=RichCallbacks(progress)
-            )
-    except (FileNotFoundError, ValueError, TumorsegError) as exc:
-        err_console.print(f"[red]error[/red] {exc}")
-        raise typer.Exit(code=1) from exc
-    best = ", ".join(f"{k[9:].upper()} {v:.3f}" for k, v in result.best.items() if k.startswith("val_dice_"))
-    console.print(
-        f"{result.steps} steps, {result.epochs} epochs, {result.duration_s / 60:.1f} min -> {result.package}"
-    )
-    if best:
-        console.print(f"best validation Dice (epoch {result.best.get('epoch')}): {best}")
-
-
-@app.command()
-def evaluate(
-    model: Annotated[Path, typer.Option(help="Model package folder (model.json + weights).")],
-    data: Annotated[Path, typer.Option(help="Folder of BraTS-layout cases with their seg.")],
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    reference: Annotated[
-        str | None, typer.Option(help="Lattice to score on (default: the package's training reference).")
-    ] = None,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the full report as JSON.")
-    ] = None,
-    record: Annotated[
-        str | None, typer.Option(help="Store the summary in the package manifest under metrics[RECORD].")
-    ] = None,
-    description: Annotated[str, typer.Option(help="What the cases are (with --record).")] = "",
-) -> None:
-    """Per-region Dice/HD95 of a package on BraTS-layout cases, scored on each case's original lattice."""
-    from tumorseg_training.evaluate import evaluate as run_evaluation
-    from tumorseg_training.evaluate import record_in_package
-    from tumorseg_training.progress import new_progress, report_table
-
-    _training_logs()
-    try:
-        with new_progress(transient=True) as progress:
-            task = progress.add_task("evaluating", total=None, status="")
-
-            def advance(done: int, total: int, result: Any) -> None:
-                progress.update(task, completed=done, total=total, status=result.case_id)
-
-            report = run_evaluation(model, data, device, reference, advance)
-    except (FileNotFoundError, ValueError, TumorsegError) as exc:
-        err_console.print(f"[red]error[/red] {exc}")
-        raise typer.Exit(code=1) from exc
-    # Into a log file, rich would squeeze the table into 80 columns.
-    (console if console.is_terminal else Console(width=160, file=console.file)).print(report_table(report))
-    console.print("seconds per case: " + ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items()))
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    if record:
-        record_in_package(model, report, record, description)
+_add_plugin_commands()
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

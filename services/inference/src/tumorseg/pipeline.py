@@ -16,22 +16,30 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import SimpleITK as sitk
 
+from tumorseg import __version__
 from tumorseg.errors import BrokenSeries, Busy, InvalidInput, PacsNotFound
-from tumorseg.export.dicom_seg import StoredSeg, next_series_number, store_segmentation
+from tumorseg.export.dicom_seg import build_segmentation, encode, next_series_number, read_headers
 from tumorseg.export.nifti import write_mask
 from tumorseg.export.preview import write_preview
-from tumorseg.export.result import build_result
 from tumorseg.imaging.cache import SeriesCache
-from tumorseg.imaging.preprocess import MODALITIES, prepare
+from tumorseg.imaging.postprocess import voxel_volume_mm3
+from tumorseg.imaging.preprocess import ModelInput, prepare
 from tumorseg.imaging.volume import SeriesVolume, load_series
+from tumorseg.labels import LABEL_NAMES, volumes_ml
+from tumorseg.model.package import ModelManifest
 from tumorseg.model.predictor import Predictor
-from tumorseg.pacs import OrthancClient, SeriesInfo
+from tumorseg.pacs import OrthancClient
+from tumorseg.records import SeriesInfo
 from tumorseg.results import ResultStore, new_result_id
+from tumorseg.schema import DicomSegRef, SegmentResult
+from tumorseg.sequences import SEQUENCES
 from tumorseg.study.assemble import AssembledStudy, assemble
 from tumorseg.validation import check_patient_id, check_uid
 
@@ -64,8 +72,8 @@ class SegmentRequest:
             check_uid(self.study_instance_uid, "study")
         for modality, uid in (self.explicit_series or {}).items():
             check_uid(uid, f"the {modality} SeriesInstanceUID")
-        if self.reference not in MODALITIES:
-            raise InvalidInput(f"reference must be one of {', '.join(MODALITIES)}, not {self.reference!r}")
+        if self.reference not in SEQUENCES:
+            raise InvalidInput(f"reference must be one of {', '.join(SEQUENCES)}, not {self.reference!r}")
 
 
 @dataclass
@@ -113,7 +121,7 @@ class Segmenter:
         self._model_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_waiting + 1)
 
-    def run(self, request: SegmentRequest, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    def run(self, request: SegmentRequest, progress: Callable[[str], None] | None = None) -> SegmentResult:
         if not self._slots.acquire(blocking=False):
             raise Busy("the inference queue is full; retry later", retry_after_s=30)
         try:
@@ -121,7 +129,7 @@ class Segmenter:
         finally:
             self._slots.release()
 
-    def _run(self, request: SegmentRequest, timer: StageTimer) -> dict[str, Any]:
+    def _run(self, request: SegmentRequest, timer: StageTimer) -> SegmentResult:
         started = time.perf_counter()
         store_seg = request.store_seg or self.store_seg
         with timer.stage("fetch"):
@@ -129,15 +137,15 @@ class Segmenter:
                 self.pacs, request.patient_id, request.study_instance_uid, request.explicit_series, self.rules
             )
             series = assembled.mapping.series
-            loaded = {m: v for m in MODALITIES if (v := self.cache.get(series[m])) is not None}
+            loaded = {m: v for m in SEQUENCES if (v := self.cache.get(series[m])) is not None}
             # The SEG references every source instance: it needs the reference series' files for headers.
-            wanted = [m for m in MODALITIES if m not in loaded or (store_seg and m == request.reference)]
-            with ThreadPoolExecutor(max_workers=len(MODALITIES)) as pool:
+            wanted = [m for m in SEQUENCES if m not in loaded or (store_seg and m == request.reference)]
+            with ThreadPoolExecutor(max_workers=len(SEQUENCES)) as pool:
                 files = dict(
                     zip(wanted, pool.map(lambda m: self._download(m, series[m]), wanted), strict=True)
                 )
-        with timer.stage("load"), ThreadPoolExecutor(max_workers=len(MODALITIES)) as pool:
-            missing = [m for m in MODALITIES if m not in loaded]
+        with timer.stage("load"), ThreadPoolExecutor(max_workers=len(SEQUENCES)) as pool:
+            missing = [m for m in SEQUENCES if m not in loaded]
             for m, volume in zip(
                 missing,
                 pool.map(lambda m: load_series(files[m], _series_label(m, series[m])), missing),
@@ -179,7 +187,7 @@ class Segmenter:
                     if store_seg
                     else None
                 )
-                result = build_result(
+                fields = _result_fields(
                     result_id,
                     request.patient_id,
                     assembled,
@@ -196,9 +204,9 @@ class Segmenter:
                 raise
         timings = {name: timer.timings.get(name, 0.0) for name in STAGES}
         timings["total"] = round(time.perf_counter() - started, 4)
-        result["timings_s"] = timings
         try:
-            self.store.commit(result_id, staging, result)
+            result = SegmentResult.model_validate({**fields, "timings_s": timings})
+            self.store.commit(staging, result)
         except BaseException:
             self.store.discard(staging)
             raise
@@ -221,18 +229,87 @@ class Segmenter:
 
     def _store_seg(
         self, mask: sitk.Image, reference: SeriesVolume, source_files: list[bytes], assembled: AssembledStudy
-    ) -> StoredSeg:
+    ) -> DicomSegRef:
+        """The SEG of ``mask``, built from the reference series' downloaded instances, uploaded to the
+        source study as a new series."""
         mapping = assembled.mapping
         numbers = [s.series_number for s in mapping.series.values()] + [
             s.series_number for s, _ in mapping.rejected
         ]
         manifest = self.predictor.manifest
-        return store_segmentation(
-            self.pacs,
+        segmentation = build_segmentation(
             mask,
             reference,
-            source_files,
+            read_headers(source_files),
             algorithm_name=manifest.name,
             algorithm_version=manifest.version,
             series_number=next_series_number(numbers),
         )
+        stored = self.pacs.upload_instance(encode(segmentation))
+        log.info(
+            "stored DICOM SEG %s (series %s, %d frames) as Orthanc instance %s",
+            segmentation.SOPInstanceUID,
+            segmentation.SeriesInstanceUID,
+            int(segmentation.NumberOfFrames),
+            stored.instance_id,
+        )
+        return DicomSegRef(
+            series_instance_uid=str(segmentation.SeriesInstanceUID),
+            sop_instance_uid=str(segmentation.SOPInstanceUID),
+            orthanc_id=stored.instance_id,
+        )
+
+
+def _result_fields(
+    result_id: str,
+    patient_id: str,
+    assembled: AssembledStudy,
+    reference_modality: str,
+    reference: SeriesVolume,
+    mask: sitk.Image,
+    manifest: ModelManifest,
+    dicom_seg: DicomSegRef | None,
+    model_input: ModelInput,
+    registration: bool,
+) -> dict[str, Any]:
+    """The result JSON's keys (``SegmentResult``) but ``timings_s``, which the pipeline adds once the
+    export is timed. ``model_input`` brings what the clinical-input stages found (co-registration, brain
+    extraction, warnings)."""
+    series = assembled.mapping.series
+    labels = sitk.GetArrayViewFromImage(mask).astype(np.uint8, copy=False)
+    volumes = volumes_ml(labels, voxel_volume_mm3(reference.image))
+    return {
+        "result_id": result_id,
+        "patient_id": patient_id,
+        "study_instance_uid": assembled.study.study_instance_uid,
+        "series": {
+            m: {
+                "series_instance_uid": series[m].series_instance_uid,
+                "series_description": series[m].series_description,
+                "orthanc_id": series[m].orthanc_id,
+            }
+            for m in SEQUENCES
+        },
+        "reference": {"modality": reference_modality, "series_instance_uid": reference.series_instance_uid},
+        "labels": dict(LABEL_NAMES),
+        "volumes_ml": {k: round(v, 3) for k, v in volumes.items()},
+        "mask_url": f"/results/{result_id}/mask.nii.gz",
+        "preview_url": f"/results/{result_id}/preview.png",
+        "dicom_seg": dicom_seg,
+        "mask": {
+            "shape": list(mask.GetSize()),
+            "spacing": list(mask.GetSpacing()),
+            "origin": list(mask.GetOrigin()),
+            "direction": list(mask.GetDirection()),
+        },
+        "model": {"name": manifest.name, "version": manifest.version},
+        "mapping_notes": list(assembled.mapping.notes),
+        "registration": {
+            "enabled": registration,
+            "series": {m: r.to_json() for m, r in model_input.registrations.items()},
+        },
+        "brain_extraction": dict(model_input.brain_extraction),
+        "warnings": list(model_input.warnings),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tumorseg_version": __version__,
+    }

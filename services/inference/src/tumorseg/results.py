@@ -7,15 +7,14 @@ into place in one step, so a crash never leaves half a result behind; results su
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
 
 from tumorseg.errors import ResultNotFound
+from tumorseg.schema import SegmentResult
 
 _RESULT_ID = re.compile(r"^[0-9a-f]{32}$")
 RESULT_JSON = "result.json"
@@ -42,20 +41,21 @@ class ResultStore:
         folder.mkdir(parents=True)
         return folder
 
-    def commit(self, result_id: str, staging: Path, result: dict[str, Any]) -> None:
-        """Write ``result.json`` into ``staging`` and move the folder into place atomically."""
-        (staging / RESULT_JSON).write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(staging, self._folder(result_id))
+    def commit(self, staging: Path, result: SegmentResult) -> None:
+        """Write ``result.json`` into ``staging`` and move the folder into place as ``result.result_id``,
+        atomically."""
+        folder = self._folder(result.result_id)
+        (staging / RESULT_JSON).write_text(result.model_dump_json(indent=2) + "\n")
+        os.replace(staging, folder)
 
     def discard(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
-    def read(self, result_id: str) -> dict[str, Any]:
+    def read(self, result_id: str) -> SegmentResult:
         path = self._folder(result_id) / RESULT_JSON
         if not path.is_file():
             raise ResultNotFound(f"no result {result_id}")
-        data: dict[str, Any] = json.loads(path.read_text())
-        return data
+        return SegmentResult.model_validate_json(path.read_bytes())
 
     def file(self, result_id: str, name: str) -> Path:
         if name not in FILES:

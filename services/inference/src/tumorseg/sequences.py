@@ -1,7 +1,7 @@
 """The four MR sequences of a BraTS study, named once for the whole package.
 
 ``SEQUENCES`` is the canonical order (the BraTS file suffixes and the result JSON's ``series`` keys);
-``Sequence`` is the same set as a type, for pydantic models, FastAPI queries and Typer options.
+``SequenceName`` is the same set as a type, for pydantic models, FastAPI queries and Typer options.
 A model package's own channel order is in its manifest (``Preprocessing.channels``), not here.
 """
 
@@ -9,5 +9,5 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-Sequence = Literal["flair", "t1", "t1ce", "t2"]
-SEQUENCES: tuple[Sequence, ...] = get_args(Sequence)
+SequenceName = Literal["flair", "t1", "t1ce", "t2"]
+SEQUENCES: tuple[str, ...] = get_args(SequenceName)

@@ -16,6 +16,7 @@ from tumorseg.model.predictor import Predictor
 from tumorseg.pacs import OrthancClient
 from tumorseg.pipeline import Segmenter
 from tumorseg.results import ResultStore
+from tumorseg.wiring import build_segmenter
 
 
 @dataclass
@@ -42,17 +43,7 @@ class AppState:
         if self._segmenter is None:
             if self.predictor is None:
                 raise ModelError(self.model_error or "no model is loaded")
-            self._segmenter = Segmenter(
-                self.pacs,
-                self.predictor,
-                self.store,
-                rules=self.settings.mapping_rules,
-                store_seg=self.settings.store_seg,
-                cache_bytes=self.settings.series_cache_mb * 2**20,
-                max_waiting=self.settings.queue_size,
-                registration=self.settings.registration,
-                brain_extractor=self.settings.brain_extractor,
-            )
+            self._segmenter = build_segmenter(self.settings, self.pacs, self.predictor, self.store)
         return self._segmenter
 
 

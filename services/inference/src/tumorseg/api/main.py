@@ -8,7 +8,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -19,27 +18,14 @@ from tumorseg.api.errors import error_response, install_error_handlers
 from tumorseg.api.routes import health, results, segment
 from tumorseg.config import Settings, get_settings
 from tumorseg.errors import ModelError
-from tumorseg.imaging.brain import get_extractor
 from tumorseg.logs import request_id_var
-from tumorseg.model.device import configure_threads, resolve_device
-from tumorseg.model.predictor import Predictor
-from tumorseg.pacs import OrthancClient
+from tumorseg.model.device import resolve_device
 from tumorseg.results import ResultStore
+from tumorseg.wiring import load_predictor, open_pacs
 
 log = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-
-
-def load_predictor(path: Path, device: str, brain_extractor: str = "none") -> Predictor:
-    """The model package, warmed up; and the brain extractor that ``brain_extractor`` (a
-    ``TUMORSEG_BRAIN_EXTRACTOR`` value) can call for, loaded and warmed up too."""
-    log.info("%d CPU thread(s) for torch and SimpleITK", configure_threads())
-    predictor = Predictor.from_package(path, device)
-    predictor.warm_up()
-    if brain_extractor != "none":
-        get_extractor("deepbet").warm_up()
-    return predictor
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,7 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pacs = OrthancClient(settings.orthanc_url, settings.orthanc_auth, settings.orthanc_timeout)
+        pacs = open_pacs(settings)
         device = resolve_device(settings.device)
         state = AppState(
             settings=settings,
@@ -57,9 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store=ResultStore(settings.results_dir),
         )
         try:
-            state.predictor = await run_in_threadpool(
-                load_predictor, settings.model_path, device, settings.brain_extractor
-            )
+            state.predictor = await run_in_threadpool(load_predictor, settings, device)
             state.model = ModelState(name=state.predictor.name, loaded=True)
         except ModelError as exc:
             # The service still starts: /health says degraded and /segment answers 503 with the reason.

@@ -1,1 +1,1 @@
-"""What leaves the pipeline: the NIfTI mask, volumes, (later) the DICOM SEG and the preview image."""
+"""What leaves the pipeline as files: the NIfTI mask, the preview image and the DICOM SEG dataset."""

@@ -1,4 +1,5 @@
-"""The mask as a DICOM Segmentation (highdicom), stored as a new series of the source study.
+"""The mask as a DICOM Segmentation (highdicom), built as a new series of the source study; the pipeline
+stores it through the PACS client (this module does no I/O).
 
 Geometry contract. ``mask`` is a ``SimpleITK.Image`` of BraTS labels (0/1/2/4, any integer pixel type) on
 exactly the reference series' lattice (``SeriesVolume.image``): index (i, j, k) = (column, row, slice),
@@ -34,9 +35,7 @@ Source instances are only read (headers, no pixels); nothing is written back to 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import highdicom as hd
@@ -50,11 +49,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from tumorseg import __version__
-from tumorseg.imaging.volume import SeriesVolume
 from tumorseg.labels import LABEL_STYLE
-from tumorseg.pacs.client import UploadResult
-
-log = logging.getLogger(__name__)
 
 MORPHOLOGICALLY_ABNORMAL_STRUCTURE = Code("49755003", "SCT", "Morphologically Abnormal Structure")
 BRAIN = Code("12738006", "SCT", "Brain")
@@ -84,26 +79,15 @@ _TYPE2_COPIED = (
 _LO_MAX = 64
 
 
-class InstanceStore(Protocol):
-    """What storing a SEG needs from the PACS (``OrthancClient`` has it)."""
+class SourceSeries(Protocol):
+    """The reference series as the SEG references it (``tumorseg.imaging.volume.SeriesVolume`` has it):
+    ``sop_instance_uids[k]`` is the source instance of slice k; ``label`` names the series in messages."""
 
-    def upload_instance(self, data: bytes) -> UploadResult: ...
+    @property
+    def sop_instance_uids(self) -> tuple[str, ...]: ...
 
-
-@dataclass(frozen=True)
-class StoredSeg:
-    """The stored SEG as the result JSON names it (``DicomSegRef``)."""
-
-    series_instance_uid: str
-    sop_instance_uid: str
-    orthanc_id: str
-
-    def to_json(self) -> dict[str, str]:
-        return {
-            "series_instance_uid": self.series_instance_uid,
-            "sop_instance_uid": self.sop_instance_uid,
-            "orthanc_id": self.orthanc_id,
-        }
+    @property
+    def label(self) -> str: ...
 
 
 def read_headers(files: Sequence[bytes]) -> list[Dataset]:
@@ -138,7 +122,7 @@ def segment_descriptions(algorithm_name: str, algorithm_version: str) -> list[hd
     return descriptions
 
 
-def _ordered_sources(reference: SeriesVolume, headers: Sequence[Dataset]) -> list[Dataset]:
+def _ordered_sources(reference: SourceSeries, headers: Sequence[Dataset]) -> list[Dataset]:
     """The headers in slice order (``reference.sop_instance_uids``), as copies with the type-2 patient and
     study attributes highdicom reads present (empty when the source lacks them)."""
     by_uid = {str(ds.SOPInstanceUID): ds for ds in headers}
@@ -184,7 +168,7 @@ def stacked_segments(mask: sitk.Image) -> NDArray[np.uint8]:
 
 def build_segmentation(
     mask: sitk.Image,
-    reference: SeriesVolume,
+    reference: SourceSeries,
     headers: Sequence[Dataset],
     *,
     algorithm_name: str,
@@ -231,37 +215,3 @@ def next_series_number(existing: Sequence[str]) -> int:
         except ValueError:
             continue
     return max(numbers, default=0) + 1
-
-
-def store_segmentation(
-    pacs: InstanceStore,
-    mask: sitk.Image,
-    reference: SeriesVolume,
-    source_files: Sequence[bytes],
-    *,
-    algorithm_name: str,
-    algorithm_version: str,
-    series_number: int,
-) -> StoredSeg:
-    """Build the SEG from the reference series' downloaded instances and upload it as a new instance."""
-    segmentation = build_segmentation(
-        mask,
-        reference,
-        read_headers(source_files),
-        algorithm_name=algorithm_name,
-        algorithm_version=algorithm_version,
-        series_number=series_number,
-    )
-    stored = pacs.upload_instance(encode(segmentation))
-    log.info(
-        "stored DICOM SEG %s (series %s, %d frames) as Orthanc instance %s",
-        segmentation.SOPInstanceUID,
-        segmentation.SeriesInstanceUID,
-        int(segmentation.NumberOfFrames),
-        stored.instance_id,
-    )
-    return StoredSeg(
-        series_instance_uid=str(segmentation.SeriesInstanceUID),
-        sop_instance_uid=str(segmentation.SOPInstanceUID),
-        orthanc_id=stored.instance_id,
-    )

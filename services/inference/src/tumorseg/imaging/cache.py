@@ -11,7 +11,7 @@ import threading
 from collections import OrderedDict
 
 from tumorseg.imaging.volume import SeriesVolume
-from tumorseg.pacs.client import SeriesInfo
+from tumorseg.records import SeriesInfo
 
 CacheKey = tuple[str, str, int]
 

@@ -73,14 +73,31 @@ def reversed_axes(geometry: sitk.Image, array: NDArray[np.generic] | None = None
     return image
 
 
-def lattice_map(
-    source: sitk.Image, target: sitk.Image, tol: float = 1e-4
-) -> tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int]] | None:
-    """How ``target``'s voxel centres fall on ``source``'s lattice, when each is a source voxel centre:
-    target axis a runs along source axis ``axes[a]`` in direction ``signs[a]`` (±1), and target index 0
-    is source index ``offsets`` (per source axis). None when the lattices do not coincide that way
-    (other spacing, rotation, a fractional shift). BraTS volumes and the model grid coincide, as does a
-    1 mm sagittal series whose voxel centres sit on integer mm."""
+Permutation = tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int]]
+
+
+def signed_permutation(
+    a: NDArray[np.float64], b: NDArray[np.float64], tol: float = 1e-4
+) -> Permutation | None:
+    """When source index = ``a`` @ target index + ``b`` sends every target voxel centre onto a source
+    voxel centre: ``a`` a signed permutation and ``b`` integer (within ``tol``). Then target axis t runs
+    along source axis ``axes[t]`` in direction ``signs[t]`` (±1), and target index 0 is source index
+    ``offsets`` (per source axis). None otherwise (other spacing, a rotation, a fractional shift).
+    The one test of "these lattices coincide" for the service (``lattice_map``) and the DICOM writer."""
+    rounded, offsets = np.rint(a), np.rint(b)
+    if np.abs(a - rounded).max() > tol or np.abs(b - offsets).max() > tol:
+        return None
+    if not (np.abs(rounded).sum(axis=0) == 1).all() or not (np.abs(rounded).sum(axis=1) == 1).all():
+        return None
+    axes = tuple(int(np.flatnonzero(rounded[:, t])[0]) for t in range(3))
+    signs = tuple(int(rounded[axes[t], t]) for t in range(3))
+    return axes, signs, tuple(int(v) for v in offsets)  # type: ignore[return-value]
+
+
+def lattice_map(source: sitk.Image, target: sitk.Image, tol: float = 1e-4) -> Permutation | None:
+    """How ``target``'s voxel centres fall on ``source``'s lattice, when each is a source voxel centre
+    (``signed_permutation``). BraTS volumes and the model grid coincide, as does a 1 mm sagittal series
+    whose voxel centres sit on integer mm."""
     b = np.asarray(
         source.TransformPhysicalPointToContinuousIndex(target.TransformIndexToPhysicalPoint((0, 0, 0)))
     )
@@ -94,15 +111,7 @@ def lattice_map(
             )
             - b
         )
-    a = np.stack(columns, axis=1)  # source index = a @ target index + b
-    rounded, offsets = np.rint(a), np.rint(b)
-    if np.abs(a - rounded).max() > tol or np.abs(b - offsets).max() > tol:
-        return None
-    if not (np.abs(rounded).sum(axis=0) == 1).all() or not (np.abs(rounded).sum(axis=1) == 1).all():
-        return None
-    axes = tuple(int(np.flatnonzero(rounded[:, t])[0]) for t in range(3))
-    signs = tuple(int(rounded[axes[t], t]) for t in range(3))
-    return axes, signs, tuple(int(v) for v in offsets)  # type: ignore[return-value]
+    return signed_permutation(np.stack(columns, axis=1), b, tol)
 
 
 def resample_to_array(

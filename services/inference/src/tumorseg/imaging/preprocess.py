@@ -48,16 +48,15 @@ from tumorseg.imaging.brain import (
     peel,
 )
 from tumorseg.imaging.registration import Registration, register_study
+from tumorseg.sequences import SEQUENCES
 from tumorseg.threads import usable_cpus
-
-MODALITIES = ("flair", "t1", "t1ce", "t2")
 
 
 @dataclass(frozen=True)
 class Preprocessing:
     """What a model package records about its input; ``to_json``/``from_json`` round-trip it."""
 
-    channels: tuple[str, ...] = MODALITIES
+    channels: tuple[str, ...] = SEQUENCES
     spacing_mm: float = 1.0
     normalisation: str = "zscore_nonzero_channelwise"
     crop_foreground: bool = True
@@ -65,8 +64,8 @@ class Preprocessing:
     divisible_by: int = field(default=16)
 
     def __post_init__(self) -> None:
-        if sorted(self.channels) != sorted(MODALITIES):
-            raise ValueError(f"channels must be a permutation of {MODALITIES}, got {self.channels}")
+        if sorted(self.channels) != sorted(SEQUENCES):
+            raise ValueError(f"channels must be a permutation of {SEQUENCES}, got {self.channels}")
         if self.normalisation != "zscore_nonzero_channelwise":
             raise ValueError(f"unknown normalisation {self.normalisation!r}")
         if not 0.25 <= self.spacing_mm <= 4:
@@ -366,3 +365,6 @@ def _resample_channels(
                 range(len(volumes)),
             )
         )
+
+
+MODALITIES = SEQUENCES  # TEMPORARY alias for tests being edited

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from tumorseg.pacs.client import OrthancClient, SeriesInfo, StudyInfo, UploadResult
+from tumorseg.pacs.client import OrthancClient, UploadResult
 
-__all__ = ["OrthancClient", "SeriesInfo", "StudyInfo", "UploadResult"]
+__all__ = ["OrthancClient", "UploadResult"]

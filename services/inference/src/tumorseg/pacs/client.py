@@ -29,6 +29,7 @@ from tumorseg.errors import (
     PacsTimeout,
     PacsUnavailable,
 )
+from tumorseg.records import SeriesInfo, StudyInfo
 
 log = logging.getLogger(__name__)
 
@@ -57,100 +58,57 @@ def _multi(value: Any) -> tuple[str, ...]:
     return tuple(part.strip() for part in str(value).split("\\"))
 
 
-@dataclass(frozen=True)
-class StudyInfo:
-    """One study as Orthanc lists it. Dates are DICOM DA/TM strings ("" when absent)."""
-
-    orthanc_id: str
-    study_instance_uid: str
-    patient_id: str
-    study_date: str
-    study_time: str
-    study_description: str
-    series_ids: tuple[str, ...]
-
-    @classmethod
-    def from_orthanc(cls, data: dict[str, Any]) -> StudyInfo:
-        tags = data.get("MainDicomTags", {})
-        patient = data.get("PatientMainDicomTags", {})
-        return cls(
-            orthanc_id=data["ID"],
-            study_instance_uid=tags.get("StudyInstanceUID", ""),
-            patient_id=patient.get("PatientID", ""),
-            study_date=tags.get("StudyDate", ""),
-            study_time=tags.get("StudyTime", ""),
-            study_description=tags.get("StudyDescription", ""),
-            series_ids=tuple(data.get("Series", ())),
-        )
+def study_from_orthanc(data: dict[str, Any]) -> StudyInfo:
+    """A study record from Orthanc's ``/studies/{id}`` (or an expanded ``/tools/find``) answer."""
+    tags = data.get("MainDicomTags", {})
+    patient = data.get("PatientMainDicomTags", {})
+    return StudyInfo(
+        orthanc_id=data["ID"],
+        study_instance_uid=tags.get("StudyInstanceUID", ""),
+        patient_id=patient.get("PatientID", ""),
+        study_date=tags.get("StudyDate", ""),
+        study_time=tags.get("StudyTime", ""),
+        study_description=tags.get("StudyDescription", ""),
+        series_ids=tuple(data.get("Series", ())),
+    )
 
 
-@dataclass(frozen=True)
-class SeriesInfo:
-    """A series with the tags modality mapping needs, read from Orthanc's series record and from one
-    of its instances (those tags are not series-level in Orthanc's index). Times are in ms, as in DICOM."""
+def series_from_orthanc(series: dict[str, Any], instance_tags: dict[str, Any]) -> SeriesInfo:
+    """A series record from Orthanc's ``/series/{id}`` answer and the simplified tags of one of its
+    instances (the physics tags are not series-level in Orthanc's index)."""
+    main = series.get("MainDicomTags", {})
 
-    orthanc_id: str
-    series_instance_uid: str
-    modality: str
-    series_description: str
-    protocol_name: str
-    series_number: str
-    image_type: tuple[str, ...]
-    repetition_time: float | None
-    echo_time: float | None
-    inversion_time: float | None
-    contrast_bolus_agent: str
-    mr_acquisition_type: str
-    image_orientation_patient: tuple[float, ...] | None
-    slice_thickness: float | None
-    spacing_between_slices: float | None
-    pixel_spacing: tuple[float, ...] | None
-    rows: int | None
-    columns: int | None
-    series_date: str
-    series_time: str
-    instance_ids: tuple[str, ...]
-    last_update: str = ""  # Orthanc's LastUpdate: changes whenever an instance is added or replaced
+    def tag(name: str) -> Any:
+        return instance_tags.get(name, main.get(name))
 
-    @property
-    def instance_count(self) -> int:
-        return len(self.instance_ids)
-
-    @classmethod
-    def from_orthanc(cls, series: dict[str, Any], instance_tags: dict[str, Any]) -> SeriesInfo:
-        main = series.get("MainDicomTags", {})
-
-        def tag(name: str) -> Any:
-            return instance_tags.get(name, main.get(name))
-
-        iop = _multi(tag("ImageOrientationPatient"))
-        orientation = tuple(float(v) for v in iop) if len(iop) == 6 else None
-        spacing = _multi(tag("PixelSpacing"))
-        rows, columns = _float_or_none(tag("Rows")), _float_or_none(tag("Columns"))
-        return cls(
-            orthanc_id=series["ID"],
-            series_instance_uid=main.get("SeriesInstanceUID", ""),
-            modality=str(tag("Modality") or ""),
-            series_description=str(tag("SeriesDescription") or ""),
-            protocol_name=str(tag("ProtocolName") or ""),
-            series_number=str(tag("SeriesNumber") or ""),
-            image_type=tuple(v.upper() for v in _multi(tag("ImageType"))),
-            repetition_time=_float_or_none(tag("RepetitionTime")),
-            echo_time=_float_or_none(tag("EchoTime")),
-            inversion_time=_float_or_none(tag("InversionTime")),
-            contrast_bolus_agent=str(tag("ContrastBolusAgent") or ""),
-            mr_acquisition_type=str(tag("MRAcquisitionType") or ""),
-            image_orientation_patient=orientation,
-            slice_thickness=_float_or_none(tag("SliceThickness")),
-            spacing_between_slices=_float_or_none(tag("SpacingBetweenSlices")),
-            pixel_spacing=tuple(float(v) for v in spacing) if len(spacing) == 2 else None,
-            rows=int(rows) if rows is not None else None,
-            columns=int(columns) if columns is not None else None,
-            series_date=str(tag("SeriesDate") or ""),
-            series_time=str(tag("SeriesTime") or ""),
-            instance_ids=tuple(series.get("Instances", ())),
-            last_update=str(series.get("LastUpdate", "")),
-        )
+    iop = _multi(tag("ImageOrientationPatient"))
+    orientation = tuple(float(v) for v in iop) if len(iop) == 6 else None
+    spacing = _multi(tag("PixelSpacing"))
+    rows, columns = _float_or_none(tag("Rows")), _float_or_none(tag("Columns"))
+    return SeriesInfo(
+        orthanc_id=series["ID"],
+        series_instance_uid=main.get("SeriesInstanceUID", ""),
+        modality=str(tag("Modality") or ""),
+        series_description=str(tag("SeriesDescription") or ""),
+        protocol_name=str(tag("ProtocolName") or ""),
+        series_number=str(tag("SeriesNumber") or ""),
+        image_type=tuple(v.upper() for v in _multi(tag("ImageType"))),
+        repetition_time=_float_or_none(tag("RepetitionTime")),
+        echo_time=_float_or_none(tag("EchoTime")),
+        inversion_time=_float_or_none(tag("InversionTime")),
+        contrast_bolus_agent=str(tag("ContrastBolusAgent") or ""),
+        mr_acquisition_type=str(tag("MRAcquisitionType") or ""),
+        image_orientation_patient=orientation,
+        slice_thickness=_float_or_none(tag("SliceThickness")),
+        spacing_between_slices=_float_or_none(tag("SpacingBetweenSlices")),
+        pixel_spacing=tuple(float(v) for v in spacing) if len(spacing) == 2 else None,
+        rows=int(rows) if rows is not None else None,
+        columns=int(columns) if columns is not None else None,
+        series_date=str(tag("SeriesDate") or ""),
+        series_time=str(tag("SeriesTime") or ""),
+        instance_ids=tuple(series.get("Instances", ())),
+        last_update=str(series.get("LastUpdate", "")),
+    )
 
 
 @dataclass(frozen=True)
@@ -287,12 +245,12 @@ class OrthancClient:
         answer = self._json("POST", "/tools/find", json=body, idempotent=True)  # a query, changes nothing
         if not isinstance(answer, list):
             raise PacsProtocolError("Orthanc answered /tools/find with something other than a list")
-        studies = [StudyInfo.from_orthanc(item) for item in answer]
+        studies = [study_from_orthanc(item) for item in answer]
         exact = [s for s in studies if s.patient_id == patient_id]
         return sorted(exact, key=lambda s: (s.study_date, s.study_time, s.study_instance_uid))
 
     def get_study(self, study_id: str) -> StudyInfo:
-        return StudyInfo.from_orthanc(self._json("GET", f"/studies/{study_id}"))
+        return study_from_orthanc(self._json("GET", f"/studies/{study_id}"))
 
     def patient_of_study(self, study_id: str) -> dict[str, str]:
         """The patient-level main tags of a study's patient. Holds PHI (name, birth date): never log it."""
@@ -312,7 +270,7 @@ class OrthancClient:
         def describe(item: dict[str, Any]) -> SeriesInfo:
             instances = item.get("Instances") or []
             tags = self.instance_tags(instances[0]) if instances else {}
-            return SeriesInfo.from_orthanc(item, tags)
+            return series_from_orthanc(item, tags)
 
         with ThreadPoolExecutor(max_workers=min(self.download_workers, max(len(series), 1))) as pool:
             infos = list(pool.map(describe, series))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tumorseg.errors import InvalidInput
-from tumorseg.pacs.client import SeriesInfo, StudyInfo
+from tumorseg.records import SeriesInfo, StudyInfo
 from tumorseg.study.choose import AssembledStudy, choose_from
 from tumorseg.study.rules import Rules
 

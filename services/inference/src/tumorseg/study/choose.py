@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tumorseg.errors import ModalityMissing, PatientNotFound, StudyNotFound
-from tumorseg.pacs.client import SeriesInfo, StudyInfo
+from tumorseg.records import SeriesInfo, StudyInfo
 from tumorseg.study.mapping import MappingProposal, SeriesMapping, propose_mapping
 from tumorseg.study.rules import Rules, resolve_rules
 

@@ -37,10 +37,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tumorseg.errors import InvalidInput
-from tumorseg.pacs.client import SeriesInfo
+from tumorseg.records import SeriesInfo
+from tumorseg.sequences import SEQUENCES
 from tumorseg.study.outcome import MappingProposal, SeriesMapping
 from tumorseg.study.ranking import describe, rank, why_better
-from tumorseg.study.rules import MODALITIES, Rules, resolve_rules
+from tumorseg.study.rules import Rules, resolve_rules
 from tumorseg.study.scoring import evaluate, reject_reason
 
 __all__ = ["MappingProposal", "SeriesMapping", "describe", "map_series", "propose_mapping"]
@@ -54,10 +55,8 @@ def _checked_explicit(explicit: Mapping[str, str] | None) -> dict[str, str]:
     cleaned: dict[str, str] = {}
     for key, uid in explicit.items():
         modality = key.strip().lower()
-        if modality not in MODALITIES:
-            raise InvalidInput(
-                f"unknown modality {key!r} in the explicit series; use {', '.join(MODALITIES)}"
-            )
+        if modality not in SEQUENCES:
+            raise InvalidInput(f"unknown modality {key!r} in the explicit series; use {', '.join(SEQUENCES)}")
         if not uid or not uid.strip():
             raise InvalidInput(f"the explicit SeriesInstanceUID for {modality} is empty")
         cleaned[modality] = uid.strip()
@@ -84,7 +83,7 @@ def propose_mapping(
     chosen: dict[str, SeriesInfo] = {}
     notes: list[str] = []
     explicit_missing: dict[str, str] = {}
-    for modality in MODALITIES:
+    for modality in SEQUENCES:
         if modality not in wanted:
             continue
         picked = by_uid.get(wanted[modality])
@@ -102,7 +101,7 @@ def propose_mapping(
         e.series.series_instance_uid: [e.reject_reason] for e in evaluations if e.reject_reason is not None
     }
     pool = [e for e in evaluations if e.reject_reason is None]
-    open_modalities = [m for m in MODALITIES if m not in chosen and m not in explicit_missing]
+    open_modalities = [m for m in SEQUENCES if m not in chosen and m not in explicit_missing]
     ambiguous: dict[str, tuple[SeriesInfo, ...]] = {}
     threshold = rules.threshold
 
@@ -110,7 +109,7 @@ def propose_mapping(
         pairs = [(e, m) for e in pool for m in open_modalities if e.scores[m].score >= threshold]
         if not pairs:
             break
-        _, modality = max(pairs, key=lambda p: (p[0].scores[p[1]].score, -MODALITIES.index(p[1])))
+        _, modality = max(pairs, key=lambda p: (p[0].scores[p[1]].score, -SEQUENCES.index(p[1])))
         open_modalities.remove(modality)
         candidates = sorted(
             (e for e in pool if e.scores[modality].score >= threshold),
@@ -153,7 +152,7 @@ def propose_mapping(
     chosen_uids = {s.series_instance_uid for s in chosen.values()}
     near_misses: dict[str, str] = {}
     missing = tuple(
-        m for m in MODALITIES if m not in chosen and m not in ambiguous and m not in explicit_missing
+        m for m in SEQUENCES if m not in chosen and m not in ambiguous and m not in explicit_missing
     )
     for e in pool:
         uid = e.series.series_instance_uid
@@ -187,7 +186,7 @@ def propose_mapping(
     modality_counts = Counter(s.modality.upper() for s in series)
     accepted = {m.upper() for m in rules.accepted_modalities}
     proposal = MappingProposal(
-        series={m: chosen[m] for m in MODALITIES if m in chosen},
+        series={m: chosen[m] for m in SEQUENCES if m in chosen},
         rejected=rejected,
         notes=notes,
         missing=missing,

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tumorseg.errors import AmbiguousSeries, ModalityMissing, StudyError
-from tumorseg.pacs.client import SeriesInfo
+from tumorseg.records import SeriesInfo
+from tumorseg.sequences import SEQUENCES
 from tumorseg.study.ranking import describe
-from tumorseg.study.rules import MODALITIES
 
 _MAX_LISTED = 30
 
@@ -36,14 +36,14 @@ class SeriesMapping:
     study_instance_uid: str | None = None
 
     def __post_init__(self) -> None:
-        if set(self.series) != set(MODALITIES):
-            raise ValueError(f"a SeriesMapping needs exactly {list(MODALITIES)}, got {sorted(self.series)}")
+        if set(self.series) != set(SEQUENCES):
+            raise ValueError(f"a SeriesMapping needs exactly {list(SEQUENCES)}, got {sorted(self.series)}")
         uids = [s.series_instance_uid for s in self.series.values()]
         if len(set(uids)) != len(uids):
             raise ValueError(f"a series is mapped to two modalities: {self.series_uids()}")
 
     def series_uids(self) -> dict[str, str]:
-        return {m: self.series[m].series_instance_uid for m in MODALITIES if m in self.series}
+        return {m: self.series[m].series_instance_uid for m in SEQUENCES if m in self.series}
 
     def to_json(self) -> dict[str, Any]:
         """The CONTRACT shape: ``series`` as in the result JSON, plus ``rejected`` and ``notes``."""
@@ -72,7 +72,7 @@ def _series_json(series: Mapping[str, SeriesInfo]) -> dict[str, dict[str, str]]:
             "series_description": series[m].series_description,
             "orthanc_id": series[m].orthanc_id,
         }
-        for m in MODALITIES
+        for m in SEQUENCES
         if m in series
     }
 
@@ -165,7 +165,7 @@ class MappingProposal:
         if problem is not None:
             raise problem
         return SeriesMapping(
-            series={m: self.series[m] for m in MODALITIES},
+            series={m: self.series[m] for m in SEQUENCES},
             rejected=list(self.rejected),
             notes=list(self.notes),
             study_instance_uid=self.study_instance_uid,

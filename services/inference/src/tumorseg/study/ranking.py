@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from tumorseg.pacs.client import SeriesInfo
+from tumorseg.records import SeriesInfo
 from tumorseg.study.rules import Rules
 from tumorseg.study.scoring import SeriesEvaluation
 

@@ -49,7 +49,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
+from tumorseg.sequences import SEQUENCES
+
 TieBreakKey = Literal["slice_spacing", "acquisition_3d", "instance_count", "pixel_area"]
 RULES_RESOURCE = "rules.json"
 
@@ -144,9 +145,9 @@ class Rules(_Strict):
 
     @model_validator(mode="after")
     def _complete(self) -> Rules:
-        if set(self.modalities) != set(MODALITIES):
+        if set(self.modalities) != set(SEQUENCES):
             raise ValueError(
-                f"modalities must have exactly the keys {list(MODALITIES)}, not {sorted(self.modalities)}"
+                f"modalities must have exactly the keys {list(SEQUENCES)}, not {sorted(self.modalities)}"
             )
         if len(set(self.tie_break)) != len(self.tie_break):
             raise ValueError(f"tie_break lists a key twice: {self.tie_break}")

@@ -20,8 +20,9 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from tumorseg.pacs.client import SeriesInfo
-from tumorseg.study.rules import MODALITIES, ModalityRules, NamePattern, PhysicsProfile, Rules
+from tumorseg.records import SeriesInfo
+from tumorseg.sequences import SEQUENCES
+from tumorseg.study.rules import ModalityRules, NamePattern, PhysicsProfile, Rules
 
 ContrastState = Literal["post", "pre", "unknown"]
 
@@ -60,10 +61,10 @@ class SeriesEvaluation:
     scores: dict[str, ModalityScore]
 
     def best(self) -> ModalityScore | None:
-        """The highest-scoring modality (earlier in ``MODALITIES`` on a tie), ``None`` if rejected."""
+        """The highest-scoring modality (earlier in ``SEQUENCES`` on a tie), ``None`` if rejected."""
         if not self.scores:
             return None
-        return max(self.scores.values(), key=lambda s: (s.score, -MODALITIES.index(s.modality)))
+        return max(self.scores.values(), key=lambda s: (s.score, -SEQUENCES.index(s.modality)))
 
 
 def reject_reason(series: SeriesInfo, rules: Rules) -> str | None:
@@ -194,5 +195,5 @@ def evaluate(series: SeriesInfo, rules: Rules) -> SeriesEvaluation:
     state = contrast_state(series, rules)
     if reason is not None:
         return SeriesEvaluation(series, reason, state, {})
-    scores = {m: score_modality(series, m, rules, state) for m in MODALITIES}
+    scores = {m: score_modality(series, m, rules, state) for m in SEQUENCES}
     return SeriesEvaluation(series, None, state, scores)

@@ -31,6 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from tumorseg.errors import InvalidInput
+from tumorseg.imaging.grid import signed_permutation
 
 Plane = Literal["axial", "sagittal", "coronal"]
 PLANES: tuple[Plane, ...] = get_args(Plane)
@@ -230,18 +231,17 @@ def plan_lattice(source: SourceVolume, geometry: SeriesGeometry) -> Lattice:
 
 
 def _exact_index_map(source: SourceVolume, lattice: Lattice) -> tuple[np.ndarray, np.ndarray] | None:
-    """If every lattice point is a source voxel centre: (signed permutation P, offset o) with
-    source index = P @ lattice index + o. Otherwise ``None``."""
+    """If every lattice point is a source voxel centre (``grid.signed_permutation``) inside the source:
+    (signed permutation P, offset o) with source index = P @ lattice index + o. Otherwise ``None``."""
     m = np.linalg.solve(source.affine, lattice.affine)
-    rot, trans = m[:3, :3], m[:3, 3]
-    perm = np.rint(rot)
-    if not np.allclose(rot, perm, atol=1e-6) or not np.array_equal(np.abs(perm).sum(axis=0), np.ones(3)):
+    found = signed_permutation(m[:3, :3], m[:3, 3])
+    if found is None:
         return None
-    if not np.array_equal(np.abs(perm).sum(axis=1), np.ones(3)):
-        return None
-    offset = np.rint(trans)
-    if not np.allclose(trans, offset, atol=1e-4):
-        return None
+    axes, signs, offsets = found
+    perm = np.zeros((3, 3))
+    for t in range(3):
+        perm[axes[t], t] = signs[t]
+    offset = np.asarray(offsets, dtype=np.float64)
     hi = np.array(lattice.size) - 1
     ends = np.array(
         [perm @ np.array([a, b, c]) + offset for a in (0, hi[0]) for b in (0, hi[1]) for c in (0, hi[2])]

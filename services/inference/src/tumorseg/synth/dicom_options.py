@@ -16,8 +16,9 @@ from datetime import date
 from typing import Any
 
 from tumorseg.errors import InvalidInput
+from tumorseg.sequences import SEQUENCES
 from tumorseg.synth.dicom_geometry import PLANES, SeriesGeometry
-from tumorseg.synth.dicom_profiles import DECOY_KINDS, MODALITIES, VENDORS, Vendor
+from tumorseg.synth.dicom_profiles import DECOY_KINDS, VENDORS, Vendor
 from tumorseg.synth.dicom_series import TRANSFER_SYNTAXES, TransferSyntax
 
 PATIENT_SEXES = ("M", "F", "O")
@@ -55,10 +56,10 @@ class ConversionOptions:
     vendor: Vendor = "siemens"
 
     def __post_init__(self) -> None:
-        unknown = set(self.geometry) - set(MODALITIES)
+        unknown = set(self.geometry) - set(SEQUENCES)
         if unknown:
-            raise InvalidInput(f"geometry for unknown series {sorted(unknown)}; use {', '.join(MODALITIES)}")
-        unknown = set(self.descriptions) - set(MODALITIES) - set(DECOY_KINDS)
+            raise InvalidInput(f"geometry for unknown series {sorted(unknown)}; use {', '.join(SEQUENCES)}")
+        unknown = set(self.descriptions) - set(SEQUENCES) - set(DECOY_KINDS)
         if unknown:
             raise InvalidInput(f"description for unknown series {sorted(unknown)}")
         for key, text in self.descriptions.items():
@@ -86,7 +87,7 @@ class ConversionOptions:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name == "geometry":
-                value = {key: asdict(self.geometry_for(key)) for key in MODALITIES}
+                value = {key: asdict(self.geometry_for(key)) for key in SEQUENCES}
             elif isinstance(value, date):
                 value = value.isoformat()
             elif isinstance(value, Mapping):
@@ -99,11 +100,11 @@ def split_modalities(raw: str) -> tuple[tuple[str, ...], str]:
     """``"t1:5"`` → ((t1,), "5"); ``"5"`` or ``"all:5"`` → (all four, "5")."""
     head, sep, tail = raw.partition(":")
     key = head.strip().lower()
-    if sep and key in MODALITIES:
+    if sep and key in SEQUENCES:
         return (key,), tail.strip()
     if sep and key == "all":
-        return MODALITIES, tail.strip()
-    return MODALITIES, raw.strip()
+        return SEQUENCES, tail.strip()
+    return SEQUENCES, raw.strip()
 
 
 def parse_date(text: str, what: str) -> date:
@@ -124,7 +125,7 @@ def parse_geometry(
     reverse_slices: Sequence[str] = (),
 ) -> dict[str, SeriesGeometry]:
     """Per-modality geometry from the repeatable CLI options (see module doc)."""
-    settings: dict[str, dict[str, Any]] = {key: {} for key in MODALITIES}
+    settings: dict[str, dict[str, Any]] = {key: {} for key in SEQUENCES}
     for raw in planes:
         keys, value = split_modalities(raw)
         if value.lower() not in PLANES:
@@ -152,9 +153,9 @@ def parse_geometry(
     for raw in reverse_slices:
         for part in raw.split(","):
             key = part.strip().lower()
-            if key not in (*MODALITIES, "all"):
-                raise InvalidInput(f"--reverse-slices {raw!r}: expected all or {', '.join(MODALITIES)}")
-            for target in MODALITIES if key == "all" else (key,):
+            if key not in (*SEQUENCES, "all"):
+                raise InvalidInput(f"--reverse-slices {raw!r}: expected all or {', '.join(SEQUENCES)}")
+            for target in SEQUENCES if key == "all" else (key,):
                 settings[target]["reverse_slices"] = True
     return {key: replace(SeriesGeometry(), **values) for key, values in settings.items() if values}
 
@@ -165,7 +166,7 @@ def parse_descriptions(values: Sequence[str]) -> dict[str, str]:
     for raw in values:
         head, sep, text = raw.partition(":")
         key = head.strip().lower()
-        if not sep or key not in (*MODALITIES, *DECOY_KINDS):
+        if not sep or key not in (*SEQUENCES, *DECOY_KINDS):
             raise InvalidInput(f"--description {raw!r}: expected MOD:TEXT, e.g. 't2:AX T2 FSE'")
         out[key] = text.strip()
     return out

@@ -16,7 +16,6 @@ from tumorseg.synth.dicom_geometry import Plane
 Vendor = Literal["siemens", "ge"]
 VENDORS: tuple[Vendor, ...] = get_args(Vendor)
 
-MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 DECOY_KINDS: tuple[str, ...] = ("localizer", "dwi", "adc")
 
 # Series numbers follow a plausible exam order and do not depend on which series are written, so a

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from tumorseg.sequences import SEQUENCES
 from tumorseg.synth.phantom_anatomy import (
     BRATS_AFFINE,
     SHAPE,
@@ -45,12 +46,12 @@ from tumorseg.synth.phantom_anatomy import (
     sample_pose,
     ventricle_resize,
 )
-from tumorseg.synth.phantom_contrast import MODALITIES, synthesize
+from tumorseg.synth.phantom_contrast import synthesize
 from tumorseg.synth.phantom_tumour import LesionPlan, Tumour, grow_tumour, mass_effects, place_lesions
 
 __all__ = [
     "BRATS_AFFINE",
-    "MODALITIES",
+    "SEQUENCES",
     "PROFILES",
     "SHAPE",
     "CasePlan",
@@ -108,9 +109,9 @@ class PhantomCase:
     plan: CasePlan
 
     def image(self, modality: str) -> NDArray[np.int16]:
-        """The volume of ``modality`` (one of ``MODALITIES``)."""
-        if modality not in MODALITIES:
-            raise ValueError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
+        """The volume of ``modality`` (one of ``SEQUENCES``)."""
+        if modality not in SEQUENCES:
+            raise ValueError(f"unknown modality {modality!r}; expected one of {', '.join(SEQUENCES)}")
         arr: NDArray[np.int16] = getattr(self, modality)
         return arr
 
@@ -234,7 +235,7 @@ def write_case(case: PhantomCase, out_dir: Path, case_id: str) -> Path:
         raise ValueError(f"case_id must be a plain folder name, got {case_id!r}")
     folder = Path(out_dir) / case_id
     folder.mkdir(parents=True, exist_ok=True)
-    volumes: list[tuple[str, NDArray[np.generic]]] = [(m, case.image(m)) for m in MODALITIES]
+    volumes: list[tuple[str, NDArray[np.generic]]] = [(m, case.image(m)) for m in SEQUENCES]
     volumes.append(("seg", case.seg))
     for name, data in volumes:
         img = nib.Nifti1Image(data, case.affine)

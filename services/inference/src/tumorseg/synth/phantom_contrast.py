@@ -31,12 +31,12 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
+from tumorseg.sequences import SEQUENCES
 from tumorseg.synth.phantom_anatomy import SHAPE, Anatomy
 from tumorseg.synth.phantom_tumour import Tumour
 
 log = logging.getLogger(__name__)
 
-MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 F32 = NDArray[np.float32]
 
 # Mean intensity relative to white matter, (low, high) per case. "ncr" is necrosis in an enhancing
@@ -217,7 +217,7 @@ def _acquire(modality: str, signal: F32, coords: F32, rng: np.random.Generator) 
 def render(
     anatomy: Anatomy, tumour: Tumour, enhancing: bool, rng: np.random.Generator
 ) -> dict[str, BrainContrast]:
-    """Per modality (``MODALITIES`` order), the brain's noiseless signal, tissue means and final values.
+    """Per modality (``SEQUENCES`` order), the brain's noiseless signal, tissue means and final values.
 
     Arrays are 1-d over ``anatomy.voxels`` (see ``BrainContrast``). The draws from ``rng`` are exactly
     those of ``synthesize``, in the same order (shared mixture, then per modality: contrast, then
@@ -228,7 +228,7 @@ def render(
     coords = np.stack(where).astype(np.float32)
     mix = _mixture(anatomy, tumour, enhancing, coords, rng)
     out: dict[str, BrainContrast] = {}
-    for modality in MODALITIES:
+    for modality in SEQUENCES:
         signal, means = _noiseless(modality, mix, where, rng)
         out[modality] = BrainContrast(
             signal=signal, means=means, values=_acquire(modality, signal, coords, rng)
@@ -239,7 +239,7 @@ def render(
 def synthesize(
     anatomy: Anatomy, tumour: Tumour, enhancing: bool, rng: np.random.Generator
 ) -> dict[str, NDArray[np.int16]]:
-    """The four modalities (``MODALITIES``), int16 on ``SHAPE`` (axes i, j, k of ``BRATS_AFFINE``), >= 1
+    """The four modalities (``SEQUENCES``), int16 on ``SHAPE`` (axes i, j, k of ``BRATS_AFFINE``), >= 1
     inside the brain and 0 outside.
 
     Label 1 (``tumour.core``) is rendered as necrosis when ``enhancing`` and as non-enhancing core otherwise.

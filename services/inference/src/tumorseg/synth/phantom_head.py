@@ -44,8 +44,9 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
 
+from tumorseg.sequences import SEQUENCES
 from tumorseg.synth.phantom import CasePlan, brain_and_tumour, plan_case, write_cases
-from tumorseg.synth.phantom_contrast import MODALITIES, render
+from tumorseg.synth.phantom_contrast import render
 from tumorseg.synth.phantom_head_tissue import (
     BRAIN_OFFSET,
     HEAD_AFFINE,
@@ -94,7 +95,7 @@ _SEG_BITS = 0b111  # labels 0-4 in the low bits, brain flag above them while res
 class HeadCase:
     """One clinical-head case; see the module docstring for lattices, frames and the motion convention.
 
-    ``images``/``seg``/``brain``/``motion`` are keyed by modality (``MODALITIES``); every array has shape
+    ``images``/``seg``/``brain``/``motion`` are keyed by modality (``SEQUENCES``); every array has shape
     ``HEAD_SHAPE`` (axes i, j, k of ``affine``); ``motion`` matrices are 4 x 4 float64, LPS mm. ``tissue``
     (uint8 ``Tissue`` codes) is the head at rest, in no series' frame: useful to check anatomy and
     contrasts, not part of the written layout.
@@ -110,10 +111,10 @@ class HeadCase:
 
     def __post_init__(self) -> None:
         for name, arrays in (("images", self.images), ("seg", self.seg), ("brain", self.brain)):
-            if set(arrays) != set(MODALITIES) or any(a.shape != HEAD_SHAPE for a in arrays.values()):
-                raise ValueError(f"{name} must hold {MODALITIES} arrays of shape {HEAD_SHAPE}")
-        if set(self.motion) != set(MODALITIES) or any(m.shape != (4, 4) for m in self.motion.values()):
-            raise ValueError(f"motion must hold one 4 x 4 matrix per modality {MODALITIES}")
+            if set(arrays) != set(SEQUENCES) or any(a.shape != HEAD_SHAPE for a in arrays.values()):
+                raise ValueError(f"{name} must hold {SEQUENCES} arrays of shape {HEAD_SHAPE}")
+        if set(self.motion) != set(SEQUENCES) or any(m.shape != (4, 4) for m in self.motion.values()):
+            raise ValueError(f"motion must hold one 4 x 4 matrix per modality {SEQUENCES}")
         if self.tissue.shape != HEAD_SHAPE:
             raise ValueError(f"tissue must have shape {HEAD_SHAPE}")
 
@@ -264,7 +265,7 @@ def generate_head_case(
     plan = plan_case(seed)
     children = np.random.SeedSequence(seed).spawn(6)
     rng_anatomy, rng_tumour, rng_contrast, rng_head = (np.random.default_rng(c) for c in children[1:5])
-    series_rngs = [np.random.default_rng(c) for c in children[5].spawn(len(MODALITIES))]
+    series_rngs = [np.random.default_rng(c) for c in children[5].spawn(len(SEQUENCES))]
 
     # Exactly generate_case's steps and draws, so the brain and tumour are identical.
     pose, anatomy, tumour = brain_and_tumour(plan, rng_anatomy, rng_tumour)
@@ -272,7 +273,7 @@ def generate_head_case(
 
     head = build_head(anatomy, pose, rng_head)
     luts = head_means(contrast, rng_head)
-    thetas = {m: float(rng_head.uniform(0, 2 * np.pi)) for m in MODALITIES}
+    thetas = {m: float(rng_head.uniform(0, 2 * np.pi)) for m in SEQUENCES}
     flags = anatomy.brain.astype(np.uint8)
     flags *= np.uint8(_SEG_BITS + 1)
     labels = embed(tumour.seg | flags)
@@ -283,7 +284,7 @@ def generate_head_case(
     centre_lps = (_voxel_lps(HEAD_AFFINE) @ np.append(centroid, 1.0))[:3]
 
     images, seg, brain, motion = {}, {}, {}, {}
-    for modality, rng in zip(MODALITIES, series_rngs, strict=True):
+    for modality, rng in zip(SEQUENCES, series_rngs, strict=True):
         acq = _draw_acquisition(rng, centre_lps, max_rotation_deg, max_translation_mm, max_bias)
         signal = head_signal(head, contrast[modality], luts[modality], thetas[modality])
         images[modality], moved = _acquire(signal, labels, boxes, acq, rng)
@@ -336,12 +337,12 @@ def write_head_case(case: HeadCase, out_dir: Path, case_id: str) -> Path:
     truth = folder / "truth"
     truth.mkdir(parents=True, exist_ok=True)
     descrip = f"tumorseg head phantom seed {case.plan.seed}"
-    for m in MODALITIES:
+    for m in SEQUENCES:
         _save(case.images[m], case.affine, folder / f"{case_id}_{m}.nii.gz", descrip)
         _save(case.seg[m], case.affine, truth / f"seg_{m}.nii.gz", descrip)
         _save(case.brain[m].astype(np.uint8), case.affine, truth / f"brain_{m}.nii.gz", descrip)
     _save(case.seg["flair"], case.affine, folder / f"{case_id}_seg.nii.gz", descrip)
-    motion = {"convention": MOTION_CONVENTION} | {m: case.motion[m].tolist() for m in MODALITIES}
+    motion = {"convention": MOTION_CONVENTION} | {m: case.motion[m].tolist() for m in SEQUENCES}
     (truth / "motion.json").write_text(json.dumps(motion, indent=1) + "\n")
     return folder
 

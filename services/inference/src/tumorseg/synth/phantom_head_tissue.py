@@ -33,8 +33,9 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
+from tumorseg.sequences import SEQUENCES
 from tumorseg.synth.phantom_anatomy import BRATS_AFFINE, SHAPE, Anatomy, Pose
-from tumorseg.synth.phantom_contrast import MODALITIES, BrainContrast
+from tumorseg.synth.phantom_contrast import BrainContrast
 
 F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
@@ -413,7 +414,7 @@ def head_means(brain: dict[str, BrainContrast], rng: np.random.Generator) -> dic
     lens = {"t1": u(0.8, 1.0), "t1ce": u(0.8, 1.0), "t2": u(0.3, 0.5), "flair": u(0.6, 0.9)}
     marrow, skin, vitreous = u(0.75, 0.95), u(1.05, 1.35), u(0.9, 1.1)
     luts: dict[str, F32] = {}
-    for m in MODALITIES:
+    for m in SEQUENCES:
         lut = np.zeros(len(Tissue), dtype=np.float32)
         csf, gm = brain[m].means["csf"], brain[m].means["gm"]
         lut[Tissue.CSF], lut[Tissue.VITREOUS], lut[Tissue.CORD] = csf, csf * vitreous, 0.7 + 0.3 * gm

@@ -36,10 +36,11 @@ import nibabel as nib
 import numpy as np
 
 from tumorseg.errors import InvalidInput
+from tumorseg.sequences import SEQUENCES
 from tumorseg.synth.dicom_decoys import LOCALIZER_THICKNESS_MM, Stack, diffusion, localizer
 from tumorseg.synth.dicom_geometry import Lattice, Plane, SeriesGeometry, SourceVolume, plan_lattice, sample
 from tumorseg.synth.dicom_options import ConversionOptions
-from tumorseg.synth.dicom_profiles import DECOY_KINDS, MODALITIES, PROFILES, SERIES_NUMBERS
+from tumorseg.synth.dicom_profiles import DECOY_KINDS, PROFILES, SERIES_NUMBERS
 from tumorseg.synth.dicom_series import (
     Frame,
     SeriesSpec,
@@ -51,7 +52,7 @@ from tumorseg.synth.dicom_series import (
 
 __all__ = [
     "DECOY_KINDS",
-    "MODALITIES",
+    "SEQUENCES",
     "ConversionOptions",
     "ConvertedSeries",
     "ConvertedStudy",
@@ -129,7 +130,7 @@ def find_case_files(case_dir: Path) -> dict[str, Path]:
     if not case_dir.is_dir():
         raise InvalidInput(f"{case_dir} is not a folder")
     found: dict[str, Path] = {}
-    for key in MODALITIES:
+    for key in SEQUENCES:
         matches = sorted(
             p for ext in (".nii.gz", ".nii") for p in case_dir.glob(f"*_{key}{ext}") if p.is_file()
         )
@@ -172,8 +173,8 @@ def convert_case(
 
     out.mkdir(parents=True, exist_ok=True)
     _remove_previous_output(out)
-    lattices = {key: plan_lattice(sources[key], options.geometry_for(key)) for key in MODALITIES}
-    samples = {key: sample(sources[key], lattices[key]) for key in MODALITIES}
+    lattices = {key: plan_lattice(sources[key], options.geometry_for(key)) for key in SEQUENCES}
+    samples = {key: sample(sources[key], lattices[key]) for key in SEQUENCES}
 
     studies = [_write_study(sources, lattices, samples, options, seed, out, patient_id, prior=False)]
     if options.prior_study:
@@ -217,7 +218,7 @@ def _write_study(
         vendor=options.vendor,
     )
     folder = out / f"study-{index}"
-    stacks: dict[str, list[Stack]] = {key: [Stack(lattices[key], samples[key])] for key in MODALITIES}
+    stacks: dict[str, list[Stack]] = {key: [Stack(lattices[key], samples[key])] for key in SEQUENCES}
     if options.decoys and not prior:
         stacks["localizer"] = localizer(sources["t2"])
         stacks["dwi"], stacks["adc"] = diffusion(sources["t2"], sources["flair"])
@@ -238,7 +239,7 @@ def _write_one_series(
     folder: Path,
 ) -> ConvertedSeries:
     profile = PROFILES[options.vendor][key]
-    geometry = options.geometry_for(key) if key in MODALITIES else SeriesGeometry()
+    geometry = options.geometry_for(key) if key in SEQUENCES else SeriesGeometry()
     plane: Plane = "axial" if key == "localizer" else geometry.plane
     description = options.descriptions.get(key) or profile.description(
         options.vendor, plane, geometry.tilt_deg
@@ -290,7 +291,7 @@ def _write_one_series(
 
 def _digest(sources: dict[str, SourceVolume]) -> str:
     h = hashlib.blake2b(digest_size=16)
-    for key in MODALITIES:
+    for key in SEQUENCES:
         src = sources[key]
         h.update(f"{key}|{src.data.dtype.str}|{src.data.shape}|".encode())
         h.update(np.ascontiguousarray(src.affine).tobytes())

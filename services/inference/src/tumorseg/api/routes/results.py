@@ -8,9 +8,9 @@ from fastapi import APIRouter, Path
 from fastapi.responses import FileResponse
 
 from tumorseg.api.deps import StateDep
-from tumorseg.api.routes.segment import ERROR_RESPONSES
-from tumorseg.api.schemas import SegmentResult
+from tumorseg.api.schemas import ERROR_RESPONSES
 from tumorseg.results import FILES
+from tumorseg.schema import SegmentResult
 
 router = APIRouter(tags=["results"])
 
@@ -19,7 +19,7 @@ ResultId = Annotated[str, Path(description="32 hexadecimal digits, as returned b
 
 @router.get("/results/{result_id}", response_model=SegmentResult, responses=ERROR_RESPONSES)
 def get_result(state: StateDep, result_id: ResultId) -> SegmentResult:
-    return SegmentResult.model_validate(state.store.read(result_id))
+    return state.store.read(result_id)
 
 
 @router.get(

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
 from tumorseg.api.deps import StateDep
-from tumorseg.api.schemas import ErrorBody, SegmentResult
+from tumorseg.api.schemas import ERROR_RESPONSES
 from tumorseg.pipeline import SegmentRequest
+from tumorseg.schema import SegmentResult
+from tumorseg.sequences import SequenceName
 
 router = APIRouter(tags=["segmentation"])
 
 _EXPLICIT = "SeriesInstanceUID to use as {} instead of the automatic mapping"
-
-ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorBody, "description": text}
-    for status, text in {
-        401: "missing or wrong API key",
-        404: "unknown patient, study or result",
-        422: "the request or the study cannot be used (missing/ambiguous modality, broken series)",
-        502: "Orthanc answered wrongly (e.g. rejected credentials)",
-        503: "Orthanc unreachable, model not loaded, or the queue is full (Retry-After)",
-        504: "Orthanc too slow",
-    }.items()
-}
 
 
 @router.post("/segment/{patient_id}", response_model=SegmentResult, responses=ERROR_RESPONSES)
@@ -35,7 +25,7 @@ def segment(
         str | None, Query(description="StudyInstanceUID; default: newest complete study")
     ] = None,
     reference: Annotated[
-        Literal["flair", "t1", "t1ce", "t2"], Query(description="the series whose lattice the mask lies on")
+        SequenceName, Query(description="the series whose lattice the mask lies on")
     ] = "flair",
     store_seg: Annotated[bool, Query(description="also store a DICOM SEG in the study")] = False,
     registration: Annotated[
@@ -59,4 +49,4 @@ def segment(
         registration=registration,
         explicit_series={m: uid for m, uid in given.items() if uid} or None,
     )
-    return SegmentResult.model_validate(state.segmenter().run(request))
+    return state.segmenter().run(request)

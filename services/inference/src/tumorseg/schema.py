@@ -1,0 +1,129 @@
+"""The result JSON (CONTRACT.md "Result JSON") as one pydantic model, ``SegmentResult``.
+
+It is the one shape of a result everywhere: the pipeline builds it, ``ResultStore`` writes and reads it,
+the API returns it (and OpenAPI documents it), the CLI writes it to ``result.json``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tumorseg.labels import LABEL_NAMES
+from tumorseg.sequences import SequenceName
+
+
+class SeriesRef(BaseModel):
+    series_instance_uid: str
+    series_description: str
+    orthanc_id: str
+
+
+class ReferenceRef(BaseModel):
+    modality: SequenceName
+    series_instance_uid: str
+
+
+class VolumesMl(BaseModel):
+    et: float
+    tc: float
+    wt: float
+
+
+class DicomSegRef(BaseModel):
+    series_instance_uid: str
+    sop_instance_uid: str
+    orthanc_id: str
+
+
+class Timings(BaseModel):
+    fetch: float
+    load: float
+    registration: float = 0.0  # results stored before the clinical-input stages have neither
+    brain_extraction: float = 0.0
+    preprocess: float
+    inference: float
+    postprocess: float
+    export: float
+    total: float
+
+
+class SeriesRegistration(BaseModel):
+    rotation_deg: float = Field(description="rotation angle of the rigid transform found, degrees")
+    translation_mm: float = Field(description="how far it moves the centre of the reference head, mm")
+    angles_deg: list[float] = Field(description="Euler angles about x, y, z (LPS), degrees")
+    offset_mm: list[float] = Field(description="translation (LPS), mm")
+    metric: float = Field(description="Mattes mutual information at the solution (negative; lower is better)")
+    metric_initial: float = Field(description="the same in the scanner's geometry, before registration")
+    iterations: int
+    applied: bool = Field(
+        description="false when the series was already in register (identity kept) or the solution was "
+        "implausible (see warnings)"
+    )
+    via: SequenceName | None = Field(
+        default=None, description="the hub series the transform was composed through, if any"
+    )
+
+
+class Registration(BaseModel):
+    enabled: bool
+    series: dict[SequenceName, SeriesRegistration] = Field(
+        description="every series but the reference, registered to it"
+    )
+
+
+class BrainExtractionRef(BaseModel):
+    method: Literal["deepbet", "stripped-input", "none"] = Field(
+        description="deepbet: extracted; stripped-input: the input was already skull-stripped (its non-zero "
+        "voxels are the brain); none: no extraction (TUMORSEG_BRAIN_EXTRACTOR=none)"
+    )
+    series: str | None = Field(default=None, description="the series the extraction ran on")
+    volume_ml: float | None = Field(default=None, description="volume of the extracted brain, mL")
+
+
+class MaskGeometry(BaseModel):
+    """The mask's lattice, which is the reference series' lattice (LPS, SimpleITK's order)."""
+
+    shape: list[int] = Field(description="voxels along i (columns), j (rows), k (slices)")
+    spacing: list[float] = Field(description="mm along i, j, k")
+    origin: list[float] = Field(description="centre of voxel (0, 0, 0), LPS mm")
+    direction: list[float] = Field(description="direction cosines of i, j, k as columns, row-major 3x3, LPS")
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class SegmentResult(BaseModel):
+    """The result JSON: built by the pipeline, persisted by the result store, returned by the API
+    (``POST /segment``, ``GET /results/{id}``) and written by ``tumorseg segment``. Every key it has is
+    declared here (``extra="forbid"``), so the OpenAPI document shows the whole JSON. Keys added after
+    results were first stored have defaults, so those results still read back."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    result_id: str
+    patient_id: str
+    study_instance_uid: str
+    series: dict[SequenceName, SeriesRef]
+    reference: ReferenceRef
+    labels: dict[str, str] = Field(default_factory=lambda: dict(LABEL_NAMES))
+    volumes_ml: VolumesMl
+    mask_url: str
+    preview_url: str | None = None
+    dicom_seg: DicomSegRef | None = None
+    registration: Registration = Field(default_factory=lambda: Registration(enabled=False, series={}))
+    brain_extraction: BrainExtractionRef | None = None  # None: a result stored before the stage existed
+    warnings: list[str] = Field(
+        default_factory=list, description="what a reader should check (e.g. an implausible registration)"
+    )
+    mask: MaskGeometry | None = None  # None: a result stored before the key existed
+    model: ModelRef | None = None
+    mapping_notes: list[str] = Field(
+        default_factory=list, description="how the series mapping was decided where it was not obvious"
+    )
+    created_at: str | None = Field(default=None, description="ISO 8601, UTC, seconds")
+    tumorseg_version: str | None = None
+    timings_s: Timings

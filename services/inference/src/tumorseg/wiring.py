@@ -1,0 +1,51 @@
+"""What the API and ``tumorseg segment`` build from the settings, written once: the PACS client, the
+predictor (CPU threads, model package, warm-up, and the brain extractor the settings call for, warmed up
+too) and the ``Segmenter`` with every pipeline setting (mapping rules, SEG, series cache, queue,
+registration, brain extraction). Both faces therefore run the same pipeline the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tumorseg.config import Settings
+from tumorseg.imaging.brain import get_extractor
+from tumorseg.model.device import configure_threads
+from tumorseg.model.predictor import Predictor
+from tumorseg.pacs import OrthancClient
+from tumorseg.pipeline import Segmenter
+from tumorseg.results import ResultStore
+
+log = logging.getLogger(__name__)
+
+
+def open_pacs(settings: Settings) -> OrthancClient:
+    return OrthancClient(settings.orthanc_url, settings.orthanc_auth, settings.orthanc_timeout)
+
+
+def load_predictor(settings: Settings, device: str) -> Predictor:
+    """The model package on ``device``, warmed up; and the brain extractor that
+    ``TUMORSEG_BRAIN_EXTRACTOR`` can call for, loaded and warmed up too. ``ModelError`` when the package
+    cannot be used."""
+    log.info("%d CPU thread(s) for torch and SimpleITK", configure_threads())
+    predictor = Predictor.from_package(settings.model_path, device)
+    predictor.warm_up()
+    if settings.brain_extractor != "none":
+        get_extractor("deepbet").warm_up()
+    return predictor
+
+
+def build_segmenter(
+    settings: Settings, pacs: OrthancClient, predictor: Predictor, store: ResultStore
+) -> Segmenter:
+    return Segmenter(
+        pacs,
+        predictor,
+        store,
+        rules=settings.mapping_rules,
+        store_seg=settings.store_seg,
+        cache_bytes=settings.series_cache_mb * 2**20,
+        max_waiting=settings.queue_size,
+        registration=settings.registration,
+        brain_extractor=settings.brain_extractor,
+    )
