@@ -36,10 +36,12 @@ from typing import Any
 
 import httpx
 
+from tumorseg.launcher import LocalService, ServiceStartError
 from tumorseg.pacs import OrthancClient
-from tumorseg.pacs.local import LocalOrthanc, free_port
+from tumorseg.pacs.local import LocalOrthanc
 from tumorseg.pacs.upload import upload_directory
 from tumorseg.pipeline import STAGES as PIPELINE_STAGES
+from tumorseg.sequences import SEQUENCES
 from tumorseg.synth.dicom_geometry import SeriesGeometry
 from tumorseg.synth.dicom_options import ConversionOptions
 from tumorseg.synth.phantom import generate_case, write_case
@@ -51,7 +53,6 @@ LEAK_RUNS = int(os.environ.get("BENCH_LEAK_RUNS", "20"))
 WORK = Path(os.environ.get("BENCH_WORK", "out/bench"))
 RESULTS = Path("bench/results.json")
 STAGES = (*PIPELINE_STAGES, "total")
-MODALITIES = ("flair", "t1", "t1ce", "t2")
 SEED = 31337
 CLINICAL = ConversionOptions(
     geometry={
@@ -67,7 +68,7 @@ KINDS = {  # kind: (phantom, conversion options)
     "clinical": ("brats", CLINICAL),
     "large": (
         "brats",
-        ConversionOptions(geometry={m: SeriesGeometry(spacing=(0.46875, 0.46875, 0.78)) for m in MODALITIES}),
+        ConversionOptions(geometry={m: SeriesGeometry(spacing=(0.46875, 0.46875, 0.78)) for m in SEQUENCES}),
     ),
     "clinical-head": ("head", CLINICAL),
 }
@@ -99,36 +100,22 @@ def dcm2niix_seconds(folders: list[Path]) -> float:
         return time.perf_counter() - start
 
 
-class Service:
+class Service(LocalService):
+    """`tumorseg serve` on ``orthanc``, with a series cache of ``cache_mb`` MiB (0: off), started at once."""
+
     def __init__(self, orthanc: LocalOrthanc, results: Path, log: Path, cache_mb: int) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
         env = {
-            **os.environ,
             "TUMORSEG_ORTHANC_URL": orthanc.url,
             "TUMORSEG_ORTHANC_USERNAME": orthanc.username,
             "TUMORSEG_ORTHANC_PASSWORD": orthanc.password,
             "TUMORSEG_RESULTS_DIR": str(results),
             "TUMORSEG_SERIES_CACHE_MB": str(cache_mb),
         }
-        self._log = log.open("wb")
-        exe = Path(sys.executable).with_name("tumorseg")
-        self.process = subprocess.Popen(
-            [str(exe), "serve", "--port", self.url.rsplit(":", 1)[1]],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                health = httpx.get(f"{self.url}/health", timeout=5).json()
-                self.health = health
-                return
-            except httpx.TransportError:
-                if self.process.poll() is not None:
-                    sys.exit(f"the service exited; see {log}")
-                time.sleep(0.3)
-        sys.exit("the service did not start")
+        super().__init__(env, log, timeout=300.0, stop_timeout=60.0)
+        try:
+            self.start()
+        except ServiceStartError as exc:
+            sys.exit(str(exc))
 
     def segment(self, patient_id: str) -> tuple[dict[str, Any], float]:
         start = time.perf_counter()
@@ -137,11 +124,6 @@ class Service:
         if response.status_code != 200:
             sys.exit(f"POST /segment/{patient_id}: HTTP {response.status_code} {response.text}")
         return response.json(), elapsed
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=60)
-        self._log.close()
 
 
 def machine() -> dict[str, Any]:
@@ -204,8 +186,8 @@ def bench_kind(kind: str, orthanc: LocalOrthanc) -> list[dict[str, Any]]:
     with OrthancClient(orthanc.url, orthanc.auth) as pacs:
         report = upload_directory(pacs, converted.out, workers=4)
     say(f"{kind}: {report.stored + report.already_stored} instances in Orthanc")
-    folders = [converted.get(m).folder for m in MODALITIES]
-    shapes = {m: converted.get(m).n_files for m in MODALITIES}
+    folders = [converted.get(m).folder for m in SEQUENCES]
+    shapes = {m: converted.get(m).n_files for m in SEQUENCES}
     rows = []
     for mode, cache_mb in (("no cache", 0), ("series cache", 512)):
         service = Service(orthanc, WORK / "results", WORK / f"service-{kind}-{cache_mb}.log", cache_mb)

@@ -11,11 +11,8 @@ Everything started here is stopped on exit.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,8 +22,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from tumorseg.imaging import grid as g
+from tumorseg.launcher import LocalService, ServiceStartError
 from tumorseg.pacs import OrthancClient
-from tumorseg.pacs.local import LocalOrthanc, free_port
+from tumorseg.pacs.local import LocalOrthanc
 from tumorseg.pacs.upload import upload_directory
 from tumorseg.synth.dicom_options import CLINICAL_GEOMETRY, ConversionOptions
 from tumorseg.synth.phantom_head import generate_head_case, write_head_case
@@ -48,19 +46,6 @@ def say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def wait_for(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"the service exited early; see {log}")
-        try:
-            httpx.get(f"{url}/health", timeout=5)
-            return
-        except httpx.TransportError:
-            time.sleep(0.3)
-    sys.exit(f"the service did not start within {timeout:.0f} s; see {log}")
-
-
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     total = np.count_nonzero(a) + np.count_nonzero(b)
     return 1.0 if total == 0 else 2.0 * np.count_nonzero(a & b) / total
@@ -78,7 +63,7 @@ def main() -> None:
 
     shutil.rmtree(work / "orthanc", ignore_errors=True)  # a fresh PACS: DEMO-0001 has exactly one study
     orthanc = LocalOrthanc(work / "orthanc")
-    service: subprocess.Popen[bytes] | None = None
+    service: LocalService | None = None
     try:
         orthanc.start()
         say(f"Orthanc {orthanc.url} (config services/orthanc/orthanc.json, user {orthanc.username})")
@@ -88,23 +73,21 @@ def main() -> None:
             f"uploaded {report.stored} new, {report.already_stored} already stored, {len(report.failed)} failed"
         )
 
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {
-            **os.environ,
-            "TUMORSEG_ORTHANC_URL": orthanc.url,
-            "TUMORSEG_ORTHANC_USERNAME": orthanc.username,
-            "TUMORSEG_ORTHANC_PASSWORD": orthanc.password,
-            "TUMORSEG_RESULTS_DIR": str((OUT / "results").resolve()),
-        }
-        log = OUT / "service.log"
-        exe = Path(sys.executable).with_name("tumorseg")
-        with log.open("wb") as handle:
-            service = subprocess.Popen(
-                [str(exe), "serve", "--port", str(port)], env=env, stdout=handle, stderr=subprocess.STDOUT
-            )
-        wait_for(url, service, log)
-        health = httpx.get(f"{url}/health", timeout=10).json()
+        service = LocalService(
+            {
+                "TUMORSEG_ORTHANC_URL": orthanc.url,
+                "TUMORSEG_ORTHANC_USERNAME": orthanc.username,
+                "TUMORSEG_ORTHANC_PASSWORD": orthanc.password,
+                "TUMORSEG_RESULTS_DIR": str((OUT / "results").resolve()),
+            },
+            OUT / "service.log",
+            timeout=180.0,
+        )
+        try:
+            service.start()
+        except ServiceStartError as exc:
+            sys.exit(str(exc))
+        url, health = service.url, service.health
         say(f"service {url}: {health['status']}, model {health['model']['name']} on {health['device']}")
 
         say(f"POST {url}/segment/{PATIENT_ID}")
@@ -118,8 +101,7 @@ def main() -> None:
             (OUT / "preview.png").write_bytes(httpx.get(url + result["preview_url"], timeout=60).content)
     finally:
         if service is not None:
-            service.terminate()
-            service.wait(timeout=30)
+            service.stop()
         orthanc.stop()
 
     # How good is it? The phantom's truth in the FLAIR's own frame, resampled onto the mask's lattice.

@@ -155,7 +155,7 @@ class Segmenter:
                 loaded[m] = volume
         if not store_seg:
             files.clear()  # the decoded volumes are all that is needed from here on
-        reference = loaded[request.reference]
+        reference_series = loaded[request.reference]  # request.reference names it (flair, t1, ...)
         manifest = self.predictor.manifest
         registration = self.registration if request.registration is None else request.registration
         with timer.stage("preprocess"):
@@ -174,16 +174,16 @@ class Segmenter:
             probabilities = self.predictor.predict(model_input)
         with timer.stage("postprocess"):
             mask = self.predictor.mask(
-                probabilities, model_input.grid, reference.image, model_input.brain, model_input.rim_mm
+                probabilities, model_input.grid, reference_series.image, model_input.brain, model_input.rim_mm
             )
         result_id = new_result_id()
         with timer.stage("export"):
             staging = self.store.staging(result_id)
             try:
                 write_mask(mask, staging / "mask.nii.gz")
-                write_preview(reference.image, mask, staging / "preview.png")
+                write_preview(reference_series.image, mask, staging / "preview.png")
                 dicom_seg = (
-                    self._store_seg(mask, reference, files[request.reference], assembled)
+                    self._store_seg(mask, reference_series, files[request.reference], assembled)
                     if store_seg
                     else None
                 )
@@ -192,7 +192,7 @@ class Segmenter:
                     request.patient_id,
                     assembled,
                     request.reference,
-                    reference,
+                    reference_series,
                     mask,
                     manifest,
                     dicom_seg,
@@ -228,7 +228,11 @@ class Segmenter:
             ) from exc
 
     def _store_seg(
-        self, mask: sitk.Image, reference: SeriesVolume, source_files: list[bytes], assembled: AssembledStudy
+        self,
+        mask: sitk.Image,
+        reference_series: SeriesVolume,
+        source_files: list[bytes],
+        assembled: AssembledStudy,
     ) -> DicomSegRef:
         """The SEG of ``mask``, built from the reference series' downloaded instances, uploaded to the
         source study as a new series."""
@@ -239,7 +243,7 @@ class Segmenter:
         manifest = self.predictor.manifest
         segmentation = build_segmentation(
             mask,
-            reference,
+            reference_series,
             read_headers(source_files),
             algorithm_name=manifest.name,
             algorithm_version=manifest.version,
@@ -265,7 +269,7 @@ def _result_fields(
     patient_id: str,
     assembled: AssembledStudy,
     reference_modality: str,
-    reference: SeriesVolume,
+    reference_series: SeriesVolume,
     mask: sitk.Image,
     manifest: ModelManifest,
     dicom_seg: DicomSegRef | None,
@@ -277,7 +281,7 @@ def _result_fields(
     extraction, warnings)."""
     series = assembled.mapping.series
     labels = sitk.GetArrayViewFromImage(mask).astype(np.uint8, copy=False)
-    volumes = volumes_ml(labels, voxel_volume_mm3(reference.image))
+    volumes = volumes_ml(labels, voxel_volume_mm3(reference_series.image))
     return {
         "result_id": result_id,
         "patient_id": patient_id,
@@ -290,7 +294,10 @@ def _result_fields(
             }
             for m in SEQUENCES
         },
-        "reference": {"modality": reference_modality, "series_instance_uid": reference.series_instance_uid},
+        "reference": {
+            "modality": reference_modality,
+            "series_instance_uid": reference_series.series_instance_uid,
+        },
         "labels": dict(LABEL_NAMES),
         "volumes_ml": {k: round(v, 3) for k, v in volumes.items()},
         "mask_url": f"/results/{result_id}/mask.nii.gz",

@@ -76,11 +76,11 @@ class Predictor:
         self,
         probabilities: NDArray[np.float32],
         model_grid: sitk.Image,
-        reference: sitk.Image,
+        reference_image: sitk.Image,
         brain: NDArray[np.bool_] | None = None,
         rim_mm: float = 0.0,
     ) -> sitk.Image:
-        """``predict``'s probabilities on ``model_grid`` as the package's BraTS label mask on ``reference``'s
+        """``predict``'s probabilities on ``model_grid`` as the package's BraTS label mask on ``reference_image``'s
         lattice (``to_reference_mask`` with the manifest's threshold and enhancing minimum); with ``brain``
         (on ``model_grid``, e.g. ``ModelInput.brain``), nothing outside it, and with ``rim_mm`` > 0 no tumour
         component that lies only in its outer rim (``brain.confine_to_brain``; for an extracted brain)."""
@@ -92,7 +92,7 @@ class Predictor:
         return to_reference_mask(
             probabilities,
             model_grid,
-            reference,
+            reference_image,
             self.manifest.threshold,
             min_enhancing_ml=self.manifest.min_enhancing_ml,
         )

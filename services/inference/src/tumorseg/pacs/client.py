@@ -6,8 +6,13 @@ that modality mapping needs, whole-series download with bounded concurrency, ins
 Error contract: every httpx failure is wrapped at this boundary (see ``tumorseg.errors``):
 connection refused/reset → ``PacsUnavailable``; read/write/pool timeout → ``PacsTimeout``;
 401/403 → ``PacsRejected``; 404 → ``PacsNotFound``; any other non-2xx, non-JSON or empty answer →
-``PacsProtocolError``. Only connection failures are retried (by the transport), since anything else
-may already have had an effect on the server or will fail the same way again.
+``PacsProtocolError``.
+
+Retries: a connection that cannot be opened is retried by the transport (``connect_retries``); an
+idempotent request (every GET, the ``/tools/find`` query, an instance upload, which Orthanc answers
+``AlreadyStored`` when re-sent) is sent once more when it broke on a stale pooled keep-alive connection.
+Nothing else is retried (a DELETE, an HTTP error answer, a timeout): it may already have had an effect
+on the server or will fail the same way again.
 """
 
 from __future__ import annotations
@@ -325,9 +330,10 @@ class OrthancClient:
     ) -> list[bytes]:
         """Every instance of a series as DICOM bytes, in Orthanc's instance order (not slice order).
 
-        Downloads run ``download_workers`` at a time. The count is checked against Orthanc's own list:
-        a series that changes while it is fetched raises ``PacsProtocolError`` instead of coming back short.
-        ``progress`` is called with 1 after each instance.
+        Downloads run ``download_workers`` at a time, one per instance Orthanc listed for the series; an
+        instance deleted since the listing raises ``PacsNotFound``, so a series never comes back short.
+        A series with no instance raises ``PacsProtocolError``. ``progress`` is called with 1 after each
+        instance.
         """
         if isinstance(series, str):
             record = self._json("GET", f"/series/{series}")
@@ -343,10 +349,8 @@ class OrthancClient:
 
         with ThreadPoolExecutor(max_workers=self.download_workers) as pool:
             files = list(pool.map(fetch, instance_ids))
-        if len(files) != len(instance_ids) or not files:
-            raise PacsProtocolError(
-                f"series {series_id}: received {len(files)} instances, Orthanc lists {len(instance_ids)}"
-            )
+        if not files:
+            raise PacsProtocolError(f"series {series_id}: Orthanc lists no instance")
         return files
 
     def upload_instance(self, data: bytes) -> UploadResult:
