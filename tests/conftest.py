@@ -11,50 +11,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tumorseg.config import Settings
+from tests.orthanc import OrthancEndpoint
 from tumorseg.pacs import OrthancClient
 from tumorseg.pacs.local import LocalOrthanc
-
-
-@dataclass(frozen=True)
-class OrthancEndpoint:
-    url: str
-    username: str
-    password: str
-    local: LocalOrthanc | None = None
-
-    @property
-    def auth(self) -> tuple[str, str]:
-        return (self.username, self.password)
-
-    def client(self, **kwargs: object) -> OrthancClient:
-        return OrthancClient(self.url, self.auth, **kwargs)  # type: ignore[arg-type]
-
-    def env(self) -> dict[str, str]:
-        """The service's settings pointing at this Orthanc, as environment variables."""
-        return {
-            "TUMORSEG_ORTHANC_URL": self.url,
-            "TUMORSEG_ORTHANC_USERNAME": self.username,
-            "TUMORSEG_ORTHANC_PASSWORD": self.password,
-        }
-
-
-def service_settings(url: str, auth: tuple[str, str] | None, **extra: object) -> Settings:
-    """The service's settings for tests: this Orthanc, CPU, no .env file; ``extra`` sets the rest."""
-    user, password = auth if auth else (None, None)
-    return Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        orthanc_url=url,
-        orthanc_username=user,
-        orthanc_password=password,
-        device="cpu",
-        **extra,
-    )
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
-"""Lattice comparisons for tests: two volumes are on the same lattice when one's voxel indices map onto
-the other's by a signed axis permutation with integral offsets, covering the same extent. dcm2niix is the
-referee for DICOM → volume (it may flip or reorder axes: compare lattices, never raw affines)."""
+"""Lattices for tests: building one (``lattice``, ``rotation``) and comparing two. Two volumes are on the
+same lattice when one's voxel indices map onto the other's by a signed axis permutation with integral
+offsets, covering the same extent. dcm2niix is the referee for DICOM → volume (it may flip or reorder axes:
+compare lattices, never raw affines)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,30 @@ import numpy as np
 import SimpleITK as sitk
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def lattice(
+    size: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    direction: np.ndarray,
+    origin: tuple[float, float, float],
+) -> sitk.Image:
+    """An empty uint8 image with this size (i, j, k), spacing (mm), LPS direction matrix (columns = the
+    index axes) and origin (LPS mm): a lattice to resample onto."""
+    image = sitk.Image(list(size), sitk.sitkUInt8)
+    image.SetSpacing(spacing)
+    image.SetDirection(tuple(float(v) for v in direction.ravel()))
+    image.SetOrigin(origin)
+    return image
+
+
+def rotation(axis: int, degrees: float) -> np.ndarray:
+    """The 3 × 3 rotation by ``degrees`` about the LPS axis ``axis`` (0 x, 1 y, 2 z)."""
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    a, b = [i for i in range(3) if i != axis]
+    m = np.eye(3)
+    m[a, a], m[a, b], m[b, a], m[b, b] = c, -s, s, c
+    return m
 
 
 def ras_affine(image: sitk.Image) -> np.ndarray:

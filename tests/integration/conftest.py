@@ -1,36 +1,25 @@
-"""Session data for integration tests: one phantom case, converted to DICOM the ways a clinic would."""
+"""Session data for integration tests: one phantom case, converted to DICOM the ways a clinic would;
+and a hung server for timeout tests. Helpers the tests call are in ``tests/orthanc.py`` and
+``tests/studies.py``, not here: test modules import no conftest."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
-import pydicom
 import pytest
-from pydicom.uid import generate_uid
 
-from tests.conftest import OrthancEndpoint
 from tests.dicom_factory import unique_patient_id
 from tests.models import tiny_package
+from tests.orthanc import OrthancEndpoint
+from tests.studies import CLINICAL, UploadedStudy
 from tumorseg.pacs.upload import upload_directory
-from tumorseg.synth.dicom_options import CLINICAL_GEOMETRY, ConversionOptions
 from tumorseg.synth.phantom import generate_case, write_case
 from tumorseg.synth.to_dicom import ConvertedStudy, convert_case
 
 PHANTOM_SEED = 424242  # not a training seed (those are small consecutive integers)
-
-CLINICAL = ConversionOptions(geometry=CLINICAL_GEOMETRY, decoys=True, prior_study=True)
-
-
-@dataclass(frozen=True)
-class UploadedStudy:
-    patient_id: str
-    case_dir: Path
-    converted: ConvertedStudy
-
-    def folder(self, modality: str) -> Path:
-        return self.converted.get(modality).folder
 
 
 @pytest.fixture(scope="session")
@@ -64,43 +53,28 @@ def plain_study(phantom_case: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return convert_case(phantom_case, "PLAIN", tmp_path_factory.mktemp("plain"))
 
 
-Edit = Callable[[str, int, pydicom.Dataset], pydicom.Dataset | None]
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A real TCP server that accepts connections and never answers: a hung Orthanc."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
 
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except TimeoutError:
+                continue
 
-def drop_instance(modality: str, index: int) -> Edit:
-    """An ``Edit`` for ``clone_study`` that leaves out one instance (e.g. a slice in the middle)."""
-
-    def edit(m: str, n: int, ds: pydicom.Dataset) -> pydicom.Dataset | None:
-        return None if (m, n) == (modality, index) else ds
-
-    return edit
-
-
-def clone_study(
-    converted: ConvertedStudy,
-    out: Path,
-    *,
-    modalities: tuple[str, ...] = ("flair", "t1", "t1ce", "t2"),
-    edit: Edit | None = None,
-    duplicate: tuple[str, ...] = (),
-) -> str:
-    """Copy a converted study under a new PatientID and new UIDs into ``out``; ``edit(modality, n, ds)``
-    may change or (returning None) drop an instance; each modality in ``duplicate`` is written twice
-    as two series that differ only in their UIDs. Returns the new PatientID."""
-    patient_id = unique_patient_id("CLONE")
-    study_uid = generate_uid()
-    copies = [(m, "") for m in modalities] + [(m, "-copy") for m in duplicate]
-    for modality, suffix in copies:
-        series_uid = generate_uid()
-        folder = out / f"{modality}{suffix}"
-        folder.mkdir(parents=True)
-        for n, path in enumerate(sorted(converted.get(modality).folder.glob("*.dcm"))):
-            ds = pydicom.dcmread(path)
-            ds.PatientID = patient_id
-            ds.StudyInstanceUID = study_uid
-            ds.SeriesInstanceUID = series_uid
-            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-            edited = edit(modality, n, ds) if edit else ds
-            if edited is not None:
-                edited.save_as(folder / path.name, enforce_file_format=True)
-    return patient_id
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    server.close()

@@ -12,7 +12,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from tests.conftest import OrthancEndpoint
+from tests.orthanc import OrthancEndpoint
 from tests.service import running_service
 
 pytestmark = pytest.mark.integration

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import OrthancEndpoint
-from tests.integration.conftest import UploadedStudy, clone_study
+from tests.orthanc import OrthancEndpoint
+from tests.studies import UploadedStudy, clone_study
 from tumorseg.cli import app
 from tumorseg.config import get_settings
+from tumorseg.sequences import SEQUENCES
 from tumorseg.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration
@@ -62,7 +63,7 @@ def test_inspect_reports_the_mapping_segment_would_use(
     report = json.loads(result.output)
     assert report["orthanc"]["reachable"] is True
     assert report["study_instance_uid"] == clinical_study.converted.study_instance_uid
-    for modality in ("flair", "t1", "t1ce", "t2"):
+    for modality in SEQUENCES:
         expected = clinical_study.converted.get(modality)
         assert report["series"][modality]["series_instance_uid"] == expected.series_instance_uid
         assert report["series"][modality]["series_description"] == expected.series_description

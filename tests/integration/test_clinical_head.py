@@ -15,16 +15,16 @@ import SimpleITK as sitk
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from tests.conftest import OrthancEndpoint, service_settings
 from tests.dicom_factory import unique_patient_id
 from tests.geometry import dice
-from tests.integration.conftest import CLINICAL, UploadedStudy
+from tests.orthanc import OrthancEndpoint, service_settings
+from tests.studies import CLINICAL, UploadedStudy
 from tumorseg.api.main import create_app
-from tumorseg.api.schemas import SegmentResult
 from tumorseg.cli import app
 from tumorseg.config import DEFAULT_MODEL_PATH, get_settings
 from tumorseg.imaging import grid as g
 from tumorseg.pacs.upload import upload_directory
+from tumorseg.schema import SegmentResult
 from tumorseg.synth.phantom_head import generate_head_case, write_head_case
 from tumorseg.synth.to_dicom import convert_case
 

@@ -29,11 +29,9 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import SegmentationStorage
 
-from tests.conftest import OrthancEndpoint
 from tests.dicom_factory import volume_series
-from tests.integration.conftest import UploadedStudy, clone_study
-from tests.integration.test_segment_api import settings
-from tests.integration.test_study_assembly import upload
+from tests.orthanc import OrthancEndpoint, segment_settings, upload_folder
+from tests.studies import UploadedStudy, clone_study
 from tumorseg.api.main import create_app
 from tumorseg.export.dicom_seg import (
     PROPERTY_TYPES,
@@ -198,7 +196,7 @@ def api(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[TestClient]:
     app = create_app(
-        settings(orthanc.url, orthanc.auth, random_model, tmp_path_factory.mktemp("seg-results"))
+        segment_settings(orthanc.url, orthanc.auth, random_model, tmp_path_factory.mktemp("seg-results"))
     )
     with TestClient(app) as client:
         yield client
@@ -252,7 +250,7 @@ def stored(
     }
     clone = tmp / "clone"
     patient_id = clone_study(converted, clone)
-    upload(orthanc, clone)
+    upload_folder(orthanc, clone)
     study_uid = str(
         pydicom.dcmread(next((clone / "t1ce").glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID
     )

@@ -1,4 +1,7 @@
-"""/health, /docs and /openapi.json with the service pointed at a real Orthanc."""
+"""/health, /docs and /openapi.json with the service pointed at a real Orthanc and the shipped model.
+
+The model is expected to load everywhere here (``models/default``), so /health must say so; a degraded
+status then comes from Orthanc alone. A missing model is tested in ``test_segment_api.py``."""
 
 from __future__ import annotations
 
@@ -9,33 +12,40 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import OrthancEndpoint, service_settings
+from tests.orthanc import OrthancEndpoint, service_settings
 from tests.service import running_service
 from tumorseg.api.main import create_app
+from tumorseg.config import DEFAULT_MODEL_PATH
+from tumorseg.model.package import read_manifest
 from tumorseg.pacs.local import LocalOrthanc
 
 pytestmark = pytest.mark.integration
+
+MODEL_LOADED = {"name": read_manifest(DEFAULT_MODEL_PATH).name, "loaded": True}
 
 
 def test_health_reports_orthanc_version(orthanc: OrthancEndpoint) -> None:
     with orthanc.client() as pacs:
         version = pacs.system()["Version"]
-    with TestClient(create_app(service_settings(orthanc.url, orthanc.auth))) as client:
+    app = create_app(service_settings(orthanc.url, orthanc.auth, model_path=DEFAULT_MODEL_PATH))
+    with TestClient(app) as client:
         response = client.get("/health")
     assert response.status_code == 200
     body = response.json()
     assert body["orthanc"] == {"reachable": True, "version": version}
     assert body["device"] == "cpu"
-    assert set(body["model"]) == {"name", "loaded"}
-    assert body["status"] == ("ok" if body["model"]["loaded"] else "degraded")
+    assert body["model"] == MODEL_LOADED, "models/default must load"
+    assert body["status"] == "ok"
     assert response.headers["X-Request-ID"]
 
 
 def test_health_with_rejected_credentials_is_degraded(orthanc: OrthancEndpoint) -> None:
-    with TestClient(create_app(service_settings(orthanc.url, (orthanc.username, "nope")))) as client:
+    settings = service_settings(orthanc.url, (orthanc.username, "nope"), model_path=DEFAULT_MODEL_PATH)
+    with TestClient(create_app(settings)) as client:
         body = client.get("/health").json()
     assert body["status"] == "degraded"
     assert body["orthanc"] == {"reachable": False, "version": None}
+    assert body["model"] == MODEL_LOADED  # degraded by Orthanc alone
 
 
 def test_request_id_is_echoed_or_made(orthanc: OrthancEndpoint) -> None:
@@ -82,6 +92,7 @@ def served(own_orthanc: LocalOrthanc, tmp_path: Path) -> Iterator[tuple[str, Loc
         "TUMORSEG_ORTHANC_USERNAME": own_orthanc.username,
         "TUMORSEG_ORTHANC_PASSWORD": own_orthanc.password,
         "TUMORSEG_DEVICE": "cpu",
+        "TUMORSEG_MODEL_PATH": str(DEFAULT_MODEL_PATH),
         "TUMORSEG_RESULTS_DIR": str(tmp_path / "results"),
     }
     with running_service(env, tmp_path / "serve.log", tmp_path) as url:
@@ -92,6 +103,7 @@ def test_served_health_follows_orthanc_down_and_up(served: tuple[str, LocalOrtha
     url, server = served
     up = httpx.get(f"{url}/health", timeout=10).json()
     assert up["orthanc"]["reachable"] is True and up["orthanc"]["version"]
+    assert up["model"] == MODEL_LOADED and up["status"] == "ok"
     assert httpx.get(f"{url}/docs", timeout=10).status_code == 200
     assert httpx.get(f"{url}/openapi.json", timeout=10).json()["info"]["title"] == "tumorseg"
 
@@ -100,6 +112,8 @@ def test_served_health_follows_orthanc_down_and_up(served: tuple[str, LocalOrtha
     assert down.status_code == 200
     assert down.json()["status"] == "degraded"
     assert down.json()["orthanc"] == {"reachable": False, "version": None}
+    assert down.json()["model"] == MODEL_LOADED  # degraded by Orthanc alone
 
     server.start()
-    assert httpx.get(f"{url}/health", timeout=10).json()["orthanc"]["reachable"] is True
+    again = httpx.get(f"{url}/health", timeout=10).json()
+    assert again["orthanc"]["reachable"] is True and again["status"] == "ok"

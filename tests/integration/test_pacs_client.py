@@ -1,18 +1,15 @@
-"""The Orthanc client against a real Orthanc (see conftest.py)."""
+"""The Orthanc client against a real Orthanc (see tests/conftest.py; ``silent_server`` is in
+tests/integration/conftest.py)."""
 
 from __future__ import annotations
-
-import socket
-import threading
-from collections.abc import Iterator
 
 import pydicom
 import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import generate_uid
 
-from tests.conftest import OrthancEndpoint
 from tests.dicom_factory import mr_series, unique_patient_id
+from tests.orthanc import OrthancEndpoint
 from tumorseg.errors import PacsNotFound, PacsProtocolError, PacsRejected, PacsTimeout, PacsUnavailable
 from tumorseg.pacs import OrthancClient
 from tumorseg.pacs.local import free_port
@@ -117,33 +114,6 @@ def test_closed_port_is_unavailable() -> None:
     with OrthancClient(f"http://127.0.0.1:{free_port()}", None, timeout=5) as client:
         with pytest.raises(PacsUnavailable):
             client.system()
-
-
-@pytest.fixture
-def silent_server() -> Iterator[str]:
-    """A real TCP server that accepts connections and never answers: a hung Orthanc."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                accepted.append(server.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    stop.set()
-    thread.join()
-    for conn in accepted:
-        conn.close()
-    server.close()
 
 
 def test_hung_server_times_out(silent_server: str) -> None:

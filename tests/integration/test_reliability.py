@@ -14,13 +14,14 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from tests.conftest import OrthancEndpoint, service_settings
-from tests.integration.conftest import UploadedStudy, clone_study
+from tests.orthanc import OrthancEndpoint, service_settings
 from tests.service import running_service
+from tests.studies import UploadedStudy, clone_study
 from tumorseg.api.main import create_app
-from tumorseg.pacs import OrthancClient, SeriesInfo
+from tumorseg.pacs import OrthancClient
 from tumorseg.pacs.local import LocalOrthanc
 from tumorseg.pacs.upload import upload_directory
+from tumorseg.records import SeriesInfo
 from tumorseg.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration

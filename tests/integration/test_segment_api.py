@@ -13,21 +13,14 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import OrthancEndpoint, service_settings
 from tests.geometry import dcm2niix, index_map
-from tests.integration.conftest import UploadedStudy, clone_study, drop_instance
-from tests.integration.test_pacs_client import silent_server  # noqa: F401 (fixture)
-from tests.integration.test_study_assembly import upload
+from tests.orthanc import OrthancEndpoint, segment_settings, upload_folder
+from tests.studies import UploadedStudy, clone_study, drop_instance
 from tumorseg.api.main import create_app
-from tumorseg.config import Settings
 from tumorseg.pacs.local import free_port
 from tumorseg.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration
-
-
-def settings(url: str, auth: tuple[str, str] | None, model: Path, results: Path, **extra: object) -> Settings:
-    return service_settings(url, auth, model_path=model, results_dir=results, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +30,9 @@ def results_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def api(orthanc: OrthancEndpoint, random_model: Path, results_dir: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(settings(orthanc.url, orthanc.auth, random_model, results_dir))) as client:
+    with TestClient(
+        create_app(segment_settings(orthanc.url, orthanc.auth, random_model, results_dir))
+    ) as client:
         yield client
 
 
@@ -47,7 +42,9 @@ def segmented(
 ) -> dict[str, dict[str, object]]:
     """One POST per reference, shared by the tests below (inference is the slow part)."""
     answers = {}
-    with TestClient(create_app(settings(orthanc.url, orthanc.auth, random_model, results_dir))) as client:
+    with TestClient(
+        create_app(segment_settings(orthanc.url, orthanc.auth, random_model, results_dir))
+    ) as client:
         for reference in ("flair", "t1ce"):
             response = client.post(f"/segment/{clinical_study.patient_id}", params={"reference": reference})
             assert response.status_code == 200, response.text
@@ -78,7 +75,13 @@ def test_mask_lies_on_the_reference_lattice_as_dcm2niix_converts_it(
     assert isinstance(mask, nib.Nifti1Image)
     assert mask.get_data_dtype() == np.uint8
     assert int(mask.header["qform_code"]) > 0 and int(mask.header["sform_code"]) > 0
-    assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2, 4}
+    labels = np.asarray(mask.dataobj)
+    assert set(np.unique(labels)) <= {0, 1, 2, 4}
+    # The phantom has a tumour and the random model marks plenty of voxels: an empty mask is a failure
+    # (it would also make the lattice check below say nothing about where the labels land).
+    assert np.count_nonzero(labels) > 0, "empty mask"
+    volumes = result["volumes_ml"]
+    assert isinstance(volumes, dict) and volumes["wt"] > 0
     referee = dcm2niix(clinical_study.folder(reference), tmp_path / "referee")
     index_map(
         referee.affine, referee.shape, mask.affine, mask.shape
@@ -101,6 +104,7 @@ def test_volumes_agree_with_the_mask(
     }
     volumes = result["volumes_ml"]
     assert isinstance(volumes, dict)
+    assert expected["wt"] > 0, "empty mask: the comparison below would be 0 == 0"
     for region, value in expected.items():
         assert volumes[region] == pytest.approx(value, rel=0.01, abs=1e-3)
     assert set(result["timings_s"]) == {
@@ -120,7 +124,9 @@ def test_results_survive_a_restart(
     segmented: dict[str, dict[str, object]], orthanc: OrthancEndpoint, random_model: Path, results_dir: Path
 ) -> None:
     result = segmented["t1ce"]
-    with TestClient(create_app(settings(orthanc.url, orthanc.auth, random_model, results_dir))) as fresh:
+    with TestClient(
+        create_app(segment_settings(orthanc.url, orthanc.auth, random_model, results_dir))
+    ) as fresh:
         again = fresh.get(f"/results/{result['result_id']}")
         assert again.status_code == 200
         assert again.json() == result
@@ -144,7 +150,7 @@ def test_unusable_study_is_422_naming_the_modality(
     api: TestClient, plain_study: ConvertedStudy, orthanc: OrthancEndpoint, tmp_path: Path
 ) -> None:
     patient_id = clone_study(plain_study, tmp_path, modalities=("flair", "t1", "t2"))
-    upload(orthanc, tmp_path)
+    upload_folder(orthanc, tmp_path)
     response = api.post(f"/segment/{patient_id}")
     assert response.status_code == 422
     assert response.json()["code"] == "modality_missing" and "t1ce" in response.json()["detail"]
@@ -155,7 +161,7 @@ def test_broken_series_is_422_naming_the_series(
 ) -> None:
     middle = plain_study.get("flair").n_files // 2
     patient_id = clone_study(plain_study, tmp_path, edit=drop_instance("flair", middle))
-    upload(orthanc, tmp_path)
+    upload_folder(orthanc, tmp_path)
     response = api.post(f"/segment/{patient_id}")
     assert response.status_code == 422
     body = response.json()
@@ -163,28 +169,28 @@ def test_broken_series_is_422_naming_the_series(
 
 
 def test_rejected_credentials_are_502(orthanc: OrthancEndpoint, random_model: Path, tmp_path: Path) -> None:
-    app = create_app(settings(orthanc.url, (orthanc.username, "wrong"), random_model, tmp_path))
+    app = create_app(segment_settings(orthanc.url, (orthanc.username, "wrong"), random_model, tmp_path))
     with TestClient(app) as client:
         response = client.post("/segment/ANYONE")
     assert response.status_code == 502 and response.json()["code"] == "pacs_rejected"
 
 
 def test_unreachable_orthanc_is_503(random_model: Path, tmp_path: Path) -> None:
-    app = create_app(settings(f"http://127.0.0.1:{free_port()}", None, random_model, tmp_path))
+    app = create_app(segment_settings(f"http://127.0.0.1:{free_port()}", None, random_model, tmp_path))
     with TestClient(app) as client:
         response = client.post("/segment/ANYONE")
     assert response.status_code == 503 and response.json()["code"] == "pacs_unavailable"
 
 
-def test_slow_orthanc_is_504(silent_server: str, random_model: Path, tmp_path: Path) -> None:  # noqa: F811
-    app = create_app(settings(silent_server, None, random_model, tmp_path, orthanc_timeout=0.5))
+def test_slow_orthanc_is_504(silent_server: str, random_model: Path, tmp_path: Path) -> None:
+    app = create_app(segment_settings(silent_server, None, random_model, tmp_path, orthanc_timeout=0.5))
     with TestClient(app) as client:
         response = client.post("/segment/ANYONE")
     assert response.status_code == 504 and response.json()["code"] == "pacs_timeout"
 
 
 def test_missing_model_is_503_and_health_says_degraded(orthanc: OrthancEndpoint, tmp_path: Path) -> None:
-    app = create_app(settings(orthanc.url, orthanc.auth, tmp_path / "no-model", tmp_path / "results"))
+    app = create_app(segment_settings(orthanc.url, orthanc.auth, tmp_path / "no-model", tmp_path / "results"))
     with TestClient(app) as client:
         health = client.get("/health").json()
         response = client.post("/segment/ANYONE")
@@ -204,7 +210,7 @@ def test_series_cache_gives_the_same_mask_as_a_cold_run(
     arrays = []
     for cache_mb, requests in ((512, 2), (0, 1)):
         app = create_app(
-            settings(
+            segment_settings(
                 orthanc.url, orthanc.auth, random_model, tmp_path / f"r{cache_mb}", series_cache_mb=cache_mb
             )
         )

@@ -9,20 +9,18 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from tests.conftest import OrthancEndpoint
 from tests.geometry import as_nifti, dcm2niix, index_map, reindex
-from tests.integration.conftest import UploadedStudy, clone_study, drop_instance
+from tests.orthanc import OrthancEndpoint, upload_folder
+from tests.studies import UploadedStudy, clone_study, drop_instance
 from tumorseg.errors import AmbiguousSeries, BrokenSeries, ModalityMissing
 from tumorseg.imaging import grid as g
 from tumorseg.imaging.volume import load_series
 from tumorseg.pacs import OrthancClient
-from tumorseg.pacs.upload import upload_directory
+from tumorseg.sequences import SEQUENCES
 from tumorseg.study.assemble import assemble
 from tumorseg.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration
-
-MODALITIES = ("flair", "t1", "t1ce", "t2")
 
 
 def test_clinical_study_maps_four_of_four_and_picks_the_newest(
@@ -32,7 +30,7 @@ def test_clinical_study_maps_four_of_four_and_picks_the_newest(
     assembled = assemble(orthanc_client, clinical_study.patient_id)
     converted = clinical_study.converted
     assert assembled.study.study_instance_uid == converted.study_instance_uid  # the newer one
-    for modality in MODALITIES:
+    for modality in SEQUENCES:
         assert (
             assembled.mapping.series[modality].series_instance_uid
             == converted.get(modality).series_instance_uid
@@ -47,7 +45,7 @@ def test_clinical_study_maps_four_of_four_and_picks_the_newest(
     )
 
 
-@pytest.mark.parametrize("modality", MODALITIES)
+@pytest.mark.parametrize("modality", SEQUENCES)
 def test_loaded_volume_is_on_dcm2niix_lattice(
     modality: str, clinical_study: UploadedStudy, orthanc_client: OrthancClient, tmp_path: Path
 ) -> None:
@@ -60,7 +58,7 @@ def test_loaded_volume_is_on_dcm2niix_lattice(
     assert np.allclose(on_referee, referee.get_fdata(), atol=1e-3 * max(1.0, float(np.abs(on_referee).max())))
 
 
-@pytest.mark.parametrize("modality", MODALITIES)
+@pytest.mark.parametrize("modality", SEQUENCES)
 def test_truth_round_trip_through_the_model_grid_keeps_99_percent(
     modality: str, clinical_study: UploadedStudy, orthanc_client: OrthancClient
 ) -> None:
@@ -74,17 +72,11 @@ def test_truth_round_trip_through_the_model_grid_keeps_99_percent(
     assert np.count_nonzero(direct & ~via_grid) / np.count_nonzero(direct) < 0.01
 
 
-def upload(orthanc: OrthancEndpoint, folder: Path) -> None:
-    with orthanc.client() as pacs:
-        report = upload_directory(pacs, folder)
-    assert not report.failed
-
-
 def test_missing_t1ce_names_what_is_missing(
     plain_study: ConvertedStudy, orthanc: OrthancEndpoint, orthanc_client: OrthancClient, tmp_path: Path
 ) -> None:
     patient_id = clone_study(plain_study, tmp_path, modalities=("flair", "t1", "t2"))
-    upload(orthanc, tmp_path)
+    upload_folder(orthanc, tmp_path)
     with pytest.raises(ModalityMissing, match="no usable series for t1ce;") as caught:
         assemble(orthanc_client, patient_id)
     assert "explicitly" in caught.value.detail  # says what the user can do
@@ -94,7 +86,7 @@ def test_two_equally_good_flairs_are_ambiguous(
     plain_study: ConvertedStudy, orthanc: OrthancEndpoint, orthanc_client: OrthancClient, tmp_path: Path
 ) -> None:
     patient_id = clone_study(plain_study, tmp_path, duplicate=("flair",))
-    upload(orthanc, tmp_path)
+    upload_folder(orthanc, tmp_path)
     with pytest.raises(AmbiguousSeries, match="flair") as caught:
         assemble(orthanc_client, patient_id)
     uids = {
@@ -109,7 +101,7 @@ def test_missing_slice_breaks_the_series_by_name(
 ) -> None:
     middle = plain_study.get("t2").n_files // 2
     patient_id = clone_study(plain_study, tmp_path, edit=drop_instance("t2", middle))
-    upload(orthanc, tmp_path)
+    upload_folder(orthanc, tmp_path)
     series = assemble(orthanc_client, patient_id).mapping.series["t2"]
     with pytest.raises(BrokenSeries, match="missing slice") as caught:
         load_series(orthanc_client.download_series(series), f"t2 {series.series_instance_uid}")
@@ -124,6 +116,6 @@ def test_non_mr_study_says_there_is_no_mr(
         return ds
 
     patient_id = clone_study(plain_study, tmp_path, edit=as_ct)
-    upload(orthanc, tmp_path)
+    upload_folder(orthanc, tmp_path)
     with pytest.raises(ModalityMissing, match="(?i)no MR"):
         assemble(orthanc_client, patient_id)

@@ -6,29 +6,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from tests.geometry import lattice, rotation
 from tumorseg.imaging import grid as g
 from tumorseg.imaging.preprocess import Preprocessing, foreground_box, prepare
-
-
-def lattice(
-    size: tuple[int, int, int],
-    spacing: tuple[float, float, float],
-    direction: np.ndarray,
-    origin: tuple[float, float, float],
-) -> sitk.Image:
-    image = sitk.Image(list(size), sitk.sitkUInt8)
-    image.SetSpacing(spacing)
-    image.SetDirection(tuple(float(v) for v in direction.ravel()))
-    image.SetOrigin(origin)
-    return image
-
-
-def rotation(axis: int, degrees: float) -> np.ndarray:
-    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
-    a, b = [i for i in range(3) if i != axis]
-    m = np.eye(3)
-    m[a, a], m[a, b], m[b, a], m[b, b] = c, -s, s, c
-    return m
+from tumorseg.sequences import SEQUENCES
 
 
 def blob_labels(reference: sitk.Image) -> sitk.Image:
@@ -115,10 +96,13 @@ def test_array_round_trip_keeps_index_order() -> None:
 
 
 def test_foreground_box_is_padded_and_divisible() -> None:
+    """Both uses in ``preprocess``: the tight box (margin 0, divisible by 1) of a series' field of view
+    before brain extraction, and the model crop around the brain (margin, divisible by the network)."""
     mask = np.zeros((100, 100, 60), bool)
     mask[30:50, 40:45, 10:20] = True
+    assert foreground_box(mask, margin=0, divisible_by=1) == ((30, 40, 10), (20, 5, 10))
     start, size = foreground_box(mask, margin=4, divisible_by=16)
-    assert all(n % 16 == 0 for n in size)
+    assert size == (32, 16, 32)  # the smallest multiples of 16 that hold box + margin (28, 13, 18)
     for axis, (lo, hi) in enumerate([(30, 50), (40, 45), (10, 20)]):
         assert start[axis] <= lo - 4 and start[axis] + size[axis] >= hi + 4
     assert foreground_box(np.zeros((8, 8, 8), bool), 4, 16) == ((0, 0, 0), (8, 8, 8))
@@ -129,10 +113,7 @@ def test_prepare_normalises_channels_on_the_cropped_grid() -> None:
     labels = blob_labels(ref)
     brain = (g.to_array(labels) > 0).astype(np.float32)
     noise = np.random.default_rng(0).uniform(1, 20, brain.shape).astype(np.float32)
-    volumes = {
-        m: g.from_array(brain * (100.0 + 50 * n + noise), ref)
-        for n, m in enumerate(("flair", "t1", "t1ce", "t2"))
-    }
+    volumes = {m: g.from_array(brain * (100.0 + 50 * n + noise), ref) for n, m in enumerate(SEQUENCES)}
     model_input, cropped_labels = prepare(volumes, "flair", Preprocessing(), labels=labels)
     assert model_input.array.shape[0] == 4 and model_input.array.dtype == np.float32
     assert model_input.array.shape[1:] == tuple(model_input.grid.GetSize())
@@ -223,7 +204,7 @@ def plain_prepare(volumes: dict[str, sitk.Image], grid: sitk.Image) -> np.ndarra
     SimpleITK resampling per volume, the field of view by nearest-neighbour resampling of ones, z-score by
     writing back through the non-zero mask."""
     channels, covered = [], np.ones(grid.GetSize(), dtype=bool)
-    for m in ("flair", "t1", "t1ce", "t2"):
+    for m in SEQUENCES:
         resampled = sitk.Resample(volumes[m], grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         channels.append(g.to_array(resampled).astype(np.float32))
         ones = sitk.Image(volumes[m].GetSize(), sitk.sitkUInt8) + 1

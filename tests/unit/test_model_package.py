@@ -26,9 +26,15 @@ def test_round_trip_and_predict(tmp_path: Path) -> None:
     array = np.random.default_rng(0).normal(size=(4, 40, 36, 20)).astype(np.float32)
     probabilities = predictor.predict(ModelInput(array=array, grid=sitk.Image([40, 36, 20], sitk.sitkUInt8)))
     assert probabilities.shape == (3, 40, 36, 20) and probabilities.dtype == np.float32
-    assert 0.0 <= probabilities.min() and probabilities.max() <= 1.0
     again = predictor.predict(ModelInput(array=array, grid=sitk.Image([40, 36, 20], sitk.sitkUInt8)))
     assert np.array_equal(probabilities, again)
+    # A volume that fits one window: the probabilities are the loaded network's sigmoid, channel for channel.
+    small = np.ascontiguousarray(array[:, :32, :32, :16])
+    with torch.inference_mode():
+        direct = torch.sigmoid(predictor.network(torch.from_numpy(small[None])))[0].numpy()
+    windowed = predictor.predict(ModelInput(array=small, grid=sitk.Image([32, 32, 16], sitk.sitkUInt8)))
+    assert np.ptp(direct) > 0.05  # not a constant output, so a permuted or shifted channel would show
+    np.testing.assert_allclose(windowed, direct, atol=1e-5)
     assert manifest.min_enhancing_ml == 0.0  # the default: every enhancing voxel kept
 
 

@@ -13,9 +13,9 @@ from scipy import ndimage as ndi
 from typer.testing import CliRunner
 
 from tumorseg.cli import app
+from tumorseg.sequences import SEQUENCES
 from tumorseg.synth.phantom import (
     BRATS_AFFINE,
-    SEQUENCES,
     PROFILES,
     SHAPE,
     LesionPlan,

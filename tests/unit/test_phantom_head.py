@@ -16,8 +16,9 @@ from scipy import ndimage as ndi
 from typer.testing import CliRunner
 
 from tumorseg.cli import app
+from tumorseg.sequences import SEQUENCES
 from tumorseg.synth import phantom, phantom_head
-from tumorseg.synth.phantom import SEQUENCES, PhantomCase, generate_case, plan_case
+from tumorseg.synth.phantom import PhantomCase, generate_case, plan_case
 from tumorseg.synth.phantom_head import (
     HEAD_AFFINE,
     HEAD_SHAPE,

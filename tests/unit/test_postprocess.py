@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tests.unit.test_grid import lattice, rotation
+from tests.geometry import lattice, rotation
 from tumorseg.imaging import grid as g
 from tumorseg.imaging.postprocess import to_reference_mask
 from tumorseg.labels import regions_to_labels

@@ -4,7 +4,7 @@ import dataclasses
 
 import SimpleITK as sitk
 
-from tests.unit.test_study_mapping import make_series
+from tests.series_info import make_series
 from tumorseg.imaging.cache import SeriesCache, volume_bytes
 from tumorseg.imaging.volume import SeriesVolume
 

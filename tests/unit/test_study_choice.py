@@ -7,12 +7,11 @@ from collections.abc import Sequence
 
 import pytest
 
+from tests.series_info import FLAIR2D, MPRAGE, T2TSE, make_series
 from tumorseg.errors import AmbiguousSeries, InvalidInput, ModalityMissing, PatientNotFound, StudyNotFound
-from tumorseg.pacs.client import SeriesInfo, StudyInfo
+from tumorseg.records import SeriesInfo, StudyInfo
 from tumorseg.study.assemble import assemble
 from tumorseg.study.choose import choose_study, newest_first, study_label
-
-from .test_study_mapping import FLAIR2D, MPRAGE, T2TSE, make_series
 
 _counter = itertools.count(1)
 PATIENT = "PAT-0042"

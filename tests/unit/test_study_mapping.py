@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import replace
 from importlib import resources
@@ -13,89 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.series_info import FLAIR2D, FLAIR3D, MPRAGE, SPGR3D, T1FLAIR, T1SE, T2TSE, make_series
 from tumorseg.errors import AmbiguousSeries, InvalidInput, ModalityMissing
-from tumorseg.pacs.client import SeriesInfo
+from tumorseg.records import SeriesInfo
 from tumorseg.study.mapping import SeriesMapping, map_series, propose_mapping
 from tumorseg.study.rules import default_rules, load_rules
-
-_counter = itertools.count(1)
-ORIGINAL = ("ORIGINAL", "PRIMARY", "M", "ND")
-
-
-def make_series(
-    description: str = "",
-    *,
-    protocol: str = "",
-    tr: float | None = None,
-    te: float | None = None,
-    ti: float | None = None,
-    agent: str = "",
-    acquisition: str = "2D",
-    image_type: tuple[str, ...] = ORIGINAL,
-    modality: str = "MR",
-    slices: int = 30,
-    thickness: float | None = 5.0,
-    spacing: float | None = None,
-    pixel: tuple[float, float] | None = (0.9, 0.9),
-    number: str | None = None,
-    uid: str | None = None,
-) -> SeriesInfo:
-    """A SeriesInfo as Orthanc's client would build it; unique UIDs and series numbers by default."""
-    n = next(_counter)
-    return SeriesInfo(
-        orthanc_id=f"orthanc-{n}",
-        series_instance_uid=uid or f"1.2.826.0.1.3680043.10.{n}",
-        modality=modality,
-        series_description=description,
-        protocol_name=protocol,
-        series_number=number or str(n),
-        image_type=image_type,
-        repetition_time=tr,
-        echo_time=te,
-        inversion_time=ti,
-        contrast_bolus_agent=agent,
-        mr_acquisition_type=acquisition,
-        image_orientation_patient=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
-        slice_thickness=thickness,
-        spacing_between_slices=spacing,
-        pixel_spacing=pixel,
-        rows=256,
-        columns=256,
-        series_date="20240102",
-        series_time="101500",
-        instance_ids=tuple(f"inst-{n}-{k}" for k in range(slices)),
-    )
-
-
-# Typical physics (ms) per sequence family.
-FLAIR2D: dict[str, Any] = {"tr": 9000, "te": 81, "ti": 2500}
-FLAIR3D: dict[str, Any] = {
-    "tr": 5000,
-    "te": 387,
-    "ti": 1800,
-    "acquisition": "3D",
-    "thickness": 1.0,
-    "slices": 176,
-}
-MPRAGE: dict[str, Any] = {
-    "tr": 2300,
-    "te": 2.3,
-    "ti": 900,
-    "acquisition": "3D",
-    "thickness": 1.0,
-    "slices": 176,
-}
-SPGR3D: dict[str, Any] = {
-    "tr": 8.2,
-    "te": 3.2,
-    "ti": 450,
-    "acquisition": "3D",
-    "thickness": 1.0,
-    "slices": 170,
-}
-T1SE: dict[str, Any] = {"tr": 550, "te": 10}
-T1FLAIR: dict[str, Any] = {"tr": 2000, "te": 12, "ti": 800}
-T2TSE: dict[str, Any] = {"tr": 5000, "te": 100}
 
 # (description, protocol, extra fields, expected modality or "reject:<words in the reason>")
 TABLE: list[tuple[str, str, dict[str, Any], str]] = [

@@ -25,10 +25,10 @@ from typer.testing import CliRunner
 from tests.geometry import dcm2niix, index_map, onto_lattice_of
 from tumorseg.cli import app
 from tumorseg.errors import InvalidInput
+from tumorseg.sequences import SEQUENCES
 from tumorseg.synth.dicom_options import parse_descriptions, parse_geometry
 from tumorseg.synth.dicom_series import quantise
 from tumorseg.synth.to_dicom import (
-    SEQUENCES,
     ConversionOptions,
     ConvertedStudy,
     SeriesGeometry,

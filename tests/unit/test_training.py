@@ -25,9 +25,10 @@ from tumorseg_training.train import CHECKPOINT, CURVES_PNG, METRICS_CSV, train
 from tumorseg_training.transforms import train_transform, training_item
 
 from tests.geometry import dice
-from tumorseg.imaging.preprocess import SEQUENCES, Preprocessing, prepare
+from tumorseg.imaging.preprocess import Preprocessing, prepare
 from tumorseg.labels import REGIONS, labels_to_regions
 from tumorseg.model.predictor import Predictor
+from tumorseg.sequences import SEQUENCES
 
 SHAPE = (40, 44, 36)  # (i, j, k)
 TINY_RECIPE = {

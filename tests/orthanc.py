@@ -1,0 +1,62 @@
+"""The Orthanc the tests talk to, and the service's settings pointing at it (plain helpers, no fixtures:
+the session fixtures that build these live in ``tests/conftest.py``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tumorseg.config import Settings
+from tumorseg.pacs import OrthancClient
+from tumorseg.pacs.local import LocalOrthanc
+from tumorseg.pacs.upload import upload_directory
+
+
+@dataclass(frozen=True)
+class OrthancEndpoint:
+    url: str
+    username: str
+    password: str
+    local: LocalOrthanc | None = None
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        return (self.username, self.password)
+
+    def client(self, **kwargs: object) -> OrthancClient:
+        return OrthancClient(self.url, self.auth, **kwargs)  # type: ignore[arg-type]
+
+    def env(self) -> dict[str, str]:
+        """The service's settings pointing at this Orthanc, as environment variables."""
+        return {
+            "TUMORSEG_ORTHANC_URL": self.url,
+            "TUMORSEG_ORTHANC_USERNAME": self.username,
+            "TUMORSEG_ORTHANC_PASSWORD": self.password,
+        }
+
+
+def service_settings(url: str, auth: tuple[str, str] | None, **extra: object) -> Settings:
+    """The service's settings for tests: this Orthanc, CPU, no .env file; ``extra`` sets the rest."""
+    user, password = auth if auth else (None, None)
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        orthanc_url=url,
+        orthanc_username=user,
+        orthanc_password=password,
+        device="cpu",
+        **extra,
+    )
+
+
+def segment_settings(
+    url: str, auth: tuple[str, str] | None, model: Path, results: Path, **extra: object
+) -> Settings:
+    """``service_settings`` with a model package and a results directory: what POST /segment needs."""
+    return service_settings(url, auth, model_path=model, results_dir=results, **extra)
+
+
+def upload_folder(orthanc: OrthancEndpoint, folder: Path) -> None:
+    """Upload every DICOM file under ``folder``; fails the test if Orthanc refuses any."""
+    with orthanc.client() as pacs:
+        report = upload_directory(pacs, folder)
+    assert not report.failed
