@@ -365,6 +365,3 @@ def _resample_channels(
                 range(len(volumes)),
             )
         )
-
-
-MODALITIES = SEQUENCES  # TEMPORARY alias for tests being edited

@@ -51,7 +51,6 @@ from tumorseg.synth.phantom_tumour import LesionPlan, Tumour, grow_tumour, mass_
 
 __all__ = [
     "BRATS_AFFINE",
-    "SEQUENCES",
     "PROFILES",
     "SHAPE",
     "CasePlan",

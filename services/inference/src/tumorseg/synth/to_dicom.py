@@ -52,7 +52,6 @@ from tumorseg.synth.dicom_series import (
 
 __all__ = [
     "DECOY_KINDS",
-    "SEQUENCES",
     "ConversionOptions",
     "ConvertedSeries",
     "ConvertedStudy",
