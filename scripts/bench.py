@@ -184,7 +184,7 @@ def bench_kind(kind: str, orthanc: LocalOrthanc) -> list[dict[str, Any]]:
     source, options = KINDS[kind]
     converted = convert_case(phantom(source), patient_id, WORK / "dicom" / kind, options)
     with OrthancClient(orthanc.url, orthanc.auth) as pacs:
-        report = upload_directory(pacs, converted.out, workers=4)
+        report = upload_directory(pacs, converted.out, workers=4, stable_timeout=120.0)
     say(f"{kind}: {report.stored + report.already_stored} instances in Orthanc")
     folders = [converted.get(m).folder for m in SEQUENCES]
     shapes = {m: converted.get(m).n_files for m in SEQUENCES}

@@ -112,7 +112,7 @@ class Segmenter:
     def upload(self, case_dir: Path, patient_id: str) -> None:
         converted = convert_case(case_dir, patient_id, self.work / "dicom" / patient_id, CLINICAL)
         with OrthancClient(self.orthanc.url, self.orthanc.auth) as pacs:
-            report = upload_directory(pacs, converted.out, workers=2)
+            report = upload_directory(pacs, converted.out, workers=2, stable_timeout=120.0)
         if report.failed:
             sys.exit(f"{patient_id}: {len(report.failed)} instances failed to upload: {report.failed[:3]}")
 

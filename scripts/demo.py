@@ -68,7 +68,7 @@ def main() -> None:
         orthanc.start()
         say(f"Orthanc {orthanc.url} (config services/orthanc/orthanc.json, user {orthanc.username})")
         with OrthancClient(orthanc.url, orthanc.auth) as pacs:
-            report = upload_directory(pacs, converted.out, show_progress=True)
+            report = upload_directory(pacs, converted.out, show_progress=True, stable_timeout=120.0)
         say(
             f"uploaded {report.stored} new, {report.already_stored} already stored, {len(report.failed)} failed"
         )

@@ -19,6 +19,10 @@ from tests.orthanc import OrthancEndpoint
 from tumorseg.pacs import OrthancClient
 from tumorseg.pacs.local import LocalOrthanc
 
+# Orthanc marks a study stable StableAge seconds after its last instance; the service answers 409 before
+# that, so uploads in the tests wait for it (``upload_directory(stable_timeout=...)``): 1 s keeps it short.
+TEST_ORTHANC = {"StableAge": 1}
+
 
 @pytest.fixture(scope="session")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancEndpoint]:
@@ -30,7 +34,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancEndpoin
             os.environ.get("TUMORSEG_TEST_ORTHANC_PASSWORD", "orthanc"),
         )
         return
-    with LocalOrthanc(tmp_path_factory.mktemp("orthanc")) as server:
+    with LocalOrthanc(tmp_path_factory.mktemp("orthanc"), overrides=TEST_ORTHANC) as server:
         yield OrthancEndpoint(server.url, server.username, server.password, local=server)
 
 
@@ -43,7 +47,7 @@ def orthanc_client(orthanc: OrthancEndpoint) -> Iterator[OrthancClient]:
 @pytest.fixture
 def own_orthanc(tmp_path: Path) -> Iterator[LocalOrthanc]:
     """A private Orthanc that a test may stop and restart (fault tests). Needs the Debian binary."""
-    server = LocalOrthanc(tmp_path / "own-orthanc")
+    server = LocalOrthanc(tmp_path / "own-orthanc", overrides=TEST_ORTHANC)
     try:
         yield server.start()
     finally:

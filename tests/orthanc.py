@@ -58,5 +58,5 @@ def segment_settings(
 def upload_folder(orthanc: OrthancEndpoint, folder: Path) -> None:
     """Upload every DICOM file under ``folder``; fails the test if Orthanc refuses any."""
     with orthanc.client() as pacs:
-        report = upload_directory(pacs, folder)
+        report = upload_directory(pacs, folder, stable_timeout=60.0)
     assert not report.failed

@@ -42,7 +42,7 @@ def clinical_study(
     patient_id = unique_patient_id("CLIN")
     converted = convert_case(phantom_case, patient_id, tmp_path_factory.mktemp("clinical"), CLINICAL)
     with orthanc.client() as pacs:
-        report = upload_directory(pacs, converted.out)
+        report = upload_directory(pacs, converted.out, stable_timeout=60.0)
     assert not report.failed and report.stored == sum(s.n_files for s in converted.series)
     return UploadedStudy(patient_id, phantom_case, converted)
 

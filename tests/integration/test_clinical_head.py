@@ -41,7 +41,7 @@ def head_study(orthanc: OrthancEndpoint, tmp_path_factory: pytest.TempPathFactor
     patient_id = unique_patient_id("HEAD")
     converted = convert_case(case_dir, patient_id, tmp_path_factory.mktemp("head-dicom"), CLINICAL)
     with orthanc.client() as pacs:
-        report = upload_directory(pacs, converted.out)
+        report = upload_directory(pacs, converted.out, stable_timeout=60.0)
     assert not report.failed
     return UploadedStudy(patient_id, case_dir, converted)
 

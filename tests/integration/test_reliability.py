@@ -62,6 +62,14 @@ def test_logs_are_json_lines_with_request_ids_and_no_phi(
     # The phantom's name and birth date, and the PatientID itself, appear nowhere in the log.
     for phi in ("PHANTOM^DEMO", "PHANTOM DEMO", "19680517", "1968-05-17", clinical_study.patient_id):
         assert phi not in text, phi
+    # Nor the examination: study and series UIDs, study dates, accession numbers, series descriptions.
+    studies = clinical_study.converted.studies
+    examination = [s.study_instance_uid for s in studies] + [s.accession_number for s in studies]
+    examination += [f"{s.study_date:%Y%m%d}" for s in studies] + [s.study_date.isoformat() for s in studies]
+    for series in clinical_study.converted.series:
+        examination += [series.series_instance_uid, series.series_description]
+    leaked = sorted({value for value in examination if value and value in text})
+    assert not leaked, f"the service log names {leaked}"
 
 
 def test_orthanc_down_at_start_up_degrades_then_recovers(random_model: Path, tmp_path: Path) -> None:
@@ -135,7 +143,7 @@ def private_study(own_orthanc: LocalOrthanc, plain_study: ConvertedStudy, tmp_pa
     """A clone of the plain study in a private Orthanc that a test may stop."""
     patient_id = clone_study(plain_study, tmp_path / "clone")
     with OrthancClient(own_orthanc.url, own_orthanc.auth) as pacs:
-        assert not upload_directory(pacs, tmp_path / "clone").failed
+        assert not upload_directory(pacs, tmp_path / "clone", stable_timeout=60.0).failed
     return patient_id
 
 
@@ -192,7 +200,7 @@ def test_corrupt_instance_is_422_naming_the_series(
 
     patient_id = clone_study(plain_study, tmp_path / "clone", edit=truncate)
     with orthanc.client() as pacs:
-        assert not upload_directory(pacs, tmp_path / "clone").failed
+        assert not upload_directory(pacs, tmp_path / "clone", stable_timeout=60.0).failed
     with TestClient(app_for(orthanc.url, orthanc.auth, random_model, tmp_path / "results")) as client:
         response = client.post(f"/segment/{patient_id}")
     body = response.json()

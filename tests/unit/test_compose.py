@@ -4,7 +4,9 @@ Dockerfile, .dockerignore, .env.example and the GitHub workflow.
 Nothing here runs Docker. What can drift without anyone noticing until a deployment fails is checked
 instead: pinned images (the same Orthanc tag in compose and CI), healthchecks and start order, the GPU
 reservation and its removal, setting names that tumorseg really reads, credentials only by reference,
-ports on 127.0.0.1, the one Orthanc configuration file, and every path a build or a mount needs.
+ports on 127.0.0.1, the one Orthanc configuration file (C-STORE from declared modalities only), the
+containers' hardening (capabilities, read-only root, memory limit), and every path a build or a mount
+needs.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ TEST_ONLY_NAMES = {f"{ENV_PREFIX}TEST_ORTHANC_{part}" for part in ("URL", "USERN
 # Settings that name a file: a value from the host means nothing in the container, so compose leaves
 # them to an override file that mounts the file too.
 FILE_SETTINGS = {f"{ENV_PREFIX}MAPPING_RULES"}
+# Settings whose "unset" means something (no bound) that a ${VAR:-default} from .env cannot express:
+# an empty value is not a number. An override file sets them.
+UNSET_SETTINGS = {f"{ENV_PREFIX}RESULTS_MAX_AGE_DAYS", f"{ENV_PREFIX}RESULTS_MAX_GB"}
 SECRET_KEY = re.compile(r"PASSWORD|API_KEY|SECRET|TOKEN|REGISTERED_USERS")
 # ${VAR}, ${VAR?msg}, ${VAR:?msg}: a reference that carries no value of its own (no :- default).
 REQUIRED_REF = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?\?[^}]*)?\}")
@@ -311,9 +316,10 @@ def test_every_tumorseg_variable_is_a_real_setting(path: Path) -> None:
 
 def test_inference_gets_every_setting_by_name(services: dict[str, Any]) -> None:
     env = environment(services["inference"])
-    missing = SETTING_NAMES - FILE_SETTINGS - env.keys()
+    missing = SETTING_NAMES - FILE_SETTINGS - UNSET_SETTINGS - env.keys()
     assert not missing, f"docker-compose.yml does not pass {sorted(missing)} to the inference service"
     assert FILE_SETTINGS <= SETTING_NAMES, "FILE_SETTINGS names a setting that no longer exists"
+    assert UNSET_SETTINGS <= SETTING_NAMES, "UNSET_SETTINGS names a setting that no longer exists"
     assert not FILE_SETTINGS & env.keys(), "a host path from .env would reach the container"
 
 
@@ -321,6 +327,8 @@ def test_the_stack_runs_the_service_in_production_mode(services: dict[str, Any])
     env = environment(services["inference"])
     assert env["TUMORSEG_ENVIRONMENT"] == "production"
     assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", env["TUMORSEG_API_KEY"]), "production needs an API key"
+    # the image on its own too: `docker run` without compose refuses to start open
+    assert dockerfile_env().get("TUMORSEG_ENVIRONMENT") == "production"
 
 
 def test_container_paths_agree_between_dockerfile_and_compose(services: dict[str, Any]) -> None:
@@ -380,6 +388,88 @@ def test_env_example_defines_what_compose_requires_and_no_password() -> None:
         assert not name.startswith(ENV_PREFIX), f"tumorseg on the host would read {name} from .env"
         if SECRET_KEY.search(name):
             assert value == "", f".env.example ships a value for {name}; leave it empty, to be set"
+
+
+# ---- container hardening --------------------------------------------------------------------------
+
+DEFAULTED_REF = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*):?-(?P<default>[^}]*)\}")
+MEMORY = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[kmg]?)b?", re.IGNORECASE)
+
+
+def env_example() -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            values[name.strip()] = value.strip()
+    return values
+
+
+def memory_bytes(value: str) -> float:
+    found = MEMORY.fullmatch(value.strip())
+    assert found, f"{value!r} is not a memory size like 6g or 6144m"
+    return float(found["number"]) * 1024 ** " kmg".index(found["unit"].lower() or " ")
+
+
+def hardening(service: dict[str, Any]) -> tuple[list[str], list[str]]:
+    return list(service.get("cap_drop") or []), list(service.get("security_opt") or [])
+
+
+@pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, COMPOSE_CPU]], ids=["gpu", "cpu"])
+def test_the_inference_container_is_locked_down(files: list[Path]) -> None:
+    merged: dict[str, Any] = {}
+    for path in files:
+        merged = merge(merged, load_compose(path))
+    inference = merged["services"]["inference"]
+    cap_drop, security_opt = hardening(inference)
+    assert cap_drop == ["ALL"], "drop every Linux capability: the service needs none"
+    assert "no-new-privileges:true" in security_opt
+    assert inference.get("read_only") is True, "run the image on a read-only root file system"
+    tmpfs = [str(entry).split(":")[0] for entry in inference.get("tmpfs") or []]
+    assert "/tmp" in tmpfs, "a read-only image needs a tmpfs for scratch files"
+    assert dockerfile_env()["XDG_CACHE_HOME"].startswith("/tmp/"), "library caches must be writable"
+    writable = [str(v).split(":") for v in inference["volumes"] if not str(v).endswith(":ro")]
+    assert any(parts[1:2] == ["/data/results"] for parts in writable), "results need a writable volume"
+
+
+def test_the_inference_container_has_a_configurable_memory_limit(services: dict[str, Any]) -> None:
+    limit = services["inference"].get("deploy", {}).get("resources", {}).get("limits", {}).get("memory")
+    assert limit is not None or services["inference"].get("mem_limit"), "no memory limit"
+    ref = DEFAULTED_REF.fullmatch(str(limit))
+    assert ref, (
+        f"take the limit from .env with a default, like ${{INFERENCE_MEMORY_LIMIT:-6g}}, not {limit!r}"
+    )
+    # one request peaks at ~2.6 GiB on large studies, plus the series cache and the CUDA context
+    assert memory_bytes(ref["default"]) >= 4 * 1024**3, f"{ref['default']} is below a request's peak"
+    example = env_example()
+    assert example.get(ref["name"]) == ref["default"], (
+        f".env.example must show {ref['name']}={ref['default']}"
+    )
+
+
+def test_the_orthanc_container_drops_capabilities(services: dict[str, Any]) -> None:
+    cap_drop, security_opt = hardening(services["orthanc"])
+    assert cap_drop == ["ALL"] and "no-new-privileges:true" in security_opt
+
+
+def test_env_example_lists_every_variable_compose_reads() -> None:
+    example = env_example()
+    for path in (COMPOSE, COMPOSE_CPU):
+        names = set(re.findall(r"\$\{(\w+)", path.read_text()))
+        assert names <= example.keys(), f".env.example does not document {sorted(names - example.keys())}"
+
+
+def test_orthanc_accepts_c_store_only_from_declared_modalities(services: dict[str, Any]) -> None:
+    settings = json.loads((ROOT / ORTHANC_JSON).read_text())
+    assert settings["DicomAlwaysAllowStore"] is False, "only the modalities in DicomModalities may store"
+    assert settings["DicomCheckCalledAet"] is True
+    assert settings["DicomCheckModalityHost"] is True, "an AE title alone is no credential"
+    for flag in ("Echo", "Find", "FindWorklist", "Get", "Move"):
+        assert settings.get(f"DicomAlwaysAllow{flag}") is False, f"DicomAlwaysAllow{flag}"
+    assert settings["DicomModalities"], "declare at least the example modality, as documentation"
+    env = environment(services["orthanc"])
+    weakened = [name for name in env if name.startswith(("ORTHANC__DICOM_ALWAYS_", "ORTHANC__DICOM_CHECK_"))]
+    assert not weakened, f"docker-compose.yml overrides the tested DICOM checks: {weakened}"
 
 
 # ---- ports, Orthanc configuration, paths ----------------------------------------------------------

@@ -4,28 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.results import result
 from tumorseg.errors import ResultNotFound
 from tumorseg.results import ResultStore, new_result_id
 from tumorseg.schema import SegmentResult
-
-
-def result(rid: str) -> SegmentResult:
-    """The smallest valid result JSON (the keys without defaults)."""
-    uid = {"series_instance_uid": "1.2.3", "series_description": "AX FLAIR", "orthanc_id": "abc"}
-    return SegmentResult.model_validate(
-        {
-            "result_id": rid,
-            "patient_id": "P1",
-            "study_instance_uid": "1.2",
-            "series": {"flair": uid},
-            "reference": {"modality": "flair", "series_instance_uid": "1.2.3"},
-            "volumes_ml": {"et": 1.0, "tc": 2.0, "wt": 3.5},
-            "mask_url": f"/results/{rid}/mask.nii.gz",
-            "timings_s": dict.fromkeys(
-                ("fetch", "load", "preprocess", "inference", "postprocess", "export", "total"), 0.5
-            ),
-        }
-    )
 
 
 def test_commit_then_read_and_survive_a_new_store(tmp_path: Path) -> None:
@@ -79,3 +61,15 @@ def test_a_result_with_a_key_the_schema_lacks_is_refused() -> None:
     data = result(new_result_id()).model_dump() | {"surprise": 1}
     with pytest.raises(ValueError, match="surprise"):
         SegmentResult.model_validate(data)
+
+
+def test_update_replaces_the_json_of_a_committed_result(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    rid = new_result_id()
+    store.commit(store.staging(rid), result(rid))
+    changed = result(rid).model_copy(update={"warnings": ["checked"]})
+    store.update(changed)
+    assert ResultStore(tmp_path).read(rid).warnings == ["checked"]
+    assert [p.name for p in (tmp_path / rid).iterdir()] == ["result.json"]  # no partial file left
+    with pytest.raises(ResultNotFound):
+        store.update(result(new_result_id()))

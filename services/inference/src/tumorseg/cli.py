@@ -130,6 +130,10 @@ def segment(
     store_seg: Annotated[
         bool, typer.Option(help="Also store a DICOM SEG in the study in Orthanc (or TUMORSEG_STORE_SEG).")
     ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(help="Wait (up to TUMORSEG_STABLE_WAIT_S) for a study Orthanc has not marked stable."),
+    ] = False,
     registration: Annotated[
         bool | None,
         typer.Option(
@@ -144,14 +148,13 @@ def segment(
 
     from tumorseg.model.device import resolve_device
     from tumorseg.pipeline import SegmentRequest
-    from tumorseg.results import ResultStore
-    from tumorseg.wiring import build_segmenter, load_predictor
+    from tumorseg.wiring import build_segmenter, load_predictor, open_store
 
     settings = get_settings()
     try:
         with _pacs() as pacs, console.status("loading the model") as status:
             predictor = load_predictor(settings, resolve_device(settings.device))
-            segmenter = build_segmenter(settings, pacs, predictor, ResultStore(settings.results_dir))
+            segmenter = build_segmenter(settings, pacs, predictor, open_store(settings))
             request = SegmentRequest(
                 patient_id=patient_id,
                 study_instance_uid=study,
@@ -159,6 +162,7 @@ def segment(
                 explicit_series=_explicit_series(series or []),
                 store_seg=store_seg or settings.store_seg,
                 registration=registration,
+                wait=wait,
             )
             result = segmenter.run(request, progress=lambda stage: status.update(f"{stage}…"))
     except TumorsegError as exc:
@@ -190,12 +194,26 @@ def _explicit_series(values: list[str]) -> dict[str, str] | None:
 def upload(
     directory: Annotated[Path, typer.Argument(help="Folder searched recursively for DICOM files.")],
     workers: Annotated[int, typer.Option(min=1, max=32, help="Parallel uploads.")] = 4,
+    wait: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Then wait up to this many seconds until Orthanc marks the studies stable (segment answers "
+            "409 study_incomplete before that).",
+        ),
+    ] = None,
 ) -> None:
     """Send every DICOM file under DIRECTORY to Orthanc (idempotent: stored files say 'already stored')."""
     from tumorseg.pacs.upload import upload_directory
 
     with _pacs() as pacs:
-        report = upload_directory(pacs, directory, workers=workers, show_progress=True)
+        try:
+            report = upload_directory(
+                pacs, directory, workers=workers, show_progress=True, stable_timeout=wait
+            )
+        except TimeoutError as exc:
+            err_console.print(f"[red]error[/red] {exc}")
+            raise typer.Exit(code=1) from exc
     console.print(
         f"{report.stored} stored, {report.already_stored} already stored, {len(report.failed)} failed"
     )

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tumorseg.limits import InputLimits
 from tumorseg.paths import MODELS_DIR
 
 DEFAULT_MODEL_PATH = MODELS_DIR / "default"
@@ -40,6 +41,14 @@ class Settings(BaseSettings):
     orthanc_password: SecretStr | None = Field(default=None, description="Orthanc HTTP basic-auth password.")
     orthanc_timeout: float = Field(default=60.0, description="Seconds allowed for one Orthanc call.")
     results_dir: Path = Field(default=Path("./results"), description="Where results are persisted.")
+    results_max_age_days: float | None = Field(
+        default=None, gt=0, description="Results older than this are deleted (unset: kept)."
+    )
+    results_max_gb: float | None = Field(
+        default=None,
+        gt=0,
+        description="The oldest results are deleted while the store is larger (unset: no bound).",
+    )
     model_path: Path = Field(default=DEFAULT_MODEL_PATH, description="Model package directory.")
     mapping_rules: Path | None = Field(
         default=None,
@@ -72,6 +81,22 @@ class Settings(BaseSettings):
         ge=0,
         le=1000,
         description="Requests that may wait while one runs; more are answered 503 with Retry-After.",
+    )
+    max_frame_pixels: int = Field(
+        default=2048 * 2048, ge=1, description="Most pixels (Rows x Columns) one frame may have."
+    )
+    max_series_frames: int = Field(default=2000, ge=2, description="Most instances one series may have.")
+    max_study_gb: float = Field(
+        default=4.0, gt=0, description="Most memory the decoded volumes of one request may take, GiB."
+    )
+    max_extent_mm: float = Field(
+        default=400.0, gt=0, description="Largest field of view of a series along any axis, mm."
+    )
+    stable_wait_s: float = Field(
+        default=120.0,
+        ge=0,
+        le=3600,
+        description="How long ?wait=true waits for Orthanc to mark a study stable before answering 409.",
     )
     api_key: SecretStr | None = Field(
         default=None, description="When set, every route but /health needs header X-API-Key."
@@ -119,6 +144,15 @@ class Settings(BaseSettings):
                     "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
                 )
         return self
+
+    @property
+    def limits(self) -> InputLimits:
+        return InputLimits(
+            max_frame_pixels=self.max_frame_pixels,
+            max_series_frames=self.max_series_frames,
+            max_study_bytes=int(self.max_study_gb * 2**30),
+            max_extent_mm=self.max_extent_mm,
+        )
 
     @property
     def orthanc_auth(self) -> tuple[str, str] | None:

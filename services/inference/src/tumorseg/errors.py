@@ -12,7 +12,10 @@
     │   ├── StudyNotFound            no such StudyInstanceUID for this patient          → 404
     │   ├── ModalityMissing          FLAIR/T1/T1ce/T2 not all present                   → 422
     │   ├── AmbiguousSeries          two series fit one modality equally well           → 422
-    │   └── BrokenSeries             a series cannot become a volume                    → 422
+    │   ├── BrokenSeries             a series cannot become a volume                    → 422
+    │   │   └── SeriesTooLarge       over a size/extent limit (checked before decoding) → 422
+    │   ├── SeriesApart              the series do not overlap the reference's volume   → 422
+    │   └── StudyIncomplete          Orthanc has not marked the study stable yet        → 409
     ├── ResultNotFound               unknown result id                                  → 404
     ├── InvalidInput                 a value the caller sent is malformed               → 422
     ├── ModelError                   the model package cannot be loaded or run          → 503
@@ -82,6 +85,24 @@ class AmbiguousSeries(StudyError):
 
 class BrokenSeries(StudyError):
     code = "broken_series"
+
+
+class SeriesTooLarge(BrokenSeries):
+    code = "series_too_large"
+
+
+class SeriesApart(StudyError):
+    code = "series_apart"
+
+
+class StudyIncomplete(StudyError):
+    """Instances may still be arriving (Retry-After); ``?wait=true`` waits for the study to settle."""
+
+    code = "study_incomplete"
+
+    def __init__(self, detail: str, retry_after_s: int = 30) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
 
 
 class ResultNotFound(TumorsegError):

@@ -24,15 +24,33 @@ import numpy as np
 import SimpleITK as sitk
 
 from tumorseg import __version__
-from tumorseg.errors import BrokenSeries, Busy, InvalidInput, PacsNotFound
-from tumorseg.export.dicom_seg import build_segmentation, encode, next_series_number, read_headers
+from tumorseg.errors import (
+    AmbiguousSeries,
+    BrokenSeries,
+    Busy,
+    InvalidInput,
+    ModalityMissing,
+    ModelError,
+    PacsNotFound,
+    StudyIncomplete,
+    TumorsegError,
+)
+from tumorseg.export.dicom_seg import (
+    SEG_MANUFACTURER,
+    algorithm_tag,
+    build_segmentation,
+    encode,
+    next_series_number,
+    read_headers,
+)
 from tumorseg.export.nifti import write_mask
 from tumorseg.export.preview import write_preview
 from tumorseg.imaging.cache import SeriesCache
 from tumorseg.imaging.postprocess import voxel_volume_mm3
 from tumorseg.imaging.preprocess import ModelInput, prepare
-from tumorseg.imaging.volume import SeriesVolume, load_series
+from tumorseg.imaging.volume import SeriesVolume, check_overlap, load_series
 from tumorseg.labels import LABEL_NAMES, volumes_ml
+from tumorseg.limits import InputLimits
 from tumorseg.model.package import ModelManifest
 from tumorseg.model.predictor import Predictor
 from tumorseg.pacs import OrthancClient
@@ -44,6 +62,9 @@ from tumorseg.study.assemble import AssembledStudy, assemble
 from tumorseg.validation import check_patient_id, check_uid
 
 log = logging.getLogger(__name__)
+
+STABLE_POLL_S = 1.0
+STABLE_RETRY_AFTER_S = 10
 
 STAGES = (
     "fetch",
@@ -65,6 +86,7 @@ class SegmentRequest:
     explicit_series: Mapping[str, str] | None = None
     store_seg: bool = False
     registration: bool | None = None  # None: the Segmenter's setting (TUMORSEG_REGISTRATION)
+    wait: bool = False  # a study Orthanc has not marked stable: wait for it (bounded) instead of 409
 
     def __post_init__(self) -> None:
         check_patient_id(self.patient_id)
@@ -109,6 +131,8 @@ class Segmenter:
         cache_bytes: int = 0,
         registration: bool = True,
         brain_extractor: str = "auto",
+        limits: InputLimits | None = None,
+        stable_wait_s: float = 120.0,
     ) -> None:
         self.pacs = pacs
         self.predictor = predictor
@@ -118,28 +142,86 @@ class Segmenter:
         self.cache = SeriesCache(cache_bytes)
         self.registration = registration  # TUMORSEG_REGISTRATION, unless a request says otherwise
         self.brain_extractor = brain_extractor  # TUMORSEG_BRAIN_EXTRACTOR
-        self._model_lock = threading.Lock()
+        self.limits = limits or InputLimits()  # TUMORSEG_MAX_*: checked from headers before decoding
+        self.stable_wait_s = stable_wait_s  # TUMORSEG_STABLE_WAIT_S: the bound of ?wait=true
+        # Concurrency is decided here alone: ``max_waiting`` requests may wait, and one runs. A waiting
+        # request holds nothing (no download, no decoded volume), so the memory in use is that of one
+        # request, which ``limits.max_study_bytes`` bounds, plus the series cache.
         self._slots = threading.BoundedSemaphore(max_waiting + 1)
+        self._running = threading.Lock()
 
     def run(self, request: SegmentRequest, progress: Callable[[str], None] | None = None) -> SegmentResult:
         if not self._slots.acquire(blocking=False):
             raise Busy("the inference queue is full; retry later", retry_after_s=30)
         try:
-            return self._run(request, StageTimer(progress=progress))
+            with self._running:
+                return self._run(request, StageTimer(progress=progress))
         finally:
             self._slots.release()
+
+    def _assemble(self, request: SegmentRequest) -> AssembledStudy:
+        """The study and its mapping, once Orthanc has marked the study stable (no new instance for
+        StableAge seconds): a study still receiving instances would be segmented on what has arrived, and
+        one that cannot be mapped yet may only lack what has not arrived. Without ``request.wait``:
+        ``StudyIncomplete`` (409, Retry-After); with it, wait up to ``stable_wait_s`` and map again."""
+        deadline = time.monotonic() + (self.stable_wait_s if request.wait else 0.0)
+        while True:
+            try:
+                assembled = assemble(
+                    self.pacs,
+                    request.patient_id,
+                    request.study_instance_uid,
+                    request.explicit_series,
+                    self.rules,
+                )
+            except (ModalityMissing, AmbiguousSeries) as exc:
+                error: Exception | None = exc
+                unstable = [
+                    s
+                    for s in self.pacs.find_studies(request.patient_id)
+                    if not s.is_stable and request.study_instance_uid in (None, s.study_instance_uid)
+                ]
+                if not unstable:
+                    raise
+            else:
+                error, unstable = None, [] if assembled.study.is_stable else [assembled.study]
+            if not unstable:
+                return assembled
+            while not all(self.pacs.get_study(s.orthanc_id).is_stable for s in unstable):
+                if time.monotonic() >= deadline:
+                    waited = f" after waiting {self.stable_wait_s:g} s" if request.wait else ""
+                    raise StudyIncomplete(
+                        f"study {unstable[0].study_instance_uid} is still receiving instances{waited} "
+                        "(Orthanc has not marked it stable); retry later, or ask with ?wait=true to wait",
+                        retry_after_s=STABLE_RETRY_AFTER_S,
+                    ) from error
+                time.sleep(STABLE_POLL_S)
+
+    def _check_sizes(self, assembled: AssembledStudy, wanted: list[str]) -> None:
+        """The limits the PACS listing can show (instances, matrix, in-plane extent, the study's decoded
+        size), before anything is downloaded; the headers of every instance are checked again on load."""
+        sizes = {}
+        for m in wanted:
+            info = assembled.mapping.series[m]
+            label = _series_label(m, info)
+            self.limits.check_frames(label, info.instance_count)
+            if info.rows is not None and info.columns is not None:
+                if info.pixel_spacing is not None and len(info.pixel_spacing) == 2:
+                    spacing = (float(info.pixel_spacing[0]), float(info.pixel_spacing[1]))
+                    self.limits.check_frame(label, info.rows, info.columns, spacing)
+                sizes[label] = (info.rows, info.columns, info.instance_count)
+        self.limits.check_study(sizes)
 
     def _run(self, request: SegmentRequest, timer: StageTimer) -> SegmentResult:
         started = time.perf_counter()
         store_seg = request.store_seg or self.store_seg
         with timer.stage("fetch"):
-            assembled = assemble(
-                self.pacs, request.patient_id, request.study_instance_uid, request.explicit_series, self.rules
-            )
+            assembled = self._assemble(request)
             series = assembled.mapping.series
             loaded = {m: v for m in SEQUENCES if (v := self.cache.get(series[m])) is not None}
             # The SEG references every source instance: it needs the reference series' files for headers.
             wanted = [m for m in SEQUENCES if m not in loaded or (store_seg and m == request.reference)]
+            self._check_sizes(assembled, [m for m in SEQUENCES if m not in loaded])
             with ThreadPoolExecutor(max_workers=len(SEQUENCES)) as pool:
                 files = dict(
                     zip(wanted, pool.map(lambda m: self._download(m, series[m]), wanted), strict=True)
@@ -148,17 +230,20 @@ class Segmenter:
             missing = [m for m in SEQUENCES if m not in loaded]
             for m, volume in zip(
                 missing,
-                pool.map(lambda m: load_series(files[m], _series_label(m, series[m])), missing),
+                pool.map(
+                    lambda m: load_series(files[m], _series_label(m, series[m]), limits=self.limits), missing
+                ),
                 strict=True,
             ):
                 self.cache.put(series[m], volume)
                 loaded[m] = volume
+            check_overlap(loaded, request.reference)
         if not store_seg:
             files.clear()  # the decoded volumes are all that is needed from here on
         reference_series = loaded[request.reference]  # request.reference names it (flair, t1, ...)
         manifest = self.predictor.manifest
         registration = self.registration if request.registration is None else request.registration
-        with timer.stage("preprocess"):
+        with timer.stage("preprocess"), _library_errors("preprocessing", BrokenSeries):
             model_input, _ = prepare(
                 {m: v.image for m, v in loaded.items()},
                 request.reference,
@@ -170,9 +255,9 @@ class Segmenter:
         for stage, seconds in model_input.timings_s.items():
             timer.timings[stage] = round(seconds, 4)
             timer.timings["preprocess"] = round(timer.timings["preprocess"] - seconds, 4)
-        with self._model_lock, timer.stage("inference"):
+        with timer.stage("inference"), _library_errors("inference", ModelError):
             probabilities = self.predictor.predict(model_input)
-        with timer.stage("postprocess"):
+        with timer.stage("postprocess"), _library_errors("postprocessing", BrokenSeries):
             mask = self.predictor.mask(
                 probabilities, model_input.grid, reference_series.image, model_input.brain, model_input.rim_mm
             )
@@ -180,13 +265,9 @@ class Segmenter:
         with timer.stage("export"):
             staging = self.store.staging(result_id)
             try:
-                write_mask(mask, staging / "mask.nii.gz")
-                write_preview(reference_series.image, mask, staging / "preview.png")
-                dicom_seg = (
-                    self._store_seg(mask, reference_series, files[request.reference], assembled)
-                    if store_seg
-                    else None
-                )
+                with _library_errors("export", BrokenSeries):
+                    write_mask(mask, staging / "mask.nii.gz")
+                    write_preview(reference_series.image, mask, staging / "preview.png")
                 fields = _result_fields(
                     result_id,
                     request.patient_id,
@@ -195,21 +276,28 @@ class Segmenter:
                     reference_series,
                     mask,
                     manifest,
-                    dicom_seg,
+                    None,
                     model_input,
                     registration,
                 )
+                result = SegmentResult.model_validate({**fields, "timings_s": self._timings(timer, started)})
+                self.store.commit(staging, result)
             except BaseException:
                 self.store.discard(staging)
                 raise
-        timings = {name: timer.timings.get(name, 0.0) for name in STAGES}
-        timings["total"] = round(time.perf_counter() - started, 4)
-        try:
-            result = SegmentResult.model_validate({**fields, "timings_s": timings})
-            self.store.commit(staging, result)
-        except BaseException:
-            self.store.discard(staging)
-            raise
+            # The SEG goes to the PACS only once the result is saved (no SEG without a result), and only
+            # when the study does not hold one of this model version for this series yet (no duplicates
+            # from a retry or a second request): then the result names the one already there.
+            dicom_seg = None
+            if store_seg:
+                dicom_seg = self._existing_seg(assembled, reference_series) or self._store_seg(
+                    mask, reference_series, files[request.reference], assembled
+                )
+        result = SegmentResult.model_validate(
+            {**result.model_dump(), "dicom_seg": dicom_seg, "timings_s": self._timings(timer, started)}
+        )
+        self.store.update(result)
+        timings = result.timings_s.model_dump()
         log.info(
             "result %s: %s",
             result_id,
@@ -217,6 +305,38 @@ class Segmenter:
             extra={"fields": {"result_id": result_id, "timings_s": timings}},
         )
         return result
+
+    @staticmethod
+    def _timings(timer: StageTimer, started: float) -> dict[str, float]:
+        timings = {name: timer.timings.get(name, 0.0) for name in STAGES}
+        timings["total"] = round(time.perf_counter() - started, 4)
+        return timings
+
+    def _existing_seg(self, assembled: AssembledStudy, reference_series: SeriesVolume) -> DicomSegRef | None:
+        """A SEG in the study written by this service with this model version for the reference series
+        (Manufacturer, DeviceSerialNumber and ReferencedSeriesSequence of its instance), if any."""
+        manifest = self.predictor.manifest
+        for info, _ in assembled.mapping.rejected:
+            if info.modality != "SEG" or not info.instance_ids:
+                continue
+            tags = self.pacs.instance_tags(info.instance_ids[0])
+            referenced = {
+                str(item.get("SeriesInstanceUID", ""))
+                for item in tags.get("ReferencedSeriesSequence") or []
+                if isinstance(item, dict)
+            }
+            if (
+                tags.get("Manufacturer") == SEG_MANUFACTURER
+                and tags.get("DeviceSerialNumber") == algorithm_tag(manifest.name, manifest.version)
+                and reference_series.series_instance_uid in referenced
+            ):
+                log.info("a SEG of this model version is already in the study; not storing another")
+                return DicomSegRef(
+                    series_instance_uid=info.series_instance_uid,
+                    sop_instance_uid=str(tags.get("SOPInstanceUID", "")),
+                    orthanc_id=info.instance_ids[0],
+                )
+        return None
 
     def _download(self, modality: str, info: SeriesInfo) -> list[bytes]:
         try:
@@ -241,27 +361,34 @@ class Segmenter:
             s.series_number for s, _ in mapping.rejected
         ]
         manifest = self.predictor.manifest
-        segmentation = build_segmentation(
-            mask,
-            reference_series,
-            read_headers(source_files),
-            algorithm_name=manifest.name,
-            algorithm_version=manifest.version,
-            series_number=next_series_number(numbers),
-        )
+        with _library_errors("the DICOM SEG", BrokenSeries):
+            segmentation = build_segmentation(
+                mask,
+                reference_series,
+                read_headers(source_files),
+                algorithm_name=manifest.name,
+                algorithm_version=manifest.version,
+                series_number=next_series_number(numbers),
+            )
         stored = self.pacs.upload_instance(encode(segmentation))
-        log.info(
-            "stored DICOM SEG %s (series %s, %d frames) as Orthanc instance %s",
-            segmentation.SOPInstanceUID,
-            segmentation.SeriesInstanceUID,
-            int(segmentation.NumberOfFrames),
-            stored.instance_id,
-        )
+        log.info("stored a DICOM SEG of %d frames in the study", int(segmentation.NumberOfFrames))
         return DicomSegRef(
             series_instance_uid=str(segmentation.SeriesInstanceUID),
             sop_instance_uid=str(segmentation.SOPInstanceUID),
             orthanc_id=stored.instance_id,
         )
+
+
+@contextmanager
+def _library_errors(stage: str, error: type[TumorsegError]) -> Iterator[None]:
+    """What a library (SimpleITK, numpy, torch, highdicom, Pillow) raises on the data of this request, as
+    ``error`` of the error tree, so bad input never ends as a bare 500. Our own errors pass unchanged."""
+    try:
+        yield
+    except TumorsegError:
+        raise
+    except (ValueError, ArithmeticError, IndexError, RuntimeError, MemoryError) as exc:
+        raise error(f"{stage} failed on this study: {type(exc).__name__}: {exc}") from exc
 
 
 def _result_fields(

@@ -22,6 +22,7 @@ class StudyInfo:
     study_time: str
     study_description: str
     series_ids: tuple[str, ...]
+    is_stable: bool = True  # the PACS considers the study complete (Orthanc: StableAge without new instances)
 
 
 @dataclass(frozen=True)

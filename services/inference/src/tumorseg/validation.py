@@ -8,6 +8,7 @@ without leading zeros. Violations raise ``InvalidInput`` (422) with what is wron
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit, urlunsplit
 
 from tumorseg.errors import InvalidInput
 
@@ -32,3 +33,16 @@ def check_uid(value: str, what: str) -> str:
             f"{what} {value[:80]!r} is not a DICOM UID (digits and dots, at most 64 characters)"
         )
     return value
+
+
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``url`` without ``user:password@`` (safe for messages and logs), and that pair if it had one."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    bare = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return bare, (parts.username or "", parts.password or "")

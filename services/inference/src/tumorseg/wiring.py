@@ -23,6 +23,14 @@ def open_pacs(settings: Settings) -> OrthancClient:
     return OrthancClient(settings.orthanc_url, settings.orthanc_auth, settings.orthanc_timeout)
 
 
+def open_store(settings: Settings) -> ResultStore:
+    return ResultStore(
+        settings.results_dir,
+        max_age_days=settings.results_max_age_days,
+        max_bytes=None if settings.results_max_gb is None else int(settings.results_max_gb * 2**30),
+    )
+
+
 def load_predictor(settings: Settings, device: str) -> Predictor:
     """The model package on ``device``, warmed up; and the brain extractor that
     ``TUMORSEG_BRAIN_EXTRACTOR`` can call for, loaded and warmed up too. ``ModelError`` when the package
@@ -48,4 +56,6 @@ def build_segmenter(
         max_waiting=settings.queue_size,
         registration=settings.registration,
         brain_extractor=settings.brain_extractor,
+        limits=settings.limits,
+        stable_wait_s=settings.stable_wait_s,
     )

@@ -22,6 +22,7 @@ STATUS_BY_ERROR: list[tuple[type[errors.TumorsegError], int]] = [
     (errors.PacsError, 502),
     (errors.PatientNotFound, 404),
     (errors.StudyNotFound, 404),
+    (errors.StudyIncomplete, 409),
     (errors.StudyError, 422),
     (errors.ResultNotFound, 404),
     (errors.InvalidInput, 422),
@@ -65,7 +66,8 @@ async def _tumorseg_error(request: Request, exc: Exception) -> JSONResponse:
         detail,
         extra={"fields": {"code": exc.code, "status": status}},
     )
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, errors.Busy) else None
+    retry_after = exc.retry_after_s if isinstance(exc, errors.Busy | errors.StudyIncomplete) else None
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return error_response(status, exc.detail, exc.code, headers=headers)
 
 

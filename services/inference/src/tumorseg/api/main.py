@@ -20,12 +20,44 @@ from tumorseg.config import Settings, get_settings
 from tumorseg.errors import ModelError
 from tumorseg.logs import request_id_var
 from tumorseg.model.device import resolve_device
-from tumorseg.results import ResultStore
-from tumorseg.wiring import load_predictor, open_pacs
+from tumorseg.wiring import load_predictor, open_pacs, open_store
 
 log = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Methods a browser may send cross-site without consequence: they change no state here.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def same_origin(origin: str, host: str) -> bool:
+    """Whether a browser's ``Origin`` header names the host:port of the request's ``Host`` header.
+
+    Default ports count as given (``https://a.example`` matches ``a.example:443``). ``null`` (a
+    sandboxed frame, a local file) and anything unparsable are never the same origin.
+    """
+    scheme, sep, authority = origin.strip().lower().partition("://")
+    default = _DEFAULT_PORTS.get(scheme)
+    if not sep or default is None:
+        return False
+    theirs = _host_port(authority, default)
+    return theirs is not None and theirs == _host_port(host.strip().lower(), default)
+
+
+def _host_port(authority: str, default_port: int) -> tuple[str, int] | None:
+    """``("a.example", 8000)`` from ``a.example:8000``; IPv6 literals keep their brackets."""
+    if authority.startswith("["):
+        name, bracket, rest = authority.partition("]")
+        name, port = name + bracket, rest.removeprefix(":")
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+    else:
+        name, _, port = authority.partition(":")
+    if not name or any(c in name for c in "/@?#"):
+        return None
+    if not port:
+        return name, default_port
+    return (name, int(port)) if port.isdigit() else None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -40,7 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             pacs=pacs,
             model=ModelState(name=settings.model_path.name),
             device=device,
-            store=ResultStore(settings.results_dir),
+            store=open_store(settings),
         )
         try:
             state.predictor = await run_in_threadpool(load_predictor, settings, device)
@@ -50,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.error("model not loaded: %s", exc.detail)
             state.model_error = exc.detail
         app.state.tumorseg = state
-        log.info("tumorseg %s started; Orthanc at %s", __version__, settings.orthanc_url)
+        log.info("tumorseg %s started; Orthanc at %s", __version__, pacs.url)  # credentials removed
         try:
             yield
         finally:
@@ -63,6 +95,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+
+    # Registered before ``request_id`` so that it runs inside it: a refusal carries X-Request-ID and is
+    # logged like every other answer.
+    @app.middleware("http")
+    async def refuse_cross_site(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # A page on another site can make the user's browser POST here (no preflight for a form), and
+        # in open mode nothing else would stop it. Scripts and curl send no Origin and pass.
+        origin = request.headers.get("Origin")
+        if (
+            request.method not in _SAFE_METHODS
+            and origin is not None
+            and not same_origin(origin, request.headers.get("Host", ""))
+        ):
+            log.warning("refused a cross-site %s request", request.method)
+            return error_response(
+                403,
+                "cross-site request refused: the Origin header does not match this service's host; "
+                "send state-changing requests from the same origin, or without a browser",
+                "cross_site_request",
+            )
+        return await call_next(request)
 
     @app.middleware("http")
     async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

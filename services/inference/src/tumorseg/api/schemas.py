@@ -35,7 +35,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     for status, text in {
         401: "missing or wrong API key",
         404: "unknown patient, study or result",
-        422: "the request or the study cannot be used (missing/ambiguous modality, broken series)",
+        409: "the study is still receiving instances (code study_incomplete, Retry-After); or use ?wait=true",
+        422: "the request or the study cannot be used (missing/ambiguous modality, broken series, a series "
+        "over a size limit, series that do not overlap)",
         502: "Orthanc answered wrongly (e.g. rejected credentials)",
         503: "Orthanc unreachable, model not loaded, or the queue is full (Retry-After)",
         504: "Orthanc too slow",

@@ -77,6 +77,13 @@ _TYPE2_COPIED = (
     "ReferringPhysicianName",
 )
 _LO_MAX = 64
+SEG_MANUFACTURER = "tumorseg"
+
+
+def algorithm_tag(algorithm_name: str, algorithm_version: str) -> str:
+    """DeviceSerialNumber of the SEG: the model package that made it (how a SEG of the same model version
+    is recognised in the study)."""
+    return f"{algorithm_name} {algorithm_version}"[:_LO_MAX]
 
 
 class SourceSeries(Protocol):
@@ -188,10 +195,10 @@ def build_segmentation(
         series_number=series_number,
         sop_instance_uid=generate_uid(),
         instance_number=1,
-        manufacturer="tumorseg",
+        manufacturer=SEG_MANUFACTURER,
         manufacturer_model_name=algorithm_name[:_LO_MAX],
         software_versions=__version__,
-        device_serial_number=f"{algorithm_name} {algorithm_version}"[:_LO_MAX],
+        device_serial_number=algorithm_tag(algorithm_name, algorithm_version),
         content_label="TUMOR",
         content_description="BraTS 2021 tumour sub-regions"[:_LO_MAX],
         series_description=f"tumorseg SEG ({algorithm_name} {algorithm_version})"[:_LO_MAX],

@@ -13,8 +13,11 @@ This is the lattice ``dcm2niix`` produces for the same series, up to a signed pe
 (dcm2niix writes RAS and may flip the row axis): compare lattices, not raw affines.
 
 A series that cannot become such a volume raises ``BrokenSeries`` naming the series and the reason:
-too few slices, missing geometry tags, several orientations, a slice position shared twice, slices not on
-one line along the normal, uneven slice spacing (a missing slice), or pixel data that cannot be decoded.
+too few slices, missing or invalid geometry tags (absent, not finite, an orientation that is not two
+orthogonal unit vectors, a spacing that is not positive), several orientations, a slice position shared
+twice, slices not on one line along the normal, uneven slice spacing (a missing slice), or pixel data that
+cannot be decoded. A series over ``InputLimits`` (matrix, slice count, field of view) raises
+``SeriesTooLarge`` from its headers, before any pixel is decoded or the volume allocated.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from tumorseg.errors import BrokenSeries
+from tumorseg.errors import BrokenSeries, SeriesApart
+from tumorseg.imaging import grid
 from tumorseg.imaging.header import Header, read_header
+from tumorseg.limits import InputLimits
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,7 @@ ORIENTATION_TOLERANCE = 1e-3
 SPACING_RELATIVE_TOLERANCE = 0.02
 SPACING_ABSOLUTE_TOLERANCE_MM = 0.02
 MIN_SLICES = 2
+UNIT_TOLERANCE = 0.01  # direction cosines are unit vectors, written with a few digits
 _NATIVE_LE = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
 
 
@@ -78,10 +84,37 @@ def _parse(data: bytes, label: str) -> Instance:
 
 
 def _vector(ds: Instance, keyword: str, length: int, label: str) -> NDArray[np.float64]:
+    """``length`` finite numbers of ``keyword``; ``BrokenSeries`` when absent, short or not numbers."""
     value = ds.get(keyword)
-    if value is None or len(value) != length:
+    try:
+        vector = np.asarray([float(v) for v in value], dtype=np.float64) if value is not None else None
+    except (TypeError, ValueError):
+        vector = None
+    if vector is None or vector.shape != (length,) or not np.isfinite(vector).all():
         raise BrokenSeries(f"series {label}: instance {ds.get('SOPInstanceUID', '?')} has no valid {keyword}")
-    return np.asarray([float(v) for v in value], dtype=np.float64)
+    return vector
+
+
+def _count(ds: Instance, keyword: str, label: str) -> int:
+    """A positive integer attribute (Rows, Columns); ``BrokenSeries`` when absent or not positive."""
+    try:
+        value = int(ds.get(keyword))
+    except (TypeError, ValueError):
+        value = 0
+    if value <= 0:
+        raise BrokenSeries(f"series {label}: instance {ds.get('SOPInstanceUID', '?')} has no valid {keyword}")
+    return value
+
+
+def _number(ds: Instance, keyword: str, default: float, label: str) -> float:
+    value = ds.get(keyword)
+    try:
+        number = float(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not np.isfinite(number):
+        raise BrokenSeries(f"series {label}: instance {ds.get('SOPInstanceUID', '?')} has no valid {keyword}")
+    return number
 
 
 def _native_dtype(ds: Instance) -> type[np.integer] | None:
@@ -134,19 +167,26 @@ def _pixels(ds: Instance, label: str, out: NDArray[np.float32]) -> None:
             "only single-frame greyscale instances are supported"
         )
     out[...] = stored
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    slope = _number(ds, "RescaleSlope", 1.0, label) or 1.0
+    intercept = _number(ds, "RescaleIntercept", 0.0, label)
     if slope != 1.0:
         out *= np.float32(slope)
     if intercept != 0.0:
         out += np.float32(intercept)
 
 
-def load_series(files: Sequence[bytes], label: str, *, decode_workers: int = 4) -> SeriesVolume:
+def load_series(
+    files: Sequence[bytes], label: str, *, limits: InputLimits | None = None, decode_workers: int = 4
+) -> SeriesVolume:
     """Build the volume of one series from its instances' Part-10 bytes (any order). See module docstring."""
+    limits = limits or InputLimits()
     if len(files) < MIN_SLICES:
         raise BrokenSeries(f"series {label}: {len(files)} instance(s); a volume needs at least {MIN_SLICES}")
+    limits.check_frames(label, len(files))
     datasets = [_parse(data, label) for data in files]
+    for ds in datasets:
+        if not str(ds.get("SOPInstanceUID", "") or "").strip():
+            raise BrokenSeries(f"series {label}: an instance has no SOPInstanceUID")
 
     orientations = np.stack([_vector(ds, "ImageOrientationPatient", 6, label) for ds in datasets])
     if np.abs(orientations - orientations[0]).max() > ORIENTATION_TOLERANCE:
@@ -154,7 +194,13 @@ def load_series(files: Sequence[bytes], label: str, *, decode_workers: int = 4) 
             f"series {label}: instances have different ImageOrientationPatient (several stacks?)"
         )
     row_dir, col_dir = orientations[0][:3], orientations[0][3:]
-    row_dir, col_dir = row_dir / np.linalg.norm(row_dir), col_dir / np.linalg.norm(col_dir)
+    norms = np.asarray([np.linalg.norm(row_dir), np.linalg.norm(col_dir)])
+    if np.abs(norms - 1.0).max() > UNIT_TOLERANCE:
+        raise BrokenSeries(
+            f"series {label}: ImageOrientationPatient is not two unit vectors (lengths "
+            f"{norms[0]:.3g} and {norms[1]:.3g})"
+        )
+    row_dir, col_dir = row_dir / norms[0], col_dir / norms[1]
     if abs(float(row_dir @ col_dir)) > ORIENTATION_TOLERANCE:
         raise BrokenSeries(f"series {label}: ImageOrientationPatient row and column are not orthogonal")
     normal = np.cross(row_dir, col_dir)
@@ -190,12 +236,17 @@ def load_series(files: Sequence[bytes], label: str, *, decode_workers: int = 4) 
 
     first = datasets[0]
     pixel_spacing = _vector(first, "PixelSpacing", 2, label)
-    rows, columns = int(first.Rows), int(first.Columns)
+    if pixel_spacing.min() <= 0:
+        raise BrokenSeries(f"series {label}: PixelSpacing {pixel_spacing.tolist()} is not positive")
+    rows, columns = _count(first, "Rows", label), _count(first, "Columns", label)
     for ds in datasets:
-        if (int(ds.Rows), int(ds.Columns)) != (rows, columns):
+        if (_count(ds, "Rows", label), _count(ds, "Columns", label)) != (rows, columns):
             raise BrokenSeries(f"series {label}: instances have different image sizes")
         if np.abs(_vector(ds, "PixelSpacing", 2, label) - pixel_spacing).max() > 1e-4:
             raise BrokenSeries(f"series {label}: instances have different PixelSpacing")
+    # Before the volume is allocated or a pixel decoded (a small compressed frame can claim 65535² pixels).
+    limits.check_frame(label, rows, columns, (float(pixel_spacing[0]), float(pixel_spacing[1])))
+    limits.check_depth(label, len(datasets), spacing)
 
     array = np.empty((len(datasets), rows, columns), dtype=np.float32)  # (k, j, i): SimpleITK's z, y, x
     if all(ds.file_meta.get("TransferSyntaxUID") in _NATIVE_LE for ds in datasets):
@@ -217,3 +268,39 @@ def load_series(files: Sequence[bytes], label: str, *, decode_workers: int = 4) 
         sop_instance_uids=tuple(str(ds.SOPInstanceUID) for ds in datasets),
         label=label,
     )
+
+
+MIN_OVERLAP = 0.5  # of the smaller series' box: every series must lie mostly within the reference's
+
+
+def _box(image: sitk.Image) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The axis-aligned LPS box of ``image``'s voxels (corner centres padded by half a voxel's diagonal)."""
+    corners = grid.physical_corners(image)
+    pad = 0.5 * float(np.linalg.norm(image.GetSpacing()))
+    return corners.min(axis=0) - pad, corners.max(axis=0) + pad
+
+
+def check_overlap(volumes: dict[str, SeriesVolume], reference: str) -> None:
+    """``SeriesApart`` (422) unless every series' box overlaps the reference series' box by at least
+    ``MIN_OVERLAP`` of the smaller of the two: series that lie apart (another patient position, another
+    frame of reference) would give an input of zeros and a silently empty mask. Patient motion between
+    series (millimetres) and partial fields of view (a slab inside the head) pass."""
+    ref = volumes[reference]
+    lo_r, hi_r = _box(ref.image)
+    for volume in volumes.values():
+        if volume is ref:
+            continue
+        lo, hi = _box(volume.image)
+        shared = float(np.prod(np.clip(np.minimum(hi, hi_r) - np.maximum(lo, lo_r), 0.0, None)))
+        smaller = min(float(np.prod(hi - lo)), float(np.prod(hi_r - lo_r)))
+        if shared < MIN_OVERLAP * smaller:
+            same = volume.frame_of_reference_uid == ref.frame_of_reference_uid
+            raise SeriesApart(
+                f"series {volume.label} overlaps the reference series {ref.label} by {shared / smaller:.0%} "
+                f"of its volume (at least {MIN_OVERLAP:.0%} needed); "
+                + (
+                    "they share a FrameOfReferenceUID, so the positions themselves are far apart"
+                    if same
+                    else "they have different FrameOfReferenceUIDs (another acquisition or patient position)"
+                )
+            )

@@ -18,6 +18,7 @@ on the server or will fail the same way again.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ from tumorseg.errors import (
     PacsUnavailable,
 )
 from tumorseg.records import SeriesInfo, StudyInfo
+from tumorseg.validation import split_credentials
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ def study_from_orthanc(data: dict[str, Any]) -> StudyInfo:
         study_time=tags.get("StudyTime", ""),
         study_description=tags.get("StudyDescription", ""),
         series_ids=tuple(data.get("Series", ())),
+        is_stable=bool(data.get("IsStable", True)),
     )
 
 
@@ -143,11 +146,15 @@ class OrthancClient:
         connect_retries: int = 2,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        # Credentials written into the URL (http://user:pass@host) never reach a message or a log line.
+        self.url, url_auth = split_credentials(url.rstrip("/"))
         self.download_workers = download_workers
+        # Every download of this client, over all series fetched side by side, waits here rather than for
+        # a pooled connection (whose wait counts against the timeout and turned waiting into 504s).
+        self._download_slots = threading.BoundedSemaphore(download_workers)
         self._client = httpx.Client(
             base_url=self.url,
-            auth=auth,
+            auth=auth or url_auth,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             transport=transport or httpx.HTTPTransport(retries=connect_retries),
             limits=httpx.Limits(max_connections=max(download_workers, 4) + 2),
@@ -342,7 +349,8 @@ class OrthancClient:
             series_id, instance_ids = series.orthanc_id, series.instance_ids
 
         def fetch(instance_id: str) -> bytes:
-            data = self.download_instance(instance_id)
+            with self._download_slots:
+                data = self.download_instance(instance_id)
             if progress is not None:
                 progress(1)
             return data

@@ -1,9 +1,12 @@
-"""Upload a folder of DICOM files to Orthanc, in parallel, reporting each file that failed."""
+"""Upload a folder of DICOM files to Orthanc, in parallel, reporting each file that failed; optionally wait
+until Orthanc marks the studies it touched stable (the service answers 409 for a study still receiving
+instances, so a script that uploads and then segments waits here)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,17 +40,40 @@ class UploadReport:
     stored: int = 0
     already_stored: int = 0
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    study_ids: set[str] = field(default_factory=set)  # Orthanc ids of the studies the files went into
 
     @property
     def total(self) -> int:
         return self.stored + self.already_stored + len(self.failed)
 
 
+def wait_until_stable(
+    pacs: OrthancClient, study_ids: Iterable[str], timeout: float, poll: float = 0.5
+) -> None:
+    """Return once Orthanc marks every study stable (``StableAge`` seconds without a new instance);
+    ``TimeoutError`` after ``timeout`` seconds."""
+    pending = set(study_ids)
+    deadline = time.monotonic() + timeout
+    while pending:
+        pending = {study for study in pending if not pacs.get_study(study).is_stable}
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{len(pending)} uploaded study(ies) not stable after {timeout:g} s")
+        time.sleep(poll)
+
+
 def upload_directory(
-    pacs: OrthancClient, directory: Path, *, workers: int = 4, show_progress: bool = False
+    pacs: OrthancClient,
+    directory: Path,
+    *,
+    workers: int = 4,
+    show_progress: bool = False,
+    stable_timeout: float | None = None,
 ) -> UploadReport:
     """Every Part-10 file under ``directory`` into Orthanc. A file Orthanc refuses is listed in
-    ``failed`` with the reason and the others still go; losing Orthanc itself stops the upload."""
+    ``failed`` with the reason and the others still go; losing Orthanc itself stops the upload. With
+    ``stable_timeout``, then wait (that long at most) until the studies the files went into are stable."""
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} is not a folder")
     files = list(dicom_files(directory))
@@ -55,7 +81,9 @@ def upload_directory(
 
     def send(path: Path) -> tuple[Path, str | None, str]:
         try:
-            return path, pacs.upload_instance(path.read_bytes()).status, ""
+            stored = pacs.upload_instance(path.read_bytes())
+            report.study_ids.add(stored.study_id)
+            return path, stored.status, ""
         except (PacsProtocolError, PacsNotFound) as exc:  # this file was refused; the rest may pass
             return path, None, exc.detail
         except OSError as exc:
@@ -72,6 +100,8 @@ def upload_directory(
                     report.stored += 1
                 else:
                     report.failed.append((path, reason))
+    if stable_timeout is not None:
+        wait_until_stable(pacs, report.study_ids, stable_timeout)
     log.info(
         "upload of %s: %d stored, %d already stored, %d failed",
         directory,

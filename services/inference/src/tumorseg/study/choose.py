@@ -155,12 +155,13 @@ def choose_study(
 
 
 def _chosen(study: StudyInfo, mapping: SeriesMapping, count: int) -> AssembledStudy:
+    # Counts and sequence names only: UIDs, dates and series descriptions identify a patient's
+    # examination, so they go to the caller (the result's mapping_notes), never into the log.
     log.info(
-        "chose %s of %d; series numbers %s",
-        study_label(study),
+        "chose 1 of %d studies; FLAIR, T1, T1ce and T2 mapped, %d series unused, %d mapping note(s)",
         count,
-        {m: s.series_number for m, s in mapping.series.items()},
+        len(mapping.rejected),
+        len(mapping.notes),
+        extra={"fields": {"studies": count, "unused_series": len(mapping.rejected)}},
     )
-    for note in mapping.notes:
-        log.info("%s", note)
     return AssembledStudy(study, mapping)

@@ -198,10 +198,10 @@ def propose_mapping(
         threshold=threshold,
         study_instance_uid=study_instance_uid,
     )
-    log.debug(
-        "mapping of study %s: %s; missing %s; ambiguous %s",
-        study_instance_uid,
-        {m: s.series_number for m, s in proposal.series.items()},
+    log.debug(  # sequence names and counts only: no UID or description reaches the log
+        "mapping of %d series: found %s; missing %s; ambiguous %s",
+        len(series),
+        list(proposal.series),
         list(missing),
         list(ambiguous),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path
-from fastapi.responses import FileResponse
+from fastapi.responses import Response
 
 from tumorseg.api.deps import StateDep
 from tumorseg.api.schemas import ERROR_RESPONSES
@@ -24,20 +24,26 @@ def get_result(state: StateDep, result_id: ResultId) -> SegmentResult:
 
 @router.get(
     "/results/{result_id}/mask.nii.gz",
-    response_class=FileResponse,
+    response_class=Response,
     responses={200: {"content": {FILES["mask.nii.gz"]: {}}}, **ERROR_RESPONSES},
 )
-def get_mask(state: StateDep, result_id: ResultId) -> FileResponse:
-    path = state.store.file(result_id, "mask.nii.gz")
-    return FileResponse(path, media_type=FILES["mask.nii.gz"], filename=f"{result_id}_mask.nii.gz")
+def get_mask(state: StateDep, result_id: ResultId) -> Response:
+    return _file(state, result_id, "mask.nii.gz")
 
 
 @router.get(
     "/results/{result_id}/preview.png",
-    response_class=FileResponse,
+    response_class=Response,
     responses={200: {"content": {FILES["preview.png"]: {}}}, **ERROR_RESPONSES},
 )
-def get_preview(state: StateDep, result_id: ResultId) -> FileResponse:
+def get_preview(state: StateDep, result_id: ResultId) -> Response:
     """The reference image with the mask overlaid: axial, coronal and sagittal planes through the tumour."""
-    path = state.store.file(result_id, "preview.png")
-    return FileResponse(path, media_type=FILES["preview.png"], filename=f"{result_id}_preview.png")
+    return _file(state, result_id, "preview.png")
+
+
+def _file(state: StateDep, result_id: str, name: str) -> Response:
+    return Response(
+        state.store.read_file(result_id, name),
+        media_type=FILES[name],
+        headers={"Content-Disposition": f'attachment; filename="{result_id}_{name}"'},
+    )

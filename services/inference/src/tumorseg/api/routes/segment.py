@@ -35,6 +35,13 @@ def segment(
             "off for studies known to be pre-registered"
         ),
     ] = None,
+    wait: Annotated[
+        bool,
+        Query(
+            description="a study Orthanc has not marked stable yet (instances still arriving): wait for it, "
+            "up to TUMORSEG_STABLE_WAIT_S, instead of answering 409 study_incomplete with Retry-After"
+        ),
+    ] = False,
     flair_series: Annotated[str | None, Query(description=_EXPLICIT.format("FLAIR"))] = None,
     t1_series: Annotated[str | None, Query(description=_EXPLICIT.format("T1"))] = None,
     t1ce_series: Annotated[str | None, Query(description=_EXPLICIT.format("T1ce"))] = None,
@@ -47,6 +54,7 @@ def segment(
         reference=reference,
         store_seg=store_seg,
         registration=registration,
+        wait=wait,
         explicit_series={m: uid for m, uid in given.items() if uid} or None,
     )
     return state.segmenter().run(request)
