@@ -30,13 +30,23 @@ from __future__ import annotations
 
 
 class TumorsegError(Exception):
-    """Base of every error tumorseg raises on purpose. ``code`` is the stable machine-readable name."""
+    """Base of every error tumorseg raises on purpose. ``code`` is the stable machine-readable name;
+    ``retry_after_s``, where set, is sent as the answer's Retry-After header."""
 
     code = "tumorseg_error"
+    retry_after_s: int | None = None
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+class _RetryLater(TumorsegError):
+    """An error that goes away by itself: the caller should retry after ``retry_after_s`` seconds."""
+
+    def __init__(self, detail: str, retry_after_s: int = 30) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
 
 
 class PacsError(TumorsegError):
@@ -95,14 +105,10 @@ class SeriesApart(StudyError):
     code = "series_apart"
 
 
-class StudyIncomplete(StudyError):
+class StudyIncomplete(_RetryLater, StudyError):
     """Instances may still be arriving (Retry-After); ``?wait=true`` waits for the study to settle."""
 
     code = "study_incomplete"
-
-    def __init__(self, detail: str, retry_after_s: int = 30) -> None:
-        super().__init__(detail)
-        self.retry_after_s = retry_after_s
 
 
 class ResultNotFound(TumorsegError):
@@ -117,9 +123,5 @@ class ModelError(TumorsegError):
     code = "model_error"
 
 
-class Busy(TumorsegError):
+class Busy(_RetryLater):
     code = "busy"
-
-    def __init__(self, detail: str, retry_after_s: int = 30) -> None:
-        super().__init__(detail)
-        self.retry_after_s = retry_after_s

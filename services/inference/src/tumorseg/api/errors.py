@@ -66,8 +66,7 @@ async def _tumorseg_error(request: Request, exc: Exception) -> JSONResponse:
         detail,
         extra={"fields": {"code": exc.code, "status": status}},
     )
-    retry_after = exc.retry_after_s if isinstance(exc, errors.Busy | errors.StudyIncomplete) else None
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
     return error_response(status, exc.detail, exc.code, headers=headers)
 
 
