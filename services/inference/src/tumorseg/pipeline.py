@@ -160,12 +160,14 @@ class Segmenter:
             self._slots.release()
 
     def _assemble(self, request: SegmentRequest) -> AssembledStudy:
-        """The study and its mapping, once Orthanc has marked the study stable (no new instance for
-        StableAge seconds): a study still receiving instances would be segmented on what has arrived, and
-        one that cannot be mapped yet may only lack what has not arrived. Without ``request.wait``:
-        ``StudyIncomplete`` (409, Retry-After); with it, wait up to ``stable_wait_s`` and map again."""
+        """The study and its mapping, once no MR series of it is still receiving instances (Orthanc marks a
+        series stable StableAge seconds after its last instance): such a study would be segmented on what
+        has arrived, and one that cannot be mapped yet may only lack what has not arrived. Other series
+        (a SEG just stored by this service, a report) do not hold it up. Without ``request.wait``:
+        ``StudyIncomplete`` (409, Retry-After); with it, map again until ``stable_wait_s`` has passed."""
         deadline = time.monotonic() + (self.stable_wait_s if request.wait else 0.0)
         while True:
+            error: Exception | None = None
             try:
                 assembled = assemble(
                     self.pacs,
@@ -174,28 +176,28 @@ class Segmenter:
                     request.explicit_series,
                     self.rules,
                 )
+                mapping = assembled.mapping
+                listed = [*mapping.series.values(), *(info for info, _ in mapping.rejected)]
+                if assembled.study.is_stable or all(s.is_stable or s.modality != "MR" for s in listed):
+                    return assembled
+                arriving = assembled.study.study_instance_uid
             except (ModalityMissing, AmbiguousSeries) as exc:
-                error: Exception | None = exc
                 unstable = [
-                    s
+                    s.study_instance_uid
                     for s in self.pacs.find_studies(request.patient_id)
                     if not s.is_stable and request.study_instance_uid in (None, s.study_instance_uid)
                 ]
                 if not unstable:
                     raise
-            else:
-                error, unstable = None, [] if assembled.study.is_stable else [assembled.study]
-            if not unstable:
-                return assembled
-            while not all(self.pacs.get_study(s.orthanc_id).is_stable for s in unstable):
-                if time.monotonic() >= deadline:
-                    waited = f" after waiting {self.stable_wait_s:g} s" if request.wait else ""
-                    raise StudyIncomplete(
-                        f"study {unstable[0].study_instance_uid} is still receiving instances{waited} "
-                        "(Orthanc has not marked it stable); retry later, or ask with ?wait=true to wait",
-                        retry_after_s=STABLE_RETRY_AFTER_S,
-                    ) from error
-                time.sleep(STABLE_POLL_S)
+                error, arriving = exc, unstable[0]
+            if time.monotonic() >= deadline:
+                waited = f" after waiting {self.stable_wait_s:g} s" if request.wait else ""
+                raise StudyIncomplete(
+                    f"study {arriving} is still receiving instances{waited} (Orthanc has not marked it "
+                    "stable); retry later, or ask with ?wait=true to wait for it",
+                    retry_after_s=STABLE_RETRY_AFTER_S,
+                ) from error
+            time.sleep(STABLE_POLL_S)
 
     def _check_sizes(self, assembled: AssembledStudy, wanted: list[str]) -> None:
         """The limits the PACS listing can show (instances, matrix, in-plane extent, the study's decoded
@@ -226,7 +228,11 @@ class Segmenter:
                 files = dict(
                     zip(wanted, pool.map(lambda m: self._download(m, series[m]), wanted), strict=True)
                 )
-        with timer.stage("load"), ThreadPoolExecutor(max_workers=len(SEQUENCES)) as pool:
+        with (
+            timer.stage("load"),
+            _library_errors("loading", BrokenSeries),
+            ThreadPoolExecutor(max_workers=len(SEQUENCES)) as pool,
+        ):
             missing = [m for m in SEQUENCES if m not in loaded]
             for m, volume in zip(
                 missing,

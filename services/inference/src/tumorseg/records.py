@@ -52,6 +52,7 @@ class SeriesInfo:
     series_time: str
     instance_ids: tuple[str, ...]
     last_update: str = ""  # Orthanc's LastUpdate: changes whenever an instance is added or replaced
+    is_stable: bool = True  # no new instance for the PACS's StableAge
 
     @property
     def instance_count(self) -> int:

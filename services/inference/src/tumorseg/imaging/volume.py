@@ -48,6 +48,8 @@ SPACING_RELATIVE_TOLERANCE = 0.02
 SPACING_ABSOLUTE_TOLERANCE_MM = 0.02
 MIN_SLICES = 2
 UNIT_TOLERANCE = 0.01  # direction cosines are unit vectors, written with a few digits
+MIN_PIXEL_SPACING_MM = 1e-3  # a micrometre: no MR pixel is smaller, and below it the geometry degenerates
+MAX_RESCALE = 1e6  # |RescaleSlope| and |RescaleIntercept|: larger would overflow float32 intensities
 _NATIVE_LE = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
 
 
@@ -85,10 +87,10 @@ def _parse(data: bytes, label: str) -> Instance:
 
 def _vector(ds: Instance, keyword: str, length: int, label: str) -> NDArray[np.float64]:
     """``length`` finite numbers of ``keyword``; ``BrokenSeries`` when absent, short or not numbers."""
-    value = ds.get(keyword)
     try:
+        value = ds.get(keyword)
         vector = np.asarray([float(v) for v in value], dtype=np.float64) if value is not None else None
-    except (TypeError, ValueError):
+    except Exception:  # pydicom raises many types for a damaged element (wrong length, not numbers)
         vector = None
     if vector is None or vector.shape != (length,) or not np.isfinite(vector).all():
         raise BrokenSeries(f"series {label}: instance {ds.get('SOPInstanceUID', '?')} has no valid {keyword}")
@@ -99,7 +101,7 @@ def _count(ds: Instance, keyword: str, label: str) -> int:
     """A positive integer attribute (Rows, Columns); ``BrokenSeries`` when absent or not positive."""
     try:
         value = int(ds.get(keyword))
-    except (TypeError, ValueError):
+    except Exception:  # absent (TypeError), not a number, or a damaged element pydicom cannot read
         value = 0
     if value <= 0:
         raise BrokenSeries(f"series {label}: instance {ds.get('SOPInstanceUID', '?')} has no valid {keyword}")
@@ -107,12 +109,12 @@ def _count(ds: Instance, keyword: str, label: str) -> int:
 
 
 def _number(ds: Instance, keyword: str, default: float, label: str) -> float:
-    value = ds.get(keyword)
     try:
+        value = ds.get(keyword)
         number = float(value) if value not in (None, "") else default
-    except (TypeError, ValueError):
+    except Exception:  # not a number, or a damaged element pydicom cannot read
         number = float("nan")
-    if not np.isfinite(number):
+    if not np.isfinite(number) or abs(number) > MAX_RESCALE:
         raise BrokenSeries(f"series {label}: instance {ds.get('SOPInstanceUID', '?')} has no valid {keyword}")
     return number
 
@@ -236,8 +238,11 @@ def load_series(
 
     first = datasets[0]
     pixel_spacing = _vector(first, "PixelSpacing", 2, label)
-    if pixel_spacing.min() <= 0:
-        raise BrokenSeries(f"series {label}: PixelSpacing {pixel_spacing.tolist()} is not positive")
+    if pixel_spacing.min() < MIN_PIXEL_SPACING_MM:
+        raise BrokenSeries(
+            f"series {label}: PixelSpacing {pixel_spacing.tolist()} is not a positive spacing of at least "
+            f"{MIN_PIXEL_SPACING_MM} mm"
+        )
     rows, columns = _count(first, "Rows", label), _count(first, "Columns", label)
     for ds in datasets:
         if (_count(ds, "Rows", label), _count(ds, "Columns", label)) != (rows, columns):

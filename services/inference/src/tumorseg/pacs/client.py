@@ -18,6 +18,7 @@ on the server or will fail the same way again.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +60,16 @@ def _float_or_none(value: Any) -> float | None:
         return None
 
 
+def _floats(value: Any, length: int) -> tuple[float, ...] | None:
+    """A multi-valued DS of ``length`` numbers, or None when absent, short or not numbers (the listing
+    only informs the mapping and the limits; the loader refuses such a series with its reason)."""
+    try:
+        numbers = tuple(float(v) for v in _multi(value))
+    except ValueError:
+        return None
+    return numbers if len(numbers) == length else None
+
+
 def _multi(value: Any) -> tuple[str, ...]:
     if value is None or value == "":
         return ()
@@ -89,9 +100,7 @@ def series_from_orthanc(series: dict[str, Any], instance_tags: dict[str, Any]) -
     def tag(name: str) -> Any:
         return instance_tags.get(name, main.get(name))
 
-    iop = _multi(tag("ImageOrientationPatient"))
-    orientation = tuple(float(v) for v in iop) if len(iop) == 6 else None
-    spacing = _multi(tag("PixelSpacing"))
+    orientation = _floats(tag("ImageOrientationPatient"), 6)
     rows, columns = _float_or_none(tag("Rows")), _float_or_none(tag("Columns"))
     return SeriesInfo(
         orthanc_id=series["ID"],
@@ -109,13 +118,14 @@ def series_from_orthanc(series: dict[str, Any], instance_tags: dict[str, Any]) -
         image_orientation_patient=orientation,
         slice_thickness=_float_or_none(tag("SliceThickness")),
         spacing_between_slices=_float_or_none(tag("SpacingBetweenSlices")),
-        pixel_spacing=tuple(float(v) for v in spacing) if len(spacing) == 2 else None,
-        rows=int(rows) if rows is not None else None,
-        columns=int(columns) if columns is not None else None,
+        pixel_spacing=_floats(tag("PixelSpacing"), 2),
+        rows=int(rows) if rows is not None and math.isfinite(rows) else None,
+        columns=int(columns) if columns is not None and math.isfinite(columns) else None,
         series_date=str(tag("SeriesDate") or ""),
         series_time=str(tag("SeriesTime") or ""),
         instance_ids=tuple(series.get("Instances", ())),
         last_update=str(series.get("LastUpdate", "")),
+        is_stable=bool(series.get("IsStable", True)),
     )
 
 
