@@ -15,13 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.orthanc import OrthancEndpoint
+from tests.orthanc import TEST_ORTHANC, OrthancEndpoint
 from tumorseg.pacs import OrthancClient
 from tumorseg.pacs.local import LocalOrthanc
-
-# Orthanc marks a study stable StableAge seconds after its last instance; the service answers 409 before
-# that, so uploads in the tests wait for it (``upload_directory(stable_timeout=...)``): 1 s keeps it short.
-TEST_ORTHANC = {"StableAge": 1}
 
 
 @pytest.fixture(scope="session")

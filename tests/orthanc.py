@@ -11,6 +11,10 @@ from tumorseg.pacs import OrthancClient
 from tumorseg.pacs.local import LocalOrthanc
 from tumorseg.pacs.upload import upload_directory
 
+# Orthanc marks a study stable StableAge seconds after its last instance; the service answers 409 before
+# that, so uploads in the tests wait for it (``upload_directory(stable_timeout=...)``): 1 s keeps it short.
+TEST_ORTHANC = {"StableAge": 1}
+
 
 @dataclass(frozen=True)
 class OrthancEndpoint:

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import TEST_ORTHANC
-from tests.orthanc import OrthancEndpoint, segment_settings, upload_folder
+from tests.orthanc import TEST_ORTHANC, OrthancEndpoint, segment_settings, upload_folder
 from tests.studies import clone_study
 from tumorseg.api.main import create_app
 from tumorseg.pacs.local import LocalOrthanc
