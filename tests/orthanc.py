@@ -64,3 +64,19 @@ def upload_folder(orthanc: OrthancEndpoint, folder: Path) -> None:
     with orthanc.client() as pacs:
         report = upload_directory(pacs, folder, stable_timeout=60.0)
     assert not report.failed
+
+
+def service_env(
+    url: str, auth: tuple[str, str], model: Path, results: Path, **settings: str
+) -> dict[str, str]:
+    """The environment of a served ``tumorseg serve`` for tests: this Orthanc, a model, a results folder,
+    the CPU, and ``settings`` as ``TUMORSEG_<NAME>``."""
+    return {
+        "TUMORSEG_ORTHANC_URL": url,
+        "TUMORSEG_ORTHANC_USERNAME": auth[0],
+        "TUMORSEG_ORTHANC_PASSWORD": auth[1],
+        "TUMORSEG_MODEL_PATH": str(model),
+        "TUMORSEG_RESULTS_DIR": str(results),
+        "TUMORSEG_DEVICE": "cpu",
+        **{f"TUMORSEG_{name.upper()}": value for name, value in settings.items()},
+    }

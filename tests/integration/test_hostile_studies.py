@@ -39,7 +39,7 @@ from tests.hostile import (
     served,
     upload,
 )
-from tests.orthanc import OrthancEndpoint
+from tests.orthanc import OrthancEndpoint, service_env
 from tests.studies import Edit
 from tumorseg.pacs import OrthancClient
 from tumorseg.pacs.local import LocalOrthanc
@@ -51,20 +51,6 @@ pytestmark = pytest.mark.integration
 ANSWER_LIMIT_S = 30.0
 PEAK_RSS_LIMIT = 3 * GIB
 SLAB = range(60, 100)  # the phantom's middle 40 slices (of 155): where the head and the tumour are
-
-
-def service_env(
-    url: str, auth: tuple[str, str], model: Path, results: Path, **settings: str
-) -> dict[str, str]:
-    return {
-        "TUMORSEG_ORTHANC_URL": url,
-        "TUMORSEG_ORTHANC_USERNAME": auth[0],
-        "TUMORSEG_ORTHANC_PASSWORD": auth[1],
-        "TUMORSEG_MODEL_PATH": str(model),
-        "TUMORSEG_RESULTS_DIR": str(results),
-        "TUMORSEG_DEVICE": "cpu",
-        **{f"TUMORSEG_{name.upper()}": value for name, value in settings.items()},
-    }
 
 
 def assert_refused(answer: Answer, status: int, codes: set[str], *named: str) -> dict[str, object]:

@@ -14,7 +14,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from tests.orthanc import OrthancEndpoint, service_settings
+from tests.orthanc import OrthancEndpoint, service_env, service_settings
 from tests.service import running_service
 from tests.studies import UploadedStudy, clone_study
 from tumorseg.api.main import create_app
@@ -25,17 +25,6 @@ from tumorseg.records import SeriesInfo
 from tumorseg.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration
-
-
-def service_env(url: str, auth: tuple[str, str], model: Path, results: Path) -> dict[str, str]:
-    return {
-        "TUMORSEG_ORTHANC_URL": url,
-        "TUMORSEG_ORTHANC_USERNAME": auth[0],
-        "TUMORSEG_ORTHANC_PASSWORD": auth[1],
-        "TUMORSEG_MODEL_PATH": str(model),
-        "TUMORSEG_RESULTS_DIR": str(results),
-        "TUMORSEG_DEVICE": "cpu",
-    }
 
 
 def test_logs_are_json_lines_with_request_ids_and_no_phi(
