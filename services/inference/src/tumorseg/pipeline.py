@@ -56,7 +56,7 @@ from tumorseg.model.predictor import Predictor
 from tumorseg.pacs import OrthancClient
 from tumorseg.records import SeriesInfo
 from tumorseg.results import ResultStore, new_result_id
-from tumorseg.schema import DicomSegRef, SegmentResult
+from tumorseg.schema import DicomSegRef, SegmentResult, Timings
 from tumorseg.sequences import SEQUENCES
 from tumorseg.study.assemble import AssembledStudy, assemble
 from tumorseg.validation import check_patient_id, check_uid
@@ -208,9 +208,9 @@ class Segmenter:
             label = _series_label(m, info)
             self.limits.check_frames(label, info.instance_count)
             if info.rows is not None and info.columns is not None:
-                if info.pixel_spacing is not None and len(info.pixel_spacing) == 2:
-                    spacing = (float(info.pixel_spacing[0]), float(info.pixel_spacing[1]))
-                    self.limits.check_frame(label, info.rows, info.columns, spacing)
+                if info.pixel_spacing is not None:  # two numbers when the listing has them
+                    row_spacing, column_spacing = info.pixel_spacing
+                    self.limits.check_frame(label, info.rows, info.columns, (row_spacing, column_spacing))
                 sizes[label] = (info.rows, info.columns, info.instance_count)
         self.limits.check_study(sizes)
 
@@ -282,27 +282,29 @@ class Segmenter:
                     reference_series,
                     mask,
                     manifest,
-                    None,
                     model_input,
                     registration,
                 )
-                result = SegmentResult.model_validate({**fields, "timings_s": self._timings(timer, started)})
-                self.store.commit(staging, result)
             except BaseException:
                 self.store.discard(staging)
                 raise
+        try:
+            result = SegmentResult.model_validate({**fields, "timings_s": self._timings(timer, started)})
+            self.store.commit(staging, result)
+        except BaseException:
+            self.store.discard(staging)
+            raise
+        if store_seg:
             # The SEG goes to the PACS only once the result is saved (no SEG without a result), and only
             # when the study does not hold one of this model version for this series yet (no duplicates
             # from a retry or a second request): then the result names the one already there.
-            dicom_seg = None
-            if store_seg:
+            with timer.stage("export"):
                 dicom_seg = self._existing_seg(assembled, reference_series) or self._store_seg(
                     mask, reference_series, files[request.reference], assembled
                 )
-        result = SegmentResult.model_validate(
-            {**result.model_dump(), "dicom_seg": dicom_seg, "timings_s": self._timings(timer, started)}
-        )
-        self.store.update(result)
+            final = Timings.model_validate(self._timings(timer, started))
+            result = result.model_copy(update={"dicom_seg": dicom_seg, "timings_s": final})
+            self.store.update(result)
         timings = result.timings_s.model_dump()
         log.info(
             "result %s: %s",
@@ -405,12 +407,11 @@ def _result_fields(
     reference_series: SeriesVolume,
     mask: sitk.Image,
     manifest: ModelManifest,
-    dicom_seg: DicomSegRef | None,
     model_input: ModelInput,
     registration: bool,
 ) -> dict[str, Any]:
     """The result JSON's keys (``SegmentResult``) but ``timings_s``, which the pipeline adds once the
-    export is timed. ``model_input`` brings what the clinical-input stages found (co-registration, brain
+    export is timed, and ``dicom_seg``, which it adds once the SEG is in the study. ``model_input`` brings what the clinical-input stages found (co-registration, brain
     extraction, warnings)."""
     series = assembled.mapping.series
     labels = sitk.GetArrayViewFromImage(mask).astype(np.uint8, copy=False)
@@ -435,7 +436,6 @@ def _result_fields(
         "volumes_ml": {k: round(v, 3) for k, v in volumes.items()},
         "mask_url": f"/results/{result_id}/mask.nii.gz",
         "preview_url": f"/results/{result_id}/preview.png",
-        "dicom_seg": dicom_seg,
         "mask": {
             "shape": list(mask.GetSize()),
             "spacing": list(mask.GetSpacing()),

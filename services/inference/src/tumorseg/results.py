@@ -68,6 +68,14 @@ def _fsync(path: Path, *, directory: bool = False) -> None:
         os.close(fd)
 
 
+def _write_json(path: Path, result: SegmentResult) -> None:
+    """``result`` as indented JSON at ``path``, flushed to disk before returning."""
+    with path.open("wb") as out:
+        out.write((result.model_dump_json(indent=2) + "\n").encode())
+        out.flush()
+        os.fsync(out.fileno())
+
+
 def _tree(path: Path) -> tuple[int, float]:
     """The total size of the files under ``path`` and the newest mtime of it and anything in it."""
     size, newest = 0, path.stat().st_mtime
@@ -109,10 +117,7 @@ class ResultStore:
         """Write ``result.json`` into ``staging`` and move the folder into place as ``result.result_id``,
         atomically and durably; then apply the retention bounds (sparing this result)."""
         folder = self._folder(result.result_id)
-        with (staging / RESULT_JSON).open("wb") as out:
-            out.write((result.model_dump_json(indent=2) + "\n").encode())
-            out.flush()
-            os.fsync(out.fileno())
+        _write_json(staging / RESULT_JSON, result)
         for dirpath, dirnames, filenames in os.walk(staging):
             for name in filenames:
                 if not (dirpath == str(staging) and name == RESULT_JSON):
@@ -134,10 +139,7 @@ class ResultStore:
         if not (folder / RESULT_JSON).is_file():
             raise ResultNotFound(f"no result {result.result_id}")
         partial = folder / f".{RESULT_JSON}.{uuid.uuid4().hex[:8]}"
-        with partial.open("wb") as out:
-            out.write((result.model_dump_json(indent=2) + "\n").encode())
-            out.flush()
-            os.fsync(out.fileno())
+        _write_json(partial, result)
         os.replace(partial, folder / RESULT_JSON)
         _fsync(folder, directory=True)
 
