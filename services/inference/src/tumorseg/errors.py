@@ -17,6 +17,8 @@
     │   ├── SeriesApart              the series do not overlap the reference's volume   → 422
     │   └── StudyIncomplete          Orthanc has not marked the study stable yet        → 409
     ├── ResultNotFound               unknown result id                                  → 404
+    ├── ResultPending                its job has not finished yet (Retry-After)         → 409
+    ├── ResultFailed                 its job failed or was skipped (code and reason)    → 422
     ├── InvalidInput                 a value the caller sent is malformed               → 422
     ├── ModelError                   the model package cannot be loaded or run          → 503
     └── Busy                         the inference queue is full (Retry-After)          → 503
@@ -113,6 +115,14 @@ class StudyIncomplete(_RetryLater, StudyError):
 
 class ResultNotFound(TumorsegError):
     code = "result_not_found"
+
+
+class ResultPending(_RetryLater):
+    code = "result_pending"
+
+
+class ResultFailed(TumorsegError):
+    code = "result_failed"
 
 
 class InvalidInput(TumorsegError):

@@ -150,12 +150,19 @@ class Segmenter:
         self._slots = threading.BoundedSemaphore(max_waiting + 1)
         self._running = threading.Lock()
 
-    def run(self, request: SegmentRequest, progress: Callable[[str], None] | None = None) -> SegmentResult:
+    def run(
+        self,
+        request: SegmentRequest,
+        progress: Callable[[str], None] | None = None,
+        result_id: str | None = None,
+    ) -> SegmentResult:
+        """Segment as ``request`` asks; the result gets ``result_id`` (a job's, given when it was created)
+        or a new one. ``Busy`` when ``max_waiting`` requests already wait."""
         if not self._slots.acquire(blocking=False):
             raise Busy("the inference queue is full; retry later", retry_after_s=30)
         try:
             with self._running:
-                return self._run(request, StageTimer(progress=progress))
+                return self._run(request, StageTimer(progress=progress), result_id or new_result_id())
         finally:
             self._slots.release()
 
@@ -214,7 +221,7 @@ class Segmenter:
                 sizes[label] = (info.rows, info.columns, info.instance_count)
         self.limits.check_study(sizes)
 
-    def _run(self, request: SegmentRequest, timer: StageTimer) -> SegmentResult:
+    def _run(self, request: SegmentRequest, timer: StageTimer, result_id: str) -> SegmentResult:
         started = time.perf_counter()
         store_seg = request.store_seg or self.store_seg
         with timer.stage("fetch"):
@@ -267,7 +274,6 @@ class Segmenter:
             mask = self.predictor.mask(
                 probabilities, model_input.grid, reference_series.image, model_input.brain, model_input.rim_mm
             )
-        result_id = new_result_id()
         with timer.stage("export"):
             staging = self.store.staging(result_id)
             try:

@@ -37,8 +37,10 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import NoReturn
 
-from tumorseg.errors import ResultNotFound
+from tumorseg.errors import ResultFailed, ResultNotFound, ResultPending
+from tumorseg.jobstore import ACTIVE, JobStore
 from tumorseg.schema import SegmentResult
 
 log = logging.getLogger(__name__)
@@ -92,9 +94,15 @@ def _tree(path: Path) -> tuple[int, float]:
 
 class ResultStore:
     def __init__(
-        self, root: Path, *, max_age_days: float | None = None, max_bytes: int | None = None
+        self,
+        root: Path,
+        *,
+        max_age_days: float | None = None,
+        max_bytes: int | None = None,
+        jobs: JobStore | None = None,
     ) -> None:
         self.root = Path(root)
+        self.jobs = jobs  # where a result id not in the store yet may be a job's (pending or failed)
         self.max_age_days = max_age_days
         self.max_bytes = max_bytes
         self._retention_lock = threading.Lock()
@@ -151,8 +159,26 @@ class ResultStore:
         try:
             data = path.read_bytes()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):  # absent, or just deleted
-            raise ResultNotFound(f"no result {result_id}") from None
+            self._not_here(result_id)
         return SegmentResult.model_validate_json(data)
+
+    def _not_here(self, result_id: str, what: str = "") -> NoReturn:
+        """Why ``result_id`` has no folder: its job is still queued or running (``ResultPending``), it
+        ended without a result (``ResultFailed``, with the job's code and reason), or it is unknown or
+        deleted (``ResultNotFound``)."""
+        job = self.jobs.by_result(result_id) if self.jobs is not None else None
+        if job is not None and job.state in ACTIVE:
+            raise ResultPending(
+                f"result {result_id} is not ready: job {job.job_id} is {job.state}"
+                + (f" ({job.stage})" if job.stage else "")
+                + f"; follow GET /jobs/{job.job_id}",
+                retry_after_s=10,
+            )
+        if job is not None and job.state != "done":
+            raise ResultFailed(
+                f"result {result_id} was not made: job {job.job_id} {job.state} ({job.code}): {job.reason}"
+            )
+        raise ResultNotFound(f"result {result_id} has no {what}" if what else f"no result {result_id}")
 
     def read_file(self, result_id: str, name: str) -> bytes:
         """The bytes of one of a result's files, read at once: retention may delete a result at any time,
@@ -168,7 +194,7 @@ class ResultStore:
             raise ResultNotFound(f"results have no file {name!r}")
         path = self._folder(result_id) / name
         if not path.is_file():
-            raise ResultNotFound(f"result {result_id} has no {name}")
+            self._not_here(result_id, name)
         return path
 
     def _remove_leftovers(self) -> None:

@@ -127,3 +127,56 @@ class SegmentResult(BaseModel):
     created_at: str | None = Field(default=None, description="ISO 8601, UTC, seconds")
     tumorseg_version: str | None = None
     timings_s: Timings
+
+
+JobState = Literal["queued", "running", "done", "failed", "skipped"]
+JobOrigin = Literal["api", "auto"]
+
+
+class JobRequest(BaseModel):
+    """What a job segments: the body of ``POST /jobs`` (the query parameters of ``POST /segment``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patient_id: str = Field(description="DICOM PatientID (0010,0020)")
+    study: str | None = Field(default=None, description="StudyInstanceUID; default: newest complete study")
+    reference: SequenceName = Field(default="flair", description="the series whose lattice the mask lies on")
+    store_seg: bool = Field(default=False, description="also store a DICOM SEG in the study")
+    registration: bool | None = Field(
+        default=None, description="co-register the series to the reference (default TUMORSEG_REGISTRATION)"
+    )
+    wait: bool = Field(
+        default=True,
+        description="a study Orthanc has not marked stable yet: wait for it (up to TUMORSEG_STABLE_WAIT_S) "
+        "instead of failing with study_incomplete",
+    )
+    series: dict[SequenceName, str] | None = Field(
+        default=None, description="SeriesInstanceUIDs to use instead of the automatic mapping, by sequence"
+    )
+
+
+class Job(BaseModel):
+    """One job as ``GET /jobs/{job_id}`` returns it."""
+
+    job_id: str
+    state: JobState
+    stage: str | None = Field(default=None, description="the pipeline stage a running job is in")
+    origin: JobOrigin
+    request: JobRequest
+    patient_id: str
+    study_instance_uid: str | None = Field(default=None, description="the study segmented, once known")
+    result_id: str = Field(description="given when the job is created; the result exists once it is done")
+    result_url: str | None = None
+    code: str | None = Field(default=None, description="the error code when failed or skipped")
+    reason: str | None = Field(default=None, description="why it failed or was skipped")
+    attempts: int = 0
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class JobPage(BaseModel):
+    jobs: list[Job]
+    total: int = Field(description="how many jobs match the filters in all")
+    limit: int
+    offset: int

@@ -10,6 +10,7 @@ import logging
 
 from tumorseg.config import Settings
 from tumorseg.imaging.brain import get_extractor
+from tumorseg.jobstore import JobStore
 from tumorseg.model.device import configure_threads
 from tumorseg.model.predictor import Predictor
 from tumorseg.pacs import OrthancClient
@@ -23,12 +24,18 @@ def open_pacs(settings: Settings) -> OrthancClient:
     return OrthancClient(settings.orthanc_url, settings.orthanc_auth, settings.orthanc_timeout)
 
 
-def open_store(settings: Settings) -> ResultStore:
+def open_store(settings: Settings, jobs: JobStore | None = None) -> ResultStore:
+    """The result store; with ``jobs``, it tells a pending or failed job's result from an unknown one."""
     return ResultStore(
         settings.results_dir,
         max_age_days=settings.results_max_age_days,
         max_bytes=None if settings.results_max_gb is None else int(settings.results_max_gb * 2**30),
+        jobs=jobs,
     )
+
+
+def open_jobs(settings: Settings) -> JobStore:
+    return JobStore(settings.results_dir)
 
 
 def load_predictor(settings: Settings, device: str) -> Predictor:

@@ -11,6 +11,7 @@ from fastapi.security import APIKeyHeader
 
 from tumorseg.config import Settings
 from tumorseg.errors import ModelError
+from tumorseg.jobs import Jobs
 from tumorseg.model.device import Device
 from tumorseg.model.predictor import Predictor
 from tumorseg.pacs import OrthancClient
@@ -34,6 +35,7 @@ class AppState:
     model: ModelState
     device: Device
     store: ResultStore
+    jobs: Jobs | None = None
     predictor: Predictor | None = None
     model_error: str | None = None
     _segmenter: Segmenter | None = None
@@ -45,6 +47,10 @@ class AppState:
                 raise ModelError(self.model_error or "no model is loaded")
             self._segmenter = build_segmenter(self.settings, self.pacs, self.predictor, self.store)
         return self._segmenter
+
+    def job_runner(self) -> Jobs:
+        assert self.jobs is not None, "set in lifespan"
+        return self.jobs
 
 
 def get_state(request: Request) -> AppState:

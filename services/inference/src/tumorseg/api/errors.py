@@ -25,6 +25,8 @@ STATUS_BY_ERROR: list[tuple[type[errors.TumorsegError], int]] = [
     (errors.StudyIncomplete, 409),
     (errors.StudyError, 422),
     (errors.ResultNotFound, 404),
+    (errors.ResultPending, 409),
+    (errors.ResultFailed, 422),
     (errors.InvalidInput, 422),
     (errors.ModelError, 503),
     (errors.Busy, 503),

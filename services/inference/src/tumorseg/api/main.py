@@ -15,12 +15,13 @@ from fastapi.concurrency import run_in_threadpool
 from tumorseg import __version__
 from tumorseg.api.deps import AppState, ModelState, require_api_key
 from tumorseg.api.errors import error_response, install_error_handlers
-from tumorseg.api.routes import health, results, segment
+from tumorseg.api.routes import health, jobs, results, segment
 from tumorseg.config import Settings, get_settings
 from tumorseg.errors import ModelError
+from tumorseg.jobs import Jobs
 from tumorseg.logs import request_id_var
 from tumorseg.model.device import resolve_device
-from tumorseg.wiring import load_predictor, open_pacs, open_store
+from tumorseg.wiring import load_predictor, open_jobs, open_pacs, open_store
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pacs = open_pacs(settings)
         device = resolve_device(settings.device)
+        job_store = open_jobs(settings)
         state = AppState(
             settings=settings,
             pacs=pacs,
             model=ModelState(name=settings.model_path.name),
             device=device,
-            store=open_store(settings),
+            store=open_store(settings, job_store),
         )
         try:
             state.predictor = await run_in_threadpool(load_predictor, settings, device)
@@ -81,11 +83,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # The service still starts: /health says degraded and /segment answers 503 with the reason.
             log.error("model not loaded: %s", exc.detail)
             state.model_error = exc.detail
+        state.jobs = Jobs(job_store, state.segmenter)
+        state.jobs.start()
         app.state.tumorseg = state
         log.info("tumorseg %s started; Orthanc at %s", __version__, pacs.url)  # credentials removed
         try:
             yield
         finally:
+            if state.jobs.stop():  # else the runner still writes to it until the process exits
+                job_store.close()
             pacs.close()
 
     app = FastAPI(
@@ -154,5 +160,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health.router)
     app.include_router(segment.router, dependencies=[Depends(require_api_key)])
+    app.include_router(jobs.router, dependencies=[Depends(require_api_key)])
     app.include_router(results.router, dependencies=[Depends(require_api_key)])
     return app

@@ -35,9 +35,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     for status, text in {
         401: "missing or wrong API key",
         404: "unknown patient, study or result",
-        409: "the study is still receiving instances (code study_incomplete, Retry-After); or use ?wait=true",
+        409: "the study is still receiving instances (code study_incomplete, Retry-After; or use ?wait=true); "
+        "or the result's job has not finished (code result_pending, Retry-After)",
         422: "the request or the study cannot be used (missing/ambiguous modality, broken series, a series "
-        "over a size limit, series that do not overlap)",
+        "over a size limit, series that do not overlap); or the result's job failed (code result_failed)",
         502: "Orthanc answered wrongly (e.g. rejected credentials)",
         503: "Orthanc unreachable, model not loaded, or the queue is full (Retry-After)",
         504: "Orthanc too slow",

@@ -1,0 +1,205 @@
+"""The persistent job store: one SQLite file, ``<results_dir>/jobs.sqlite3``, next to the results.
+
+A job is a segmentation asked for and not necessarily done yet (CONTRACT.md "Jobs"): its request, its
+state (``queued`` → ``running`` → ``done`` | ``failed`` | ``skipped``), the stage it is in, the result id it
+was given when it was created, and, once it ended badly, the error ``code`` and ``reason``. Every
+transition is one SQL statement in its own transaction, so a crash leaves each job in a state it was
+really in; ``requeue_running`` puts back the jobs that a dead process was running.
+
+SQLite in WAL mode serves one host (the API process and its runner thread). At larger scale a server
+database (PostgreSQL) would replace it behind the same methods.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tumorseg.errors import InvalidInput
+from tumorseg.schema import Job, JobOrigin, JobRequest, JobState
+
+JOBS_DB = "jobs.sqlite3"
+ACTIVE: tuple[JobState, ...] = ("queued", "running")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    stage TEXT,
+    origin TEXT NOT NULL,
+    request TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    study_instance_uid TEXT,
+    result_id TEXT NOT NULL UNIQUE,
+    code TEXT,
+    reason TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+"""
+
+_COLUMNS = (
+    "job_id, state, stage, origin, request, patient_id, study_instance_uid, result_id, code, reason, "
+    "attempts, created_at, started_at, finished_at"
+)
+
+
+def _iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(
+        job_id=row["job_id"],
+        state=row["state"],
+        stage=row["stage"],
+        origin=row["origin"],
+        request=JobRequest.model_validate_json(row["request"]),
+        patient_id=row["patient_id"],
+        study_instance_uid=row["study_instance_uid"],
+        result_id=row["result_id"],
+        result_url=f"/results/{row['result_id']}" if row["state"] == "done" else None,
+        code=row["code"],
+        reason=row["reason"],
+        attempts=row["attempts"],
+        created_at=_iso(row["created_at"]),
+        started_at=_iso(row["started_at"]),
+        finished_at=_iso(row["finished_at"]),
+    )
+
+
+class JobStore:
+    def __init__(self, root: Path) -> None:
+        self.path = Path(root) / JOBS_DB
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()  # one connection, shared by the API's threads
+        self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _sql(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._db
+
+    def create(
+        self, request: JobRequest, origin: JobOrigin, result_id: str, study_instance_uid: str | None = None
+    ) -> Job:
+        job_id = uuid.uuid4().hex
+        with self._sql() as db:
+            db.execute(
+                "INSERT INTO jobs (job_id, state, origin, request, patient_id, study_instance_uid, "
+                "result_id, created_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    origin,
+                    request.model_dump_json(),
+                    request.patient_id,
+                    study_instance_uid or request.study,
+                    result_id,
+                    time.time(),
+                ),
+            )
+        job = self.get(job_id)
+        assert job is not None
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._sql() as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else _job(row)
+
+    def by_result(self, result_id: str) -> Job | None:
+        with self._sql() as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE result_id = ?", (result_id,)).fetchone()
+        return None if row is None else _job(row)
+
+    def list(
+        self,
+        *,
+        state: JobState | None = None,
+        patient_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[Job], int]:
+        """A page of jobs, newest first, and how many match in all."""
+        if not 1 <= limit <= 1000 or offset < 0:
+            raise InvalidInput("limit must be 1..1000 and offset >= 0")
+        where: list[str] = []
+        args: list[object] = []
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        if patient_id is not None:
+            where.append("patient_id = ?")
+            args.append(patient_id)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        with self._sql() as db:
+            total = db.execute(f"SELECT COUNT(*) FROM jobs{clause}", args).fetchone()[0]
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM jobs{clause} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
+                [*args, limit, offset],
+            ).fetchall()
+        return [_job(r) for r in rows], int(total)
+
+    def claim_next(self) -> Job | None:
+        """The oldest queued job, now ``running``; ``None`` when none is queued."""
+        with self._sql() as db:
+            row = db.execute(
+                "UPDATE jobs SET state = 'running', stage = NULL, attempts = attempts + 1, started_at = ? "
+                "WHERE job_id = (SELECT job_id FROM jobs WHERE state = 'queued' "
+                "ORDER BY created_at, rowid LIMIT 1) AND state = 'queued' RETURNING job_id",
+                (time.time(),),
+            ).fetchone()
+        return None if row is None else self.get(row["job_id"])
+
+    def set_stage(self, job_id: str, stage: str) -> None:
+        with self._sql() as db:
+            db.execute("UPDATE jobs SET stage = ? WHERE job_id = ? AND state = 'running'", (stage, job_id))
+
+    def finish(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        study_instance_uid: str | None = None,
+        code: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        with self._sql() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, stage = NULL, code = ?, reason = ?, finished_at = ?, "
+                "study_instance_uid = COALESCE(?, study_instance_uid) WHERE job_id = ?",
+                (state, code, reason, time.time(), study_instance_uid, job_id),
+            )
+
+    def requeue_running(self) -> int:
+        """Put back the jobs a process that died was running (the embedded runner calls this at start,
+        as the only process that runs jobs from this store). Returns how many."""
+        with self._sql() as db:
+            return db.execute(
+                "UPDATE jobs SET state = 'queued', stage = NULL WHERE state = 'running'"
+            ).rowcount
+
+    def count_active(self) -> int:
+        with self._sql() as db:
+            return int(
+                db.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')").fetchone()[0]
+            )

@@ -1,0 +1,119 @@
+"""Jobs in the embedded default (issue 17): POST /jobs, their states, results known before they exist,
+skipped studies, and a job list that survives a restart, against a real Orthanc."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.orthanc import OrthancEndpoint, segment_settings, upload_folder
+from tests.studies import clone_study
+from tumorseg.api.main import create_app
+from tumorseg.jobstore import JobStore
+from tumorseg.results import new_result_id
+from tumorseg.schema import JobRequest
+from tumorseg.synth.to_dicom import ConvertedStudy
+
+pytestmark = pytest.mark.integration
+
+FAST = {"registration": False, "brain_extractor": "none"}
+
+
+def _client(orthanc: OrthancEndpoint, model: Path, results: Path) -> TestClient:
+    return TestClient(create_app(segment_settings(orthanc.url, orthanc.auth, model, results, **FAST)))
+
+
+def _until_finished(client: TestClient, job_id: str, timeout: float = 300.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["state"] not in ("queued", "running"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+
+
+def test_a_job_runs_later_and_its_result_id_is_known_from_the_start(
+    plain_study: ConvertedStudy, orthanc: OrthancEndpoint, random_model: Path, tmp_path: Path
+) -> None:
+    patient_id = clone_study(plain_study, tmp_path / "full")
+    partial_id = clone_study(plain_study, tmp_path / "partial", modalities=("t1", "t2"))
+    upload_folder(orthanc, tmp_path / "full")
+    upload_folder(orthanc, tmp_path / "partial")
+    with _client(orthanc, random_model, tmp_path / "results") as client:
+        answer = client.post("/jobs", json={"patient_id": patient_id, "reference": "t1"})
+        assert answer.status_code == 202, answer.text
+        job = answer.json()
+        assert answer.headers["Location"] == f"/jobs/{job['job_id']}"
+        assert job["state"] in ("queued", "running") and job["origin"] == "api"
+        pending = client.get(f"/results/{job['result_id']}")
+        assert pending.status_code == 409 and pending.json()["code"] == "result_pending"
+        assert job["job_id"] in pending.json()["detail"] and int(pending.headers["Retry-After"]) > 0
+
+        skipped = client.post("/jobs", json={"patient_id": partial_id}).json()
+        done = _until_finished(client, str(job["job_id"]))
+        assert done["state"] == "done" and done["result_url"] == f"/results/{job['result_id']}"
+        assert done["study_instance_uid"] and done["attempts"] == 1 and done["finished_at"]
+        result = client.get(f"/results/{job['result_id']}")
+        assert result.status_code == 200 and result.json()["reference"]["modality"] == "t1"
+        assert client.get(f"/results/{job['result_id']}/mask.nii.gz").status_code == 200
+
+        # A study without the four sequences has nothing to segment: skipped, with the reason.
+        finished = _until_finished(client, str(skipped["job_id"]))
+        assert finished["state"] == "skipped" and finished["code"] == "modality_missing"
+        assert "flair" in str(finished["reason"]).lower()
+        failed = client.get(f"/results/{skipped['result_id']}")
+        assert failed.status_code == 422 and failed.json()["code"] == "result_failed"
+
+        listed = client.get("/jobs").json()
+        assert [j["job_id"] for j in listed["jobs"]] == [skipped["job_id"], job["job_id"]]  # newest first
+        assert listed["total"] == 2
+        only = client.get("/jobs", params={"state": "skipped"}).json()
+        assert [j["job_id"] for j in only["jobs"]] == [skipped["job_id"]]
+        mine = client.get("/jobs", params={"patient_id": patient_id, "limit": 1}).json()
+        assert [j["job_id"] for j in mine["jobs"]] == [job["job_id"]] and mine["limit"] == 1
+        assert client.get(f"/jobs/{new_result_id()}").status_code == 404
+
+
+def test_the_job_list_survives_a_restart_and_a_job_cut_off_runs_again(
+    plain_study: ConvertedStudy, orthanc: OrthancEndpoint, random_model: Path, tmp_path: Path
+) -> None:
+    patient_id = clone_study(plain_study, tmp_path / "study")
+    upload_folder(orthanc, tmp_path / "study")
+    results = tmp_path / "results"
+    # A process died while running this job: the store says running, no result exists.
+    store = JobStore(results)
+    cut_off = store.create(JobRequest(patient_id=patient_id), "api", new_result_id())
+    assert store.claim_next() is not None
+    store.close()
+
+    with _client(orthanc, random_model, results) as client:
+        rerun = _until_finished(client, cut_off.job_id)
+        assert rerun["state"] == "done" and rerun["attempts"] == 2
+        assert client.get(f"/results/{cut_off.result_id}").status_code == 200
+    with _client(orthanc, random_model, results) as client:  # a restart: the list is still there
+        again = client.get(f"/jobs/{cut_off.job_id}").json()
+        assert again["state"] == "done" and again["attempts"] == 2  # not run a third time
+        assert client.get("/jobs").json()["total"] == 1
+
+
+MALFORMED = [
+    {},
+    {"patient_id": ""},
+    {"patient_id": "P", "reference": "dwi"},
+    {"patient_id": "P", "color": 1},
+    {"patient_id": "P", "study": "not a uid"},
+]
+
+
+def test_a_malformed_job_is_refused_before_it_is_queued(
+    orthanc: OrthancEndpoint, random_model: Path, tmp_path: Path
+) -> None:
+    with _client(orthanc, random_model, tmp_path / "results") as client:
+        for body in MALFORMED:
+            answer = client.post("/jobs", json=body)
+            assert answer.status_code == 422 and answer.json()["code"] == "invalid_input", body
+        assert client.get("/jobs").json()["total"] == 0
