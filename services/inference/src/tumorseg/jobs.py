@@ -36,7 +36,7 @@ def segment_request(request: JobRequest) -> SegmentRequest:
         patient_id=request.patient_id,
         study_instance_uid=request.study,
         reference=request.reference,
-        explicit_series={m: uid for m, uid in (request.series or {}).items()} or None,
+        explicit_series={str(m): uid for m, uid in (request.series or {}).items()} or None,
         store_seg=request.store_seg,
         registration=request.registration,
         wait=request.wait,

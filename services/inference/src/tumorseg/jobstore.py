@@ -24,6 +24,7 @@ from tumorseg.errors import InvalidInput
 from tumorseg.schema import Job, JobOrigin, JobRequest, JobState
 
 JOBS_DB = "jobs.sqlite3"
+MAX_OFFSET = 2**31  # SQLite integers are 64-bit; no job list is longer than this
 ACTIVE: tuple[JobState, ...] = ("queued", "running")
 
 _SCHEMA = """
@@ -140,8 +141,8 @@ class JobStore:
         offset: int = 0,
     ) -> tuple[list[Job], int]:
         """A page of jobs, newest first, and how many match in all."""
-        if not 1 <= limit <= 1000 or offset < 0:
-            raise InvalidInput("limit must be 1..1000 and offset >= 0")
+        if not 1 <= limit <= 1000 or not 0 <= offset <= MAX_OFFSET:
+            raise InvalidInput(f"limit must be 1..1000 and offset 0..{MAX_OFFSET}")
         where: list[str] = []
         args: list[object] = []
         if state is not None:

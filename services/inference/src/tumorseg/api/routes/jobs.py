@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query, Response
 from tumorseg.api.deps import StateDep
 from tumorseg.api.schemas import ERROR_RESPONSES
 from tumorseg.errors import ResultNotFound
+from tumorseg.jobstore import MAX_OFFSET
 from tumorseg.schema import Job, JobPage, JobRequest, JobState
 
 router = APIRouter(tags=["jobs"])
@@ -38,7 +39,7 @@ def list_jobs(
     job_state: Annotated[JobState | None, Query(alias="state", description="only jobs in this state")] = None,
     patient_id: Annotated[str | None, Query(description="only this patient's jobs")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobPage:
     """Jobs, newest first, a page at a time."""
     jobs, total = state.job_runner().store.list(
