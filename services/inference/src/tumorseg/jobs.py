@@ -93,6 +93,7 @@ class Jobs:
                 segment_request(job.request),
                 progress=lambda stage: self.store.set_stage(job.job_id, stage),
                 result_id=job.result_id,
+                queued=True,
             )
         except SKIPPED_ERRORS as exc:
             self.store.finish(job.job_id, "skipped", code=exc.code, reason=exc.detail)

@@ -2,8 +2,9 @@
 postprocess (back onto the reference lattice) → export (NIfTI mask, preview PNG, and on request a DICOM
 SEG stored in the source study) → persist. Each stage is timed.
 
-``Segmenter`` holds what lives across requests (Orthanc client, predictor, result store) and runs one
-request at a time on the model, with a bounded number waiting (``Busy`` beyond that). It is used by the
+``Segmenter`` holds what lives across requests (Orthanc client, predictor, result store) and is the one
+place that decides concurrency: one request at a time on the model, a bounded number of synchronous
+requests waiting (``Busy`` beyond that), and the job runner's one job in a place of its own. It is used by the
 API and by ``tumorseg segment`` alike.
 """
 
@@ -155,16 +156,21 @@ class Segmenter:
         request: SegmentRequest,
         progress: Callable[[str], None] | None = None,
         result_id: str | None = None,
+        *,
+        queued: bool = False,
     ) -> SegmentResult:
         """Segment as ``request`` asks; the result gets ``result_id`` (a job's, given when it was created)
-        or a new one. ``Busy`` when ``max_waiting`` requests already wait."""
-        if not self._slots.acquire(blocking=False):
+        or a new one. ``Busy`` when ``max_waiting`` requests already wait, unless ``queued``: the job
+        runner's one job has its own place in line (it waits for the model, never fails for a full
+        line), since its job is already queued in the job store."""
+        if not queued and not self._slots.acquire(blocking=False):
             raise Busy("the inference queue is full; retry later", retry_after_s=30)
         try:
             with self._running:
                 return self._run(request, StageTimer(progress=progress), result_id or new_result_id())
         finally:
-            self._slots.release()
+            if not queued:
+                self._slots.release()
 
     def _assemble(self, request: SegmentRequest) -> AssembledStudy:
         """The study and its mapping, once no MR series of it is still receiving instances (Orthanc marks a

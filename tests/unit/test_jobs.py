@@ -1,0 +1,113 @@
+"""The job store (SQLite) and how the runner records the end of a job, without Orthanc or a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tumorseg.errors import (
+    InvalidInput,
+    ModalityMissing,
+    PacsUnavailable,
+    ResultFailed,
+    ResultNotFound,
+    ResultPending,
+)
+from tumorseg.jobs import Jobs
+from tumorseg.jobstore import JobStore
+from tumorseg.results import ResultStore, new_result_id
+from tumorseg.schema import JobRequest
+
+
+def _queue(store: JobStore, patient_id: str) -> str:
+    return store.create(JobRequest(patient_id=patient_id), "api", new_result_id()).job_id
+
+
+def test_jobs_are_claimed_oldest_first_once_each_and_listed_newest_first(tmp_path: Path) -> None:
+    store = JobStore(tmp_path)
+    first, second, third = (_queue(store, p) for p in ("A", "B", "A"))
+    claimed = store.claim_next()
+    assert claimed is not None and claimed.job_id == first and claimed.state == "running"
+    assert claimed.attempts == 1 and claimed.started_at
+    store.set_stage(first, "inference")
+    assert store.get(first).stage == "inference"  # type: ignore[union-attr]
+    assert store.count_active() == 3
+
+    jobs, total = store.list()
+    assert [j.job_id for j in jobs] == [third, second, first] and total == 3
+    page, total = store.list(patient_id="A", limit=1, offset=1)
+    assert [j.job_id for j in page] == [first] and total == 2
+    assert [j.job_id for j in store.list(state="running")[0]] == [first]
+    with pytest.raises(InvalidInput):
+        store.list(limit=0)
+
+    store.finish(first, "done", study_instance_uid="1.2.3")
+    done = store.get(first)
+    assert done is not None and done.state == "done" and done.stage is None
+    assert done.study_instance_uid == "1.2.3" and done.result_url == f"/results/{done.result_id}"
+    assert [store.claim_next().job_id, store.claim_next().job_id] == [second, third]  # type: ignore[union-attr]
+    assert store.claim_next() is None
+
+
+def test_a_restart_keeps_the_jobs_and_queues_again_those_left_running(tmp_path: Path) -> None:
+    store = JobStore(tmp_path)
+    running, queued = _queue(store, "A"), _queue(store, "B")
+    store.claim_next()
+    store.close()
+
+    reopened = JobStore(tmp_path)
+    assert reopened.list()[1] == 2
+    assert reopened.requeue_running() == 1
+    again = reopened.claim_next()
+    assert again is not None and again.job_id == running and again.attempts == 2
+    assert reopened.get(queued).state == "queued"  # type: ignore[union-attr]
+
+
+class _Segmenter:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.calls: list[dict[str, Any]] = []
+
+    def run(self, request: object, progress: Any = None, result_id: str | None = None, **kw: Any) -> Any:
+        self.calls.append({"result_id": result_id, **kw})
+        progress("fetch")
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "state", "code"),
+    [
+        (ModalityMissing("no FLAIR series in the study"), "skipped", "modality_missing"),
+        (PacsUnavailable("Orthanc is not reachable"), "failed", "pacs_unavailable"),
+        (RuntimeError("a bug"), "failed", "internal_error"),
+    ],
+)
+def test_the_runner_records_how_a_job_ended(tmp_path: Path, error: Exception, state: str, code: str) -> None:
+    store = JobStore(tmp_path)
+    results = ResultStore(tmp_path, jobs=store)
+    segmenter = _Segmenter(error)
+    jobs = Jobs(store, lambda: segmenter)  # type: ignore[arg-type,return-value]
+    job = jobs.submit(JobRequest(patient_id="P1"))
+    with pytest.raises(ResultPending):
+        results.read(job.result_id)
+    claimed = store.claim_next()
+    assert claimed is not None
+    jobs.run(claimed)
+    # the job's own result id, and its own place in line (never Busy for a job already queued)
+    assert segmenter.calls == [{"result_id": job.result_id, "queued": True}]
+    ended = store.get(job.job_id)
+    assert ended is not None and (ended.state, ended.code) == (state, code) and ended.reason
+    with pytest.raises(ResultFailed, match=code):
+        results.read(job.result_id)
+    with pytest.raises(ResultNotFound):
+        results.read(new_result_id())
+
+
+def test_a_malformed_request_is_refused_before_a_job_exists(tmp_path: Path) -> None:
+    store = JobStore(tmp_path)
+    jobs = Jobs(store, lambda: None)  # type: ignore[arg-type,return-value]
+    with pytest.raises(InvalidInput):
+        jobs.submit(JobRequest(patient_id="P1", study="1.2.x"))
+    assert store.list()[1] == 0
