@@ -13,6 +13,7 @@ from tests.orthanc import OrthancEndpoint, segment_settings, upload_folder
 from tests.studies import clone_study
 from tumorseg.api.main import create_app
 from tumorseg.jobstore import JobStore
+from tumorseg.pacs.local import LocalOrthanc
 from tumorseg.results import new_result_id
 from tumorseg.schema import JobRequest
 from tumorseg.synth.to_dicom import ConvertedStudy
@@ -117,3 +118,58 @@ def test_a_malformed_job_is_refused_before_it_is_queued(
             answer = client.post("/jobs", json=body)
             assert answer.status_code == 422 and answer.json()["code"] == "invalid_input", body
         assert client.get("/jobs").json()["total"] == 0
+
+
+def _job_of(client: TestClient, patient_id: str, timeout: float = 300.0) -> dict[str, object]:
+    """The one job of a patient, once it has finished."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = client.get("/jobs", params={"patient_id": patient_id}).json()["jobs"]
+        if jobs and jobs[0]["state"] not in ("queued", "running"):
+            assert len(jobs) == 1, jobs
+            return dict(jobs[0])
+        time.sleep(0.3)
+    raise AssertionError(f"no finished job for {patient_id} in {timeout} s")
+
+
+def _seg_series(orthanc: OrthancEndpoint, patient_id: str) -> int:
+    with orthanc.client() as pacs:
+        (study,) = pacs.find_studies(patient_id)
+        return sum(modality == "SEG" for modality, _ in pacs.series_versions(study.orthanc_id))
+
+
+def test_auto_segment_makes_one_job_per_study_content_across_restarts(
+    own_orthanc: LocalOrthanc, plain_study: ConvertedStudy, random_model: Path, tmp_path: Path
+) -> None:
+    orthanc = OrthancEndpoint(own_orthanc.url, *own_orthanc.auth)
+    settings = segment_settings(
+        orthanc.url,
+        orthanc.auth,
+        random_model,
+        tmp_path / "results",
+        auto_segment=True,
+        auto_segment_poll_s=0.3,
+        **FAST,
+    )
+    before = clone_study(plain_study, tmp_path / "before")
+    upload_folder(orthanc, tmp_path / "before")  # stable before the first start: found by reconciling
+    with TestClient(create_app(settings)) as client:
+        first = _job_of(client, before)
+        assert (first["state"], first["origin"]) == ("done", "auto"), first
+        assert first["request"]["store_seg"] is True  # type: ignore[index]
+        partial = clone_study(plain_study, tmp_path / "partial", modalities=("t1", "t2"))
+        upload_folder(orthanc, tmp_path / "partial")  # arrives while running: found in /changes
+        skipped = _job_of(client, partial)
+        assert skipped["state"] == "skipped" and skipped["code"] == "modality_missing"
+        time.sleep(4)  # our SEG made the first study stable again (StableAge 1 s): no job for that
+        assert client.get("/jobs").json()["total"] == 2
+    while_down = clone_study(plain_study, tmp_path / "down")
+    upload_folder(orthanc, tmp_path / "down")  # arrives while the service is down
+    with TestClient(create_app(settings)) as client:
+        late = _job_of(client, while_down)
+        assert late["state"] == "done"
+        time.sleep(2)
+        jobs = client.get("/jobs").json()
+        assert jobs["total"] == 3, jobs  # none repeated, none lost
+    assert _seg_series(orthanc, before) == 1 and _seg_series(orthanc, while_down) == 1
+    assert _seg_series(orthanc, partial) == 0

@@ -98,6 +98,14 @@ class Settings(BaseSettings):
         le=3600,
         description="How long ?wait=true waits for Orthanc to mark a study stable before answering 409.",
     )
+    auto_segment: bool = Field(
+        default=False,
+        description="Follow Orthanc's change log and queue a job (storing a DICOM SEG) for every study "
+        "Orthanc marks stable, once per study content and model version.",
+    )
+    auto_segment_poll_s: float = Field(
+        default=5.0, gt=0, le=3600, description="How often the auto-trigger reads Orthanc's /changes."
+    )
     api_key: SecretStr | None = Field(
         default=None, description="When set, every route but /health needs header X-API-Key."
     )

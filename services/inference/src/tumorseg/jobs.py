@@ -20,7 +20,7 @@ from tumorseg.errors import ModalityMissing, TumorsegError
 from tumorseg.jobstore import JobStore
 from tumorseg.pipeline import Segmenter, SegmentRequest
 from tumorseg.results import new_result_id
-from tumorseg.schema import Job, JobRequest
+from tumorseg.schema import Job, JobOrigin, JobRequest
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,9 @@ class Jobs:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def submit(self, request: JobRequest) -> Job:
+    def submit(self, request: JobRequest, origin: JobOrigin = "api", key: str | None = None) -> Job:
         segment_request(request)  # refuse a malformed request now, not when it runs
-        job = self.store.create(request, "api", new_result_id())
+        job = self.store.create(request, origin, new_result_id(), key)
         log.info("job %s queued", job.job_id, extra={"fields": {"job_id": job.job_id}})
         self._wake.set()
         return job

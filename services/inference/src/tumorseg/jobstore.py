@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     patient_id TEXT NOT NULL,
     study_instance_uid TEXT,
     result_id TEXT NOT NULL UNIQUE,
+    key TEXT,
     code TEXT,
     reason TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -46,6 +47,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE INDEX IF NOT EXISTS jobs_key ON jobs (key);
+CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_instance_uid);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 _COLUMNS = (
@@ -100,21 +104,21 @@ class JobStore:
         with self._lock:
             yield self._db
 
-    def create(
-        self, request: JobRequest, origin: JobOrigin, result_id: str, study_instance_uid: str | None = None
-    ) -> Job:
+    def create(self, request: JobRequest, origin: JobOrigin, result_id: str, key: str | None = None) -> Job:
+        """A new ``queued`` job; ``key`` (the auto-trigger's idempotency key) marks what it segments."""
         job_id = uuid.uuid4().hex
         with self._sql() as db:
             db.execute(
                 "INSERT INTO jobs (job_id, state, origin, request, patient_id, study_instance_uid, "
-                "result_id, created_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
+                "result_id, key, created_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     origin,
                     request.model_dump_json(),
                     request.patient_id,
-                    study_instance_uid or request.study,
+                    request.study,
                     result_id,
+                    key,
                     time.time(),
                 ),
             )
@@ -198,6 +202,29 @@ class JobStore:
             return db.execute(
                 "UPDATE jobs SET state = 'queued', stage = NULL WHERE state = 'running'"
             ).rowcount
+
+    def has_key(self, key: str) -> bool:
+        with self._sql() as db:
+            return db.execute("SELECT 1 FROM jobs WHERE key = ? LIMIT 1", (key,)).fetchone() is not None
+
+    def has_study(self, study_instance_uid: str) -> bool:
+        with self._sql() as db:
+            row = db.execute(
+                "SELECT 1 FROM jobs WHERE study_instance_uid = ? LIMIT 1", (study_instance_uid,)
+            ).fetchone()
+        return row is not None
+
+    def get_meta(self, name: str) -> str | None:
+        with self._sql() as db:
+            row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row["value"])
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self._sql() as db:
+            db.execute(
+                "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = ?",
+                (name, value, value),
+            )
 
     def count_active(self) -> int:
         with self._sql() as db:

@@ -18,9 +18,11 @@ from tumorseg.api.errors import error_response, install_error_handlers
 from tumorseg.api.routes import health, jobs, results, segment
 from tumorseg.config import Settings, get_settings
 from tumorseg.errors import ModelError
+from tumorseg.export.dicom_seg import algorithm_tag
 from tumorseg.jobs import Jobs
 from tumorseg.logs import request_id_var
 from tumorseg.model.device import resolve_device
+from tumorseg.trigger import AutoTrigger
 from tumorseg.wiring import load_predictor, open_jobs, open_pacs, open_store
 
 log = logging.getLogger(__name__)
@@ -85,11 +87,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.model_error = exc.detail
         state.jobs = Jobs(job_store, state.segmenter)
         state.jobs.start()
+        trigger = None
+        if settings.auto_segment and state.predictor is not None:
+            manifest = state.predictor.manifest
+            tag = algorithm_tag(manifest.name, manifest.version)
+            trigger = AutoTrigger(pacs, state.jobs, tag, settings.auto_segment_poll_s)
+            trigger.start()
         app.state.tumorseg = state
         log.info("tumorseg %s started; Orthanc at %s", __version__, pacs.url)  # credentials removed
         try:
             yield
         finally:
+            if trigger is not None:
+                trigger.stop()
             if state.jobs.stop():  # else the runner still writes to it until the process exits
                 job_store.close()
             pacs.close()

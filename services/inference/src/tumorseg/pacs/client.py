@@ -274,6 +274,32 @@ class OrthancClient:
     def get_study(self, study_id: str) -> StudyInfo:
         return study_from_orthanc(self._json("GET", f"/studies/{study_id}"))
 
+    def list_studies(self) -> list[StudyInfo]:
+        """Every study Orthanc holds (``GET /studies?expand``): what the auto-trigger reconciles at start."""
+        answer = self._json("GET", "/studies", params={"expand": ""})
+        if not isinstance(answer, list):
+            raise PacsProtocolError("Orthanc answered /studies with something other than a list")
+        return [study_from_orthanc(item) for item in answer]
+
+    def series_versions(self, study_id: str) -> list[tuple[str, str]]:
+        """(Modality, LastUpdate) of each series of a study, in one request (no instance tags)."""
+        answer = self._json("GET", f"/studies/{study_id}/series", params={"expand": ""})
+        if not isinstance(answer, list):
+            raise PacsProtocolError("Orthanc answered /studies/{id}/series with something other than a list")
+        return [
+            (str(item.get("MainDicomTags", {}).get("Modality", "")), str(item.get("LastUpdate", "")))
+            for item in answer
+        ]
+
+    def changes(self, since: int | None = None, limit: int = 100) -> dict[str, Any]:
+        """``GET /changes``: ``Changes`` (each with ``Seq``, ``ChangeType``, ``ID``, ``ResourceType``),
+        ``Done``, ``Last``. ``since=None`` asks only for the newest ``Seq`` (``?last``)."""
+        params: dict[str, Any] = {"last": ""} if since is None else {"since": since, "limit": limit}
+        answer = self._json("GET", "/changes", params=params)
+        if not isinstance(answer, dict) or "Last" not in answer:
+            raise PacsProtocolError("Orthanc answered /changes with something other than its change log")
+        return answer
+
     def patient_of_study(self, study_id: str) -> dict[str, str]:
         """The patient-level main tags of a study's patient. Holds PHI (name, birth date): never log it."""
         data = self._json("GET", f"/studies/{study_id}/patient")
