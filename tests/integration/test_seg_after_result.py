@@ -56,7 +56,7 @@ def test_a_refused_seg_leaves_the_saved_result_and_no_seg(
         answer = client.post(f"/segment/{patient_id}", params={"store_seg": "true"})
         assert answer.status_code == 502, answer.text  # Orthanc refused the SEG upload (HTTP 403)
         assert answer.json()["code"] == "pacs_rejected"
-        saved = [p.name for p in results.iterdir() if not p.name.startswith(".")]
+        saved = [p.name for p in results.iterdir() if p.is_dir() and not p.name.startswith(".")]
         assert len(saved) == 1, saved  # the result was saved before the SEG was sent
         result = ResultStore(results).read(saved[0])
         assert result.dicom_seg is None and result.patient_id == patient_id
