@@ -18,7 +18,7 @@ import hashlib
 import logging
 import threading
 
-from tumorseg.errors import TumorsegError
+from tumorseg.errors import PacsNotFound, TumorsegError
 from tumorseg.jobs import Jobs
 from tumorseg.pacs import OrthancClient
 from tumorseg.schema import JobRequest
@@ -94,10 +94,8 @@ class AutoTrigger:
             versions = [
                 v for modality, v in self.pacs.series_versions(study_id) if modality not in NOT_IMAGES
             ]
-        except TumorsegError as exc:
-            if exc.code == "pacs_not_found":  # deleted since the event
-                return
-            raise
+        except PacsNotFound:  # deleted since the event
+            return
         if not versions or not study.study_instance_uid:
             return
         request = JobRequest(patient_id=study.patient_id, study=study.study_instance_uid, store_seg=True)
