@@ -17,7 +17,14 @@ total), the client-side end-to-end time, end-to-end / inference, registration + 
 (the clinical-head target: at most 1), the first request's end-to-end time, the load stage (cache off: every
 request decodes) against `dcm2niix` converting the same four series in the same run, and the service's peak
 RSS (VmHWM). Then BENCH_LEAK_RUNS consecutive requests on the clinical study (cache on) show whether the
-resident memory grows. Results go to bench/results.json.
+resident memory grows.
+
+Then distributed mode (issue 17), with a local Redis: for each count in BENCH_WORKERS (default 1,2), an API
+and that many `tumorseg worker` processes get BENCH_WORKER_STUDIES (default 6) new clinical-kind studies as
+jobs at once: studies per hour. And in auto mode (TUMORSEG_AUTO_SEGMENT, default poll) with the largest
+count, BENCH_LATENCY_STUDIES (default 3) studies uploaded one after the other: the seconds from Orthanc
+marking each stable to its DICOM SEG being in Orthanc. BENCH_KINDS= (empty) runs only this part, and
+BENCH_WORKERS= (empty) skips it. Results go to bench/results.json.
 """
 
 from __future__ import annotations
@@ -36,9 +43,9 @@ from typing import Any
 
 import httpx
 
-from tumorseg.launcher import LocalService, ServiceStartError
+from tumorseg.launcher import LocalService, LocalWorker, ServiceStartError
 from tumorseg.pacs import OrthancClient
-from tumorseg.pacs.local import LocalOrthanc
+from tumorseg.pacs.local import LocalOrthanc, LocalRedis
 from tumorseg.pacs.upload import upload_directory
 from tumorseg.pipeline import STAGES as PIPELINE_STAGES
 from tumorseg.sequences import SEQUENCES
@@ -73,6 +80,9 @@ KINDS = {  # kind: (phantom, conversion options)
     "clinical-head": ("head", CLINICAL),
 }
 KINDS_WANTED = [k.strip() for k in os.environ.get("BENCH_KINDS", ",".join(KINDS)).split(",") if k.strip()]
+WORKER_COUNTS = [int(n) for n in os.environ.get("BENCH_WORKERS", "1,2").split(",") if n.strip()]
+WORKER_STUDIES = int(os.environ.get("BENCH_WORKER_STUDIES", "6"))
+LATENCY_STUDIES = int(os.environ.get("BENCH_LATENCY_STUDIES", "3"))
 
 
 def say(message: str) -> None:
@@ -246,21 +256,139 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def clinical_studies(orthanc: LocalOrthanc, tag: str, count: int, stable: bool = True) -> list[str]:
+    """``count`` new clinical-kind studies (new PatientIDs and UIDs) in Orthanc; their PatientIDs."""
+    patients = []
+    for n in range(count):
+        patient_id = f"BENCH-JOBS-{tag}-{n}"
+        out = WORK / "dicom" / "jobs" / patient_id
+        shutil.rmtree(out, ignore_errors=True)
+        converted = convert_case(phantom("brats"), patient_id, out, CLINICAL)
+        with OrthancClient(orthanc.url, orthanc.auth) as pacs:
+            upload_directory(pacs, converted.out, workers=4, stable_timeout=120.0 if stable else None)
+        patients.append(patient_id)
+    return patients
+
+
+def distributed_env(orthanc: LocalOrthanc, queue: LocalRedis, results: Path, **extra: str) -> dict[str, str]:
+    return {
+        "TUMORSEG_ORTHANC_URL": orthanc.url,
+        "TUMORSEG_ORTHANC_USERNAME": orthanc.username,
+        "TUMORSEG_ORTHANC_PASSWORD": orthanc.password,
+        "TUMORSEG_RESULTS_DIR": str(results),
+        "TUMORSEG_QUEUE_URL": queue.url,
+        **extra,
+    }
+
+
+def start_all(*processes: LocalService) -> list[LocalService]:
+    for process in processes:
+        try:
+            process.start()
+        except ServiceStartError as exc:
+            for other in processes:
+                other.stop()
+            sys.exit(str(exc))
+    return list(processes)
+
+
+def seg_count(orthanc: LocalOrthanc, patient_id: str) -> int:
+    with OrthancClient(orthanc.url, orthanc.auth) as pacs:
+        studies = pacs.find_studies(patient_id)
+        return sum(m == "SEG" for s in studies for m, _ in pacs.series_versions(s.orthanc_id))
+
+
+def bench_workers(orthanc: LocalOrthanc, queue: LocalRedis) -> list[dict[str, Any]]:
+    """Studies per hour with each count of workers: all jobs queued at once, timed until the last ends."""
+    rows = []
+    for count in WORKER_COUNTS:
+        patients = clinical_studies(orthanc, f"W{count}", WORKER_STUDIES)
+        env = distributed_env(orthanc, queue, WORK / f"results-workers-{count}")
+        api = LocalService(env, WORK / f"api-workers-{count}.log", timeout=300.0)
+        workers = [LocalWorker(env, WORK / f"worker-{count}-{n}.log", timeout=300.0) for n in range(count)]
+        processes = start_all(api, *workers)
+        try:
+            start = time.perf_counter()
+            jobs = [httpx.post(f"{api.url}/jobs", json={"patient_id": p}).json()["job_id"] for p in patients]
+            ended: dict[str, str] = {}
+            while len(ended) < len(jobs):
+                for job_id in jobs:
+                    if job_id not in ended:
+                        state = httpx.get(f"{api.url}/jobs/{job_id}").json()["state"]
+                        if state not in ("queued", "running"):
+                            ended[job_id] = state
+                time.sleep(0.25)
+            wall = time.perf_counter() - start
+        finally:
+            for process in processes:
+                process.stop()
+        row = {
+            "workers": count,
+            "studies": len(jobs),
+            "wall_s": round(wall, 1),
+            "studies_per_hour": round(len(jobs) / wall * 3600, 1),
+            "done": sum(state == "done" for state in ended.values()),
+        }
+        rows.append(row)
+        say(f"{count} worker(s): {row['studies']} studies in {row['wall_s']} s, {row['studies_per_hour']}/h")
+    return rows
+
+
+def bench_auto_latency(queue: LocalRedis, workers: int) -> dict[str, Any]:
+    """Auto mode: seconds from Orthanc marking a new study stable to its SEG being in Orthanc."""
+    latencies = []
+    with LocalOrthanc(WORK / "orthanc-auto") as orthanc:
+        env = distributed_env(orthanc, queue, WORK / "results-auto", TUMORSEG_AUTO_SEGMENT="true")
+        api = LocalService(env, WORK / "api-auto.log", timeout=300.0)
+        processes = start_all(
+            api, *(LocalWorker(env, WORK / f"worker-auto-{n}.log", timeout=300.0) for n in range(workers))
+        )
+        try:
+            for n in range(LATENCY_STUDIES):
+                (patient_id,) = clinical_studies(orthanc, f"AUTO{n}", 1, stable=False)
+                with OrthancClient(orthanc.url, orthanc.auth) as pacs:
+                    (study,) = pacs.find_studies(patient_id)
+                    while not pacs.get_study(study.orthanc_id).is_stable:
+                        time.sleep(0.1)
+                stable_at = time.perf_counter()
+                while seg_count(orthanc, patient_id) == 0:
+                    if time.perf_counter() - stable_at > 600:
+                        sys.exit(f"auto mode: no SEG for {patient_id} within 600 s; see {api.log_path}")
+                    time.sleep(0.25)
+                latencies.append(time.perf_counter() - stable_at)
+                say(f"auto mode: study {n + 1} stable → SEG in {latencies[-1]:.1f} s")
+        finally:
+            for process in processes:
+                process.stop()
+    return {
+        "workers": workers,
+        "studies": len(latencies),
+        "stable_to_seg_s": [round(v, 1) for v in latencies],
+        "median_stable_to_seg_s": round(statistics.median(latencies), 1),
+    }
+
+
 def main() -> None:
     if not shutil.which("dcm2niix"):
         sys.exit("dcm2niix is missing; run make setup")
     unknown = sorted(set(KINDS_WANTED) - set(KINDS))
-    if unknown or not KINDS_WANTED:
+    if unknown or not (KINDS_WANTED or WORKER_COUNTS):
         sys.exit(f"BENCH_KINDS={','.join(KINDS_WANTED)!r}: the kinds are {', '.join(KINDS)}")
     WORK.mkdir(parents=True, exist_ok=True)
     orthanc = LocalOrthanc(WORK / "orthanc")
     rows = []
+    distributed: dict[str, Any] = {}
     started = time.perf_counter()
     try:
         orthanc.start()
         for kind in KINDS_WANTED:
             say(f"{kind}: converting, uploading, {RUNS} timed runs after a warm-up")
             rows.extend(bench_kind(kind, orthanc))
+        if WORKER_COUNTS:
+            with LocalRedis(WORK / "redis") as queue:
+                say(f"distributed mode: {WORKER_STUDIES} studies with {WORKER_COUNTS} worker(s)")
+                distributed["throughput"] = bench_workers(orthanc, queue)
+                distributed["auto"] = bench_auto_latency(queue, max(WORKER_COUNTS))
     finally:
         orthanc.stop()
     results: dict[str, Any] = {
@@ -269,7 +397,8 @@ def main() -> None:
         "leak_runs": LEAK_RUNS,
         "wall_s": round(time.perf_counter() - started, 1),
         "kinds": rows,
-        "table": table(rows),
+        "table": table(rows) if rows else "",
+        "distributed": distributed,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
@@ -277,7 +406,18 @@ def main() -> None:
     print(
         f"\n{m.get('gpu', m['cpu'])} ({m['cores']} cores, {m['device']}), medians of {RUNS} warm runs, seconds\n"
     )
-    print(table(rows))
+    print(table(rows) if rows else "(no kinds)")
+    for row in distributed.get("throughput", []):
+        print(
+            f"\ndistributed, {row['workers']} worker(s): {row['studies']} clinical studies in {row['wall_s']} s = "
+            f"{row['studies_per_hour']} studies/hour ({row['done']} done)"
+        )
+    if "auto" in distributed:
+        auto = distributed["auto"]
+        print(
+            f"\nauto mode, {auto['workers']} worker(s): stable → SEG in Orthanc {auto['stable_to_seg_s']} s "
+            f"(median {auto['median_stable_to_seg_s']} s)"
+        )
     for row in rows:
         if row["kind"] == "clinical-head":
             med = row["median_s"]

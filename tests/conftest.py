@@ -17,7 +17,7 @@ import pytest
 
 from tests.orthanc import TEST_ORTHANC, OrthancEndpoint
 from tumorseg.pacs import OrthancClient
-from tumorseg.pacs.local import LocalOrthanc
+from tumorseg.pacs.local import LocalOrthanc, LocalRedis
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +48,10 @@ def own_orthanc(tmp_path: Path) -> Iterator[LocalOrthanc]:
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[LocalRedis]:
+    """A private Redis (the Debian ``redis-server``, installed by ``make setup``) for one test."""
+    with LocalRedis(tmp_path / "redis") as server:
+        yield server

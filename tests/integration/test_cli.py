@@ -1,4 +1,5 @@
-"""The command line against a real Orthanc: upload (idempotent, failures listed) and inspect."""
+"""The command line against a real Orthanc: upload (idempotent, failures listed), inspect, and what
+`worker` needs."""
 
 from __future__ import annotations
 
@@ -75,3 +76,11 @@ def test_inspect_reports_the_mapping_segment_would_use(
 def test_inspect_unknown_patient_exits_non_zero(cli_env: CliRunner) -> None:
     result = cli_env.invoke(app, ["inspect", "NO-SUCH-PATIENT-0815"])
     assert result.exit_code == 1 and "no study for PatientID" in result.output
+
+
+def test_a_worker_without_a_queue_url_says_what_to_set(
+    cli_env: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TUMORSEG_QUEUE_URL", raising=False)
+    result = cli_env.invoke(app, ["worker"])
+    assert result.exit_code == 2 and "TUMORSEG_QUEUE_URL" in result.output

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.jobs import FAST, seg_series, until_finished
 from tests.orthanc import OrthancEndpoint, segment_settings, upload_folder
 from tests.studies import clone_study
 from tumorseg.api.main import create_app
@@ -20,21 +21,9 @@ from tumorseg.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration
 
-FAST = {"registration": False, "brain_extractor": "none"}
-
 
 def _client(orthanc: OrthancEndpoint, model: Path, results: Path) -> TestClient:
     return TestClient(create_app(segment_settings(orthanc.url, orthanc.auth, model, results, **FAST)))
-
-
-def _until_finished(client: TestClient, job_id: str, timeout: float = 300.0) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}").json()
-        if job["state"] not in ("queued", "running"):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
 
 
 def test_a_job_runs_later_and_its_result_id_is_known_from_the_start(
@@ -55,7 +44,7 @@ def test_a_job_runs_later_and_its_result_id_is_known_from_the_start(
         assert job["job_id"] in pending.json()["detail"] and int(pending.headers["Retry-After"]) > 0
 
         skipped = client.post("/jobs", json={"patient_id": partial_id}).json()
-        done = _until_finished(client, str(job["job_id"]))
+        done = until_finished(client, str(job["job_id"]))
         assert done["state"] == "done" and done["result_url"] == f"/results/{job['result_id']}"
         assert done["study_instance_uid"] and done["attempts"] == 1 and done["finished_at"]
         result = client.get(f"/results/{job['result_id']}")
@@ -63,7 +52,7 @@ def test_a_job_runs_later_and_its_result_id_is_known_from_the_start(
         assert client.get(f"/results/{job['result_id']}/mask.nii.gz").status_code == 200
 
         # A study without the four sequences has nothing to segment: skipped, with the reason.
-        finished = _until_finished(client, str(skipped["job_id"]))
+        finished = until_finished(client, str(skipped["job_id"]))
         assert finished["state"] == "skipped" and finished["code"] == "modality_missing"
         assert "flair" in str(finished["reason"]).lower()
         failed = client.get(f"/results/{skipped['result_id']}")
@@ -92,7 +81,7 @@ def test_the_job_list_survives_a_restart_and_a_job_cut_off_runs_again(
     store.close()
 
     with _client(orthanc, random_model, results) as client:
-        rerun = _until_finished(client, cut_off.job_id)
+        rerun = until_finished(client, cut_off.job_id)
         assert rerun["state"] == "done" and rerun["attempts"] == 2
         assert client.get(f"/results/{cut_off.result_id}").status_code == 200
     with _client(orthanc, random_model, results) as client:  # a restart: the list is still there
@@ -132,12 +121,6 @@ def _job_of(client: TestClient, patient_id: str, timeout: float = 300.0) -> dict
     raise AssertionError(f"no finished job for {patient_id} in {timeout} s")
 
 
-def _seg_series(orthanc: OrthancEndpoint, patient_id: str) -> int:
-    with orthanc.client() as pacs:
-        (study,) = pacs.find_studies(patient_id)
-        return sum(modality == "SEG" for modality, _ in pacs.series_versions(study.orthanc_id))
-
-
 def test_auto_segment_makes_one_job_per_study_content_across_restarts(
     own_orthanc: LocalOrthanc, plain_study: ConvertedStudy, random_model: Path, tmp_path: Path
 ) -> None:
@@ -171,5 +154,5 @@ def test_auto_segment_makes_one_job_per_study_content_across_restarts(
         time.sleep(2)
         jobs = client.get("/jobs").json()
         assert jobs["total"] == 3, jobs  # none repeated, none lost
-    assert _seg_series(orthanc, before) == 1 and _seg_series(orthanc, while_down) == 1
-    assert _seg_series(orthanc, partial) == 0
+    assert seg_series(orthanc, before) == 1 and seg_series(orthanc, while_down) == 1
+    assert seg_series(orthanc, partial) == 0

@@ -415,12 +415,13 @@ def hardening(service: dict[str, Any]) -> tuple[list[str], list[str]]:
     return list(service.get("cap_drop") or []), list(service.get("security_opt") or [])
 
 
+@pytest.mark.parametrize("name", ["inference", "worker"])
 @pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, COMPOSE_CPU]], ids=["gpu", "cpu"])
-def test_the_inference_container_is_locked_down(files: list[Path]) -> None:
+def test_the_inference_and_worker_containers_are_locked_down(files: list[Path], name: str) -> None:
     merged: dict[str, Any] = {}
     for path in files:
         merged = merge(merged, load_compose(path))
-    inference = merged["services"]["inference"]
+    inference = merged["services"][name]
     cap_drop, security_opt = hardening(inference)
     assert cap_drop == ["ALL"], "drop every Linux capability: the service needs none"
     assert "no-new-privileges:true" in security_opt
@@ -547,3 +548,43 @@ def test_dockerfile_runs_the_api_as_a_non_root_user() -> None:
     assert "8000" in [args for keyword, args in instructions if keyword == "EXPOSE"]
     cmd = [args for keyword, args in instructions if keyword == "CMD"][-1]
     assert json.loads(cmd) == ["tumorseg", "serve", "--host", "0.0.0.0", "--port", "8000"]
+
+
+# ---- distributed mode: Redis and the workers (profile "scale") ------------------------------------
+
+STACK_QUEUE_URL = "redis://redis:6379/0"
+
+
+def test_redis_is_the_official_image_pinned_healthy_and_unpublished(services: dict[str, Any]) -> None:
+    redis = services["redis"]
+    name, _, tag = str(redis["image"]).partition(":")
+    assert name == "redis" and re.match(r"^\d+\.\d+\.\d+", tag), redis["image"]
+    assert redis.get("profiles") == ["scale"]
+    assert "redis-cli" in redis["healthcheck"]["test"] and "ping" in redis["healthcheck"]["test"]
+    assert "ports" not in redis, "only the stack's containers may reach Redis"
+    assert "--appendonly" in redis["command"], "queued jobs survive a Redis restart"
+
+
+def test_workers_run_the_service_image_with_its_settings_and_a_gpu_each(services: dict[str, Any]) -> None:
+    worker, inference = services["worker"], services["inference"]
+    assert worker.get("profiles") == ["scale"] and worker["command"] == ["tumorseg", "worker"]
+    assert worker["image"] == inference["image"] and worker["build"] == inference["build"]
+    assert worker["volumes"] == inference["volumes"], "API and workers share the results directory"
+    assert len(gpu_devices(worker)) == 1, "one GPU per worker: scale the service to use more"
+    for needed in ("orthanc", "redis"):
+        assert worker["depends_on"][needed]["condition"] == "service_healthy"
+    assert inference["depends_on"]["redis"]["required"] is False  # the default stack has no Redis
+    env, api_env = environment(worker), environment(inference)
+    assert env["TUMORSEG_QUEUE_URL"] == STACK_QUEUE_URL
+    assert api_env["TUMORSEG_QUEUE_URL"] == "${INFERENCE_QUEUE_URL:-}"  # unset: the embedded default
+    same = {k: v for k, v in env.items() if k != "TUMORSEG_QUEUE_URL"}
+    assert same == {k: v for k, v in api_env.items() if k != "TUMORSEG_QUEUE_URL"}
+    # what the stack documents for INFERENCE_QUEUE_URL is the workers' Redis
+    assert f"INFERENCE_QUEUE_URL={STACK_QUEUE_URL}" in COMPOSE.read_text()
+    assert STACK_QUEUE_URL in ENV_EXAMPLE.read_text()
+    assert "--profile scale up -d --scale worker=" in COMPOSE.read_text()
+
+
+def test_the_cpu_override_also_moves_the_workers_to_the_cpu(compose: dict[str, Any]) -> None:
+    worker = merge(compose, load_compose(COMPOSE_CPU))["services"]["worker"]
+    assert gpu_devices(worker) == [] and environment(worker)["TUMORSEG_DEVICE"] == "cpu"

@@ -37,6 +37,8 @@ def test_reads_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ("orthanc_timeout", 0, "between 0 and 3600"),
         ("device", "tpu", "auto"),
         ("api_key", "   ", "TUMORSEG_API_KEY"),
+        ("queue_url", "http://redis:6379", "redis://redis:6379/0"),
+        ("queue_heartbeat_s", 1, "greater than or equal to 2"),
     ],
 )
 def test_refuses_unusable_values_with_a_hint(field: str, value: object, hint: str) -> None:
@@ -47,3 +49,9 @@ def test_refuses_unusable_values_with_a_hint(field: str, value: object, hint: st
 def test_username_without_password_is_refused() -> None:
     with pytest.raises(ValidationError, match="both TUMORSEG_ORTHANC_USERNAME and TUMORSEG_ORTHANC_PASSWORD"):
         Settings(_env_file=None, orthanc_username="svc")  # type: ignore[call-arg]
+
+
+def test_an_empty_queue_url_means_the_embedded_default() -> None:
+    assert Settings(_env_file=None, queue_url="").queue_url is None  # type: ignore[call-arg]
+    url = "redis://:secret@redis:6379/0"
+    assert Settings(_env_file=None, queue_url=url).queue_url == url  # type: ignore[call-arg]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tumorseg.api.errors import STATUS_BY_ERROR
 from tumorseg.errors import (
     InvalidInput,
     ModalityMissing,
@@ -14,9 +17,11 @@ from tumorseg.errors import (
     ResultFailed,
     ResultNotFound,
     ResultPending,
+    TumorsegError,
+    error_from_code,
 )
 from tumorseg.jobs import Jobs
-from tumorseg.jobstore import JobStore
+from tumorseg.jobstore import _SCHEMA, JOBS_DB, JobStore
 from tumorseg.results import ResultStore, new_result_id
 from tumorseg.schema import JobRequest
 
@@ -95,8 +100,8 @@ def test_the_runner_records_how_a_job_ended(tmp_path: Path, error: Exception, st
     claimed = store.claim_next()
     assert claimed is not None
     jobs.run(claimed)
-    # the job's own result id, and its own place in line (never Busy for a job already queued)
-    assert segmenter.calls == [{"result_id": job.result_id, "queued": True}]
+    # the job's own result id; no place in line to take (never Busy for a job already queued)
+    assert segmenter.calls == [{"result_id": job.result_id}]
     ended = store.get(job.job_id)
     assert ended is not None and (ended.state, ended.code) == (state, code) and ended.reason
     with pytest.raises(ResultFailed, match=code):
@@ -111,3 +116,47 @@ def test_a_malformed_request_is_refused_before_a_job_exists(tmp_path: Path) -> N
     with pytest.raises(InvalidInput):
         jobs.submit(JobRequest(patient_id="P1", study="1.2.x"))
     assert store.list()[1] == 0
+
+
+def test_a_delivery_claims_a_queued_job_once_and_a_dead_runners_job_once_its_heartbeat_is_stale(
+    tmp_path: Path,
+) -> None:
+    store = JobStore(tmp_path)
+    job_id, other = _queue(store, "A"), _queue(store, "B")
+    assert store.unfinished(stale_s=60) == (job_id, other)
+    first = store.claim(job_id, stale_s=60)
+    assert first is not None and first.state == "running" and first.attempts == 1
+    assert store.claim(job_id, stale_s=60) is None  # a second delivery while a live worker runs it
+    assert store.unfinished(stale_s=60) == (other,)
+    time.sleep(0.05)
+    store.beat(job_id)
+    assert store.claim(job_id, stale_s=1.0) is None  # the heartbeat is fresh
+    time.sleep(0.05)
+    taken = store.claim(job_id, stale_s=0.01)  # its worker fell silent: redelivered, taken over
+    assert taken is not None and taken.attempts == 2
+    store.finish(job_id, "done")
+    assert store.claim(job_id, stale_s=0.0) is None  # ended: a late duplicate does nothing
+    assert store.claim(new_result_id(), stale_s=0.0) is None  # no such job
+    assert store.unfinished(stale_s=0.0) == (other,)
+    store.delete(other)
+    assert store.get(other) is None and store.unfinished(stale_s=0.0) == ()
+
+
+def test_a_store_written_before_heartbeats_existed_gains_the_column(tmp_path: Path) -> None:
+    old = sqlite3.connect(tmp_path / JOBS_DB)
+    old.executescript(_SCHEMA.replace(",\n    heartbeat_at REAL", ""))
+    old.close()
+    store = JobStore(tmp_path)
+    job_id = _queue(store, "A")
+    assert store.claim(job_id, stale_s=60) is not None
+    store.beat(job_id)
+
+
+def test_a_recorded_error_is_raised_again_as_its_own_class() -> None:
+    for cls, _status in STATUS_BY_ERROR:
+        if cls.code in ("tumorseg_error",):
+            continue
+        again = error_from_code(cls.code, "why")
+        assert type(again) is cls and again.detail == "why" and again.code == cls.code
+    unknown = error_from_code("internal_error", "internal error (KeyError)")
+    assert type(unknown) is TumorsegError and unknown.code == "internal_error"

@@ -45,6 +45,45 @@ def serve(
     uvicorn.run(create_app(), host=host, port=port, log_config=None, access_log=False)
 
 
+@app.command()
+def worker() -> None:
+    """Take jobs from the Redis queue (TUMORSEG_QUEUE_URL) one at a time; the model is loaded once. Run one
+    per GPU, on as many machines as share the results directory. SIGTERM finishes the job in hand first."""
+    import signal
+    import threading
+
+    from tumorseg import logs
+    from tumorseg.jobs import Jobs
+    from tumorseg.model.device import resolve_device
+    from tumorseg.queue import redacted
+    from tumorseg.wiring import build_segmenter, load_predictor, open_jobs, open_queue, open_store
+
+    settings = get_settings()
+    queue = open_queue(settings)
+    if queue is None:
+        err_console.print("[red]error[/red]: set TUMORSEG_QUEUE_URL (redis://host:port/db) to run a worker")
+        raise typer.Exit(code=2)
+    logs.configure()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    if not queue.reachable():
+        err_console.print(
+            f"warning: Redis at {redacted(queue.url)} does not answer yet; the worker waits for it"
+        )
+    try:
+        predictor = load_predictor(settings, resolve_device(settings.device))
+    except TumorsegError as exc:
+        _fail(exc)
+    job_store = open_jobs(settings)
+    with _pacs() as pacs:
+        store = open_store(settings, job_store)
+        segmenter = build_segmenter(settings, pacs, predictor, store)
+        queue.work(Jobs(job_store, lambda: segmenter, queue, store).work, stop)
+    job_store.close()
+    queue.close()
+
+
 def _fail(exc: TumorsegError) -> NoReturn:
     err_console.print(f"[red]error[/red] ({exc.code}): {exc.detail}")
     raise typer.Exit(code=2)

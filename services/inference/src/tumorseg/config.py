@@ -106,6 +106,17 @@ class Settings(BaseSettings):
     auto_segment_poll_s: float = Field(
         default=5.0, gt=0, le=3600, description="How often the auto-trigger reads Orthanc's /changes."
     )
+    queue_url: str | None = Field(
+        default=None,
+        description="Distributed mode: redis://host:port/db of the Redis that carries jobs to `tumorseg "
+        "worker` processes (unset: jobs run in the API process).",
+    )
+    queue_heartbeat_s: float = Field(
+        default=60.0,
+        ge=2,
+        le=600,
+        description="Distributed mode: a worker silent for this long is dead, and its job goes to another.",
+    )
     api_key: SecretStr | None = Field(
         default=None, description="When set, every route but /health needs header X-API-Key."
     )
@@ -123,6 +134,18 @@ class Settings(BaseSettings):
                 f"TUMORSEG_ORTHANC_URL={value!r} is not an http(s) URL; set it like http://orthanc-host:8042"
             )
         return value.rstrip("/")
+
+    @field_validator("queue_url")
+    @classmethod
+    def _check_queue_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
+            raise ValueError(
+                f"TUMORSEG_QUEUE_URL must be a Redis URL like redis://redis:6379/0, not {parts.scheme!r}://…"
+            )
+        return value
 
     @field_validator("orthanc_timeout")
     @classmethod

@@ -21,7 +21,8 @@
     ├── ResultFailed                 its job failed or was skipped (code and reason)    → 422
     ├── InvalidInput                 a value the caller sent is malformed               → 422
     ├── ModelError                   the model package cannot be loaded or run          → 503
-    └── Busy                         the inference queue is full (Retry-After)          → 503
+    ├── Busy                         the inference queue is full (Retry-After)          → 503
+    └── QueueUnavailable             Redis (TUMORSEG_QUEUE_URL) not reachable            → 503
 
 Library errors are wrapped where they enter (``raise PacsTimeout(...) from exc``). The HTTP status of
 each class is decided in one place only: ``tumorseg.api.errors``. Messages are written for the user
@@ -135,3 +136,22 @@ class ModelError(TumorsegError):
 
 class Busy(_RetryLater):
     code = "busy"
+
+
+class QueueUnavailable(_RetryLater):
+    code = "queue_unavailable"
+
+
+def _subclasses(cls: type[TumorsegError]) -> list[type[TumorsegError]]:
+    return [cls, *(sub for direct in cls.__subclasses__() for sub in _subclasses(direct))]
+
+
+def error_from_code(code: str | None, detail: str | None) -> TumorsegError:
+    """The error a job recorded (its ``code`` and ``reason`` in the job store), raised again where the
+    caller waits for it (``POST /segment`` in distributed mode); an unknown code is an internal error."""
+    by_code = {cls.code: cls for cls in _subclasses(TumorsegError) if not cls.__name__.startswith("_")}
+    cls = by_code.get(code or "", TumorsegError)
+    error = cls(detail or "the job failed")
+    if cls is TumorsegError:
+        error.code = code or "internal_error"
+    return error

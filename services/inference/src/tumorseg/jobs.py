@@ -1,30 +1,44 @@
-"""Jobs: segmentations asked for now and run later, in order, by one runner (the embedded default).
+"""Jobs: segmentations asked for now and run later, each recorded in the ``JobStore`` from the start.
 
-``Jobs.submit`` validates a ``JobRequest``, gives it its result id at once and records it ``queued`` in
-the ``JobStore``; a runner thread takes the oldest queued job, runs the pipeline on it (``Segmenter.run``
-with that result id, reporting each stage), and records how it ended: ``done``; ``skipped`` when the
-study has no brain MRI to segment (``modality_missing``: not a fault, nothing to retry); ``failed`` with
-the error's code and message otherwise. The job list lives in SQLite next to the results, so it survives
-a restart; jobs a crashed process was running are queued again when the runner starts.
+``Jobs.submit`` validates a ``JobRequest``, gives it its result id at once and records it ``queued``.
+Who runs it depends on the mode:
 
-The runner and ``POST /segment`` share the ``Segmenter``, which runs one segmentation at a time.
+- **embedded** (the default): a runner thread in the API process takes the oldest queued job. Jobs a
+  crashed process was running are queued again when the runner starts.
+- **distributed** (``TUMORSEG_QUEUE_URL``): the job id goes to Redis (``tumorseg.queue``), and a
+  ``tumorseg worker`` takes it (``work``). A job is claimed in the store before it runs, so a second
+  delivery of a job that has ended, or that a live worker is running, does nothing; a dead worker's job
+  (heartbeat older than half the queue's heartbeat timeout) is claimed by the worker it is redelivered to.
+
+However it runs, a job ends ``done``; ``skipped`` when the study has no brain MRI to segment
+(``modality_missing``: not a fault, nothing to retry); or ``failed`` with the error's code and message.
+``POST /segment`` is a job too (``segment``): run in the request's thread in embedded mode (after taking
+a place in line: ``Busy`` when it is full), or queued and waited for in distributed mode.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-from tumorseg.errors import ModalityMissing, TumorsegError
+import redis
+
+from tumorseg.errors import ModalityMissing, QueueUnavailable, TumorsegError, error_from_code
 from tumorseg.jobstore import JobStore
 from tumorseg.pipeline import Segmenter, SegmentRequest
-from tumorseg.results import new_result_id
-from tumorseg.schema import Job, JobOrigin, JobRequest
+from tumorseg.queue import JobQueue
+from tumorseg.results import ResultStore, new_result_id
+from tumorseg.schema import Job, JobOrigin, JobRequest, SegmentResult
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL_S = 5.0  # the runner also looks for queued jobs this often (a job queued by another process)
+IDLE_POLL_S = 5.0  # the embedded runner also looks for queued jobs this often (one queued elsewhere)
+WAIT_POLL_S = 0.5  # how often a synchronous request looks whether its queued job has ended
+MAX_BEAT_S = 5.0  # a running job's heartbeat in the store, at most this far apart
+EMBEDDED_STALE_S = 60.0  # embedded mode: only the unlikely second runner on a store would read it
 
 SKIPPED_ERRORS: tuple[type[TumorsegError], ...] = (ModalityMissing,)
 """Errors that mean "nothing here to segment": the job is ``skipped``, not ``failed``."""
@@ -44,9 +58,21 @@ def segment_request(request: JobRequest) -> SegmentRequest:
 
 
 class Jobs:
-    def __init__(self, store: JobStore, segmenter: Callable[[], Segmenter]) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        segmenter: Callable[[], Segmenter],
+        queue: JobQueue | None = None,
+        results: ResultStore | None = None,
+    ) -> None:
         self.store = store
+        self.queue = queue
+        self.results = results  # where a synchronous request reads its queued job's result
         self._segmenter = segmenter  # raises ModelError while no model is loaded: the job fails with it
+        # A job whose heartbeat is older than this has no live process; the queue redelivers a dead
+        # worker's job only after ``heartbeat_s`` without a sign of it, by when its heartbeat here is stale.
+        self.stale_s = EMBEDDED_STALE_S if queue is None else queue.heartbeat_s / 2
+        self.beat_s = min(MAX_BEAT_S, self.stale_s / 3)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -54,11 +80,29 @@ class Jobs:
     def submit(self, request: JobRequest, origin: JobOrigin = "api", key: str | None = None) -> Job:
         segment_request(request)  # refuse a malformed request now, not when it runs
         job = self.store.create(request, origin, new_result_id(), key)
+        if self.queue is not None:
+            try:
+                self.queue.send(job.job_id)
+            except redis.RedisError as exc:
+                self.store.delete(job.job_id)  # no job that nothing will run
+                raise QueueUnavailable(
+                    f"the job queue (Redis) cannot be reached: {type(exc).__name__}; retry later",
+                    retry_after_s=10,
+                ) from exc
         log.info("job %s queued", job.job_id, extra={"fields": {"job_id": job.job_id}})
         self._wake.set()
         return job
 
     def start(self) -> None:
+        """Embedded: start the runner thread. Distributed: send again the jobs no process has in hand (a
+        send lost with the previous process, a Redis that lost its data); duplicates do nothing."""
+        if self.queue is not None:
+            try:
+                for job_id in self.store.unfinished(self.stale_s):
+                    self.queue.send(job_id)
+            except redis.RedisError as exc:  # a worker's redelivery still finds those in Redis
+                log.error("jobs not sent again, Redis cannot be reached: %s", type(exc).__name__)
+            return
         requeued = self.store.requeue_running()
         if requeued:
             log.warning("%d job(s) left running by a previous process queued again", requeued)
@@ -84,28 +128,87 @@ class Jobs:
                 continue
             self.run(job)
 
+    def work(self, job_id: str) -> None:
+        """A worker's handler of one delivery of ``job_id``: claim the job and run it, or do nothing for a
+        job that has ended or that a live process runs."""
+        job = self.store.claim(job_id, self.stale_s)
+        if job is None:
+            log.info("job %s: delivered again, but ended or running elsewhere; dropped", job_id)
+            return
+        if job.attempts > 1:
+            log.warning("job %s: taken over (attempt %d)", job_id, job.attempts)
+        self.run(job)
+
     def run(self, job: Job) -> None:
         """Run one claimed job to its end state; never raises for the job's own errors."""
+        try:
+            self._execute(job, self._segmenter)
+        except Exception:  # recorded in the store and logged by _execute
+            pass
+
+    def segment(self, request: JobRequest) -> SegmentResult:
+        """``POST /segment``: a job the caller waits for; its error is raised as it was recorded."""
+        segment_request(request)  # InvalidInput before any job exists
+        if self.queue is None:
+            segmenter = self._segmenter()  # ModelError before any job exists
+            with segmenter.admitted():  # Busy when the line is full
+                job = self.store.create(request, "api", new_result_id(), running=True)
+                return self._execute(job, lambda: segmenter)
+        job = self.submit(request)
+        while (ended := self.store.get(job.job_id)) is not None and ended.state in ("queued", "running"):
+            time.sleep(WAIT_POLL_S)
+        if ended is None:
+            raise error_from_code("internal_error", f"job {job.job_id} vanished from the job store")
+        if ended.state != "done":
+            raise error_from_code(ended.code, ended.reason)
+        assert self.results is not None, "distributed mode reads results from the shared store"
+        return self.results.read(ended.result_id)
+
+    def _execute(self, job: Job, segmenter: Callable[[], Segmenter]) -> SegmentResult:
+        """Run the claimed ``job``, record how it ended, and return its result or raise its error."""
         fields = {"job_id": job.job_id, "result_id": job.result_id}
         log.info("job %s running", job.job_id, extra={"fields": fields})
         try:
-            result = self._segmenter().run(
-                segment_request(job.request),
-                progress=lambda stage: self.store.set_stage(job.job_id, stage),
-                result_id=job.result_id,
-                queued=True,
-            )
+            with self._beating(job.job_id):
+                result = segmenter().run(
+                    segment_request(job.request),
+                    progress=lambda stage: self.store.set_stage(job.job_id, stage),
+                    result_id=job.result_id,
+                )
         except SKIPPED_ERRORS as exc:
             self.store.finish(job.job_id, "skipped", code=exc.code, reason=exc.detail)
             log.info("job %s skipped: %s", job.job_id, exc.code, extra={"fields": fields})
+            raise
         except TumorsegError as exc:
             self.store.finish(job.job_id, "failed", code=exc.code, reason=exc.detail)
             log.warning("job %s failed: %s", job.job_id, exc.code, extra={"fields": fields})
+            raise
         except Exception as exc:  # a bug: the job fails, the runner goes on with the next
             log.exception("job %s failed unexpectedly", job.job_id, extra={"fields": fields})
             self.store.finish(
                 job.job_id, "failed", code="internal_error", reason=f"internal error ({type(exc).__name__})"
             )
-        else:
-            self.store.finish(job.job_id, "done", study_instance_uid=result.study_instance_uid)
-            log.info("job %s done", job.job_id, extra={"fields": fields})
+            raise
+        self.store.finish(job.job_id, "done", study_instance_uid=result.study_instance_uid)
+        log.info("job %s done", job.job_id, extra={"fields": fields})
+        return result
+
+    @contextmanager
+    def _beating(self, job_id: str) -> Iterator[None]:
+        """The job's heartbeat in the store, every ``beat_s``, while the body runs."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self.beat_s):
+                try:
+                    self.store.beat(job_id)
+                except Exception:  # a busy store: the next beat tries again
+                    log.warning("job %s: heartbeat not written", job_id, exc_info=True)
+
+        thread = threading.Thread(target=beat, name=f"tumorseg-beat-{job_id[:8]}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()

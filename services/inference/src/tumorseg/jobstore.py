@@ -6,8 +6,13 @@ was given when it was created, and, once it ended badly, the error ``code`` and 
 transition is one SQL statement in its own transaction, so a crash leaves each job in a state it was
 really in; ``requeue_running`` puts back the jobs that a dead process was running.
 
-SQLite in WAL mode serves one host (the API process and its runner thread). At larger scale a server
-database (PostgreSQL) would replace it behind the same methods.
+A process running a job writes ``heartbeat_at`` every few seconds (``beat``). In distributed mode a job
+whose heartbeat is older than half the queue's heartbeat timeout belongs to a dead worker, and the
+worker that the queue redelivers it to may claim it (``claim``).
+
+SQLite in WAL mode serves the processes of one host (the API, its runner thread, workers sharing the
+results volume). WAL needs shared memory, so the file must not be on a network filesystem; across
+hosts a server database (PostgreSQL) would replace it behind the same methods.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     started_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    heartbeat_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
@@ -56,6 +62,10 @@ _COLUMNS = (
     "job_id, state, stage, origin, request, patient_id, study_instance_uid, result_id, code, reason, "
     "attempts, created_at, started_at, finished_at"
 )
+
+
+# What claiming a job sets; the two parameters are the time, for started_at and heartbeat_at.
+_CLAIM = "state = 'running', stage = NULL, attempts = attempts + 1, started_at = ?, heartbeat_at = ?"
 
 
 def _iso(seconds: float | None) -> str | None:
@@ -94,6 +104,9 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "heartbeat_at" not in columns:  # a store written before heartbeats existed
+            self._db.execute("ALTER TABLE jobs ADD COLUMN heartbeat_at REAL")
 
     def close(self) -> None:
         with self._lock:
@@ -104,22 +117,38 @@ class JobStore:
         with self._lock:
             yield self._db
 
-    def create(self, request: JobRequest, origin: JobOrigin, result_id: str, key: str | None = None) -> Job:
-        """A new ``queued`` job; ``key`` (the auto-trigger's idempotency key) marks what it segments."""
+    def create(
+        self,
+        request: JobRequest,
+        origin: JobOrigin,
+        result_id: str,
+        key: str | None = None,
+        *,
+        running: bool = False,
+    ) -> Job:
+        """A new ``queued`` job, or with ``running`` one already claimed by the caller (a synchronous
+        request run in its own thread); ``key`` (the auto-trigger's idempotency key) marks what it
+        segments."""
         job_id = uuid.uuid4().hex
+        now = time.time()
         with self._sql() as db:
             db.execute(
                 "INSERT INTO jobs (job_id, state, origin, request, patient_id, study_instance_uid, "
-                "result_id, key, created_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+                "result_id, key, attempts, created_at, started_at, heartbeat_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
+                    "running" if running else "queued",
                     origin,
                     request.model_dump_json(),
                     request.patient_id,
                     request.study,
                     result_id,
                     key,
-                    time.time(),
+                    int(running),
+                    now,
+                    now if running else None,
+                    now if running else None,
                 ),
             )
         job = self.get(job_id)
@@ -167,13 +196,46 @@ class JobStore:
     def claim_next(self) -> Job | None:
         """The oldest queued job, now ``running``; ``None`` when none is queued."""
         with self._sql() as db:
+            now = time.time()
             row = db.execute(
-                "UPDATE jobs SET state = 'running', stage = NULL, attempts = attempts + 1, started_at = ? "
-                "WHERE job_id = (SELECT job_id FROM jobs WHERE state = 'queued' "
+                f"UPDATE jobs SET {_CLAIM} WHERE job_id = (SELECT job_id FROM jobs WHERE state = 'queued' "
                 "ORDER BY created_at, rowid LIMIT 1) AND state = 'queued' RETURNING job_id",
-                (time.time(),),
+                (now, now),
             ).fetchone()
         return None if row is None else self.get(row["job_id"])
+
+    def claim(self, job_id: str, stale_s: float) -> Job | None:
+        """Job ``job_id``, now ``running`` for the caller, if it is queued or its runner's heartbeat is
+        older than ``stale_s`` (a dead worker's job, redelivered); ``None`` if it has ended or a live
+        process runs it (a duplicate delivery), or if there is no such job."""
+        with self._sql() as db:
+            now = time.time()
+            row = db.execute(
+                f"UPDATE jobs SET {_CLAIM} WHERE job_id = ? AND (state = 'queued' OR "
+                "(state = 'running' AND COALESCE(heartbeat_at, started_at, 0) < ?)) RETURNING job_id",
+                (now, now, job_id, now - stale_s),
+            ).fetchone()
+        return None if row is None else self.get(row["job_id"])
+
+    def beat(self, job_id: str) -> None:
+        """The running job's process is alive."""
+        with self._sql() as db:
+            db.execute(
+                "UPDATE jobs SET heartbeat_at = ? WHERE job_id = ? AND state = 'running'",
+                (time.time(), job_id),
+            )
+
+    def unfinished(self, stale_s: float) -> tuple[str, ...]:
+        """Ids of the jobs no live process has in hand: queued, or running with a heartbeat older than
+        ``stale_s``; oldest first. The API sends them to the queue again at start (a send that was lost,
+        a Redis that lost its data); duplicates are harmless."""
+        with self._sql() as db:
+            rows = db.execute(
+                "SELECT job_id FROM jobs WHERE state = 'queued' OR (state = 'running' AND "
+                "COALESCE(heartbeat_at, started_at, 0) < ?) ORDER BY created_at, rowid",
+                (time.time() - stale_s,),
+            ).fetchall()
+        return tuple(r["job_id"] for r in rows)
 
     def set_stage(self, job_id: str, stage: str) -> None:
         with self._sql() as db:
@@ -194,6 +256,10 @@ class JobStore:
                 "study_instance_uid = COALESCE(?, study_instance_uid) WHERE job_id = ?",
                 (state, code, reason, time.time(), study_instance_uid, job_id),
             )
+
+    def delete(self, job_id: str) -> None:
+        with self._sql() as db:
+            db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
 
     def requeue_running(self) -> int:
         """Put back the jobs a process that died was running (the embedded runner calls this at start,

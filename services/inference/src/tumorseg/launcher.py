@@ -1,4 +1,4 @@
-"""`tumorseg serve` as a real local process, started the way a user would start it.
+"""`tumorseg serve` (and `tumorseg worker`) as real local processes, started the way a user would.
 
 The integration tests (``tests/service.py``), ``make demo`` (``scripts/demo.py``) and ``make bench``
 (``scripts/bench.py``) all need the HTTP service as a separate process: the console script next to
@@ -132,11 +132,14 @@ class LocalService:
                 stderr=subprocess.STDOUT,
                 cwd=self.cwd,
             )
-            self.health = self._wait_for_health()
+            self._wait_ready()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _wait_ready(self) -> None:
+        self.health = self._wait_for_health()
 
     def _wait_for_health(self) -> dict[str, Any]:
         process = self.process
@@ -187,4 +190,33 @@ class LocalService:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        self.stop()
+
+
+WORKER_READY = "worker taking jobs"  # the log line ``tumorseg worker`` writes once it takes jobs
+
+
+class LocalWorker(LocalService):
+    """One ``tumorseg worker`` process (distributed mode: ``env`` has ``TUMORSEG_QUEUE_URL``); ``start()``
+    returns once it takes jobs. ``kill()`` ends it as a power loss would (SIGKILL)."""
+
+    @property
+    def command(self) -> list[str]:
+        return [str(tumorseg_executable()), "worker"]
+
+    def _wait_ready(self) -> None:
+        process = self.process
+        deadline = time.monotonic() + self.timeout
+        while WORKER_READY not in _tail(self.log_path):
+            if process.poll() is not None:
+                raise ServiceStartError(
+                    f"the worker exited early (exit code {process.returncode})", self.log_path
+                )
+            if time.monotonic() >= deadline:
+                raise ServiceStartError(f"the worker did not start within {self.timeout:g} s", self.log_path)
+            time.sleep(_POLL_S)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
         self.stop()

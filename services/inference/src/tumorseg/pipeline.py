@@ -151,26 +151,29 @@ class Segmenter:
         self._slots = threading.BoundedSemaphore(max_waiting + 1)
         self._running = threading.Lock()
 
+    @contextmanager
+    def admitted(self) -> Iterator[None]:
+        """A place in line for a synchronous request: ``Busy`` (503, Retry-After) when ``max_waiting``
+        requests already wait. The job runner's one job needs none: it is already queued in the job store,
+        and waits for the model in a place of its own."""
+        if not self._slots.acquire(blocking=False):
+            raise Busy("the inference queue is full; retry later", retry_after_s=30)
+        try:
+            yield
+        finally:
+            self._slots.release()
+
     def run(
         self,
         request: SegmentRequest,
         progress: Callable[[str], None] | None = None,
         result_id: str | None = None,
-        *,
-        queued: bool = False,
     ) -> SegmentResult:
-        """Segment as ``request`` asks; the result gets ``result_id`` (a job's, given when it was created)
-        or a new one. ``Busy`` when ``max_waiting`` requests already wait, unless ``queued``: the job
-        runner's one job has its own place in line (it waits for the model, never fails for a full
-        line), since its job is already queued in the job store."""
-        if not queued and not self._slots.acquire(blocking=False):
-            raise Busy("the inference queue is full; retry later", retry_after_s=30)
-        try:
-            with self._running:
-                return self._run(request, StageTimer(progress=progress), result_id or new_result_id())
-        finally:
-            if not queued:
-                self._slots.release()
+        """Segment as ``request`` asks, once the model is free; the result gets ``result_id`` (a job's,
+        given when it was created) or a new one. Callers that must not wait without bound take a place in
+        line first (``admitted``)."""
+        with self._running:
+            return self._run(request, StageTimer(progress=progress), result_id or new_result_id())
 
     def _assemble(self, request: SegmentRequest) -> AssembledStudy:
         """The study and its mapping, once no MR series of it is still receiving instances (Orthanc marks a

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import threading
 
-from tumorseg.errors import PacsNotFound, TumorsegError
+from tumorseg.errors import InvalidInput, PacsNotFound, TumorsegError
 from tumorseg.jobs import Jobs
 from tumorseg.pacs import OrthancClient
 from tumorseg.schema import JobRequest
@@ -104,5 +104,5 @@ class AutoTrigger:
             return
         try:
             self.jobs.submit(request, origin="auto", key=key)
-        except TumorsegError as exc:  # a PatientID or UID the pipeline refuses: nothing it could segment
+        except InvalidInput as exc:  # a PatientID or UID the pipeline refuses: nothing it could segment
             log.warning("auto-trigger: study %s not queued: %s", study_id, exc.code)

@@ -15,6 +15,7 @@ from tumorseg.model.device import configure_threads
 from tumorseg.model.predictor import Predictor
 from tumorseg.pacs import OrthancClient
 from tumorseg.pipeline import Segmenter
+from tumorseg.queue import JobQueue
 from tumorseg.results import ResultStore
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,13 @@ def open_store(settings: Settings, jobs: JobStore | None = None) -> ResultStore:
 
 def open_jobs(settings: Settings) -> JobStore:
     return JobStore(settings.results_dir)
+
+
+def open_queue(settings: Settings) -> JobQueue | None:
+    """Distributed mode's Redis queue; ``None`` in the embedded default."""
+    if settings.queue_url is None:
+        return None
+    return JobQueue(settings.queue_url, settings.queue_heartbeat_s)
 
 
 def load_predictor(settings: Settings, device: str) -> Predictor:

@@ -30,6 +30,7 @@ STATUS_BY_ERROR: list[tuple[type[errors.TumorsegError], int]] = [
     (errors.InvalidInput, 422),
     (errors.ModelError, 503),
     (errors.Busy, 503),
+    (errors.QueueUnavailable, 503),
     (errors.TumorsegError, 500),
 ]
 

@@ -22,8 +22,10 @@ from tumorseg.export.dicom_seg import algorithm_tag
 from tumorseg.jobs import Jobs
 from tumorseg.logs import request_id_var
 from tumorseg.model.device import resolve_device
+from tumorseg.model.package import read_manifest
+from tumorseg.queue import redacted
 from tumorseg.trigger import AutoTrigger
-from tumorseg.wiring import load_predictor, open_jobs, open_pacs, open_store
+from tumorseg.wiring import load_predictor, open_jobs, open_pacs, open_queue, open_store
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pacs = open_pacs(settings)
         device = resolve_device(settings.device)
         job_store = open_jobs(settings)
+        queue = open_queue(settings)
         state = AppState(
             settings=settings,
             pacs=pacs,
@@ -78,23 +81,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             device=device,
             store=open_store(settings, job_store),
         )
+        manifest = None
         try:
-            state.predictor = await run_in_threadpool(load_predictor, settings, device)
-            state.model = ModelState(name=state.predictor.name, loaded=True)
+            if queue is None:
+                state.predictor = await run_in_threadpool(load_predictor, settings, device)
+                manifest = state.predictor.manifest
+            else:  # the workers load the weights; the API needs the package's name and version
+                manifest = read_manifest(settings.model_path)
+            state.model = ModelState(name=manifest.name, loaded=True)
         except ModelError as exc:
             # The service still starts: /health says degraded and /segment answers 503 with the reason.
             log.error("model not loaded: %s", exc.detail)
             state.model_error = exc.detail
-        state.jobs = Jobs(job_store, state.segmenter)
+        state.jobs = Jobs(job_store, state.segmenter, queue, state.store)
         state.jobs.start()
         trigger = None
-        if settings.auto_segment and state.predictor is not None:
-            manifest = state.predictor.manifest
+        if settings.auto_segment and manifest is not None:
             tag = algorithm_tag(manifest.name, manifest.version)
             trigger = AutoTrigger(pacs, state.jobs, tag, settings.auto_segment_poll_s)
             trigger.start()
         app.state.tumorseg = state
-        log.info("tumorseg %s started; Orthanc at %s", __version__, pacs.url)  # credentials removed
+        mode = "embedded jobs" if queue is None else f"jobs through {redacted(queue.url)}"
+        log.info("tumorseg %s started; Orthanc at %s; %s", __version__, pacs.url, mode)  # no credentials
         try:
             yield
         finally:
@@ -102,6 +110,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 trigger.stop()
             if state.jobs.stop():  # else the runner still writes to it until the process exits
                 job_store.close()
+            if queue is not None:
+                queue.close()
             pacs.close()
 
     app = FastAPI(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class ErrorBody(BaseModel):
@@ -20,12 +20,19 @@ class OrthancHealth(BaseModel):
 
 class ModelHealth(BaseModel):
     name: str
-    loaded: bool
+    loaded: bool = Field(
+        description="the package is loaded (distributed mode: readable; the workers load the weights)"
+    )
+
+
+class QueueHealth(BaseModel):
+    reachable: bool = Field(description="Redis answers (distributed mode, TUMORSEG_QUEUE_URL)")
 
 
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     orthanc: OrthancHealth
+    queue: QueueHealth | None = Field(default=None, description="distributed mode only")
     model: ModelHealth
     device: Literal["cpu", "cuda"]
 
@@ -40,7 +47,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
         422: "the request or the study cannot be used (missing/ambiguous modality, broken series, a series "
         "over a size limit, series that do not overlap); or the result's job failed (code result_failed)",
         502: "Orthanc answered wrongly (e.g. rejected credentials)",
-        503: "Orthanc unreachable, model not loaded, or the queue is full (Retry-After)",
+        503: "Orthanc or Redis unreachable, model not loaded, or the queue is full (Retry-After)",
         504: "Orthanc too slow",
     }.items()
 }

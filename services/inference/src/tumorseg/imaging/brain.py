@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import threading
 import warnings
 from collections.abc import Mapping
 from functools import cache
@@ -103,7 +102,6 @@ class DeepBet:
             self._bbox = torch.jit.load(str(folder / "bbox_model.pt"), map_location="cpu").eval()
             self._model = torch.jit.load(str(folder / "model.pt"), map_location="cpu").eval()
         self._shape = shape
-        self._lock = threading.Lock()
 
     def extract(self, image: NDArray[np.float32], spacing_mm: float) -> NDArray[np.bool_]:
         import torch
@@ -117,7 +115,7 @@ class DeepBet:
         x = torch.from_numpy(image)
         small = F.interpolate(x[None, None], (_BBOX_SHAPE,) * 3, mode="nearest-exact")[0, 0]
         low, high = (float(v) for v in torch.quantile(small.flatten(), torch.tensor([0.005, 0.995])))
-        with self._lock, torch.inference_mode():
+        with torch.inference_mode():  # one call at a time: Segmenter runs one request at a time
             box_probability = ras(self._bbox(ras(_normalise(small, low, high))[None, None])[0, 1]).numpy()
             box = _bounding_box(largest_filled(box_probability > 0.5), image.shape, margin=0.1)
             if box is None:

@@ -4,14 +4,13 @@
 ``tumorseg.imaging.preprocess``) and returns region probabilities, float32 (3, I, J, K) in the order
 TC, WT, ET, on the same grid; ``mask`` turns them into the package's BraTS label mask on a series' lattice.
 Inference runs under ``torch.inference_mode`` with MONAI sliding windows,
-with autocast on CUDA, one call at a time per predictor (a lock), since a second concurrent call would only
-compete for the same device memory.
+with autocast on CUDA. It holds no lock of its own: ``Segmenter`` is the one place that decides
+concurrency, and it runs one request at a time on the model.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,6 @@ class Predictor:
         self.manifest = manifest
         self.network = network
         self.device = device
-        self._lock = threading.Lock()
 
     @classmethod
     def from_package(cls, directory: Path, device: str = "cpu") -> Predictor:
@@ -59,7 +57,7 @@ class Predictor:
         )
         tensor = torch.from_numpy(model_input.array[None]).to(self.device)
         autocast = torch.autocast("cuda") if self.device == "cuda" else nullcontext()
-        with self._lock, torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast:
             logits = sliding_window_inference(
                 tensor,
                 roi_size=roi,

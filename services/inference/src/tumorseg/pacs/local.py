@@ -1,4 +1,5 @@
-"""A local Orthanc process (the Debian ``/usr/sbin/Orthanc``) for tests and ``make demo``.
+"""Local server processes for tests, ``make demo`` and ``make bench``: an Orthanc (the Debian
+``/usr/sbin/Orthanc``) and a Redis (the Debian ``redis-server``, for distributed mode's queue).
 
 It runs with the project's ``services/orthanc/orthanc.json``, changing only what must differ per run:
 free HTTP/DICOM ports, storage in a private folder, the plugin folder of the Debian package, and one
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import redis
 
 from tumorseg.paths import ORTHANC_CONFIG
 
@@ -129,6 +131,72 @@ class LocalOrthanc:
             self._log = None
 
     def __enter__(self) -> LocalOrthanc:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+DEBIAN_REDIS = "/usr/bin/redis-server"
+
+
+class LocalRedis:
+    """One ``redis-server`` on 127.0.0.1: a free port, a random password, nothing saved to disk."""
+
+    def __init__(self, workdir: Path, *, executable: str = DEBIAN_REDIS) -> None:
+        resolved = shutil.which(executable) or executable
+        if not Path(resolved).exists():
+            raise FileNotFoundError(
+                f"redis-server ({executable}) not found; run `make setup` (installs the Debian package)"
+            )
+        self.executable = resolved
+        self.workdir = Path(workdir).resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.password = secrets.token_urlsafe(16)
+        self.log_path = self.workdir / "redis.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 15.0) -> LocalRedis:
+        if self._process is not None and self._process.poll() is None:
+            return self
+        args = [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--requirepass"]
+        args += [self.password, "--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        args += ["--logfile", str(self.log_path)]
+        self._process = subprocess.Popen(args, cwd=self.workdir, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(
+                    f"redis-server exited with code {self._process.returncode}; see {self.log_path}"
+                )
+            client = redis.Redis(port=self.port, password=self.password, socket_timeout=1.0)
+            try:
+                if client.ping():
+                    return self
+            except redis.RedisError:
+                pass
+            finally:
+                client.close()
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"redis-server did not answer within {timeout} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def __enter__(self) -> LocalRedis:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

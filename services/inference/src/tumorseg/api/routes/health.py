@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from tumorseg.api.deps import StateDep
-from tumorseg.api.schemas import Health, ModelHealth, OrthancHealth
+from tumorseg.api.schemas import Health, ModelHealth, OrthancHealth, QueueHealth
 from tumorseg.errors import PacsError
 
 router = APIRouter(tags=["health"])
@@ -21,9 +21,14 @@ def health(state: StateDep) -> Health:
     except PacsError:
         version = None
     reachable = version is not None
+    queue = state.job_runner().queue
+    queue_health = None if queue is None else QueueHealth(reachable=queue.reachable(HEALTH_PACS_TIMEOUT_S))
     return Health(
-        status="ok" if reachable and state.model.loaded else "degraded",
+        status="ok"
+        if reachable and state.model.loaded and (queue_health is None or queue_health.reachable)
+        else "degraded",
         orthanc=OrthancHealth(reachable=reachable, version=version),
+        queue=queue_health,
         model=ModelHealth(name=state.model.name, loaded=state.model.loaded),
         device=state.device,
     )

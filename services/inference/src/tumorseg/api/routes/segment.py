@@ -1,4 +1,5 @@
-"""``POST /segment/{patient_id}``: run the pipeline once, synchronously, and return the result JSON."""
+"""``POST /segment/{patient_id}``: one segmentation, synchronously: a job the request waits for, whose
+result JSON it returns (and whose error it answers)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ from fastapi import APIRouter, Path, Query
 
 from tumorseg.api.deps import StateDep
 from tumorseg.api.schemas import ERROR_RESPONSES
-from tumorseg.pipeline import SegmentRequest
-from tumorseg.schema import SegmentResult
+from tumorseg.schema import JobRequest, SegmentResult
 from tumorseg.sequences import SequenceName
 
 router = APIRouter(tags=["segmentation"])
@@ -47,14 +47,19 @@ def segment(
     t1ce_series: Annotated[str | None, Query(description=_EXPLICIT.format("T1ce"))] = None,
     t2_series: Annotated[str | None, Query(description=_EXPLICIT.format("T2"))] = None,
 ) -> SegmentResult:
-    given = {"flair": flair_series, "t1": t1_series, "t1ce": t1ce_series, "t2": t2_series}
-    request = SegmentRequest(
+    given: dict[SequenceName, str | None] = {
+        "flair": flair_series,
+        "t1": t1_series,
+        "t1ce": t1ce_series,
+        "t2": t2_series,
+    }
+    request = JobRequest(
         patient_id=patient_id,
-        study_instance_uid=study,
+        study=study,
         reference=reference,
         store_seg=store_seg,
         registration=registration,
         wait=wait,
-        explicit_series={m: uid for m, uid in given.items() if uid} or None,
+        series={m: uid for m, uid in given.items() if uid} or None,
     )
-    return state.segmenter().run(request)
+    return state.job_runner().segment(request)
