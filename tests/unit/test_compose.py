@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tumorseg.config import Settings
+from tumorseg.queue import STOP_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -568,6 +569,7 @@ def test_redis_is_the_official_image_pinned_healthy_and_unpublished(services: di
 def test_workers_run_the_service_image_with_its_settings_and_a_gpu_each(services: dict[str, Any]) -> None:
     worker, inference = services["worker"], services["inference"]
     assert worker.get("profiles") == ["scale"] and worker["command"] == ["tumorseg", "worker"]
+    assert worker["stop_grace_period"] == f"{STOP_TIMEOUT_S // 60}m", "the job in hand may finish on SIGTERM"
     assert worker["image"] == inference["image"] and worker["build"] == inference["build"]
     assert worker["volumes"] == inference["volumes"], "API and workers share the results directory"
     assert len(gpu_devices(worker)) == 1, "one GPU per worker: scale the service to use more"

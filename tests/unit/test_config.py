@@ -38,7 +38,7 @@ def test_reads_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ("device", "tpu", "auto"),
         ("api_key", "   ", "TUMORSEG_API_KEY"),
         ("queue_url", "http://redis:6379", "redis://redis:6379/0"),
-        ("queue_heartbeat_s", 1, "greater than or equal to 2"),
+        ("queue_heartbeat_s", 5, "greater than or equal to 10"),
     ],
 )
 def test_refuses_unusable_values_with_a_hint(field: str, value: object, hint: str) -> None:

@@ -18,6 +18,7 @@ from tumorseg.errors import (
     ResultNotFound,
     ResultPending,
     TumorsegError,
+    error_classes,
     error_from_code,
 )
 from tumorseg.jobs import Jobs
@@ -36,7 +37,7 @@ def test_jobs_are_claimed_oldest_first_once_each_and_listed_newest_first(tmp_pat
     claimed = store.claim_next()
     assert claimed is not None and claimed.job_id == first and claimed.state == "running"
     assert claimed.attempts == 1 and claimed.started_at
-    store.set_stage(first, "inference")
+    store.set_stage(first, "inference", attempt=1)
     assert store.get(first).stage == "inference"  # type: ignore[union-attr]
     assert store.count_active() == 3
 
@@ -60,11 +61,15 @@ def test_a_restart_keeps_the_jobs_and_queues_again_those_left_running(tmp_path: 
     store = JobStore(tmp_path)
     running, queued = _queue(store, "A"), _queue(store, "B")
     store.claim_next()
+    waited_for = store.create(JobRequest(patient_id="C"), "segment", new_result_id(), running=True)
     store.close()
 
     reopened = JobStore(tmp_path)
-    assert reopened.list()[1] == 2
+    assert reopened.list()[1] == 3
     assert reopened.requeue_running() == 1
+    # nobody waits for a cut-off POST /segment any more: it is not run again, its caller asks again
+    interrupted = reopened.get(waited_for.job_id)
+    assert interrupted is not None and (interrupted.state, interrupted.code) == ("failed", "interrupted")
     again = reopened.claim_next()
     assert again is not None and again.job_id == running and again.attempts == 2
     assert reopened.get(queued).state == "queued"  # type: ignore[union-attr]
@@ -129,12 +134,17 @@ def test_a_delivery_claims_a_queued_job_once_and_a_dead_runners_job_once_its_hea
     assert store.claim(job_id, stale_s=60) is None  # a second delivery while a live worker runs it
     assert store.unfinished(stale_s=60) == (other,)
     time.sleep(0.05)
-    store.beat(job_id)
+    assert store.beat(job_id, attempt=1)
     assert store.claim(job_id, stale_s=1.0) is None  # the heartbeat is fresh
     time.sleep(0.05)
     taken = store.claim(job_id, stale_s=0.01)  # its worker fell silent: redelivered, taken over
     assert taken is not None and taken.attempts == 2
-    store.finish(job_id, "done")
+    # the first run, alive after all, holds the job no more: its heartbeat, stage and end are refused
+    assert not store.beat(job_id, attempt=1)
+    store.set_stage(job_id, "export", attempt=1)
+    assert not store.finish(job_id, "failed", attempt=1, code="pacs_timeout")
+    assert store.get(job_id).stage is None  # type: ignore[union-attr]
+    assert store.finish(job_id, "done", attempt=2)
     assert store.claim(job_id, stale_s=0.0) is None  # ended: a late duplicate does nothing
     assert store.claim(new_result_id(), stale_s=0.0) is None  # no such job
     assert store.unfinished(stale_s=0.0) == (other,)
@@ -145,17 +155,21 @@ def test_a_delivery_claims_a_queued_job_once_and_a_dead_runners_job_once_its_hea
 def test_a_store_written_before_heartbeats_existed_gains_the_column(tmp_path: Path) -> None:
     old = sqlite3.connect(tmp_path / JOBS_DB)
     old.executescript(_SCHEMA.replace(",\n    heartbeat_at REAL", ""))
+    assert "heartbeat_at" not in {row[1] for row in old.execute("PRAGMA table_info(jobs)")}
     old.close()
     store = JobStore(tmp_path)
+    JobStore(tmp_path).close()  # a second process opening it too
     job_id = _queue(store, "A")
     assert store.claim(job_id, stale_s=60) is not None
-    store.beat(job_id)
+    assert store.beat(job_id, attempt=1)
 
 
 def test_a_recorded_error_is_raised_again_as_its_own_class() -> None:
-    for cls, _status in STATUS_BY_ERROR:
-        if cls.code in ("tumorseg_error",):
-            continue
+    concrete = [
+        cls for cls in error_classes() if not cls.__name__.startswith("_") and cls is not TumorsegError
+    ]
+    assert len(concrete) >= len(STATUS_BY_ERROR) - 1
+    for cls in concrete:
         again = error_from_code(cls.code, "why")
         assert type(again) is cls and again.detail == "why" and again.code == cls.code
     unknown = error_from_code("internal_error", "internal error (KeyError)")

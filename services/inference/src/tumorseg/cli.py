@@ -49,6 +49,7 @@ def serve(
 def worker() -> None:
     """Take jobs from the Redis queue (TUMORSEG_QUEUE_URL) one at a time; the model is loaded once. Run one
     per GPU, on as many machines as share the results directory. SIGTERM finishes the job in hand first."""
+    import os
     import signal
     import threading
 
@@ -65,8 +66,14 @@ def worker() -> None:
         raise typer.Exit(code=2)
     logs.configure()
     stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop.is_set():  # a second signal: leave now; the job in hand goes to another worker
+            os._exit(1)
+        stop.set()  # the first: finish the job in hand, take no other
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, on_signal)
     if not queue.reachable():
         err_console.print(
             f"warning: Redis at {redacted(queue.url)} does not answer yet; the worker waits for it"

@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     )
     queue_heartbeat_s: float = Field(
         default=60.0,
-        ge=2,
+        ge=10,
         le=600,
         description="Distributed mode: a worker silent for this long is dead, and its job goes to another.",
     )

@@ -142,14 +142,15 @@ class QueueUnavailable(_RetryLater):
     code = "queue_unavailable"
 
 
-def _subclasses(cls: type[TumorsegError]) -> list[type[TumorsegError]]:
-    return [cls, *(sub for direct in cls.__subclasses__() for sub in _subclasses(direct))]
+def error_classes(cls: type[TumorsegError] = TumorsegError) -> list[type[TumorsegError]]:
+    """``cls`` and every error class below it."""
+    return [cls, *(sub for direct in cls.__subclasses__() for sub in error_classes(direct))]
 
 
 def error_from_code(code: str | None, detail: str | None) -> TumorsegError:
     """The error a job recorded (its ``code`` and ``reason`` in the job store), raised again where the
     caller waits for it (``POST /segment`` in distributed mode); an unknown code is an internal error."""
-    by_code = {cls.code: cls for cls in _subclasses(TumorsegError) if not cls.__name__.startswith("_")}
+    by_code = {cls.code: cls for cls in error_classes() if not cls.__name__.startswith("_")}
     cls = by_code.get(code or "", TumorsegError)
     error = cls(detail or "the job failed")
     if cls is TumorsegError:

@@ -26,7 +26,14 @@ from contextlib import contextmanager
 
 import redis
 
-from tumorseg.errors import ModalityMissing, QueueUnavailable, TumorsegError, error_from_code
+from tumorseg.errors import (
+    Busy,
+    ModalityMissing,
+    QueueUnavailable,
+    ResultPending,
+    TumorsegError,
+    error_from_code,
+)
 from tumorseg.jobstore import JobStore
 from tumorseg.pipeline import Segmenter, SegmentRequest
 from tumorseg.queue import JobQueue
@@ -39,6 +46,7 @@ IDLE_POLL_S = 5.0  # the embedded runner also looks for queued jobs this often (
 WAIT_POLL_S = 0.5  # how often a synchronous request looks whether its queued job has ended
 MAX_BEAT_S = 5.0  # a running job's heartbeat in the store, at most this far apart
 EMBEDDED_STALE_S = 60.0  # embedded mode: only the unlikely second runner on a store would read it
+SYNC_WAIT_S = 3600.0  # distributed mode: how long POST /segment waits for its job before answering 409
 
 SKIPPED_ERRORS: tuple[type[TumorsegError], ...] = (ModalityMissing,)
 """Errors that mean "nothing here to segment": the job is ``skipped``, not ``failed``."""
@@ -64,10 +72,14 @@ class Jobs:
         segmenter: Callable[[], Segmenter],
         queue: JobQueue | None = None,
         results: ResultStore | None = None,
+        max_waiting: int = 4,
     ) -> None:
         self.store = store
         self.queue = queue
         self.results = results  # where a synchronous request reads its queued job's result
+        # Distributed mode: synchronous requests that may wait for their job at once (each holds a thread
+        # of the API); more are answered Busy, as TUMORSEG_QUEUE_SIZE says. Embedded: ``Segmenter`` decides.
+        self._waiting = threading.BoundedSemaphore(max_waiting + 1)
         self._segmenter = segmenter  # raises ModelError while no model is loaded: the job fails with it
         # A job whose heartbeat is older than this has no live process; the queue redelivers a dead
         # worker's job only after ``heartbeat_s`` without a sign of it, by when its heartbeat here is stale.
@@ -94,21 +106,38 @@ class Jobs:
         return job
 
     def start(self) -> None:
-        """Embedded: start the runner thread. Distributed: send again the jobs no process has in hand (a
-        send lost with the previous process, a Redis that lost its data); duplicates do nothing."""
-        if self.queue is not None:
-            try:
-                for job_id in self.store.unfinished(self.stale_s):
-                    self.queue.send(job_id)
-            except redis.RedisError as exc:  # a worker's redelivery still finds those in Redis
-                log.error("jobs not sent again, Redis cannot be reached: %s", type(exc).__name__)
-            return
-        requeued = self.store.requeue_running()
-        if requeued:
-            log.warning("%d job(s) left running by a previous process queued again", requeued)
+        """Embedded: start the runner thread. Distributed: start the sweep (``sweep``, now and every
+        ``stale_s``)."""
         self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="tumorseg-jobs", daemon=True)
+        if self.queue is not None:
+            self._thread = threading.Thread(target=self._sweep_loop, name="tumorseg-sweep", daemon=True)
+        else:
+            requeued = self.store.requeue_running()
+            if requeued:
+                log.warning("%d job(s) left running by a previous process queued again", requeued)
+            self._thread = threading.Thread(target=self._loop, name="tumorseg-jobs", daemon=True)
         self._thread.start()
+
+    def sweep(self) -> int:
+        """Distributed mode: send again every job that no process has in hand and no message in Redis
+        stands for (a send lost with a crash, a Redis that lost its data, a message dropped as a
+        duplicate whose holder then died). Returns how many were sent."""
+        assert self.queue is not None
+        pending = self.queue.pending()
+        lost = [job_id for job_id in self.store.unfinished(self.stale_s) if job_id not in pending]
+        for job_id in lost:
+            self.queue.send(job_id)
+        if lost:
+            log.warning("%d job(s) with no message in Redis sent again", len(lost))
+        return len(lost)
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sweep()
+            except Exception as exc:  # Redis or the store unavailable for now: the next sweep tries again
+                log.warning("job sweep failed: %s", type(exc).__name__)
+            self._stop.wait(self.stale_s)
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop taking jobs; whether the runner has stopped. A job still running goes on in its daemon
@@ -131,7 +160,13 @@ class Jobs:
     def work(self, job_id: str) -> None:
         """A worker's handler of one delivery of ``job_id``: claim the job and run it, or do nothing for a
         job that has ended or that a live process runs."""
-        job = self.store.claim(job_id, self.stale_s)
+        try:
+            job = self.store.claim(job_id, self.stale_s)
+        except Exception:  # the store is busy or unreachable: deliver it again a little later
+            log.warning("job %s: not claimed, delivered again in %g s", job_id, self.stale_s, exc_info=True)
+            assert self.queue is not None
+            self.queue.send(job_id, delay_s=self.stale_s)
+            return
         if job is None:
             log.info("job %s: delivered again, but ended or running elsewhere; dropped", job_id)
             return
@@ -152,11 +187,23 @@ class Jobs:
         if self.queue is None:
             segmenter = self._segmenter()  # ModelError before any job exists
             with segmenter.admitted():  # Busy when the line is full
-                job = self.store.create(request, "api", new_result_id(), running=True)
+                job = self.store.create(request, "segment", new_result_id(), running=True)
                 return self._execute(job, lambda: segmenter)
-        job = self.submit(request)
-        while (ended := self.store.get(job.job_id)) is not None and ended.state in ("queued", "running"):
-            time.sleep(WAIT_POLL_S)
+        if not self._waiting.acquire(blocking=False):
+            raise Busy("too many requests wait for their job; retry later, or use POST /jobs", 30)
+        try:
+            job = self.submit(request, origin="segment")
+            deadline = time.monotonic() + SYNC_WAIT_S
+            while (ended := self.store.get(job.job_id)) is not None and ended.state in ("queued", "running"):
+                if time.monotonic() > deadline:
+                    raise ResultPending(
+                        f"job {job.job_id} has not finished after {SYNC_WAIT_S:g} s; GET "
+                        f"/jobs/{job.job_id} follows it, and its result will be /results/{job.result_id}",
+                        retry_after_s=60,
+                    )
+                time.sleep(WAIT_POLL_S)
+        finally:
+            self._waiting.release()
         if ended is None:
             raise error_from_code("internal_error", f"job {job.job_id} vanished from the job store")
         if ended.state != "done":
@@ -168,40 +215,53 @@ class Jobs:
         """Run the claimed ``job``, record how it ended, and return its result or raise its error."""
         fields = {"job_id": job.job_id, "result_id": job.result_id}
         log.info("job %s running", job.job_id, extra={"fields": fields})
+        attempt = job.attempts
         try:
-            with self._beating(job.job_id):
+            with self._beating(job.job_id, attempt):
                 result = segmenter().run(
                     segment_request(job.request),
-                    progress=lambda stage: self.store.set_stage(job.job_id, stage),
+                    progress=lambda stage: self.store.set_stage(job.job_id, stage, attempt),
                     result_id=job.result_id,
                 )
         except SKIPPED_ERRORS as exc:
-            self.store.finish(job.job_id, "skipped", code=exc.code, reason=exc.detail)
+            self.store.finish(job.job_id, "skipped", attempt=attempt, code=exc.code, reason=exc.detail)
             log.info("job %s skipped: %s", job.job_id, exc.code, extra={"fields": fields})
             raise
         except TumorsegError as exc:
-            self.store.finish(job.job_id, "failed", code=exc.code, reason=exc.detail)
+            self.store.finish(job.job_id, "failed", attempt=attempt, code=exc.code, reason=exc.detail)
             log.warning("job %s failed: %s", job.job_id, exc.code, extra={"fields": fields})
             raise
         except Exception as exc:  # a bug: the job fails, the runner goes on with the next
             log.exception("job %s failed unexpectedly", job.job_id, extra={"fields": fields})
             self.store.finish(
-                job.job_id, "failed", code="internal_error", reason=f"internal error ({type(exc).__name__})"
+                job.job_id,
+                "failed",
+                attempt=attempt,
+                code="internal_error",
+                reason=f"internal error ({type(exc).__name__})",
             )
             raise
-        self.store.finish(job.job_id, "done", study_instance_uid=result.study_instance_uid)
-        log.info("job %s done", job.job_id, extra={"fields": fields})
+        if self.store.finish(
+            job.job_id, "done", attempt=attempt, study_instance_uid=result.study_instance_uid
+        ):
+            log.info("job %s done", job.job_id, extra={"fields": fields})
+        else:
+            log.warning("job %s: done here, but another process had taken it over", job.job_id)
         return result
 
     @contextmanager
-    def _beating(self, job_id: str) -> Iterator[None]:
+    def _beating(self, job_id: str, attempt: int) -> Iterator[None]:
         """The job's heartbeat in the store, every ``beat_s``, while the body runs."""
         done = threading.Event()
 
         def beat() -> None:
             while not done.wait(self.beat_s):
                 try:
-                    self.store.beat(job_id)
+                    if not self.store.beat(job_id, attempt):
+                        log.warning(
+                            "job %s: taken over by another process; this run's end is ignored", job_id
+                        )
+                        return
                 except Exception:  # a busy store: the next beat tries again
                     log.warning("job %s: heartbeat not written", job_id, exc_info=True)
 

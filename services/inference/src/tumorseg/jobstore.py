@@ -106,7 +106,11 @@ class JobStore:
         self._db.executescript(_SCHEMA)
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
         if "heartbeat_at" not in columns:  # a store written before heartbeats existed
-            self._db.execute("ALTER TABLE jobs ADD COLUMN heartbeat_at REAL")
+            try:
+                self._db.execute("ALTER TABLE jobs ADD COLUMN heartbeat_at REAL")
+            except sqlite3.OperationalError as exc:  # another process starting at once added it first
+                if "duplicate column" not in str(exc):
+                    raise
 
     def close(self) -> None:
         with self._lock:
@@ -217,18 +221,20 @@ class JobStore:
             ).fetchone()
         return None if row is None else self.get(row["job_id"])
 
-    def beat(self, job_id: str) -> None:
-        """The running job's process is alive."""
+    def beat(self, job_id: str, attempt: int) -> bool:
+        """The process running attempt ``attempt`` of the job is alive; ``False`` when that attempt no
+        longer holds the job (another process took it over, or it ended)."""
         with self._sql() as db:
-            db.execute(
-                "UPDATE jobs SET heartbeat_at = ? WHERE job_id = ? AND state = 'running'",
-                (time.time(), job_id),
+            cursor = db.execute(
+                "UPDATE jobs SET heartbeat_at = ? WHERE job_id = ? AND state = 'running' AND attempts = ?",
+                (time.time(), job_id, attempt),
             )
+            return cursor.rowcount == 1
 
     def unfinished(self, stale_s: float) -> tuple[str, ...]:
         """Ids of the jobs no live process has in hand: queued, or running with a heartbeat older than
-        ``stale_s``; oldest first. The API sends them to the queue again at start (a send that was lost,
-        a Redis that lost its data); duplicates are harmless."""
+        ``stale_s``; oldest first. The API's sweep sends those that no message in Redis stands for again.
+        """
         with self._sql() as db:
             rows = db.execute(
                 "SELECT job_id FROM jobs WHERE state = 'queued' OR (state = 'running' AND "
@@ -237,24 +243,42 @@ class JobStore:
             ).fetchall()
         return tuple(r["job_id"] for r in rows)
 
-    def set_stage(self, job_id: str, stage: str) -> None:
+    def set_stage(self, job_id: str, stage: str, attempt: int) -> None:
         with self._sql() as db:
-            db.execute("UPDATE jobs SET stage = ? WHERE job_id = ? AND state = 'running'", (stage, job_id))
+            db.execute(
+                "UPDATE jobs SET stage = ? WHERE job_id = ? AND state = 'running' AND attempts = ?",
+                (stage, job_id, attempt),
+            )
 
     def finish(
         self,
         job_id: str,
         state: JobState,
         *,
+        attempt: int | None = None,
         study_instance_uid: str | None = None,
         code: str | None = None,
         reason: str | None = None,
-    ) -> None:
+    ) -> bool:
+        """Record how the job ended; with ``attempt``, only if that attempt still holds it (a worker that
+        was taken for dead does not overwrite the run that took its job over). Whether it was recorded."""
+        fence = "" if attempt is None else " AND state = 'running' AND attempts = ?"
         with self._sql() as db:
-            db.execute(
-                "UPDATE jobs SET state = ?, stage = NULL, code = ?, reason = ?, finished_at = ?, "
-                "study_instance_uid = COALESCE(?, study_instance_uid) WHERE job_id = ?",
-                (state, code, reason, time.time(), study_instance_uid, job_id),
+            return (
+                db.execute(
+                    "UPDATE jobs SET state = ?, stage = NULL, code = ?, reason = ?, finished_at = ?, "
+                    f"study_instance_uid = COALESCE(?, study_instance_uid) WHERE job_id = ?{fence}",
+                    (
+                        state,
+                        code,
+                        reason,
+                        time.time(),
+                        study_instance_uid,
+                        job_id,
+                        *(() if attempt is None else (attempt,)),
+                    ),
+                ).rowcount
+                == 1
             )
 
     def delete(self, job_id: str) -> None:
@@ -263,8 +287,16 @@ class JobStore:
 
     def requeue_running(self) -> int:
         """Put back the jobs a process that died was running (the embedded runner calls this at start,
-        as the only process that runs jobs from this store). Returns how many."""
+        as the only process that runs jobs from this store). Returns how many. A synchronous request's
+        job (origin ``segment``) is not run again, since nobody waits for it any more: it fails
+        ``interrupted``, and its caller, who got no answer, asks again."""
         with self._sql() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'failed', stage = NULL, code = 'interrupted', finished_at = ?, "
+                "reason = 'the service stopped while this request ran; ask again' "
+                "WHERE state = 'running' AND origin = 'segment'",
+                (time.time(),),
+            )
             return db.execute(
                 "UPDATE jobs SET state = 'queued', stage = NULL WHERE state = 'running'"
             ).rowcount

@@ -7,7 +7,8 @@ this interpreter, run as ``tumorseg serve --host 127.0.0.1 --port <free port>``,
 is that one definition: it starts the process, waits until ``GET /health`` answers and stops it again.
 
 It deliberately imports nothing of the service itself (only the standard library, httpx and
-``tumorseg.pacs.local.free_port``), so launching the service never loads its code into the caller.
+``free_port`` and ``terminate`` from ``tumorseg.pacs.local``), so launching the service never loads its code into
+the caller.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import IO, Any
 
 import httpx
 
-from tumorseg.pacs.local import free_port
+from tumorseg.pacs.local import free_port, terminate
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 300.0
@@ -169,13 +170,7 @@ class LocalService:
         Safe to call more than once, and before or after a failed ``start()``."""
         process = self._process
         try:
-            if process is not None and process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=self.stop_timeout)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            terminate(process, self.stop_timeout)
         finally:
             if self._log is not None:
                 self._log.close()

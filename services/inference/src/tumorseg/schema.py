@@ -130,7 +130,8 @@ class SegmentResult(BaseModel):
 
 
 JobState = Literal["queued", "running", "done", "failed", "skipped"]
-JobOrigin = Literal["api", "auto"]
+JobOrigin = Literal["api", "auto", "segment"]
+"""Who asked: ``POST /jobs`` (api), the auto-trigger (auto), or ``POST /segment`` waiting for it (segment)."""
 
 
 class JobRequest(BaseModel):

@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # The service still starts: /health says degraded and /segment answers 503 with the reason.
             log.error("model not loaded: %s", exc.detail)
             state.model_error = exc.detail
-        state.jobs = Jobs(job_store, state.segmenter, queue, state.store)
+        state.jobs = Jobs(job_store, state.segmenter, queue, state.store, settings.queue_size)
         state.jobs.start()
         trigger = None
         if settings.auto_segment and manifest is not None:

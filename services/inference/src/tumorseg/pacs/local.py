@@ -33,6 +33,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def terminate(process: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited after ``timeout`` seconds; waits for it."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class LocalOrthanc:
     """Start/stop one Orthanc on 127.0.0.1. ``stop()`` then ``start()`` keeps ports and data (a restart)."""
 
@@ -118,13 +129,7 @@ class LocalOrthanc:
         raise TimeoutError(f"Orthanc did not answer within {timeout} s; see {self.log_path}")
 
     def stop(self, timeout: float = 15.0) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        terminate(self._process, timeout)
         self._process = None
         if self._log is not None:
             self._log.close()
@@ -187,13 +192,7 @@ class LocalRedis:
         raise TimeoutError(f"redis-server did not answer within {timeout} s; see {self.log_path}")
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        terminate(self._process, 10.0)
         self._process = None
 
     def __enter__(self) -> LocalRedis:
