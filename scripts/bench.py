@@ -303,6 +303,7 @@ def bench_workers(orthanc: LocalOrthanc, queue: LocalRedis) -> list[dict[str, An
     rows = []
     for count in WORKER_COUNTS:
         patients = clinical_studies(orthanc, f"W{count}", WORKER_STUDIES)
+        shutil.rmtree(WORK / f"results-workers-{count}", ignore_errors=True)
         env = distributed_env(orthanc, queue, WORK / f"results-workers-{count}")
         api = LocalService(env, WORK / f"api-workers-{count}.log", timeout=300.0)
         workers = [LocalWorker(env, WORK / f"worker-{count}-{n}.log", timeout=300.0) for n in range(count)]
@@ -337,6 +338,8 @@ def bench_workers(orthanc: LocalOrthanc, queue: LocalRedis) -> list[dict[str, An
 def bench_auto_latency(queue: LocalRedis, workers: int) -> dict[str, Any]:
     """Auto mode: seconds from Orthanc marking a new study stable to its SEG being in Orthanc."""
     latencies = []
+    for leftover in ("orthanc-auto", "results-auto"):  # a new PACS and job store: every study is new
+        shutil.rmtree(WORK / leftover, ignore_errors=True)
     with LocalOrthanc(WORK / "orthanc-auto") as orthanc:
         env = distributed_env(orthanc, queue, WORK / "results-auto", TUMORSEG_AUTO_SEGMENT="true")
         api = LocalService(env, WORK / "api-auto.log", timeout=300.0)
