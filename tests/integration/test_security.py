@@ -152,9 +152,9 @@ def asked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     run = Segmenter.run
 
-    def recorded(self: Segmenter, request: SegmentRequest) -> SegmentResult:
+    def recorded(self: Segmenter, request: SegmentRequest, *args: Any, **kwargs: Any) -> SegmentResult:
         seen.append(request.patient_id)
-        return run(self, request)
+        return run(self, request, *args, **kwargs)
 
     monkeypatch.setattr(Segmenter, "run", recorded)
     return seen
