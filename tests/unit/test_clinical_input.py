@@ -234,3 +234,23 @@ def test_a_rim_of_tumour_at_the_brain_surface_is_not_tumour() -> None:
     assert np.array_equal(kept, deep & brain)
     assert kept[deep & (radius > 33)].all()  # the deep tumour's own rim voxels stay
     np.testing.assert_array_equal(confined[:, ~brain], 0)
+
+
+@pytest.mark.parametrize("absent", ["t2", "t1"])
+def test_a_missing_sequence_is_a_zero_channel_and_the_rest_is_prepared_as_usual(
+    head: Head, absent: str
+) -> None:
+    """A study that lacks a sequence (for a model trained to do without it): registration, brain extraction
+    and its peel run on what is there, the missing channel is zeros, the others are normalised."""
+    volumes = {m: v for m, v in head.volumes.items() if m != absent}
+    model_input, _ = prepare(volumes, "t1ce", Preprocessing())
+    channel = Preprocessing().channels.index(absent)
+    assert not np.any(model_input.array[channel]) and np.isfinite(model_input.array).all()
+    assert model_input.brain is not None and model_input.brain_extraction["method"] == "deepbet"
+    truth = head.on_grid(head.brain["t1ce"], model_input.grid) > 0
+    assert dice(model_input.brain, truth) >= 0.93
+    for c, m in enumerate(Preprocessing().channels):
+        if m != absent:
+            inside = model_input.array[c][model_input.brain]
+            assert abs(float(inside.mean())) < 1e-3 and abs(float(inside.std()) - 1) < 1e-3
+    assert set(model_input.registrations) == set(volumes) - {"t1ce"}

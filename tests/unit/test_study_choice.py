@@ -10,6 +10,7 @@ import pytest
 from tests.series_info import FLAIR2D, MPRAGE, T2TSE, make_series
 from tumorseg.errors import AmbiguousSeries, InvalidInput, ModalityMissing, PatientNotFound, StudyNotFound
 from tumorseg.records import SeriesInfo, StudyInfo
+from tumorseg.sequences import ALL_FOUR, InputPolicy
 from tumorseg.study.assemble import assemble
 from tumorseg.study.choose import choose_study, newest_first, study_label
 
@@ -212,3 +213,64 @@ def test_assemble_passes_explicit_series_and_rules() -> None:
     result = assemble(FakePacs([(study, series)]), PATIENT, explicit={"t2": series[2].series_instance_uid})
     assert result.mapping.series["t2"] is series[2]
     assert any("given explicitly" in note for note in result.mapping.notes)
+
+
+# ---- a model that does without some sequences (InputPolicy, issue 19) ----------------------------------
+
+WITHOUT_T1_OR_ONE_OF_FLAIR_T2 = InputPolicy(
+    required=("t1ce",), optional=("flair", "t1", "t2"), any_of=(("flair", "t2"),)
+)
+
+
+def test_a_study_lacking_only_what_the_model_does_without_is_chosen_and_says_so() -> None:
+    no_t2 = [s for s in complete_series() if s.series_description != "t2_tse_tra"]
+    chosen = choose_study(PATIENT, [(make_study(), no_t2)], policy=WITHOUT_T1_OR_ONE_OF_FLAIR_T2)
+    assert chosen.mapping.present == ("flair", "t1", "t1ce") and chosen.mapping.missing == ("t2",)
+    assert any("t2" in note and "without" in note for note in chosen.mapping.notes)
+    with pytest.raises(ModalityMissing, match="no usable series for t2"):  # a model that needs all four
+        choose_study(PATIENT, [(make_study(), no_t2)])
+
+
+def test_the_newest_usable_study_wins_over_an_older_complete_one_but_not_without_a_required_sequence() -> (
+    None
+):
+    older, newer = make_study("20230101"), make_study("20240101")
+    no_t2 = [s for s in complete_series() if s.series_description != "t2_tse_tra"]
+    policy = WITHOUT_T1_OR_ONE_OF_FLAIR_T2
+    chosen = choose_study(PATIENT, [(older, complete_series()), (newer, no_t2)], policy=policy)
+    assert chosen.study is newer and chosen.mapping.missing == ("t2",)
+    chosen = choose_study(PATIENT, [(older, complete_series()), (newer, without_contrast())], policy=policy)
+    assert chosen.study is older and chosen.mapping.missing == ()  # T1ce is required: the follow-up won't do
+
+
+def test_a_study_missing_a_required_sequence_is_refused_naming_it() -> None:
+    policy = WITHOUT_T1_OR_ONE_OF_FLAIR_T2
+    with pytest.raises(ModalityMissing, match="no usable series for t1ce"):
+        choose_study(PATIENT, [(make_study(), without_contrast())], policy=policy)
+    neither = [
+        s for s in complete_series() if s.series_description not in ("t2_tse_tra", "t2_tirm_tra_dark-fluid")
+    ]
+    with pytest.raises(ModalityMissing, match="flair or t2"):
+        choose_study(PATIENT, [(make_study(), neither)], policy=policy)
+    with pytest.raises(ModalityMissing, match="sequences the model needs"):
+        choose_study(
+            PATIENT, [(make_study(), neither), (make_study("20200101"), without_contrast())], policy=policy
+        )
+
+
+def test_an_input_policy_names_every_sequence_once_and_round_trips() -> None:
+    policy = WITHOUT_T1_OR_ONE_OF_FLAIR_T2
+    assert InputPolicy.from_json(policy.to_json()) == policy
+    assert InputPolicy.from_json(None) == ALL_FOUR and ALL_FOUR.problem(["flair", "t1", "t1ce", "t2"]) is None
+    for wrong in (
+        {"required": ["t1ce"], "optional": ["flair"]},  # t1 and t2 named nowhere
+        {"required": ["t1ce", "t1"], "optional": ["flair", "t2", "t1"]},  # t1 twice
+        {"required": [], "optional": ["flair", "t1", "t1ce", "t2"]},  # nothing required
+        {
+            "required": ["t1ce"],
+            "optional": ["flair", "t1", "t2"],
+            "any_of": [["t1ce"]],
+        },  # a group of required
+    ):
+        with pytest.raises(ValueError):
+            InputPolicy.from_json(wrong)

@@ -350,8 +350,11 @@ def test_siemens_nd_twin_loses_to_the_distortion_corrected_series() -> None:
 
 def test_series_mapping_validates_itself() -> None:
     study = full_study()
-    with pytest.raises(ValueError, match="needs exactly"):
-        SeriesMapping(series={"flair": study[1]})
+    partial = SeriesMapping(series={"flair": study[1], "t1ce": study[2]})  # a model that does without some
+    assert partial.present == ("flair", "t1ce") and partial.missing == ("t1", "t2")
+    for wrong in ({}, {"dwi": study[1]}):
+        with pytest.raises(ValueError, match="maps some of"):
+            SeriesMapping(series=wrong)
     with pytest.raises(ValueError, match="two modalities"):
         SeriesMapping(series={"flair": study[1], "t1": study[1], "t1ce": study[2], "t2": study[3]})
 

@@ -106,11 +106,18 @@ def inspect(
 ) -> None:
     """Orthanc, the patient, the studies, and the series `segment` would use (with rejected series and why)."""
     from tumorseg.inspect_patient import inspect_patient
+    from tumorseg.model.package import read_manifest
+    from tumorseg.sequences import ALL_FOUR
 
+    settings = get_settings()
+    try:  # the sequences the model needs; without a readable package, all four
+        policy = read_manifest(settings.model_path).inputs
+    except TumorsegError:
+        policy = ALL_FOUR
     with _pacs() as pacs:
         try:
             report = inspect_patient(
-                pacs, patient_id, study_instance_uid=study, rules=get_settings().mapping_rules
+                pacs, patient_id, study_instance_uid=study, rules=settings.mapping_rules, policy=policy
             )
         except TumorsegError as exc:
             _fail(exc)

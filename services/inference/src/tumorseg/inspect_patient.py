@@ -11,14 +11,21 @@ from typing import Any
 
 from tumorseg.errors import PacsError, StudyError
 from tumorseg.pacs import OrthancClient
+from tumorseg.sequences import ALL_FOUR, InputPolicy
 from tumorseg.study.assemble import assemble
 from tumorseg.study.choose import newest_first
 from tumorseg.study.mapping import propose_mapping
 
 
 def inspect_patient(
-    pacs: OrthancClient, patient_id: str, *, study_instance_uid: str | None = None, rules: Path | None = None
+    pacs: OrthancClient,
+    patient_id: str,
+    *,
+    study_instance_uid: str | None = None,
+    rules: Path | None = None,
+    policy: InputPolicy = ALL_FOUR,
 ) -> dict[str, Any]:
+    """``policy``: the sequences the model package needs (its ``inputs``), as ``segment`` would apply."""
     report: dict[str, Any] = {"patient_id": patient_id}
     try:
         report["orthanc"] = {"url": pacs.url, "reachable": True, "version": pacs.system()["Version"]}
@@ -44,11 +51,12 @@ def inspect_patient(
                 "study_description": study.study_description,
                 "series_count": len(study.series_ids),
                 "complete": proposal.complete,
+                "usable": proposal.usable(policy),
                 "mapping": proposal.to_json(),
             }
         )
     try:
-        chosen = assemble(pacs, patient_id, study_instance_uid, rules=rules)
+        chosen = assemble(pacs, patient_id, study_instance_uid, rules=rules, policy=policy)
     except StudyError as exc:
         report["error"] = {"code": exc.code, "detail": exc.detail}
     else:

@@ -191,6 +191,7 @@ class Segmenter:
                     request.study_instance_uid,
                     request.explicit_series,
                     self.rules,
+                    self.predictor.manifest.inputs,
                 )
                 mapping = assembled.mapping
                 listed = [*mapping.series.values(), *(info for info, _ in mapping.rejected)]
@@ -236,10 +237,16 @@ class Segmenter:
         with timer.stage("fetch"):
             assembled = self._assemble(request)
             series = assembled.mapping.series
-            loaded = {m: v for m in SEQUENCES if (v := self.cache.get(series[m])) is not None}
+            present = assembled.mapping.present  # all four, unless the model does without one the study lacks
+            if request.reference not in series:
+                raise InvalidInput(
+                    f"reference {request.reference} is not in the study (it has no usable "
+                    f"{request.reference} series); choose one of {', '.join(present)}"
+                )
+            loaded = {m: v for m in present if (v := self.cache.get(series[m])) is not None}
             # The SEG references every source instance: it needs the reference series' files for headers.
-            wanted = [m for m in SEQUENCES if m not in loaded or (store_seg and m == request.reference)]
-            self._check_sizes(assembled, [m for m in SEQUENCES if m not in loaded])
+            wanted = [m for m in present if m not in loaded or (store_seg and m == request.reference)]
+            self._check_sizes(assembled, [m for m in present if m not in loaded])
             with ThreadPoolExecutor(max_workers=len(SEQUENCES)) as pool:
                 files = dict(
                     zip(wanted, pool.map(lambda m: self._download(m, series[m]), wanted), strict=True)
@@ -249,7 +256,7 @@ class Segmenter:
             _library_errors("loading", BrokenSeries),
             ThreadPoolExecutor(max_workers=len(SEQUENCES)) as pool,
         ):
-            missing = [m for m in SEQUENCES if m not in loaded]
+            missing = [m for m in present if m not in loaded]
             for m, volume in zip(
                 missing,
                 pool.map(
@@ -288,7 +295,9 @@ class Segmenter:
             try:
                 with _library_errors("export", BrokenSeries):
                     write_mask(mask, staging / "mask.nii.gz")
-                    write_preview(reference_series.image, mask, staging / "preview.png")
+                    absent = assembled.mapping.missing
+                    note = f"inputs: {', '.join(present)} (no {', '.join(absent)})" if absent else None
+                    write_preview(reference_series.image, mask, staging / "preview.png", note)
                 fields = _result_fields(
                     result_id,
                     request.patient_id,
@@ -392,6 +401,7 @@ class Segmenter:
                 algorithm_name=manifest.name,
                 algorithm_version=manifest.version,
                 series_number=next_series_number(numbers),
+                missing=mapping.missing,
             )
         stored = self.pacs.upload_instance(encode(segmentation))
         log.info("stored a DICOM SEG of %d frames in the study", int(segmentation.NumberOfFrames))
@@ -412,6 +422,15 @@ def _library_errors(stage: str, error: type[TumorsegError]) -> Iterator[None]:
         raise
     except (ValueError, ArithmeticError, IndexError, RuntimeError, MemoryError) as exc:
         raise error(f"{stage} failed on this study: {type(exc).__name__}: {exc}") from exc
+
+
+def _missing_warning(missing: tuple[str, ...]) -> list[str]:
+    if not missing:
+        return []
+    return [
+        f"the study has no usable {', '.join(missing)} series: segmented without it (the model was trained "
+        "to do without it; expect lower accuracy, see the model card)"
+    ]
 
 
 def _result_fields(
@@ -441,8 +460,9 @@ def _result_fields(
                 "series_description": series[m].series_description,
                 "orthanc_id": series[m].orthanc_id,
             }
-            for m in SEQUENCES
+            for m in assembled.mapping.present
         },
+        "missing_sequences": list(assembled.mapping.missing),
         "reference": {
             "modality": reference_modality,
             "series_instance_uid": reference_series.series_instance_uid,
@@ -464,7 +484,7 @@ def _result_fields(
             "series": {m: r.to_json() for m, r in model_input.registrations.items()},
         },
         "brain_extraction": dict(model_input.brain_extraction),
-        "warnings": list(model_input.warnings),
+        "warnings": list(model_input.warnings) + _missing_warning(assembled.mapping.missing),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "tumorseg_version": __version__,
     }

@@ -107,7 +107,11 @@ class SegmentResult(BaseModel):
     result_id: str
     patient_id: str
     study_instance_uid: str
-    series: dict[SequenceName, SeriesRef]
+    series: dict[SequenceName, SeriesRef] = Field(description="the series used, by sequence")
+    missing_sequences: list[SequenceName] = Field(
+        default_factory=list,
+        description="sequences the study lacked and the model did without (a line in warnings says so)",
+    )
     reference: ReferenceRef
     labels: dict[str, str] = Field(default_factory=lambda: dict(LABEL_NAMES))
     volumes_ml: VolumesMl

@@ -181,9 +181,11 @@ def build_segmentation(
     algorithm_name: str,
     algorithm_version: str,
     series_number: int,
+    missing: Sequence[str] = (),
 ) -> hd.seg.Segmentation:
     """A BINARY SEG of ``mask`` referencing every instance of ``reference`` (see the module docstring).
-    ``headers``: the reference series' instances, any order, pixel data optional."""
+    ``headers``: the reference series' instances, any order, pixel data optional. ``missing``: sequences
+    the study lacked, named in ContentDescription (``... without t2``)."""
     sources = _ordered_sources(reference, headers)
     _check_lattice(mask, sources)
     return hd.seg.Segmentation(
@@ -200,7 +202,9 @@ def build_segmentation(
         software_versions=__version__,
         device_serial_number=algorithm_tag(algorithm_name, algorithm_version),
         content_label="TUMOR",
-        content_description="BraTS 2021 tumour sub-regions"[:_LO_MAX],
+        content_description=(
+            "BraTS 2021 tumour sub-regions" + (f" without {', '.join(missing)}" if missing else "")
+        )[:_LO_MAX],
         series_description=f"tumorseg SEG ({algorithm_name} {algorithm_version})"[:_LO_MAX],
         omit_empty_frames=False,
     )

@@ -156,9 +156,10 @@ def _panel_rgb(
 
 
 def render_preview(
-    reference: sitk.Image, mask: sitk.Image, *, panel_px: int = PANEL_PX
+    reference: sitk.Image, mask: sitk.Image, *, panel_px: int = PANEL_PX, note: str | None = None
 ) -> tuple[Image.Image, PreviewLayout]:
-    """The preview as a Pillow RGB image and its layout (see the module docstring)."""
+    """The preview as a Pillow RGB image and its layout (see the module docstring); ``note`` (e.g. the
+    sequences a study lacked) is written after the legend's last line."""
     if reference.GetSize() != mask.GetSize():
         raise ValueError(f"mask size {mask.GetSize()} differs from the reference's {reference.GetSize()}")
     centre, found = _centre(mask)
@@ -190,7 +191,7 @@ def render_preview(
         panels.append(panel)
         _annotate(draw, font, panel, centre)
         left += columns + 2 * SIDE
-    _legend(draw, font, height, found)
+    _legend(draw, font, height, found, note)
     layout = PreviewLayout(tuple(float(v) for v in centre), found, tuple(panels))  # type: ignore[arg-type]
     return canvas, layout
 
@@ -226,7 +227,7 @@ def _annotate(draw: ImageDraw.ImageDraw, font: _Font, panel: Panel, centre: NDAr
     draw.line([(right, row), (right + 5, row)], fill=grey)
 
 
-def _legend(draw: ImageDraw.ImageDraw, font: _Font, height: int, found: bool) -> None:
+def _legend(draw: ImageDraw.ImageDraw, font: _Font, height: int, found: bool, extra: str | None) -> None:
     x, y = SIDE, height - LEGEND_PX + 6
     for abbreviation, name, colour in LABEL_STYLE.values():
         draw.rectangle([x, y, x + 12, y + 12], fill=colour)
@@ -236,10 +237,15 @@ def _legend(draw: ImageDraw.ImageDraw, font: _Font, height: int, found: bool) ->
     where = "tumour centre of mass" if found else "volume centre (no tumour found)"
     note = f"radiological convention (patient right on image left); planes through the {where}"
     draw.text((SIDE, y + 22), note, fill=(200, 200, 200), font=font)
+    if extra:
+        x = SIDE + int(draw.textlength(note, font=font)) + 20
+        draw.text((x, y + 22), extra, fill=(255, 200, 0), font=font)
 
 
-def write_preview(reference: sitk.Image, mask: sitk.Image, path: Path) -> PreviewLayout:
+def write_preview(
+    reference: sitk.Image, mask: sitk.Image, path: Path, note: str | None = None
+) -> PreviewLayout:
     """Render and write the preview PNG to ``path``; returns its layout."""
-    canvas, layout = render_preview(reference, mask)
+    canvas, layout = render_preview(reference, mask, note=note)
     canvas.save(path, format="PNG", optimize=False, compress_level=1)  # fast; a few hundred kB
     return layout

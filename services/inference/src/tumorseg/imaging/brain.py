@@ -247,12 +247,21 @@ def not_brain_like(channels: Mapping[str, NDArray[np.float32]], mask: NDArray[np
     """Voxels whose contrasts across the sequences (robust z over ``mask``) are those of what surrounds the
     brain, not of brain or tumour: CSF (dark on FLAIR, bright on T2), dura, bone and muscle (dark on FLAIR and
     on T2), fat and marrow (bright on T1 without contrast). Oedema is bright on FLAIR, enhancing tumour bright
-    on T1ce only, necrosis lies inside its rim (see ``peel``)."""
-    flair, t2, t1 = (_robust_z(channels[m], mask) for m in ("flair", "t2", "t1"))
-    csf = (flair < CSF_FLAIR_Z) & (t2 > CSF_T2_Z)
-    dark = (flair < DARK_FLAIR_Z) & (t2 < DARK_T2_Z)
-    fat = t1 > FAT_T1_Z
-    return np.asarray(csf | dark | fat)
+    on T1ce only, necrosis lies inside its rim (see ``peel``). Without FLAIR or T2 (a study that lacks one)
+    the one present decides alone, on its safest side; without T1 there is no fat criterion."""
+    z = {m: _robust_z(channels[m], mask) for m in ("flair", "t2", "t1") if m in channels}
+    outside = np.zeros(mask.shape, dtype=bool)
+    if "flair" in z and "t2" in z:
+        flair, t2 = z["flair"], z["t2"]
+        outside |= (flair < CSF_FLAIR_Z) & (t2 > CSF_T2_Z)  # CSF
+        outside |= (flair < DARK_FLAIR_Z) & (t2 < DARK_T2_Z)  # dura, bone, muscle
+    elif "flair" in z:  # no T2: what is darkest on FLAIR (CSF, bone)
+        outside |= z["flair"] < CSF_FLAIR_Z
+    elif "t2" in z:  # no FLAIR: what is dark on T2 (dura, bone, muscle); bright T2 may be oedema
+        outside |= z["t2"] < DARK_T2_Z
+    if "t1" in z:
+        outside |= z["t1"] > FAT_T1_Z  # fat, marrow
+    return outside
 
 
 def peel(

@@ -184,16 +184,18 @@ def prepare(
     brain_extractor: str = "auto",
 ) -> tuple[ModelInput, NDArray[np.uint8] | None]:
     """Volumes (and optionally a label map in the reference's frame, for training) → model input on the
-    cropped model grid: co-registration to the reference, brain extraction, resampling, normalisation."""
-    missing = [m for m in prep.channels if m not in volumes]
-    if missing:
-        raise ValueError(f"missing volumes for {missing}")
+    cropped model grid: co-registration to the reference, brain extraction, resampling, normalisation.
+    A sequence without a volume (a study that lacks it, for a model trained to do without it) is a
+    channel of zeros, as modality dropout showed it in training."""
+    unknown = [m for m in volumes if m not in prep.channels]
+    if unknown or reference not in volumes:
+        raise ValueError(f"volumes {sorted(volumes)} must be among {prep.channels} and hold {reference!r}")
     if brain_extractor not in EXTRACTORS:
         raise ValueError(f"unknown brain extractor {brain_extractor!r}; choose one of {EXTRACTORS}")
     timings: dict[str, float] = {}
     warnings: list[str] = []
     started = time.perf_counter()
-    channels = {m: volumes[m] for m in prep.channels}
+    channels = {m: volumes[m] for m in prep.channels if m in volumes}
     registrations = register_study(channels, reference) if registration else {}
     warnings += [r.warning for r in registrations.values() if r.warning]
     transforms = {m: r.transform if r.applied else None for m, r in registrations.items()}
@@ -221,7 +223,10 @@ def prepare(
     # composed in: voxels outside the volume's field of view (the same inside test for every interpolator)
     # come out NaN, never a real intensity.
     array = np.empty((len(prep.channels), *cropped.GetSize()), dtype=np.float32)
-    todo = list(range(len(prep.channels)))
+    todo = [c for c, m in enumerate(prep.channels) if m in channels]
+    for c, m in enumerate(prep.channels):
+        if m not in channels:
+            array[c] = 0.0
     if extraction is not None and block is not None:  # the extraction's channel is resampled already
         done = prep.channels.index(extraction.series)
         array[done] = block[in_crop]
@@ -234,8 +239,9 @@ def prepare(
     )
     covered = np.ones(array.shape[1:], dtype=bool)
     outside = np.empty(array.shape[1:], dtype=bool)
-    for c in range(len(prep.channels)):
-        covered &= np.logical_not(np.isnan(array[c], out=outside), out=outside)
+    for c, m in enumerate(prep.channels):
+        if m in channels:
+            covered &= np.logical_not(np.isnan(array[c], out=outside), out=outside)
     # Where one sequence's field of view ends (a thick oblique slab that misses the vertex, say) the others
     # still show brain; the model was never shown a head with one channel cut off, so the voxels outside
     # any field of view are made background in every channel. Full-coverage data (BraTS) is unchanged.
@@ -247,7 +253,7 @@ def prepare(
         found = extraction.mask[in_crop]
         # The extractor's mask is intracranial rather than brain: what it kept of CSF, dura, bone and fat
         # at its surface is peeled off by the contrasts of all four sequences.
-        channel_arrays = {m: array[c] for c, m in enumerate(prep.channels)}
+        channel_arrays = {m: array[c] for c, m in enumerate(prep.channels) if m in channels}
         brain = covered & peel(found, not_brain_like(channel_arrays, found), PEEL_MM, prep.spacing_mm)
         timings["brain_extraction"] += time.perf_counter() - started
         summary = {

@@ -14,6 +14,8 @@ Manifest schema (``format_version`` 1)::
                 "min_enhancing_ml": 0.0},   # optional; a smaller enhancing region becomes necrotic core
      "labels": {"1": ..., "2": ..., "4": ...},
      "inference": {"roi_size": [z, y, x], "overlap": 0.25, "sw_batch_size": 1},
+     "inputs": {"required": [...], "optional": [...], "any_of": [[...]]},  # optional; default: all four
+                                                     # required (missing sequences: zero channels)
      "training": {...free-form description...}, "metrics": {...}, "versions": {...}}
 """
 
@@ -30,6 +32,7 @@ from tumorseg.errors import ModelError
 from tumorseg.imaging.preprocess import Preprocessing
 from tumorseg.labels import LABEL_NAMES, REGIONS
 from tumorseg.model.network import build_network, stride_product
+from tumorseg.sequences import ALL_FOUR, InputPolicy
 
 FORMAT_VERSION = 1
 MANIFEST = "model.json"
@@ -60,6 +63,9 @@ class ModelManifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     weights: str = WEIGHTS
+    # Which sequences the model needs; those it was trained to do without (modality dropout) are fed as
+    # zero channels when a study lacks them. A package without ``inputs`` requires all four.
+    inputs: InputPolicy = ALL_FOUR
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -81,6 +87,7 @@ class ModelManifest:
                 "overlap": self.inference.overlap,
                 "sw_batch_size": self.inference.sw_batch_size,
             },
+            "inputs": self.inputs.to_json(),
             "training": self.training,
             "metrics": self.metrics,
             "versions": self.versions or current_versions(),
@@ -121,6 +128,7 @@ class ModelManifest:
                 metrics=dict(data.get("metrics", {})),
                 versions=dict(data.get("versions", {})),
                 weights=str(data.get("weights", WEIGHTS)),
+                inputs=InputPolicy.from_json(data.get("inputs")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise refuse(f"manifest is incomplete or wrong ({exc})") from exc

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from tumorseg.errors import InvalidInput
 from tumorseg.records import SeriesInfo, StudyInfo
+from tumorseg.sequences import ALL_FOUR, InputPolicy
 from tumorseg.study.choose import AssembledStudy, choose_from
 from tumorseg.study.rules import Rules
 
@@ -40,8 +41,10 @@ def assemble(
     study_instance_uid: str | None = None,
     explicit: Mapping[str, str] | None = None,
     rules: Rules | Path | None = None,
+    policy: InputPolicy = ALL_FOUR,
 ) -> AssembledStudy:
-    """The study to segment and its FLAIR/T1/T1ce/T2 series (see the module docstring)."""
+    """The study to segment and its FLAIR/T1/T1ce/T2 series, those the model needs at least (``policy``;
+    see the module docstring)."""
     if not patient_id or not patient_id.strip():
         # An empty PatientID would be universal matching in a DICOM query.
         raise InvalidInput("the PatientID is empty")
@@ -53,4 +56,5 @@ def assemble(
         study_instance_uid=study_instance_uid,
         explicit=explicit,
         rules=rules,
+        policy=policy,
     )

@@ -6,8 +6,11 @@ Contract:
 * ``study_instance_uid`` given → that study or ``StudyNotFound`` (the message lists the patient's study
   UIDs and dates); its mapping must be complete, else its ``ModalityMissing``/``AmbiguousSeries``;
 * otherwise the studies are tried newest first — by StudyDate then StudyTime; a study without a date
-  sorts as the oldest — and the first one whose mapping is complete wins, so an older complete study
-  beats a newer incomplete one (a follow-up without contrast, say);
+  sorts as the oldest — and the first one whose mapping the model can use wins (``InputPolicy``: all
+  four sequences, or for a model trained without some, its required ones). So a newer study that lacks
+  only a sequence the model does without beats an older complete one (the newest examination shows the
+  tumour as it is now), while an older usable study beats a newer one without a required sequence (a
+  follow-up without contrast, say);
 * a study whose modalities are all present but one of them is ambiguous is the study that would have
   been chosen, so its ``AmbiguousSeries`` is raised at once: silently segmenting an older study would
   hand back a result for data the user did not mean;
@@ -32,6 +35,7 @@ from typing import Any
 
 from tumorseg.errors import ModalityMissing, PatientNotFound, StudyNotFound
 from tumorseg.records import SeriesInfo, StudyInfo
+from tumorseg.sequences import ALL_FOUR, InputPolicy
 from tumorseg.study.mapping import MappingProposal, SeriesMapping, propose_mapping
 from tumorseg.study.rules import Rules, resolve_rules
 
@@ -83,6 +87,7 @@ def choose_from(
     study_instance_uid: str | None = None,
     explicit: Mapping[str, str] | None = None,
     rules: Rules | Path | None = None,
+    policy: InputPolicy = ALL_FOUR,
 ) -> AssembledStudy:
     """Pick the study and map its series (see the module docstring for the rules and errors)."""
     if not studies:
@@ -98,7 +103,7 @@ def choose_from(
         proposal = propose_mapping(
             list_series(study), explicit=explicit, rules=rules, study_instance_uid=wanted
         )
-        return _chosen(study, proposal.require(study_label(study)), len(studies))
+        return _chosen(study, proposal.require(study_label(study), policy), len(studies))
 
     best: tuple[StudyInfo, MappingProposal] | None = None
     for study in newest_first(studies):
@@ -107,11 +112,11 @@ def choose_from(
         )
         if proposal.explicit_missing:
             continue  # the explicit series belong to another study
-        if proposal.complete:
-            return _chosen(study, proposal.require(study_label(study)), len(studies))
-        if not proposal.missing:
+        if proposal.usable(policy):
+            return _chosen(study, proposal.require(study_label(study), policy), len(studies))
+        if policy.problem([*proposal.series, *proposal.ambiguous]) is None:
             # All four present but one ambiguous: this is the study the user gets; say so, don't fall back.
-            problem = proposal.error(study_label(study))
+            problem = proposal.error(study_label(study), policy)
             if problem is not None:
                 raise problem
         if best is None or proposal.found_count > best[1].found_count:
@@ -124,14 +129,20 @@ def choose_from(
             "check the SeriesInstanceUIDs or name the study"
         )
     study, proposal = best
-    problem = proposal.error(study_label(study))
+    problem = proposal.error(study_label(study), policy)
     detail = problem.detail if problem is not None else f"{study_label(study)} is incomplete"
     if len(studies) == 1:
         raise ModalityMissing(f"PatientID {patient_id!r}: {detail}")
     raise ModalityMissing(
-        f"none of the {len(studies)} studies of PatientID {patient_id!r} has FLAIR, T1, T1ce and T2; "
+        f"none of the {len(studies)} studies of PatientID {patient_id!r} has {_needs(policy)}; "
         f"the most complete: {detail}"
     )
+
+
+def _needs(policy: InputPolicy) -> str:
+    if policy == ALL_FOUR:
+        return "FLAIR, T1, T1ce and T2"  # the message users know
+    return f"the sequences the model needs ({policy.describe()})"
 
 
 def choose_study(
@@ -141,6 +152,7 @@ def choose_study(
     study_instance_uid: str | None = None,
     explicit: Mapping[str, str] | None = None,
     rules: Rules | Path | None = None,
+    policy: InputPolicy = ALL_FOUR,
 ) -> AssembledStudy:
     """``choose_from`` over studies whose series are already listed."""
     series_of = {id(study): list(series) for study, series in studies}
@@ -151,6 +163,7 @@ def choose_study(
         study_instance_uid=study_instance_uid,
         explicit=explicit,
         rules=rules,
+        policy=policy,
     )
 
 
@@ -158,8 +171,9 @@ def _chosen(study: StudyInfo, mapping: SeriesMapping, count: int) -> AssembledSt
     # Counts and sequence names only: UIDs, dates and series descriptions identify a patient's
     # examination, so they go to the caller (the result's mapping_notes), never into the log.
     log.info(
-        "chose 1 of %d studies; FLAIR, T1, T1ce and T2 mapped, %d series unused, %d mapping note(s)",
+        "chose 1 of %d studies; %s mapped, %d series unused, %d mapping note(s)",
         count,
+        ", ".join(mapping.present),
         len(mapping.rejected),
         len(mapping.notes),
         extra={"fields": {"studies": count, "unused_series": len(mapping.rejected)}},

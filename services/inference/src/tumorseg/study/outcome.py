@@ -19,7 +19,7 @@ from typing import Any
 
 from tumorseg.errors import AmbiguousSeries, ModalityMissing, StudyError
 from tumorseg.records import SeriesInfo
-from tumorseg.sequences import SEQUENCES
+from tumorseg.sequences import ALL_FOUR, SEQUENCES, InputPolicy
 from tumorseg.study.ranking import describe
 
 _MAX_LISTED = 30
@@ -27,8 +27,9 @@ _MAX_LISTED = 30
 
 @dataclass(frozen=True)
 class SeriesMapping:
-    """One series per modality (keys exactly ``flair``, ``t1``, ``t1ce``, ``t2``), every unused series with
-    the reason it was not used, and notes on the choices made. Validated when built."""
+    """One series per modality present (keys among ``flair``, ``t1``, ``t1ce``, ``t2``: all four unless the
+    model does without some, see ``InputPolicy``), every unused series with the reason it was not used, and
+    notes on the choices made. Validated when built."""
 
     series: dict[str, SeriesInfo]
     rejected: list[tuple[SeriesInfo, str]] = field(default_factory=list)
@@ -36,14 +37,24 @@ class SeriesMapping:
     study_instance_uid: str | None = None
 
     def __post_init__(self) -> None:
-        if set(self.series) != set(SEQUENCES):
-            raise ValueError(f"a SeriesMapping needs exactly {list(SEQUENCES)}, got {sorted(self.series)}")
+        if not self.series or not set(self.series) <= set(SEQUENCES):
+            raise ValueError(f"a SeriesMapping maps some of {list(SEQUENCES)}, got {sorted(self.series)}")
         uids = [s.series_instance_uid for s in self.series.values()]
         if len(set(uids)) != len(uids):
             raise ValueError(f"a series is mapped to two modalities: {self.series_uids()}")
 
     def series_uids(self) -> dict[str, str]:
         return {m: self.series[m].series_instance_uid for m in SEQUENCES if m in self.series}
+
+    @property
+    def present(self) -> tuple[str, ...]:
+        """The sequences mapped, in the canonical order."""
+        return tuple(m for m in SEQUENCES if m in self.series)
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """The sequences the study lacks (the model was trained to do without them)."""
+        return tuple(m for m in SEQUENCES if m not in self.series)
 
     def to_json(self) -> dict[str, Any]:
         """The CONTRACT shape: ``series`` as in the result JSON, plus ``rejected`` and ``notes``."""
@@ -111,14 +122,20 @@ class MappingProposal:
     def complete(self) -> bool:
         return not self.missing and not self.ambiguous and not self.explicit_missing
 
+    def usable(self, policy: InputPolicy = ALL_FOUR) -> bool:
+        """Complete enough for a model with this ``policy``: nothing ambiguous, no explicit UID unknown,
+        and what is missing the model can do without."""
+        return not self.ambiguous and not self.explicit_missing and policy.problem(self.series) is None
+
     @property
     def found_count(self) -> int:
         """Modalities with at least one fitting series (ambiguous ones count: the data is there)."""
         return len(self.series) + len(self.ambiguous)
 
-    def error(self, study_label: str | None = None) -> StudyError | None:
-        """The error that makes this proposal unusable, or ``None``. Missing beats ambiguous: resolving an
-        ambiguity would not make the study usable while a modality is absent."""
+    def error(self, study_label: str | None = None, policy: InputPolicy = ALL_FOUR) -> StudyError | None:
+        """The error that makes this proposal unusable for a model with ``policy``, or ``None``. Missing
+        beats ambiguous: resolving an ambiguity would not make the study usable while a modality is
+        absent."""
         label = study_label or (
             f"study {self.study_instance_uid}" if self.study_instance_uid else "the study"
         )
@@ -134,10 +151,11 @@ class MappingProposal:
             )
             return ModalityMissing(
                 f"{label} has no MR series (found: {found or 'no series'}); "
-                "segmentation needs MR FLAIR, T1, T1ce and T2"
+                f"segmentation needs MR {policy.describe()}"
             )
-        if self.missing:
-            parts = [f"{label} has no usable series for {', '.join(self.missing)}"]
+        lacking = policy.problem([*self.series, *self.ambiguous])
+        if lacking is not None:
+            parts = [f"{label} has {lacking}"]
             if self.series:
                 parts.append("found " + ", ".join(f"{m}: {describe(s)}" for m, s in self.series.items()))
             parts.extend(f"closest {m} candidate: {why}" for m, why in self.near_misses.items())
@@ -159,15 +177,19 @@ class MappingProposal:
             )
         return None
 
-    def require(self, study_label: str | None = None) -> SeriesMapping:
-        """The complete ``SeriesMapping``, or the ``StudyError`` that explains why there is none."""
-        problem = self.error(study_label)
+    def require(self, study_label: str | None = None, policy: InputPolicy = ALL_FOUR) -> SeriesMapping:
+        """The ``SeriesMapping`` a model with ``policy`` can use (all four sequences, or those present
+        when it does without the others), or the ``StudyError`` that explains why there is none."""
+        problem = self.error(study_label, policy)
         if problem is not None:
             raise problem
+        notes = list(self.notes)
+        if self.missing:
+            notes.append(f"no usable series for {', '.join(self.missing)}: segmented without it")
         return SeriesMapping(
-            series={m: self.series[m] for m in SEQUENCES},
+            series={m: self.series[m] for m in SEQUENCES if m in self.series},
             rejected=list(self.rejected),
-            notes=list(self.notes),
+            notes=notes,
             study_instance_uid=self.study_instance_uid,
         )
 
