@@ -19,6 +19,11 @@ For each seed of ACC_SEEDS (comma list, default 50-57):
   non-zero FLAIR voxels), so the table separates what the network reaches on that brain from what the
   clinical complications (registration, brain extraction, head) cost.
 
+With ACC_WITHOUT (comma list of sequences, e.g. `flair,t1,t2`; default none) each head is also uploaded
+once per listed sequence as a study without that series, and segmented with ?reference=t1ce (issue 19: a
+model package trained to do without it); the table gains those columns and a summary compares each with
+the full study's T1ce scores. ACC_MODEL points at another model package (default: the shipped one).
+
 The result JSON's registration (per series rotation, translation, applied), brain extraction volume,
 warnings and stage timings are recorded with the scores. Prints a markdown table (means over all seeds,
 and over the seeds whose profile is not no_et, where ET is absent and scores only 0 or 1) and writes
@@ -30,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -55,7 +61,9 @@ from tumorseg.synth.phantom_head import generate_head_case, write_head_case
 from tumorseg.synth.to_dicom import convert_case
 
 SEEDS = [int(s) for s in os.environ.get("ACC_SEEDS", "50,51,52,53,54,55,56,57").split(",") if s.strip()]
-RESULTS = Path("out/accuracy/clinical.json")
+WITHOUT = [m.strip() for m in os.environ.get("ACC_WITHOUT", "").split(",") if m.strip()]
+MODEL = Path(os.environ.get("ACC_MODEL", str(DEFAULT_MODEL_PATH)))
+RESULTS = Path(os.environ.get("ACC_RESULTS", "out/accuracy/clinical.json"))
 MASKS = RESULTS.parent / "masks"  # every returned mask, kept for a look at the bad cases
 REFERENCES = ("flair", "t1ce")
 REGIONS = ("wt", "tc", "et")
@@ -109,8 +117,10 @@ class Segmenter:
     def __init__(self, orthanc: LocalOrthanc, client: TestClient, work: Path) -> None:
         self.orthanc, self.client, self.work = orthanc, client, work
 
-    def upload(self, case_dir: Path, patient_id: str) -> None:
+    def upload(self, case_dir: Path, patient_id: str, without: str | None = None) -> None:
         converted = convert_case(case_dir, patient_id, self.work / "dicom" / patient_id, CLINICAL)
+        if without is not None:  # the study as a protocol without that sequence would have it
+            shutil.rmtree(converted.get(without).folder)
         with OrthancClient(self.orthanc.url, self.orthanc.auth) as pacs:
             report = upload_directory(pacs, converted.out, workers=2, stable_timeout=120.0)
         if report.failed:
@@ -169,6 +179,15 @@ def measure_seed(seed: int, segmenter: Segmenter, work: Path) -> dict[str, Any]:
         say(
             f"seed {seed}, reference {reference}: {scores_text(row[reference])}, extracted brain {brain_ml} mL"
         )
+    for absent in WITHOUT:
+        patient_id = f"{head_id}_NO_{absent.upper()}"
+        segmenter.upload(head_dir, patient_id, without=absent)
+        result, mask, e2e = segmenter.segment(patient_id, "t1ce")
+        brain = on_lattice(sitk.ReadImage(str(truth_dir / "brain_t1ce.nii.gz")), mask) > 0
+        truth = sitk.ReadImage(str(truth_dir / "seg_t1ce.nii.gz"))
+        row[f"without_{absent}"] = {**score(mask, truth, brain), **service_record(result, e2e)}
+        row[f"without_{absent}"]["missing_sequences"] = result["missing_sequences"]
+        say(f"seed {seed}, without {absent} (t1ce): {scores_text(row[f'without_{absent}'])}")
     result, mask, e2e = segmenter.segment(twin_id, "flair")
     brain = on_lattice(sitk.ReadImage(str(twin_dir / f"{twin_id}_flair.nii.gz")) > 0, mask) > 0
     truth = sitk.ReadImage(str(twin_dir / f"{twin_id}_seg.nii.gz"))
@@ -208,7 +227,27 @@ COLUMNS = [
         )
     ),
     *(Column(f"twin {key.upper()}", "twin", key, 1.0, "{:.3f}") for key in REGIONS),
+    *(
+        Column(f"no {absent} {key.upper()}", f"without_{absent}", key, 1.0, "{:.3f}")
+        for absent in WITHOUT
+        for key in REGIONS
+    ),
 ]
+
+
+def missing_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean Dice per region with T1ce as reference: the full study, and each study without one sequence,
+    with its difference from the full study."""
+    summary: dict[str, dict[str, float]] = {
+        "all four": {key: round(statistics.fmean(r["t1ce"][key] for r in rows), 4) for key in REGIONS}
+    }
+    for absent in WITHOUT:
+        means = {
+            key: round(statistics.fmean(r[f"without_{absent}"][key] for r in rows), 4) for key in REGIONS
+        }
+        means.update({f"{key}_change": round(means[key] - summary["all four"][key], 4) for key in REGIONS})
+        summary[f"without {absent}"] = means
+    return summary
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -274,7 +313,7 @@ def main() -> None:
                 orthanc_username=orthanc.username,
                 orthanc_password=orthanc.password,
                 results_dir=work / "results",
-                model_path=DEFAULT_MODEL_PATH,
+                model_path=MODEL,
             )
             with TestClient(create_app(settings)) as client:
                 segmenter = Segmenter(orthanc, client, work)
@@ -283,9 +322,11 @@ def main() -> None:
                     rows.append(measure_seed(seed, segmenter, work))
     wall = time.perf_counter() - started
     text = table(rows)
-    results = {
+    results: dict[str, Any] = {
         "seeds": SEEDS,
-        "model": str(DEFAULT_MODEL_PATH),
+        "model": str(MODEL),
+        "without": WITHOUT,
+        "missing_sequences": missing_summary(rows),
         "machine": machine(),
         "wall_s": round(wall, 1),
         "conversion": CLINICAL.to_json(),
@@ -309,6 +350,15 @@ def main() -> None:
             f"(< 1 % each: {'met' if out['met'] else 'MISSED'})"
         )
         print(f"reference {ref}: " + "; ".join(parts))
+    if WITHOUT:
+        print("\nmean Dice, reference T1ce: all four sequences, and each study without one")
+        for label, means in results["missing_sequences"].items():
+            cells = ", ".join(
+                f"{k.upper()} {means[k]:.3f}"
+                + (f" ({means[k + '_change']:+.3f})" if k + "_change" in means else "")
+                for k in REGIONS
+            )
+            print(f"  {label}: {cells}")
     print(f"\nwrote {RESULTS}")
 
 

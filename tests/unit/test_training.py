@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -248,6 +248,10 @@ def test_cli_train_and_evaluate(data: Path, tmp_path: Path, restore_logging: Non
     assert scored.exit_code == 0, scored.output
     assert "seconds per case" in scored.output  # the table itself wraps to the runner's width
     assert len(json.loads(report.read_text())["cases"]) == 2
+    needed = runner.invoke(
+        app, ["evaluate", "--model", str(tmp_path / "pkg"), "--data", str(data), "--without", "t2"]
+    )
+    assert needed.exit_code == 1 and "needs FLAIR, T1, T1ce, T2" in needed.output
     refused = runner.invoke(
         app, ["train", "--data", str(data), "--out", str(tmp_path / "x"), "--config", '{"lr_max": 1}']
     )
@@ -428,3 +432,201 @@ def test_the_package_carries_the_enhancing_minimum_of_the_recipe() -> None:
     assert manifest.min_enhancing_ml == 0.5 and manifest.to_json()["output"]["min_enhancing_ml"] == 0.5
     with pytest.raises(ValueError, match="min_enhancing_ml"):
         TrainConfig(min_enhancing_ml=-1.0)
+
+
+SHIPPED_INPUTS = {"required": ["t1ce"], "optional": ["flair", "t1", "t2"], "any_of": [["flair", "t2"]]}
+
+
+def _dropped(
+    transform: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]], draws: int
+) -> list[set[str]]:
+    """The sequences ``transform`` zeroes in ``draws`` calls on a (4, 2, 2, 2) image of ones."""
+    seen = []
+    for _ in range(draws):
+        out = transform({"image": torch.ones((4, 2, 2, 2))})
+        seen.append({m for c, m in enumerate(SEQUENCES) if not out["image"][c].any()})
+    return seen
+
+
+def test_modality_dropout_never_drops_a_required_sequence_nor_a_whole_group() -> None:
+    from tumorseg_training.transforms import RandModalityDropoutd
+
+    from tumorseg.sequences import InputPolicy
+
+    policy = InputPolicy.from_json(SHIPPED_INPUTS)
+    transform = RandModalityDropoutd("image", {"flair": 0.15, "t1": 0.15, "t2": 0.15}, policy, SEQUENCES)
+    transform.set_random_state(seed=0)
+    seen = _dropped(transform, 6000)
+    assert all("t1ce" not in s and not {"flair", "t2"} <= s for s in seen)
+    assert all(policy.problem(set(SEQUENCES) - s) is None for s in seen)
+    rate = {m: sum(m in s for s in seen) / len(seen) for m in SEQUENCES}
+    assert rate["t1"] == pytest.approx(0.15, abs=0.02)
+    # flair and t2 are never dropped together: each loses half of the 0.15² joint draws
+    assert rate["flair"] == pytest.approx(0.15 * (1 - 0.15 / 2), abs=0.02)
+    assert rate["t2"] == pytest.approx(0.15 * (1 - 0.15 / 2), abs=0.02)
+    assert any({"flair", "t1"} <= s for s in seen)  # independent drops do combine
+
+    # the older number form: one droppable sequence with probability p, never a required one
+    one = RandModalityDropoutd("image", 0.3, policy, SEQUENCES)
+    one.set_random_state(seed=1)
+    seen = _dropped(one, 3000)
+    assert all(len(s) <= 1 and "t1ce" not in s for s in seen)
+    assert sum(bool(s) for s in seen) / len(seen) == pytest.approx(0.3, abs=0.03)
+    for m in ("flair", "t1", "t2"):
+        assert sum(m in s for s in seen) / len(seen) == pytest.approx(0.1, abs=0.02)
+    # a one-sequence group is never dropped: FLAIR is needed here
+    lone = InputPolicy(required=("t1", "t1ce"), optional=("flair", "t2"), any_of=(("flair",),))
+    only_t2 = RandModalityDropoutd("image", 0.5, lone, SEQUENCES)
+    only_t2.set_random_state(seed=2)
+    assert {frozenset(s) for s in _dropped(only_t2, 200)} == {frozenset(), frozenset({"t2"})}
+
+    # off, it draws nothing from its random state (the crops of recipes without dropout stay the same)
+    for off in (
+        RandModalityDropoutd("image", 0.0, policy, SEQUENCES),
+        RandModalityDropoutd("image", {"flair": 0.0}, policy, SEQUENCES),
+        RandModalityDropoutd("image"),
+    ):
+        off.set_random_state(seed=3)
+        before = off.R.get_state()[1].copy()
+        assert _dropped(off, 5) == [set()] * 5
+        assert np.array_equal(off.R.get_state()[1], before)
+
+
+def test_dropout_is_off_for_recipes_without_it(data: Path) -> None:
+    from tumorseg.sequences import InputPolicy
+
+    case = load_prepared(find_cases(data)[:1], Preprocessing(divisible_by=16, crop_margin_vox=2))[0]
+    item = training_item(case, (16, 16, 16))
+
+    def crops(**options: object) -> list[torch.Tensor]:
+        transform = train_transform((16, 16, 16), samples_per_case=4, **options)
+        transform.set_random_state(seed=5)
+        return [sample["image"] for sample in transform(item)]
+
+    plain = crops()
+    policy = InputPolicy.from_json(SHIPPED_INPUTS)
+    assert all(torch.equal(a, b) for a, b in zip(plain, crops(inputs=policy), strict=True))
+    dropped = crops(inputs=policy, modality_dropout={"flair": 1.0, "t1": 1.0})
+    for a, b in zip(plain, dropped, strict=True):
+        assert not b[0].any() and not b[1].any()  # flair, t1 zeroed; t1ce and t2 as without dropout
+        assert torch.equal(a[2:], b[2:])
+
+
+def test_recipe_refuses_dropout_of_required_or_unknown_sequences() -> None:
+    with pytest.raises(ValueError, match=r"required sequence\(s\) \['t1ce'\]"):
+        TrainConfig.from_json({"inputs": SHIPPED_INPUTS, "modality_dropout": {"t1ce": 0.1}})
+    with pytest.raises(ValueError, match=r"unknown sequence\(s\) \['dwi'\]"):
+        TrainConfig.from_json({"inputs": SHIPPED_INPUTS, "modality_dropout": {"dwi": 0.1}})
+    with pytest.raises(ValueError, match=r"rates must be numbers in \[0, 1\]"):
+        TrainConfig.from_json({"inputs": SHIPPED_INPUTS, "modality_dropout": {"t2": 1.5}})
+    with pytest.raises(ValueError, match="would drop a required sequence"):
+        TrainConfig.from_json({"modality_dropout": 0.1})  # all four required by default
+    with pytest.raises(ValueError, match="must name each of"):
+        TrainConfig.from_json({"inputs": {"required": ["t1ce"], "optional": ["t1"]}})
+    # the older number form still loads, and every shipped recipe does
+    old = TrainConfig.from_json({"inputs": SHIPPED_INPUTS, "modality_dropout": 0.05})
+    assert old.modality_dropout == 0.05 and old.input_policy.required == ("t1ce",)
+    assert TrainConfig().input_policy.required == SEQUENCES and TrainConfig().init_from is None
+    recipes = Path(__file__).parents[2] / "training" / "recipes"
+    for path in sorted(recipes.glob("*.json")):
+        TrainConfig.from_json(json.loads(path.read_text()))
+    dropout = TrainConfig.from_json(json.loads((recipes / "phantom_dropout.json").read_text()))
+    assert dropout.input_policy.to_json() == SHIPPED_INPUTS and dropout.init_from == "models/default"
+    default = TrainConfig.from_json(json.loads((recipes / "phantom_default.json").read_text()))
+    assert dropout.network == default.network and dropout.prep == default.prep
+
+
+def test_the_package_declares_the_recipe_inputs() -> None:
+    from tumorseg_training.train import manifest_for
+
+    from tumorseg.model.package import ModelManifest
+
+    config = TrainConfig.from_json({"inputs": SHIPPED_INPUTS, "modality_dropout": {"t2": 0.2}})
+    manifest = manifest_for(config, {}, {})
+    assert manifest.inputs == config.input_policy and manifest.to_json()["inputs"] == SHIPPED_INPUTS
+    assert ModelManifest.from_json(manifest.to_json(), Path(".")).inputs.optional == ("flair", "t1", "t2")
+    assert manifest_for(TrainConfig(), {}, {}).to_json()["inputs"]["required"] == list(SEQUENCES)
+
+
+def test_fine_tuning_starts_from_a_package_and_validates_without_each_optional_sequence(
+    data: Path, tmp_path: Path
+) -> None:
+    from tumorseg_training.card import render_card
+    from tumorseg_training.train import initial_weights, manifest_for
+
+    from tumorseg.model.network import build_network
+    from tumorseg.model.package import save_package
+
+    base = TrainConfig.from_json({**TINY_RECIPE, "version": "9.9.9"})
+    torch.manual_seed(1)
+    start = build_network("monai.UNet", base.network).state_dict()
+    save_package(tmp_path / "base", manifest_for(base, {}, {}), start)
+
+    recipe = {
+        **TINY_RECIPE,
+        "max_steps": 1,
+        "lr": 0.0,  # no step moves the weights: the package must hold the ones it started from
+        "weight_decay": 0.0,
+        "inputs": SHIPPED_INPUTS,
+        "modality_dropout": {"flair": 0.5, "t1": 0.5, "t2": 0.5},
+        "init_from": str(tmp_path / "base"),
+    }
+    config = TrainConfig.from_json(recipe)
+    loaded = initial_weights(config)
+    assert all(torch.equal(loaded[k], v) for k, v in start.items())
+    out = tmp_path / "tuned"
+    result = train(data, out, config, cache_dir=tmp_path / "cache")
+    weights = torch.load(out / "model.pt", weights_only=True)
+    for name, value in start.items():
+        if "running_" not in name and "num_batches" not in name:  # BatchNorm statistics are re-estimated
+            assert torch.equal(weights[name], value), name
+
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["inputs"] == SHIPPED_INPUTS
+    assert manifest["training"]["init_from"] == {
+        "path": str(tmp_path / "base"),
+        "name": base.name,
+        "version": "9.9.9",
+    }
+    validation = manifest["metrics"]["validation"]
+    assert {"dice_tc", "dice_wt", "dice_et", "mean_dice"} <= set(validation)
+    for sequence in ("flair", "t1", "t2"):
+        assert set(validation[f"without_{sequence}"]) == {"dice_tc", "dice_wt", "dice_et"}
+        for region in REGIONS:
+            key = f"val_without_{sequence}_dice_{region}"
+            assert 0.0 <= result.history[-1][key] <= 1.0
+            assert validation[f"without_{sequence}"][f"dice_{region}"] == result.history[-1][key]
+    assert "without_t1ce" not in validation
+    rows = list(csv.DictReader((out / METRICS_CSV).read_text().splitlines()))
+    assert rows[-1]["val_without_t2_dice_wt"] != ""
+
+    # evaluation with a sequence missing: refused for a required one; the reference moves off a missing one
+    with pytest.raises(ValueError, match="needs T1ce"):
+        evaluate(out, data, device="cpu", without="t1ce")
+    full = evaluate(out, data, device="cpu")
+    no_flair = evaluate(out, data, device="cpu", without="flair")
+    assert no_flair.without == "flair" and no_flair.reference == "t1ce"
+    assert no_flair.to_json()["without"] == "flair" and len(no_flair.cases) == 2
+    card = render_card(
+        manifest,
+        full.to_json(),
+        {},
+        {"flair": no_flair.to_json()},
+    )
+    assert "### Missing sequences" in card and "| without FLAIR |" in card and "it needs T1ce" in card
+
+    # a package with another network is refused by name
+    other = TrainConfig.from_json({**TINY_RECIPE, "network": {**TINY_RECIPE["network"], "channels": [4, 12]}})  # type: ignore[dict-item]
+    torch.manual_seed(2)
+    save_package(
+        tmp_path / "other",
+        manifest_for(other, {}, {}),
+        build_network("monai.UNet", other.network).state_dict(),
+    )
+    with pytest.raises(ValueError, match=r"channels \[4, 12\] there, \[4, 8\] here.*same architecture"):
+        train(
+            data,
+            tmp_path / "x",
+            config.replace(init_from=str(tmp_path / "other")),
+            cache_dir=tmp_path / "cache",
+        )

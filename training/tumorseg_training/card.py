@@ -1,8 +1,10 @@
 """``MODEL_CARD.md`` for a trained package, from its manifest and an evaluation report (real numbers only).
 
 Input: the package folder (``model.json`` with ``training`` and ``metrics``) and the JSON written by
-``tumorseg evaluate --json`` on held-out cases. Output: Markdown (``write_card``). Run as
-``python -m tumorseg_training.card --model DIR --evaluation REPORT.json [--timing stage=seconds ...]``.
+``tumorseg evaluate --json`` on held-out cases; for a package with optional inputs, also the JSON of
+``tumorseg evaluate --without SEQ --json`` on the same cases per optional sequence (the "Missing sequences"
+table). Output: Markdown (``write_card``). Run as ``python -m tumorseg_training.card --model DIR
+--evaluation REPORT.json [--without SEQ=REPORT.json ...] [--timing stage=seconds ...]``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from tumorseg.labels import REGIONS
 from tumorseg.model.package import MANIFEST
+from tumorseg.sequences import InputPolicy
 
 CARD = "MODEL_CARD.md"
 INPUT_NOTE = (
@@ -50,6 +53,45 @@ def _case_table(cases: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _missing_table(
+    evaluation: Mapping[str, Any],
+    without: Mapping[str, Mapping[str, Any]],
+    validation: Mapping[str, Any],
+) -> list[str]:
+    """Held-out mean Dice per region with the full input and with each optional sequence missing (and the
+    validation's, model grid, where the manifest has it)."""
+    lines = [
+        "| input | " + " | ".join(f"Dice {r.upper()}" for r in REGIONS) + " | validation Dice TC / WT / ET |",
+        "|---|" + "---|" * (len(REGIONS) + 1),
+    ]
+
+    def row(name: str, summary: Mapping[str, Any], val: Mapping[str, Any]) -> str:
+        held = " | ".join(f"{summary[f'dice_{r}']['mean']:.3f}" for r in REGIONS)
+        checked = all(f"dice_{r}" in val for r in REGIONS)
+        validated = " / ".join(f"{val[f'dice_{r}']:.3f}" for r in REGIONS) if checked else "-"
+        return f"| {name} | {held} | {validated} |"
+
+    lines.append(row("all four", evaluation["summary"], validation))
+    for sequence, report in without.items():
+        lines.append(
+            row(f"without {sequence.upper()}", report["summary"], validation.get(f"without_{sequence}", {}))
+        )
+    return lines
+
+
+def _either(sequences: Sequence[str]) -> str:
+    """``FLAIR, T1 or T2``."""
+    names = [m.upper() if m != "t1ce" else "T1ce" for m in sequences]
+    return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
+def _dropout_text(dropout: float | Mapping[str, float]) -> str:
+    if isinstance(dropout, Mapping):
+        rates = ", ".join(f"{m.upper()} {p:g}" for m, p in dropout.items())
+        return f"modality dropout per sequence (a zero channel) {rates or 'none'}"
+    return f"modality dropout p = {dropout}"
+
+
 def _misses(cases: Sequence[Mapping[str, Any]], below: float = 0.5) -> list[str]:
     """One Limitations line naming the held-out cases with a region's Dice under ``below``, if any."""
     found = [
@@ -67,9 +109,15 @@ def _misses(cases: Sequence[Mapping[str, Any]], below: float = 0.5) -> list[str]
 
 
 def render_card(
-    manifest: Mapping[str, Any], evaluation: Mapping[str, Any], timing: Mapping[str, float]
+    manifest: Mapping[str, Any],
+    evaluation: Mapping[str, Any],
+    timing: Mapping[str, float],
+    without: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
+    """``without``: ``tumorseg evaluate --without SEQ`` reports on the held-out cases, by sequence."""
     training, recipe = manifest["training"], manifest["training"]["recipe"]
+    inputs = InputPolicy.from_json(manifest.get("inputs"))
+    source = training.get("init_from")
     net = manifest["architecture"]["args"]
     data = training["data"]
     seconds = evaluation["seconds_per_case"]
@@ -88,7 +136,14 @@ def render_card(
         "",
         "Input: FLAIR, T1, T1ce, T2 of one study, resampled onto a 1 mm axis-aligned LPS grid, cropped to "
         "the head and z-scored per channel over non-zero voxels (`tumorseg.imaging.preprocess.prepare`, "
-        f"channel order {manifest['preprocessing']['channels']}). Output: sigmoid probabilities of the "
+        f"channel order {manifest['preprocessing']['channels']})"
+        + (
+            f"; it needs {inputs.describe()}, and a missing {_either(inputs.optional)} is fed as a channel "
+            "of zeros, as modality dropout showed it in training"
+            if inputs.optional
+            else ""
+        )
+        + ". Output: sigmoid probabilities of the "
         "BraTS regions TC, WT, ET, thresholded at "
         f"{manifest['output']['threshold']} and nested into BraTS 2021 labels (1 NCR, 2 ED, 4 ET) on the "
         "reference series' own lattice.",
@@ -109,7 +164,7 @@ def render_card(
         f"({recipe['samples_per_case']} per case), centres drawn per label with ratios "
         f"background/NCR/ED/ET = {recipe['class_ratios']}; flips on every axis (p = {recipe['flip_prob']}), "
         f"per-channel intensity scale ±{recipe['intensity_scale']} and shift ±{recipe['intensity_shift']}, "
-        f"modality dropout p = {recipe['modality_dropout']}"
+        + _dropout_text(recipe["modality_dropout"])
         + (
             f", label-1 core contrast against the brain around it scaled per channel by a factor in "
             f"[{1 - recipe['core_contrast']:g}, {1 + recipe['core_contrast']:g}] "
@@ -123,6 +178,14 @@ def render_card(
         *(
             [f"- Shipped weights: exponential moving average of the weights (decay {recipe['ema_decay']})."]
             if recipe.get("ema_decay")
+            else []
+        ),
+        *(
+            [
+                f"- Fine-tuned from `{source['path']}` ({source.get('name', '?')} {source.get('version', '?')}): "
+                "its weights started the run."
+            ]
+            if source
             else []
         ),
         f"- Length: {training['steps']} steps, {training['epochs']} epochs, seed {recipe['seed']}; best "
@@ -169,6 +232,23 @@ def render_card(
         "</details>",
         "",
     ]
+    if inputs.optional and without:
+        lines += [
+            "### Missing sequences",
+            "",
+            "Held-out mean Dice with each optional sequence missing in turn (left out, so fed as a zero "
+            "channel, as the service does for a study that lacks it; scored on the original lattice of "
+            f"each case's {evaluation['reference']}"
+            + "".join(
+                f", of its {r['reference']} without {m.upper()}"
+                for m, r in without.items()
+                if r["reference"] != evaluation["reference"]
+            )
+            + "), and the validation's on the model grid at the chosen epoch:",
+            "",
+            *_missing_table(evaluation, without, validation),
+            "",
+        ]
     if validation:
         lines += [
             "Validation on the model grid at the chosen epoch (no post-processing): "
@@ -183,8 +263,14 @@ def render_card(
         "",
         "- Phantoms are simpler than patients: no scanner artefacts beyond bias and noise, no post-operative "
         "cavities, no real anatomy variation. Scores here say nothing about BraTS or clinical data.",
-        "- Output quality depends on four co-registered sequences; a missing or mislabelled one is refused "
-        "upstream, not handled here.",
+        (
+            f"- Output quality depends on co-registered sequences; without {inputs.describe()} a study is "
+            "refused upstream, and without an optional sequence expect the lower scores above. A mislabelled "
+            "sequence is not detected here."
+            if inputs.optional
+            else "- Output quality depends on four co-registered sequences; a missing or mislabelled one is "
+            "refused upstream, not handled here."
+        ),
         *_misses(evaluation["cases"]),
         "",
         "## Training on BraTS 2021",
@@ -210,11 +296,14 @@ def render_card(
 
 
 def write_card(
-    model_dir: Path, evaluation: Mapping[str, Any], timing: Mapping[str, float] | None = None
+    model_dir: Path,
+    evaluation: Mapping[str, Any],
+    timing: Mapping[str, float] | None = None,
+    without: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     manifest = json.loads((model_dir / MANIFEST).read_text())
     path = model_dir / CARD
-    path.write_text(render_card(manifest, evaluation, timing or {}))
+    path.write_text(render_card(manifest, evaluation, timing or {}, without))
     return path
 
 
@@ -222,10 +311,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="package folder")
     parser.add_argument("--evaluation", type=Path, required=True, help="JSON of `tumorseg evaluate --json`")
+    parser.add_argument(
+        "--without",
+        nargs="*",
+        default=[],
+        help="SEQ=REPORT.json pairs: `tumorseg evaluate --without SEQ --json` on the same cases",
+    )
     parser.add_argument("--timing", nargs="*", default=[], help="stage=seconds pairs of the whole run")
     args = parser.parse_args(argv)
     timing = {k: float(v) for k, v in (item.split("=", 1) for item in args.timing)}
-    write_card(args.model, json.loads(args.evaluation.read_text()), timing)
+    without = {k: json.loads(Path(v).read_text()) for k, v in (item.split("=", 1) for item in args.without)}
+    write_card(args.model, json.loads(args.evaluation.read_text()), timing, without)
 
 
 if __name__ == "__main__":

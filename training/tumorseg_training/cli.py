@@ -119,6 +119,13 @@ def evaluate(
         str | None, typer.Option(help="Store the summary in the package manifest under metrics[RECORD].")
     ] = None,
     description: Annotated[str, typer.Option(help="What the cases are (with --record).")] = "",
+    without: Annotated[
+        str | None,
+        typer.Option(
+            help="Score with this sequence missing (a zero channel, as the service does); refused when the "
+            "package requires it."
+        ),
+    ] = None,
 ) -> None:
     """Per-region Dice/HD95 of a package on BraTS-layout cases, scored on each case's original lattice."""
     from tumorseg_training.evaluate import evaluate as run_evaluation
@@ -133,13 +140,15 @@ def evaluate(
             def advance(done: int, total: int, result: Any) -> None:
                 progress.update(task, completed=done, total=total, status=result.case_id)
 
-            report = run_evaluation(model, data, device, reference, advance)
+            report = run_evaluation(model, data, device, reference, advance, without=without)
     except (FileNotFoundError, ValueError, TumorsegError) as exc:
         err_console.print(f"[red]error[/red] {exc}")
         raise typer.Exit(code=1) from exc
     # Into a log file, rich would squeeze the table into 80 columns.
     (console if console.is_terminal else Console(width=160, file=console.file)).print(report_table(report))
     console.print("seconds per case: " + ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items()))
+    if without:
+        console.print(f"scored without {without} (a zero channel), on the {report.reference} lattice")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")

@@ -2,6 +2,13 @@
 
 ``TrainConfig.from_json`` accepts a partial dict (the CLI's ``--config``): unknown keys are refused with
 the list of known ones, so a typo cannot silently fall back to a default.
+
+``inputs`` is the ``tumorseg.sequences.InputPolicy`` the package will declare (as JSON; default: all four
+required) and ``modality_dropout`` says how training teaches the network to do without its optional
+sequences: a mapping ``{sequence: p}`` drops each listed optional sequence independently with its
+probability, a number p (the older form) drops one of them, chosen at random, with probability p. A required
+sequence is never dropped, nor so many that the policy would refuse what is left (see
+``transforms.RandModalityDropoutd``); a rate for a required or unknown sequence is refused here.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from typing import Any
 
 from tumorseg.imaging.preprocess import Preprocessing
 from tumorseg.model.network import DEFAULT_UNET_ARGS, stride_product
-from tumorseg.sequences import SEQUENCES
+from tumorseg.sequences import ALL_FOUR, SEQUENCES, InputPolicy
 
 # Keys that may differ between a run and its resumption: they do not change what is learned per step.
 RESUMABLE_CHANGES = frozenset(
@@ -38,7 +45,10 @@ class TrainConfig:
     flip_prob: float = 0.5
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
-    modality_dropout: float = 0.0
+    # which sequences the package needs (an InputPolicy as JSON) and how often training drops the optional
+    # ones: p per sequence {"flair": p, ...}, or one number p (one optional sequence, drawn at random)
+    inputs: dict[str, Any] = field(default_factory=ALL_FOUR.to_json)
+    modality_dropout: float | dict[str, float] = 0.0
     # Label-1 core contrast jitter (transforms.RandRegionContrastd): with probability core_contrast_prob
     # a crop's core contrast against the normal brain is scaled per channel by a factor drawn from
     # [1 - core_contrast, 1 + core_contrast]; 0 turns it off.
@@ -56,6 +66,7 @@ class TrainConfig:
     epochs: int = 50
     max_steps: int | None = None
     seed: int = 0
+    init_from: str | None = None  # a model package folder whose weights start the run (same network)
     ema_decay: float | None = 0.999  # moving average of the weights (validated and shipped); None: off
     bn_batches: int = 64  # batches that fix BatchNorm statistics before validation and at the end
     # validation (sliding window over whole held-out cases; expensive, so every few epochs)
@@ -89,6 +100,12 @@ class TrainConfig:
             problems.append(f"loss must be 'dice' or 'dice_bce', got {self.loss!r}")
         if self.reference not in SEQUENCES:
             problems.append(f"reference must be one of {SEQUENCES}")
+        try:
+            policy = InputPolicy.from_json(self.inputs)
+        except (TypeError, ValueError, AttributeError) as exc:
+            problems.append(str(exc))
+        else:
+            problems += dropout_problems(self.modality_dropout, policy)
         if self.epochs < 1 or (self.max_steps is not None and self.max_steps < 1):
             problems.append("epochs and max_steps must be >= 1")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -116,6 +133,10 @@ class TrainConfig:
     def prep(self) -> Preprocessing:
         return Preprocessing.from_json(self.preprocessing)
 
+    @property
+    def input_policy(self) -> InputPolicy:
+        return InputPolicy.from_json(self.inputs)
+
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         for key, value in data.items():
@@ -137,6 +158,13 @@ class TrainConfig:
             values["network"] = {**DEFAULT_UNET_ARGS, **values["network"]}
         if "preprocessing" in values:
             values["preprocessing"] = Preprocessing.from_json(values["preprocessing"]).to_json()
+        if isinstance(values.get("inputs"), Mapping):
+            try:
+                values["inputs"] = InputPolicy.from_json(values["inputs"]).to_json()
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"invalid training config: {exc}") from exc
+        if isinstance(values.get("modality_dropout"), Mapping):
+            values["modality_dropout"] = dict(values["modality_dropout"])
         return cls(**values)
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -146,3 +174,41 @@ class TrainConfig:
         """Keys whose values differ and that a resumed run may not change."""
         mine, theirs = self.to_json(), other.to_json()
         return sorted(k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs[k])
+
+
+def droppable(policy: InputPolicy) -> tuple[str, ...]:
+    """The optional sequences whose absence alone the policy accepts (what a number ``modality_dropout``
+    chooses from)."""
+    return tuple(m for m in policy.optional if policy.problem(s for s in SEQUENCES if s != m) is None)
+
+
+def dropout_problems(dropout: float | Mapping[str, float], policy: InputPolicy) -> list[str]:
+    """Why ``dropout`` (a ``modality_dropout`` value) does not fit ``policy`` (empty: it does)."""
+    if isinstance(dropout, Mapping):
+        problems = []
+        unknown = sorted(str(m) for m in dropout if m not in SEQUENCES)
+        if unknown:
+            problems.append(f"modality_dropout names unknown sequence(s) {unknown}; known: {list(SEQUENCES)}")
+        required = [m for m in dropout if m in policy.required]
+        if required:
+            problems.append(
+                f"modality_dropout gives a rate for required sequence(s) {required}: a required sequence is "
+                f"never dropped (inputs.optional: {list(policy.optional)})"
+            )
+        rates = list(dropout.values())
+        if not all(isinstance(p, int | float) and not isinstance(p, bool) for p in rates) or not all(
+            0.0 <= float(p) <= 1.0 for p in rates
+        ):
+            problems.append("modality_dropout rates must be numbers in [0, 1]")
+        return problems
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float):
+        return [f"modality_dropout must be a number or a {{sequence: p}} mapping, got {dropout!r}"]
+    if not 0.0 <= float(dropout) <= 1.0:
+        return ["modality_dropout must be in [0, 1]"]
+    if dropout > 0 and not droppable(policy):
+        return [
+            f"modality_dropout {dropout} would drop a required sequence: with inputs requiring "
+            f"{policy.describe() or 'every sequence'} no sequence may be dropped; declare the ones the model "
+            "may do without in inputs.optional, or set modality_dropout to 0"
+        ]
+    return []

@@ -6,6 +6,10 @@ Per case: read the four volumes (SimpleITK, LPS) → ``prepare`` onto the model 
 removal of specks, the package's ``min_enhancing_ml``) → compare with the case's ``seg`` on that same
 lattice (a seg on another lattice is resampled onto it label-wise first). Scores: ``metrics.region_scores`` (Dice, HD95 in mm, BraTS empty-region rules).
 Times per stage are measured too (``seconds``: prepare, predict, postprocess, total).
+
+``without``: score with one sequence missing, as the service segments a study that lacks it (the volume is
+left out, so ``prepare`` feeds a channel of zeros); refused when the package requires it. When it is the
+reference, the lattice is the package's first required sequence instead (unless ``reference`` is given).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from tumorseg.labels import labels_to_regions
 from tumorseg.model.device import resolve_device
 from tumorseg.model.package import MANIFEST, read_manifest
 from tumorseg.model.predictor import Predictor
+from tumorseg.sequences import SEQUENCES
 from tumorseg_training.data import SEG, CaseFiles, find_cases
 from tumorseg_training.metrics import SCORES, region_scores, summarise
 
@@ -51,6 +56,7 @@ class EvaluationReport:
     reference: str
     cases: list[CaseResult] = field(default_factory=list)
     cpu_threads: int = 0  # torch intra-op threads during the evaluation
+    without: str | None = None  # the sequence left out, if any
 
     @property
     def summary(self) -> dict[str, dict[str, float]]:
@@ -71,6 +77,7 @@ class EvaluationReport:
             "device": self.device,
             "cpu_threads": self.cpu_threads,
             "reference": self.reference,
+            "without": self.without,
             "summary": self.summary,
             "seconds_per_case": self.seconds,
             "cases": [dataclasses.asdict(c) for c in self.cases],
@@ -86,11 +93,14 @@ def _same_lattice(a: sitk.Image, b: sitk.Image) -> bool:
     )
 
 
-def evaluate_case(predictor: Predictor, case: CaseFiles, reference: str) -> CaseResult:
-    """Prepare → predict → back onto the reference lattice → scores against the case's seg."""
+def evaluate_case(
+    predictor: Predictor, case: CaseFiles, reference: str, without: str | None = None
+) -> CaseResult:
+    """Prepare → predict → back onto the reference lattice → scores against the case's seg (``without``:
+    that sequence left out)."""
     manifest = predictor.manifest
     start = time.perf_counter()
-    volumes = case.volumes()
+    volumes = {m: case.volume(m) for m in SEQUENCES if m != without}
     model_input, _ = prepare(volumes, reference, manifest.preprocessing)
     prepared = time.perf_counter()
     probabilities = predictor.predict(model_input)
@@ -120,19 +130,40 @@ def evaluate(
     device: str = "auto",
     reference: str | None = None,
     progress: Callable[[int, int, CaseResult], None] | None = None,
+    without: str | None = None,
 ) -> EvaluationReport:
     """Every case under ``data_dir`` (each needs its seg) scored with the package in ``model_dir``.
-    ``reference`` defaults to the one the package was trained with (else flair)."""
+    ``reference`` defaults to the one the package was trained with (else flair); ``without``: see the
+    module docstring."""
     resolved = resolve_device(device)
     predictor = Predictor.from_package(model_dir, resolved)
     recipe = predictor.manifest.training.get("recipe", {})
     ref = reference or str(recipe.get("reference", "flair"))
+    if without is not None:
+        policy = predictor.manifest.inputs
+        if without not in SEQUENCES:
+            raise ValueError(f"--without {without}: not a sequence (one of {', '.join(SEQUENCES)})")
+        problem = policy.problem(m for m in SEQUENCES if m != without)
+        if problem is not None:
+            raise ValueError(
+                f"--without {without}: the package {predictor.name} needs {policy.describe()} ({problem})"
+            )
+        if ref == without:
+            if reference is not None:
+                raise ValueError(f"--without {without}: it cannot be the reference too")
+            ref = next(m for m in (*policy.required, *SEQUENCES) if m != without)
     cases = find_cases(data_dir, require_seg=True)
     report = EvaluationReport(
-        predictor.name, str(model_dir), str(data_dir), resolved, ref, cpu_threads=torch.get_num_threads()
+        predictor.name,
+        str(model_dir),
+        str(data_dir),
+        resolved,
+        ref,
+        cpu_threads=torch.get_num_threads(),
+        without=without,
     )
     for n, case in enumerate(cases, start=1):
-        result = evaluate_case(predictor, case, ref)
+        result = evaluate_case(predictor, case, ref, without)
         report.cases.append(result)
         log.info(
             "%s: %s (%.1f s)",
@@ -153,6 +184,7 @@ def record_in_package(model_dir: Path, report: EvaluationReport, key: str, descr
         "cases": len(report.cases),
         "case_ids": [c.case_id for c in report.cases],
         "lattice": f"original lattice of each case's {report.reference}",
+        **({"without": report.without} if report.without else {}),
         "device": report.device,
         "seconds_per_case": {k: round(v, 2) for k, v in report.seconds.items()},
         "summary": {k: {s: round(v, 4) for s, v in stats.items()} for k, stats in report.summary.items()},

@@ -10,11 +10,15 @@
    validated and shipped;
 3. every ``val_every`` epochs (and after the last) re-estimates BatchNorm statistics for those weights
    (``optim.recalibrate_batch_norm``), runs the package's own ``Predictor`` (sliding window) over each
-   validation case on the model grid and scores Dice/HD95 per region (``metrics``);
+   validation case on the model grid and scores Dice/HD95 per region (``metrics``); when the recipe's
+   ``inputs`` has optional sequences, also with each of them missing in turn (its channel zeroed, as
+   inference feeds it): mean Dice per region as ``val_without_<seq>_dice_<region>`` in the history and
+   ``metrics["validation"]["without_<seq>"]`` in the package; model selection stays on the full input;
 4. keeps the best weights by mean validation Dice (the last ones without validation) as the package in
    ``out_dir`` (``model.json`` + ``model.pt``), and after every epoch rewrites ``metrics.csv``,
    ``curves.png`` and ``checkpoint.pt`` (network, average, optimiser, schedule, history: ``resume=True``
-   continues from it).
+   continues from it). ``init_from`` (a package folder) starts the network from that package's weights
+   (fine-tuning; the network must be the recipe's).
 
 Determinism: ``monai.utils.set_determinism(seed)`` before the network is built, and the crop sampler and
 the case order are reseeded from ``seed + epoch`` at every epoch, so a CPU run is reproducible and a run
@@ -40,10 +44,17 @@ from monai.utils import set_determinism
 from torch import nn
 
 from tumorseg.imaging.preprocess import ModelInput
-from tumorseg.labels import labels_to_regions
+from tumorseg.labels import REGIONS, labels_to_regions
 from tumorseg.model.device import resolve_device
-from tumorseg.model.network import build_network
-from tumorseg.model.package import WEIGHTS, InferenceConfig, ModelManifest, current_versions, save_package
+from tumorseg.model.network import DEFAULT_UNET_ARGS, build_network
+from tumorseg.model.package import (
+    WEIGHTS,
+    InferenceConfig,
+    ModelManifest,
+    current_versions,
+    read_manifest,
+    save_package,
+)
 from tumorseg.model.predictor import Predictor
 from tumorseg_training import __version__
 from tumorseg_training.config import TrainConfig
@@ -98,13 +109,19 @@ def manifest_for(config: TrainConfig, training: dict[str, Any], metrics: dict[st
         training=training,
         metrics=metrics,
         versions={**current_versions(), "tumorseg_training": __version__},
+        inputs=config.input_policy,
     )
 
 
 def validate(
-    network: nn.Module, cases: list[PreparedCase], config: TrainConfig, device: str
+    network: nn.Module,
+    cases: list[PreparedCase],
+    config: TrainConfig,
+    device: str,
+    without: str | None = None,
 ) -> dict[str, float]:
-    """Mean region scores of ``network`` over ``cases`` (model grid, threshold, no post-processing)."""
+    """Mean region scores of ``network`` over ``cases`` (model grid, threshold, no post-processing);
+    ``without``: that sequence missing, its channel zeroed after normalisation as inference feeds it."""
     predictor = Predictor(manifest_for(config, {}, {}), network, device)
     spacing = (config.prep.spacing_mm,) * 3
     rows = []
@@ -112,11 +129,62 @@ def validate(
     network.eval()
     for case in cases:
         array = case.float32()
+        if without is not None:
+            array = array.copy()
+            array[config.prep.channels.index(without)] = 0.0
         grid = sitk.Image([int(s) for s in array.shape[1:]], sitk.sitkUInt8)
         probabilities = predictor.predict(ModelInput(array=array, grid=grid))
         rows.append(region_scores(probabilities > config.threshold, labels_to_regions(case.labels), spacing))
     network.train(was_training)
     return {name: stats["mean"] for name, stats in summarise(rows).items()}
+
+
+def without_key(sequence: str, region: str) -> str:
+    """History key of the validation Dice of ``region`` with ``sequence`` missing."""
+    return f"val_without_{sequence}_dice_{region}"
+
+
+def validation_metrics(best: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
+    """``metrics["validation"]`` of the package: the full-input scores of the chosen epoch, and with each
+    optional sequence missing ``without_<seq>: {dice_tc, dice_wt, dice_et}``."""
+    metrics: dict[str, Any] = {
+        k[4:]: v for k, v in best.items() if k.startswith("val_") and not k.startswith("val_without_")
+    }
+    for sequence in config.input_policy.optional:
+        scores = {
+            f"dice_{r}": best[without_key(sequence, r)] for r in REGIONS if without_key(sequence, r) in best
+        }
+        if scores:
+            metrics[f"without_{sequence}"] = scores
+    return metrics
+
+
+def initial_weights(config: TrainConfig) -> dict[str, Any]:
+    """The weights of the package ``config.init_from``, refused unless its network is the recipe's."""
+    assert config.init_from is not None
+    source = Path(config.init_from)
+    manifest = read_manifest(source)
+    theirs = {**DEFAULT_UNET_ARGS, **manifest.architecture_args}
+    mine = {**DEFAULT_UNET_ARGS, **config.network}
+    differs = sorted(k for k in {*theirs, *mine} if _plain(theirs.get(k)) != _plain(mine.get(k)))
+    if manifest.architecture != "monai.UNet" or differs:
+        detail = ", ".join(f"{k} {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in differs)
+        raise ValueError(
+            f"init_from {source}: its network ({manifest.architecture}"
+            + (f"; {detail}" if detail else "")
+            + ") is not the recipe's; fine-tuning needs the same architecture"
+        )
+    if tuple(manifest.preprocessing.channels) != tuple(config.prep.channels):
+        raise ValueError(
+            f"init_from {source}: its channel order {list(manifest.preprocessing.channels)} is not the "
+            f"recipe's {list(config.prep.channels)}"
+        )
+    state: dict[str, Any] = torch.load(source / manifest.weights, map_location="cpu", weights_only=True)
+    return state
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _finite_mean(values: list[float]) -> float:
@@ -125,13 +193,20 @@ def _finite_mean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
+def _source(folder: str) -> dict[str, Any]:
+    """What ``init_from`` pointed at, for the manifest."""
+    manifest = read_manifest(Path(folder))
+    return {"path": folder, "name": manifest.name, "version": manifest.version}
+
+
 def _cpu_state(network: nn.Module) -> dict[str, Any]:
     return {k: v.detach().cpu() for k, v in network.state_dict().items()}
 
 
 def _write_history(out: Path, history: list[dict[str, float]]) -> None:
+    extra = [k for k in dict.fromkeys(k for r in history for k in r) if k not in CSV_FIELDS]
     with (out / METRICS_CSV).open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, restval="")
+        writer = csv.DictWriter(handle, fieldnames=[*CSV_FIELDS, *extra], restval="")
         writer.writeheader()
         for record in history:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in record.items()})
@@ -178,7 +253,16 @@ def train(
     set_determinism(seed=config.seed)
     if device == "cuda":
         torch.backends.cudnn.benchmark = True
-    network = build_network("monai.UNet", config.network).to(device)
+    network = build_network("monai.UNet", config.network)
+    init_info: dict[str, Any] | None = checkpoint.get("init_from") if checkpoint is not None else None
+    if config.init_from is not None and checkpoint is None:
+        init_info = _source(config.init_from)
+        try:
+            network.load_state_dict(initial_weights(config))
+        except RuntimeError as exc:  # same arguments, yet the weights do not fit
+            raise ValueError(f"init_from {config.init_from}: weights do not fit the network ({exc})") from exc
+        log.info("starting from the weights of %s", config.init_from)
+    network = network.to(device)
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     items = [training_item(case, config.crop_size) for case in train_cases]
     visits = epoch_visits(items, config.repeat_without_et)
@@ -218,6 +302,8 @@ def train(
         config.modality_dropout,
         config.core_contrast,
         config.core_contrast_prob,
+        inputs=config.input_policy,
+        channels=config.prep.channels,
     )
     calibration = train_transform(
         config.crop_size, config.samples_per_case, config.class_ratios, flip_prob=0.0
@@ -240,6 +326,7 @@ def train(
             "validation_case_ids": [c.case_id for c in val_cases],
         },
         "recipe": config.to_json(),
+        **({"init_from": init_info} if init_info else {}),
         "device": device,
         "parameters": sum(p.numel() for p in network.parameters()),
     }
@@ -298,6 +385,9 @@ def train(
             hooks.validating(epoch, len(val_cases))
             scores = validate(shipped, val_cases, config, device)
             record.update({f"val_{k}": v for k, v in scores.items()}, val_mean_dice=mean_dice(scores))
+            for sequence in config.input_policy.optional:
+                without = validate(shipped, val_cases, config, device, without=sequence)
+                record.update({without_key(sequence, r): without[f"dice_{r}"] for r in REGIONS})
         record["elapsed_s"] = elapsed_before + time.perf_counter() - started
         history.append(record)
         log.info(
@@ -318,7 +408,7 @@ def train(
                 "epochs": epoch,
                 "duration_s": round(record["elapsed_s"], 1),
             }
-            metrics = {"validation": {k[4:]: v for k, v in best.items() if k.startswith("val_")}}
+            metrics = {"validation": validation_metrics(best, config)}
             save_package(out_dir, manifest_for(config, {**info, "best": best}, metrics), _cpu_state(shipped))
         _write_history(out_dir, history)
         state = {
@@ -332,6 +422,7 @@ def train(
             "epoch": epoch,
             "history": history,
             "best": best,
+            "init_from": init_info,
         }
         torch.save(state, out_dir / f"{CHECKPOINT}.tmp")
         (out_dir / f"{CHECKPOINT}.tmp").replace(out_dir / CHECKPOINT)
@@ -340,7 +431,7 @@ def train(
     duration = elapsed_before + time.perf_counter() - started
     # The weights are the best epoch's; the manifest describes the whole run.
     info = {**training_info, "steps": step, "epochs": epoch, "duration_s": round(duration, 1), "best": best}
-    metrics = {"validation": {k[4:]: v for k, v in best.items() if k.startswith("val_")}}
+    metrics = {"validation": validation_metrics(best, config)}
     if not (out_dir / WEIGHTS).is_file():  # no validation score was ever finite: keep the last weights
         save_package(out_dir, manifest_for(config, info, metrics), _cpu_state(shipped))
     weights = torch.load(out_dir / WEIGHTS, map_location="cpu", weights_only=True)

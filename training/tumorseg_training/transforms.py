@@ -11,8 +11,8 @@ plain ``torch.Tensor`` s. Crop centres are drawn per label class with ``class_ra
 ED, ET), so most crops hold tumour and the thin enhancing rims are seen often; a class a case lacks is
 skipped. Then optional core-contrast jitter (``RandRegionContrastd``: the contrast of the label-1 core
 against the normal brain around it scaled per channel), random flips on each axis, per-channel intensity
-scale and shift, and optional modality dropout (one channel set to 0, the value of "no signal" after
-z-scoring).
+scale and shift, and optional modality dropout (optional sequences' channels set to 0, the value of "no
+signal" after z-scoring, as inference feeds a missing sequence; never a required one).
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from monai.utils import convert_to_numpy
 from scipy import ndimage as ndi
 
 from tumorseg.labels import ET, labels_to_regions
+from tumorseg.sequences import ALL_FOUR, SEQUENCES, InputPolicy
+from tumorseg_training.config import dropout_problems, droppable
 from tumorseg_training.data import PreparedCase
 
 IMAGE, LABEL = "image", "label"
@@ -87,24 +89,77 @@ class LabelsToRegionsd(MapTransform):
 
 
 class RandModalityDropoutd(RandomizableTransform, MapTransform):
-    """With probability ``prob``, set one randomly chosen channel to 0 (a missing sequence)."""
+    """Set channels to 0, the value of "no signal" after z-scoring: a missing sequence, as inference feeds
+    one (``tumorseg.imaging.preprocess.prepare``).
 
-    def __init__(self, keys: str | Sequence[str], prob: float = 0.0) -> None:
+    ``rates`` is a recipe's ``modality_dropout``: a mapping ``{sequence: p}`` drops each listed sequence
+    independently with its probability; a number p drops one sequence, drawn uniformly from those the
+    policy lets go alone (``config.droppable``), with probability p. Never a required sequence of
+    ``inputs``, and never so many that ``inputs.problem`` would refuse what is left: with a mapping the
+    sequences are visited in a random order and one whose drop would break the policy (the second of an
+    ``any_of`` pair, say) is kept, so such a sequence is dropped a little less often than its rate
+    (p · (1 - q / 2) for a pair at p and q). ``channels`` names the image's channels in order (the
+    package's ``Preprocessing.channels``).
+
+    Off (rate 0, or no rate above 0) the transform draws nothing from its random state.
+    """
+
+    def __init__(
+        self,
+        keys: str | Sequence[str],
+        rates: float | Mapping[str, float] = 0.0,
+        inputs: InputPolicy = ALL_FOUR,
+        channels: Sequence[str] = SEQUENCES,
+    ) -> None:
+        problems = dropout_problems(rates, inputs)
+        missing = [m for m in (rates if isinstance(rates, Mapping) else ()) if m not in channels]
+        if problems or missing:
+            raise ValueError("; ".join([*problems, *(f"no channel named {m}" for m in missing)]))
         MapTransform.__init__(self, keys)
-        RandomizableTransform.__init__(self, prob)
-        self._channel = 0
+        RandomizableTransform.__init__(self, 1.0)
+        self.inputs, self.channels = inputs, tuple(channels)
+        if isinstance(rates, Mapping):
+            self.rates = {m: float(p) for m, p in rates.items() if float(p) > 0}
+            self.one_of: tuple[str, ...] = ()
+            self.prob_one = 0.0
+        else:
+            self.rates = {}
+            self.one_of = droppable(inputs) if rates > 0 else ()
+            self.prob_one = float(rates)
+        self._dropped: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.rates) or (self.prob_one > 0 and bool(self.one_of))
 
     def randomize(self, data: Any = None) -> None:
-        super().randomize(None)
-        self._channel = int(self.R.randint(int(data))) if data else 0
+        self._dropped = ()
+        if not self.active:
+            return
+        if self.one_of:
+            if self.R.rand() < self.prob_one:
+                self._dropped = (self.one_of[int(self.R.randint(len(self.one_of)))],)
+            return
+        names = list(self.rates)
+        order = self.R.permutation(len(names))
+        draws = self.R.rand(len(names))
+        present = set(self.channels)
+        dropped = []
+        for n in order:
+            name = names[int(n)]
+            if draws[n] < self.rates[name] and self.inputs.problem(present - {name}) is None:
+                present.discard(name)
+                dropped.append(name)
+        self._dropped = tuple(dropped)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            self.randomize(d[key].shape[0])
-            if self._do_transform:
+            self.randomize()
+            if self._dropped:
                 tensor = torch.as_tensor(d[key]).clone()
-                tensor[self._channel] = 0
+                for name in self._dropped:
+                    tensor[self.channels.index(name)] = 0
                 d[key] = tensor
         return d
 
@@ -176,12 +231,15 @@ def train_transform(
     flip_prob: float = 0.5,
     intensity_scale: float = 0.1,
     intensity_shift: float = 0.1,
-    modality_dropout: float = 0.0,
+    modality_dropout: float | Mapping[str, float] = 0.0,
     core_contrast: float = 0.0,
     core_contrast_prob: float = 0.5,
+    inputs: InputPolicy = ALL_FOUR,
+    channels: Sequence[str] = SEQUENCES,
 ) -> Compose:
     """The random part of the pipeline (see module docstring); ``class_ratios`` = (bg, NCR, ED, ET);
-    ``core_contrast`` is ``RandRegionContrastd``'s spread for label 1 (0: off)."""
+    ``core_contrast`` is ``RandRegionContrastd``'s spread for label 1 (0: off); ``modality_dropout``,
+    ``inputs`` and ``channels`` as ``RandModalityDropoutd``."""
     if len(class_ratios) != 4 or min(class_ratios) < 0 or sum(class_ratios) <= 0:
         raise ValueError(
             f"class_ratios must be four non-negative weights (bg, NCR, ED, ET), got {class_ratios}"
@@ -217,7 +275,9 @@ def train_transform(
             *[RandFlipd(keys=keys, prob=flip_prob, spatial_axis=axis) for axis in range(3)],
             RandScaleIntensityd(keys=IMAGE, factors=intensity_scale, prob=1.0, channel_wise=True),
             RandShiftIntensityd(keys=IMAGE, offsets=intensity_shift, prob=1.0, channel_wise=True),
-            RandModalityDropoutd(keys=IMAGE, prob=modality_dropout),
+            # Always in the pipeline, and last of the random ones: its seed from the Compose is drawn after
+            # every other's, so recipes without dropout (for which it draws nothing) crop as they always did.
+            RandModalityDropoutd(keys=IMAGE, rates=modality_dropout, inputs=inputs, channels=channels),
             EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False),
         ]
     )

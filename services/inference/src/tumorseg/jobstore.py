@@ -232,14 +232,15 @@ class JobStore:
             return cursor.rowcount == 1
 
     def unfinished(self, stale_s: float) -> tuple[str, ...]:
-        """Ids of the jobs no live process has in hand: queued, or running with a heartbeat older than
-        ``stale_s``; oldest first. The API's sweep sends those that no message in Redis stands for again.
-        """
+        """Ids of the jobs no live process has in hand for ``stale_s``: queued at least that long ago
+        (a job just created is being sent), or running with a heartbeat older than that; oldest first.
+        The API's sweep sends those that no message in Redis stands for again."""
         with self._sql() as db:
+            before = time.time() - stale_s
             rows = db.execute(
-                "SELECT job_id FROM jobs WHERE state = 'queued' OR (state = 'running' AND "
-                "COALESCE(heartbeat_at, started_at, 0) < ?) ORDER BY created_at, rowid",
-                (time.time() - stale_s,),
+                "SELECT job_id FROM jobs WHERE (state = 'queued' AND created_at < ?) OR (state = 'running' "
+                "AND COALESCE(heartbeat_at, started_at, 0) < ?) ORDER BY created_at, rowid",
+                (before, before),
             ).fetchall()
         return tuple(r["job_id"] for r in rows)
 
