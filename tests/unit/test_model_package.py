@@ -16,6 +16,7 @@ from tumorseg.imaging.preprocess import ModelInput
 from tumorseg.labels import labels_to_regions, regions_to_labels, volumes_ml
 from tumorseg.model.package import read_manifest
 from tumorseg.model.predictor import Predictor
+from tumorseg.sequences import ALL_FOUR, InputPolicy
 
 
 def test_round_trip_and_predict(tmp_path: Path) -> None:
@@ -129,3 +130,21 @@ def test_threads_follow_the_cpus_the_process_may_use() -> None:
     finally:
         torch.set_num_threads(before[0])
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])
+
+
+def test_the_input_policy_travels_in_the_manifest_and_old_packages_need_all_four(tmp_path: Path) -> None:
+    inputs = {"required": ["t1ce"], "optional": ["flair", "t1", "t2"], "any_of": [["flair", "t2"]]}
+    manifest = read_manifest(tiny_package(tmp_path / "optional", inputs=inputs))
+    assert manifest.inputs == InputPolicy.from_json(inputs) and manifest.to_json()["inputs"] == inputs
+    assert (
+        manifest.inputs.problem(["t1ce", "t1"]) is not None
+        and manifest.inputs.problem(["t1ce", "t2"]) is None
+    )
+    old = tmp_path / "old"
+    tiny_package(old)
+    data = json.loads((old / "model.json").read_text())
+    del data["inputs"]  # a package written before the key existed
+    (old / "model.json").write_text(json.dumps(data))
+    assert read_manifest(old).inputs == ALL_FOUR
+    with pytest.raises(ModelError, match="cannot be used"):
+        read_manifest(tiny_package(tmp_path / "wrong", inputs={"required": ["t1ce"], "optional": ["t1"]}))
