@@ -531,9 +531,10 @@ def test_recipe_refuses_dropout_of_required_or_unknown_sequences() -> None:
     for path in sorted(recipes.glob("*.json")):
         TrainConfig.from_json(json.loads(path.read_text()))
     dropout = TrainConfig.from_json(json.loads((recipes / "phantom_dropout.json").read_text()))
-    assert dropout.input_policy.to_json() == SHIPPED_INPUTS and dropout.init_from == "models/default"
+    assert dropout.input_policy.to_json() == SHIPPED_INPUTS and dropout.init_from is None  # a full retrain
     default = TrainConfig.from_json(json.loads((recipes / "phantom_default.json").read_text()))
     assert dropout.network == default.network and dropout.prep == default.prep
+    assert (dropout.epochs, dropout.lr, dropout.seed) == (default.epochs, default.lr, default.seed)
 
 
 def test_the_package_declares_the_recipe_inputs() -> None:
