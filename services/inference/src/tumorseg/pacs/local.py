@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,6 +43,27 @@ def terminate(process: subprocess.Popen[bytes] | None, timeout: float) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def wait_until_ready(
+    process: subprocess.Popen[bytes],
+    answers: Callable[[], bool],
+    timeout: float,
+    name: str,
+    log_path: Path,
+    stop: Callable[[], None],
+) -> None:
+    """Poll ``answers`` every 0.1 s until it is true; ``RuntimeError`` if the process exits first,
+    ``TimeoutError`` (after ``stop()``) if ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {process.returncode}; see {log_path}")
+        if answers():
+            return
+        time.sleep(0.1)
+    stop()
+    raise TimeoutError(f"{name} did not answer within {timeout} s; see {log_path}")
 
 
 class LocalOrthanc:
@@ -113,20 +135,14 @@ class LocalOrthanc:
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(
-                    f"Orthanc exited with code {self._process.returncode}; see {self.log_path}"
-                )
-            try:
-                if httpx.get(f"{self.url}/system", auth=self.auth, timeout=1.0).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"Orthanc did not answer within {timeout} s; see {self.log_path}")
+        wait_until_ready(self._process, self._answers, timeout, "Orthanc", self.log_path, self.stop)
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/system", auth=self.auth, timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
 
     def stop(self, timeout: float = 15.0) -> None:
         terminate(self._process, timeout)
@@ -173,23 +189,17 @@ class LocalRedis:
         args += [self.password, "--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
         args += ["--logfile", str(self.log_path)]
         self._process = subprocess.Popen(args, cwd=self.workdir, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(
-                    f"redis-server exited with code {self._process.returncode}; see {self.log_path}"
-                )
-            client = redis.Redis(port=self.port, password=self.password, socket_timeout=1.0)
-            try:
-                if client.ping():
-                    return self
-            except redis.RedisError:
-                pass
-            finally:
-                client.close()
-            time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"redis-server did not answer within {timeout} s; see {self.log_path}")
+        wait_until_ready(self._process, self._answers, timeout, "redis-server", self.log_path, self.stop)
+        return self
+
+    def _answers(self) -> bool:
+        client = redis.Redis(port=self.port, password=self.password, socket_timeout=1.0)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
 
     def stop(self) -> None:
         terminate(self._process, 10.0)
