@@ -114,12 +114,12 @@ def choose_from(
             continue  # the explicit series belong to another study
         if proposal.usable(policy):
             return _chosen(study, proposal.require(study_label(study), policy), len(studies))
-        if policy.problem([*proposal.series, *proposal.ambiguous]) is None:
+        if policy.problem(proposal.found) is None:
             # All four present but one ambiguous: this is the study the user gets; say so, don't fall back.
             problem = proposal.error(study_label(study), policy)
             if problem is not None:
                 raise problem
-        if best is None or proposal.found_count > best[1].found_count:
+        if best is None or len(proposal.found) > len(best[1].found):
             best = (study, proposal)
 
     if best is None:

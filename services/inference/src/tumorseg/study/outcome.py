@@ -128,9 +128,9 @@ class MappingProposal:
         return not self.ambiguous and not self.explicit_missing and policy.problem(self.series) is None
 
     @property
-    def found_count(self) -> int:
+    def found(self) -> tuple[str, ...]:
         """Modalities with at least one fitting series (ambiguous ones count: the data is there)."""
-        return len(self.series) + len(self.ambiguous)
+        return (*self.series, *self.ambiguous)
 
     def error(self, study_label: str | None = None, policy: InputPolicy = ALL_FOUR) -> StudyError | None:
         """The error that makes this proposal unusable for a model with ``policy``, or ``None``. Missing
@@ -153,7 +153,7 @@ class MappingProposal:
                 f"{label} has no MR series (found: {found or 'no series'}); "
                 f"segmentation needs MR {policy.describe()}"
             )
-        lacking = policy.problem([*self.series, *self.ambiguous])
+        lacking = policy.problem(self.found)
         if lacking is not None:
             parts = [f"{label} has {lacking}"]
             if self.series:
