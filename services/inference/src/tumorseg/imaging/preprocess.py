@@ -223,10 +223,9 @@ def prepare(
     # composed in: voxels outside the volume's field of view (the same inside test for every interpolator)
     # come out NaN, never a real intensity.
     array = np.empty((len(prep.channels), *cropped.GetSize()), dtype=np.float32)
-    todo = [c for c, m in enumerate(prep.channels) if m in channels]
-    for c, m in enumerate(prep.channels):
-        if m not in channels:
-            array[c] = 0.0
+    present = [c for c, m in enumerate(prep.channels) if m in channels]  # the others stay zero channels
+    array[[c for c in range(len(prep.channels)) if c not in present]] = 0.0
+    todo = list(present)
     if extraction is not None and block is not None:  # the extraction's channel is resampled already
         done = prep.channels.index(extraction.series)
         array[done] = block[in_crop]
@@ -239,9 +238,8 @@ def prepare(
     )
     covered = np.ones(array.shape[1:], dtype=bool)
     outside = np.empty(array.shape[1:], dtype=bool)
-    for c, m in enumerate(prep.channels):
-        if m in channels:
-            covered &= np.logical_not(np.isnan(array[c], out=outside), out=outside)
+    for c in present:
+        covered &= np.logical_not(np.isnan(array[c], out=outside), out=outside)
     # Where one sequence's field of view ends (a thick oblique slab that misses the vertex, say) the others
     # still show brain; the model was never shown a head with one channel cut off, so the voxels outside
     # any field of view are made background in every channel. Full-coverage data (BraTS) is unchanged.
