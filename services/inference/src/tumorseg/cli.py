@@ -48,7 +48,7 @@ def serve(
 @app.command()
 def worker() -> None:
     """Take jobs from the Redis queue (TUMORSEG_QUEUE_URL) one at a time; the model is loaded once. Run one
-    per GPU, on as many machines as share the results directory. SIGTERM finishes the job in hand first."""
+    per GPU, on the host whose results directory the API uses. SIGTERM finishes the job in hand first."""
     import os
     import signal
     import threading

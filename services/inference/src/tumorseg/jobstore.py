@@ -324,9 +324,3 @@ class JobStore:
                 "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = ?",
                 (name, value, value),
             )
-
-    def count_active(self) -> int:
-        with self._sql() as db:
-            return int(
-                db.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')").fetchone()[0]
-            )
