@@ -110,17 +110,22 @@ def dcm2niix_seconds(folders: list[Path]) -> float:
         return time.perf_counter() - start
 
 
+def service_env(orthanc: LocalOrthanc, results: Path, **extra: str) -> dict[str, str]:
+    """The settings of a benchmarked `tumorseg serve` or `worker`: this Orthanc, this results folder."""
+    return {
+        "TUMORSEG_ORTHANC_URL": orthanc.url,
+        "TUMORSEG_ORTHANC_USERNAME": orthanc.username,
+        "TUMORSEG_ORTHANC_PASSWORD": orthanc.password,
+        "TUMORSEG_RESULTS_DIR": str(results),
+        **extra,
+    }
+
+
 class Service(LocalService):
     """`tumorseg serve` on ``orthanc``, with a series cache of ``cache_mb`` MiB (0: off), started at once."""
 
     def __init__(self, orthanc: LocalOrthanc, results: Path, log: Path, cache_mb: int) -> None:
-        env = {
-            "TUMORSEG_ORTHANC_URL": orthanc.url,
-            "TUMORSEG_ORTHANC_USERNAME": orthanc.username,
-            "TUMORSEG_ORTHANC_PASSWORD": orthanc.password,
-            "TUMORSEG_RESULTS_DIR": str(results),
-            "TUMORSEG_SERIES_CACHE_MB": str(cache_mb),
-        }
+        env = service_env(orthanc, results, TUMORSEG_SERIES_CACHE_MB=str(cache_mb))
         super().__init__(env, log, timeout=300.0, stop_timeout=60.0)
         try:
             self.start()
@@ -271,14 +276,7 @@ def clinical_studies(orthanc: LocalOrthanc, tag: str, count: int, stable: bool =
 
 
 def distributed_env(orthanc: LocalOrthanc, queue: LocalRedis, results: Path, **extra: str) -> dict[str, str]:
-    return {
-        "TUMORSEG_ORTHANC_URL": orthanc.url,
-        "TUMORSEG_ORTHANC_USERNAME": orthanc.username,
-        "TUMORSEG_ORTHANC_PASSWORD": orthanc.password,
-        "TUMORSEG_RESULTS_DIR": str(results),
-        "TUMORSEG_QUEUE_URL": queue.url,
-        **extra,
-    }
+    return service_env(orthanc, results, TUMORSEG_QUEUE_URL=queue.url, **extra)
 
 
 def start_all(*processes: LocalService) -> list[LocalService]:
