@@ -9,8 +9,11 @@
 #
 # ~60 min on 2 CPU cores; the same script runs unchanged on a CUDA machine (device auto).
 # Everything can be overridden from the environment, e.g. TRAIN_CASES=8 EPOCHS=1 for a quick look.
-# Fine-tuning the shipped model to do without FLAIR, T1 or T2 (same phantoms, its own run folder):
-#   RECIPE=training/recipes/phantom_dropout.json RUN=$WORK/model-dropout bash scripts/train_demo.sh
+# The shipped package's fallback network (for studies without FLAIR, T1 or T2): fine-tuned from the main
+# network with one optional sequence missing in every sample, then packaged with it (FALLBACK_FOR), so a
+# complete study is segmented exactly as by the main network alone:
+#   RECIPE=training/recipes/phantom_missing.json RUN=$WORK/model-missing FALLBACK_FOR=models/default \
+#       DEST=$WORK/candidate bash scripts/train_demo.sh
 set -euo pipefail
 trap 'echo "train_demo.sh: failed (line $LINENO, exit $?); run it again to resume" >&2' ERR
 cd "$(dirname "$0")/.."
@@ -25,6 +28,8 @@ HELDOUT_PER_SEED=${HELDOUT_PER_SEED:-4}
 DEVICE=${DEVICE:-auto}
 DEST=${DEST:-models/default}
 RUN=${RUN:-$WORK/model}  # the run's package, checkpoint and evaluation reports
+FALLBACK_FOR=${FALLBACK_FOR:-}  # a package needing all four: the run becomes its fallback network
+PACKAGE=$RUN  # what is evaluated and shipped
 JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
 EXTRA_TRAIN_ARGS=()
 [[ -n "${EPOCHS:-}" ]] && EXTRA_TRAIN_ARGS+=(--epochs "$EPOCHS")
@@ -41,11 +46,11 @@ phantoms() {
         first=$((start + j * cases / jobs))
         count=$((start + (j + 1) * cases / jobs - first))
         (
-            # One process per range (the brain templates load once); a range already complete is skipped.
+            # One process per range (the brain templates load once), from its first missing case on.
             for ((i = first; i < first + count; i++)); do
                 id=$(printf "BraTS2021_%05d" "$i")
                 if [[ ! -f "$out/$id/${id}_seg.nii.gz" ]]; then
-                    "$BIN/tumorseg" phantom --out "$out" --cases "$count" --seed "$seed" --start-index "$first" >/dev/null
+                    "$BIN/tumorseg" phantom --out "$out" --cases $((first + count - i)) --seed "$seed" --start-index "$i" >/dev/null
                     break
                 fi
             done
@@ -69,6 +74,13 @@ stage "training ($RECIPE, device $DEVICE)"
     --config "$RECIPE" --device "$DEVICE" --resume "${EXTRA_TRAIN_ARGS[@]}"
 t_train=$((SECONDS - t0 - t_gen))
 
+if [[ -n "$FALLBACK_FOR" ]]; then
+    PACKAGE=$RUN-package
+    stage "package: $FALLBACK_FOR with $RUN as its fallback network -> $PACKAGE"
+    rm -rf "$PACKAGE"
+    "$BIN/python" -m tumorseg_training.fallback --main "$FALLBACK_FOR" --fallback "$RUN" --out "$PACKAGE"
+fi
+
 stage "held-out phantoms: run seeds $HELDOUT_SEEDS, $HELDOUT_PER_SEED each -> $WORK/phantoms/heldout"
 rm -rf "$WORK/phantoms/heldout"
 index=0
@@ -80,25 +92,25 @@ done
 
 stage "evaluating on the held-out phantoms (original lattices)"
 description="$index phantoms of run seeds ${HELDOUT_SEEDS// /, } ($HELDOUT_PER_SEED consecutive cases each), none used in training (run seed $TRAIN_SEED)"
-"$BIN/tumorseg" evaluate --model "$RUN" --data "$WORK/phantoms/heldout" --device "$DEVICE" \
+"$BIN/tumorseg" evaluate --model "$PACKAGE" --data "$WORK/phantoms/heldout" --device "$DEVICE" \
     --json "$WORK/heldout.json" --record heldout --description "$description"
 # The sequences the package may do without (none for a model that requires all four).
-optional=$("$BIN/python" -c 'import json, sys; print(*json.load(open(sys.argv[1])).get("inputs", {}).get("optional", []))' "$RUN/model.json")
+optional=$("$BIN/python" -c 'import json, sys; print(*json.load(open(sys.argv[1])).get("inputs", {}).get("optional", []))' "$PACKAGE/model.json")
 without_reports=()
 for seq in $optional; do
     stage "evaluating without $seq"
-    "$BIN/tumorseg" evaluate --model "$RUN" --data "$WORK/phantoms/heldout" --device "$DEVICE" --without "$seq" \
+    "$BIN/tumorseg" evaluate --model "$PACKAGE" --data "$WORK/phantoms/heldout" --device "$DEVICE" --without "$seq" \
         --json "$WORK/heldout_without_$seq.json" --record "heldout_without_$seq" --description "$description; $seq missing"
     without_reports+=("$seq=$WORK/heldout_without_$seq.json")
 done
 t_eval=$((SECONDS - t0 - t_gen - t_train))
 
 stage "model card and package -> $DEST"
-"$BIN/python" -m tumorseg_training.card --model "$RUN" --evaluation "$WORK/heldout.json" \
+"$BIN/python" -m tumorseg_training.card --model "$PACKAGE" --evaluation "$WORK/heldout.json" \
     --without "${without_reports[@]}" --timing "phantoms=$t_gen" "training=$t_train" "held-out=$t_eval" "total=$((SECONDS - t0))"
 mkdir -p "$DEST"
-for f in model.json model.pt MODEL_CARD.md metrics.csv curves.png; do
-    cp "$RUN/$f" "$DEST/$f"
+for f in model.json model.pt MODEL_CARD.md metrics.csv curves.png fallback.pt fallback_metrics.csv fallback_curves.png; do
+    if [[ -f "$PACKAGE/$f" ]]; then cp "$PACKAGE/$f" "$DEST/$f"; fi
 done
 du -sh "$DEST"
 stage "done in $(((SECONDS - t0) / 60)) min: $DEST"

@@ -39,3 +39,18 @@ def tiny_package(directory: Path, roi_size: tuple[int, int, int] = (32, 32, 32),
         data.update(changes)
         (directory / "model.json").write_text(json.dumps(data))
     return directory
+
+
+SHIPPED_INPUTS = {"required": ["t1ce"], "optional": ["flair", "t1", "t2"], "any_of": [["flair", "t2"]]}
+
+
+def with_fallback(directory: Path, inputs: dict[str, object] | None = None, seed: int = 1) -> Path:
+    """``directory`` (a ``tiny_package``) given a fallback network of other random weights and ``inputs``
+    (default: the shipped model's) that let a study lack a sequence."""
+    torch.manual_seed(seed)
+    torch.save(build_network("monai.UNet", TINY).state_dict(), directory / "fallback.pt")
+    data = json.loads((directory / "model.json").read_text())
+    data["inputs"] = inputs or SHIPPED_INPUTS
+    data["fallback"] = {"weights": "fallback.pt", "training": {"recipe": {"seed": seed}}, "metrics": {}}
+    (directory / "model.json").write_text(json.dumps(data))
+    return directory

@@ -10,13 +10,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from tests.models import TINY, tiny_package
+from tests.models import TINY, tiny_package, with_fallback
 from tumorseg.errors import ModelError
 from tumorseg.imaging.preprocess import ModelInput
 from tumorseg.labels import labels_to_regions, regions_to_labels, volumes_ml
-from tumorseg.model.package import read_manifest
+from tumorseg.model.package import ModelManifest, read_manifest
 from tumorseg.model.predictor import Predictor
-from tumorseg.sequences import ALL_FOUR, InputPolicy
+from tumorseg.sequences import ALL_FOUR, SEQUENCES, InputPolicy
 
 
 def test_round_trip_and_predict(tmp_path: Path) -> None:
@@ -148,3 +148,44 @@ def test_the_input_policy_travels_in_the_manifest_and_old_packages_need_all_four
     assert read_manifest(old).inputs == ALL_FOUR
     with pytest.raises(ModelError, match="cannot be used"):
         read_manifest(tiny_package(tmp_path / "wrong", inputs={"required": ["t1ce"], "optional": ["t1"]}))
+
+
+def test_a_fallback_network_segments_only_the_inputs_that_lack_a_sequence(tmp_path: Path) -> None:
+    plain = Predictor.from_package(tiny_package(tmp_path / "plain"))
+    package = with_fallback(tiny_package(tmp_path / "pkg"))
+    manifest = read_manifest(package)
+    assert manifest.fallback is not None and manifest.fallback.weights == "fallback.pt"
+    assert ModelManifest.from_json(manifest.to_json(), package) == manifest
+    predictor = Predictor.from_package(package)
+    assert predictor.fallback is not None
+    array = np.random.default_rng(0).normal(size=(4, 32, 32, 16)).astype(np.float32)
+    grid = sitk.Image([32, 32, 16], sitk.sitkUInt8)
+    complete = ModelInput(array=array, grid=grid)
+    # All four: the main network, exactly what the package without a fallback gives.
+    assert predictor.network_for(complete) == "main" and manifest.network_for(SEQUENCES) == "main"
+    assert np.array_equal(predictor.predict(complete), plain.predict(complete))
+    # T2 missing (its channel zero, as prepare() leaves it): the fallback network's sigmoid.
+    without_t2 = array.copy()
+    without_t2[SEQUENCES.index("t2")] = 0
+    lacking = ModelInput(array=without_t2, grid=grid, present=("flair", "t1", "t1ce"))
+    assert predictor.network_for(lacking) == "fallback"
+    with torch.inference_mode():
+        direct = torch.sigmoid(predictor.fallback(torch.from_numpy(without_t2[None])))[0].numpy()
+    np.testing.assert_allclose(predictor.predict(lacking), direct, atol=1e-5)
+    assert not np.allclose(predictor.predict(lacking), plain.predict(lacking), atol=1e-3)
+    # Without a fallback, the one network serves both.
+    assert plain.network_for(lacking) == "main"
+    predictor.warm_up()
+
+
+def test_a_fallback_that_could_never_run_or_is_missing_is_refused(tmp_path: Path) -> None:
+    package = with_fallback(tiny_package(tmp_path / "pkg"))
+    data = json.loads((package / "model.json").read_text())
+    del data["inputs"]  # all four required: no study would ever reach the fallback
+    (package / "model.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="never run"):
+        read_manifest(package)
+    gone = with_fallback(tiny_package(tmp_path / "gone"))
+    (gone / "fallback.pt").unlink()
+    with pytest.raises(ModelError, match="fallback.pt is missing"):
+        Predictor.from_package(gone)

@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -615,6 +616,34 @@ def test_fine_tuning_starts_from_a_package_and_validates_without_each_optional_s
         {"flair": no_flair.to_json()},
     )
     assert "### Missing sequences" in card and "| without FLAIR |" in card and "it needs T1ce" in card
+
+    # one package of both: the base network for complete studies, the tuned one for the others
+    from tumorseg_training.fallback import attach_fallback
+
+    combined = attach_fallback(tmp_path / "base", out, tmp_path / "combined")
+    assert {"model.pt", "fallback.pt", "fallback_metrics.csv"} <= {  # the base package had no run files
+        f.name for f in combined.iterdir()
+    }
+    packaged = json.loads((combined / "model.json").read_text())
+    assert packaged["inputs"] == SHIPPED_INPUTS and packaged["version"] == manifest["version"]
+    assert packaged["training"] == json.loads((tmp_path / "base" / "model.json").read_text())["training"]
+    assert packaged["fallback"]["training"]["init_from"]["version"] == "9.9.9"
+    both_full, both_no_flair = (
+        evaluate(combined, data, device="cpu", without=w).to_json() for w in (None, "flair")
+    )
+
+    def scores(report: dict[str, Any]) -> list[object]:
+        return [case["scores"] for case in report["cases"]]
+
+    assert scores(both_full) == scores(evaluate(tmp_path / "base", data, device="cpu").to_json())
+    assert scores(both_no_flair) == scores(no_flair.to_json())
+    # (the base package was saved without a training record: the card borrows the tuned run's for it)
+    card = render_card(
+        {**packaged, "training": manifest["training"]}, both_full, {}, {"flair": both_no_flair}
+    )
+    assert "## Fallback network" in card and "fallback_curves.png" in card
+    with pytest.raises(ValueError, match="must require all four"):
+        attach_fallback(out, tmp_path / "base", tmp_path / "wrong")
 
     # a package with another network is refused by name
     other = TrainConfig.from_json({**TINY_RECIPE, "network": {**TINY_RECIPE["network"], "channels": [4, 12]}})  # type: ignore[dict-item]

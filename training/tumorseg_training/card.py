@@ -57,9 +57,11 @@ def _missing_table(
     evaluation: Mapping[str, Any],
     without: Mapping[str, Mapping[str, Any]],
     validation: Mapping[str, Any],
+    validation_without: Mapping[str, Any],
 ) -> list[str]:
     """Held-out mean Dice per region with the full input and with each optional sequence missing (and the
-    validation's, model grid, where the manifest has it)."""
+    validation's, model grid, where the manifest has it: ``validation`` for the network that segments
+    complete studies, ``validation_without`` for the one that segments the others)."""
     lines = [
         "| input | " + " | ".join(f"Dice {r.upper()}" for r in REGIONS) + " | validation Dice TC / WT / ET |",
         "|---|" + "---|" * (len(REGIONS) + 1),
@@ -74,9 +76,52 @@ def _missing_table(
     lines.append(row("all four", evaluation["summary"], validation))
     for sequence, report in without.items():
         lines.append(
-            row(f"without {sequence.upper()}", report["summary"], validation.get(f"without_{sequence}", {}))
+            row(
+                f"without {sequence.upper()}",
+                report["summary"],
+                validation_without.get(f"without_{sequence}", {}),
+            )
         )
     return lines
+
+
+def _fallback_section(fallback: Mapping[str, Any]) -> list[str]:
+    """What the card says about the package's fallback network (``tumorseg_training.fallback``)."""
+    training = fallback["training"]
+    recipe, source = training["recipe"], training.get("init_from")
+    validation = fallback["metrics"].get("validation", {})
+    return [
+        "## Fallback network",
+        "",
+        "A study with all four sequences is segmented by the network described above. A study that lacks "
+        f"an optional sequence is segmented by a second network (`{fallback['weights']}`, same architecture "
+        "and preprocessing) trained for that: "
+        + _dropout_text(recipe["modality_dropout"])
+        + (
+            f", fine-tuned from `{source['path']}` ({source.get('name', '?')} {source.get('version', '?')})"
+            if source
+            else ""
+        )
+        + f"; {training['steps']} steps, {training['epochs']} epochs, AdamW lr {recipe['lr']}, best checkpoint "
+        f"by validation at epoch {training['best'].get('epoch')}, trained on {training['device']} in "
+        f"{training['duration_s'] / 60:.1f} min. Its curves: `fallback_curves.png`, `fallback_metrics.csv`.",
+        *(
+            [
+                "",
+                "Its validation with each optional sequence missing: "
+                + "; ".join(
+                    f"without {key.removeprefix('without_').upper()} "
+                    + ", ".join(f"{r.upper()} {value[f'dice_{r}']:.3f}" for r in REGIONS)
+                    for key, value in validation.items()
+                    if key.startswith("without_") and isinstance(value, Mapping)
+                )
+                + ".",
+            ]
+            if any(k.startswith("without_") for k in validation)
+            else []
+        ),
+        "",
+    ]
 
 
 def _either(sequences: Sequence[str]) -> str:
@@ -123,6 +168,8 @@ def render_card(
     seconds = evaluation["seconds_per_case"]
     heldout = manifest.get("metrics", {}).get("heldout", {})
     validation = manifest.get("metrics", {}).get("validation", {})
+    fallback = manifest.get("fallback")
+    validation_without = fallback["metrics"].get("validation", {}) if fallback else validation
     timing_text = ", ".join(f"{k} {v / 60:.1f} min" for k, v in timing.items())
     n_cases = len(evaluation["cases"])
     lines = [
@@ -140,6 +187,7 @@ def render_card(
         + (
             f"; it needs {inputs.describe()}, and a missing {_either(inputs.optional)} is fed as a channel "
             "of zeros, as modality dropout showed it in training"
+            + (" (to the fallback network, see below)" if fallback else "")
             if inputs.optional
             else ""
         )
@@ -246,9 +294,11 @@ def render_card(
             )
             + "), and the validation's on the model grid at the chosen epoch:",
             "",
-            *_missing_table(evaluation, without, validation),
+            *_missing_table(evaluation, without, validation, validation_without),
             "",
         ]
+    if fallback:
+        lines += _fallback_section(fallback)
     if validation:
         lines += [
             "Validation on the model grid at the chosen epoch (no post-processing): "

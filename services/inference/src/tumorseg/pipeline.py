@@ -477,7 +477,11 @@ def _result_fields(
             "origin": list(mask.GetOrigin()),
             "direction": list(mask.GetDirection()),
         },
-        "model": {"name": manifest.name, "version": manifest.version},
+        "model": {
+            "name": manifest.name,
+            "version": manifest.version,
+            "network": manifest.network_for(model_input.present),
+        },
         "mapping_notes": list(assembled.mapping.notes),
         "registration": {
             "enabled": registration,

@@ -94,6 +94,11 @@ class MaskGeometry(BaseModel):
 class ModelRef(BaseModel):
     name: str
     version: str
+    network: Literal["main", "fallback"] = Field(
+        "main",
+        description="the package's network that segmented the study: 'fallback' (trained to do without the "
+        "optional sequences) when the study lacks one and the package has such a network",
+    )
 
 
 class SegmentResult(BaseModel):

@@ -94,6 +94,7 @@ class ModelInput:
     warnings: tuple[str, ...] = ()
     timings_s: Mapping[str, float] = field(default_factory=dict)  # registration, brain_extraction
     rim_mm: float = 0.0  # for Predictor.mask: brain.RIM_MM when the brain was extracted, else 0 (see there)
+    present: tuple[str, ...] = SEQUENCES  # the sequences whose channels hold a volume (the others are zeros)
 
 
 def foreground_box(
@@ -282,6 +283,7 @@ def prepare(
         warnings=tuple(warnings),
         timings_s=timings,
         rim_mm=0.0 if extraction is None else RIM_MM,
+        present=tuple(channels),
     )
     return model_input, label_array
 

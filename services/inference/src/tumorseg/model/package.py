@@ -16,13 +16,21 @@ Manifest schema (``format_version`` 1)::
      "inference": {"roi_size": [z, y, x], "overlap": 0.25, "sw_batch_size": 1},
      "inputs": {"required": [...], "optional": [...], "any_of": [[...]]},  # optional; default: all four
                                                      # required (missing sequences: zero channels)
+     "fallback": {"weights": "fallback.pt", "training": {...}, "metrics": {...}},  # optional, see below
      "training": {...free-form description...}, "metrics": {...}, "versions": {...}}
+
+A package whose ``inputs`` let a study lack a sequence may hold a second network of the same architecture
+and preprocessing, its ``fallback``, trained to do without the optional sequences (modality dropout). Then
+the main network (``weights``) segments every study that has all the channels, exactly as a package
+without the fallback would, and the fallback network every study that lacks one. Without a ``fallback`` the
+main network serves both (it was then trained with dropout itself).
 """
 
 from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +45,7 @@ from tumorseg.sequences import ALL_FOUR, InputPolicy
 FORMAT_VERSION = 1
 MANIFEST = "model.json"
 WEIGHTS = "model.pt"
+FALLBACK_WEIGHTS = "fallback.pt"
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,26 @@ class InferenceConfig:
     roi_size: tuple[int, int, int] = (128, 128, 128)
     overlap: float = 0.25
     sw_batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class FallbackNetwork:
+    """The package's network for studies that lack an optional sequence (see the module docstring)."""
+
+    weights: str = FALLBACK_WEIGHTS
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"weights": self.weights, "training": self.training, "metrics": self.metrics}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FallbackNetwork:
+        return cls(
+            weights=str(data.get("weights", FALLBACK_WEIGHTS)),
+            training=dict(data.get("training", {})),
+            metrics=dict(data.get("metrics", {})),
+        )
 
 
 @dataclass(frozen=True)
@@ -66,6 +95,13 @@ class ModelManifest:
     # Which sequences the model needs; those it was trained to do without (modality dropout) are fed as
     # zero channels when a study lacks them. A package without ``inputs`` requires all four.
     inputs: InputPolicy = ALL_FOUR
+    fallback: FallbackNetwork | None = None
+
+    def network_for(self, present: Iterable[str]) -> str:
+        """Which network segments a study with the sequences ``present``: "main", or "fallback" when the
+        package has one and a channel is missing."""
+        complete = set(self.preprocessing.channels) <= set(present)
+        return "main" if complete or self.fallback is None else "fallback"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,6 +124,7 @@ class ModelManifest:
                 "sw_batch_size": self.inference.sw_batch_size,
             },
             "inputs": self.inputs.to_json(),
+            **({"fallback": self.fallback.to_json()} if self.fallback is not None else {}),
             "training": self.training,
             "metrics": self.metrics,
             "versions": self.versions or current_versions(),
@@ -129,6 +166,7 @@ class ModelManifest:
                 versions=dict(data.get("versions", {})),
                 weights=str(data.get("weights", WEIGHTS)),
                 inputs=InputPolicy.from_json(data.get("inputs")),
+                fallback=FallbackNetwork.from_json(data["fallback"]) if "fallback" in data else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise refuse(f"manifest is incomplete or wrong ({exc})") from exc
@@ -137,6 +175,12 @@ class ModelManifest:
             raise refuse(f"roi_size {manifest.inference.roi_size} must divide by {factor} (the strides)")
         if manifest.preprocessing.divisible_by % factor:
             raise refuse(f"preprocessing.divisible_by must be a multiple of {factor}")
+        if manifest.fallback is not None and manifest.inputs == ALL_FOUR:
+            raise refuse(
+                "it has a fallback network but its inputs require every sequence (it would never run)"
+            )
+        if manifest.fallback is not None and manifest.fallback.weights == manifest.weights:
+            raise refuse(f"the fallback network's weights are the main network's ({manifest.weights})")
         return manifest
 
 
@@ -176,18 +220,28 @@ def read_manifest(directory: Path) -> ModelManifest:
     return ModelManifest.from_json(data, directory)
 
 
-def load_package(directory: Path, device: str = "cpu") -> tuple[ModelManifest, Any]:
-    """The manifest and the network with its weights, in eval mode on ``device``."""
+def load_package(directory: Path, device: str = "cpu") -> tuple[ModelManifest, dict[str, Any]]:
+    """The manifest and its networks with their weights, in eval mode on ``device``: {"main": ...}, and
+    "fallback" when the package has one."""
+    manifest = read_manifest(directory)
+    files = {"main": manifest.weights}
+    if manifest.fallback is not None:
+        files["fallback"] = manifest.fallback.weights
+    return manifest, {name: _load_network(directory, manifest, file, device) for name, file in files.items()}
+
+
+def _load_network(directory: Path, manifest: ModelManifest, file: str, device: str) -> Any:
     import torch
 
-    manifest = read_manifest(directory)
-    weights = directory / manifest.weights
+    weights = directory / file
     if not weights.is_file():
-        raise ModelError(f"model package {directory}: weights file {manifest.weights} is missing")
+        raise ModelError(f"model package {directory}: weights file {file} is missing")
     try:
         network = build_network(manifest.architecture, manifest.architecture_args)
         state = torch.load(weights, map_location=device, weights_only=True)
         network.load_state_dict(state)
     except (ValueError, RuntimeError, OSError) as exc:
-        raise ModelError(f"model package {directory}: weights do not fit the architecture ({exc})") from exc
-    return manifest, network.to(device).eval()
+        raise ModelError(
+            f"model package {directory}: weights {file} do not fit the architecture ({exc})"
+        ) from exc
+    return network.to(device).eval()

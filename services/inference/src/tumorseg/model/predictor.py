@@ -29,16 +29,23 @@ log = logging.getLogger(__name__)
 
 
 class Predictor:
-    def __init__(self, manifest: ModelManifest, network: Any, device: str) -> None:
+    def __init__(self, manifest: ModelManifest, network: Any, device: str, fallback: Any = None) -> None:
         self.manifest = manifest
         self.network = network
+        self.fallback = fallback  # the package's network for studies that lack a sequence, if it has one
         self.device = device
 
     @classmethod
     def from_package(cls, directory: Path, device: str = "cpu") -> Predictor:
-        manifest, network = load_package(directory, device)
-        log.info("model %s %s loaded on %s", manifest.name, manifest.version, device)
-        return cls(manifest, network, device)
+        manifest, networks = load_package(directory, device)
+        log.info(
+            "model %s %s loaded on %s%s",
+            manifest.name,
+            manifest.version,
+            device,
+            " (with a fallback network for studies that lack a sequence)" if "fallback" in networks else "",
+        )
+        return cls(manifest, networks["main"], device, networks.get("fallback"))
 
     @property
     def name(self) -> str:
@@ -55,6 +62,7 @@ class Predictor:
             max(factor, min(r, -(-s // factor) * factor))
             for r, s in zip(config.roi_size, model_input.array.shape[1:], strict=True)
         )
+        network = self.fallback if self.network_for(model_input) == "fallback" else self.network
         tensor = torch.from_numpy(model_input.array[None]).to(self.device)
         autocast = torch.autocast("cuda") if self.device == "cuda" else nullcontext()
         with torch.inference_mode(), autocast:
@@ -62,13 +70,17 @@ class Predictor:
                 tensor,
                 roi_size=roi,
                 sw_batch_size=config.sw_batch_size,
-                predictor=self.network,
+                predictor=network,
                 overlap=config.overlap,
                 mode="gaussian",
             )
             assert isinstance(logits, torch.Tensor)
             probabilities = torch.sigmoid(logits.float())[0]
         return np.ascontiguousarray(probabilities.cpu().numpy(), dtype=np.float32)
+
+    def network_for(self, model_input: ModelInput) -> str:
+        """ "main", or "fallback" for an input that lacks a sequence when the package has a fallback."""
+        return self.manifest.network_for(model_input.present) if self.fallback is not None else "main"
 
     def mask(
         self,
@@ -96,6 +108,9 @@ class Predictor:
         )
 
     def warm_up(self) -> None:
-        """One tiny forward pass, so the first request does not pay for lazy initialisation."""
+        """One tiny forward pass per network, so the first request does not pay for lazy initialisation."""
         grid = sitk.Image([32, 32, 32], sitk.sitkUInt8)
-        self.predict(ModelInput(array=np.zeros((4, 32, 32, 32), np.float32), grid=grid))
+        channels = self.manifest.preprocessing.channels
+        inputs = [channels] + ([channels[1:]] if self.fallback is not None else [])
+        for present in inputs:
+            self.predict(ModelInput(array=np.zeros((4, 32, 32, 32), np.float32), grid=grid, present=present))
