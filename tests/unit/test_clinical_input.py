@@ -210,11 +210,18 @@ def test_peel_takes_the_outside_off_the_surface_only() -> None:
         "flair": np.where(csf, 10.0, 100.0).astype(np.float32),  # CSF dark on FLAIR ...
         "t2": np.where(csf, 250.0, 80.0).astype(np.float32),  # ... and bright on T2
         "t1": np.where(csf, 30.0, 90.0).astype(np.float32),
+        "t1ce": np.where(csf, 30.0, 90.0).astype(np.float32),
     }
     rng = np.random.default_rng(0)
     for image in channels.values():  # grey and white matter: the brain's own spread of intensities
         image += np.where(csf, 0.0, rng.uniform(-30, 30, shape)).astype(np.float32)
     assert np.array_equal(peel(found, not_brain_like(channels, found), PEEL_MM, 1.0), brain)
+    # without FLAIR, CSF is told by T2 and T1ce together
+    no_flair = {m: v for m, v in channels.items() if m != "flair"}
+    assert np.array_equal(peel(found, not_brain_like(no_flair, found), PEEL_MM, 1.0), brain)
+    # bright on T2 but not dark on T1ce (oedema at the surface) stays
+    no_flair["t1ce"] = np.where(csf, 80.0, no_flair["t1ce"]).astype(np.float32)
+    assert np.array_equal(peel(found, not_brain_like(no_flair, found), PEEL_MM, 1.0), found)
 
 
 def test_a_rim_of_tumour_at_the_brain_surface_is_not_tumour() -> None:
@@ -236,7 +243,7 @@ def test_a_rim_of_tumour_at_the_brain_surface_is_not_tumour() -> None:
     np.testing.assert_array_equal(confined[:, ~brain], 0)
 
 
-@pytest.mark.parametrize("absent", ["t2", "t1"])
+@pytest.mark.parametrize("absent", ["t2", "t1", "flair"])
 def test_a_missing_sequence_is_a_zero_channel_and_the_rest_is_prepared_as_usual(
     head: Head, absent: str
 ) -> None:
@@ -248,7 +255,7 @@ def test_a_missing_sequence_is_a_zero_channel_and_the_rest_is_prepared_as_usual(
     assert not np.any(model_input.array[channel]) and np.isfinite(model_input.array).all()
     assert model_input.brain is not None and model_input.brain_extraction["method"] == "deepbet"
     truth = head.on_grid(head.brain["t1ce"], model_input.grid) > 0
-    assert dice(model_input.brain, truth) >= 0.93
+    assert dice(model_input.brain, truth) >= 0.95  # 0.96-0.99 on these seeds, 0.99 with all four
     for c, m in enumerate(Preprocessing().channels):
         if m != absent:
             inside = model_input.array[c][model_input.brain]
