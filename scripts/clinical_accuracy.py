@@ -22,7 +22,8 @@ For each seed of ACC_SEEDS (comma list, default 50-57):
 With ACC_WITHOUT (comma list of sequences, e.g. `flair,t1,t2`; default none) each head is also uploaded
 once per listed sequence as a study without that series, and segmented with ?reference=t1ce (issue 19: a
 model package trained to do without it); the table gains those columns and a summary compares each with
-the full study's T1ce scores. ACC_MODEL points at another model package (default: the shipped one).
+the full study's T1ce scores. ACC_MODEL points at another model package (default: the shipped one);
+ACC_RECORD=1 writes that summary into its manifest (``metrics.clinical_heads``) for its model card.
 
 The result JSON's registration (per series rotation, translation, applied), brain extraction volume,
 warnings and stage timings are recorded with the scores. Prints a markdown table (means over all seeds,
@@ -32,6 +33,7 @@ everything to out/accuracy/clinical.json (the masks to out/accuracy/masks/).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -52,6 +54,7 @@ from numpy.typing import NDArray
 from tumorseg.api.main import create_app
 from tumorseg.config import DEFAULT_MODEL_PATH, Settings
 from tumorseg.imaging.grid import resample_labels
+from tumorseg.model.package import MANIFEST, read_manifest
 from tumorseg.pacs import OrthancClient
 from tumorseg.pacs.local import LocalOrthanc
 from tumorseg.pacs.upload import upload_directory
@@ -64,6 +67,7 @@ SEEDS = [int(s) for s in os.environ.get("ACC_SEEDS", "50,51,52,53,54,55,56,57").
 WITHOUT = [m.strip() for m in os.environ.get("ACC_WITHOUT", "").split(",") if m.strip()]
 MODEL = Path(os.environ.get("ACC_MODEL", str(DEFAULT_MODEL_PATH)))
 RESULTS = Path(os.environ.get("ACC_RESULTS", "out/accuracy/clinical.json"))
+RECORD = os.environ.get("ACC_RECORD", "") not in ("", "0")  # missing-sequence means into ACC_MODEL's manifest
 MASKS = RESULTS.parent / "masks"  # every returned mask, kept for a look at the bad cases
 REFERENCES = ("flair", "t1ce")
 REGIONS = ("wt", "tc", "et")
@@ -360,6 +364,24 @@ def main() -> None:
             )
             print(f"  {label}: {cells}")
     print(f"\nwrote {RESULTS}")
+    if RECORD and WITHOUT:
+        record_in_package(MODEL, results)
+        print(f"recorded the missing-sequence figures in {MODEL / MANIFEST} (metrics.clinical_heads)")
+
+
+def record_in_package(model_dir: Path, results: dict[str, Any]) -> None:
+    """``results``' missing-sequence means into the package's ``metrics.clinical_heads``, for its model
+    card (``python -m tumorseg_training.card`` renders them)."""
+    manifest = read_manifest(model_dir)
+    entry = {
+        "description": "Clinical-head phantoms (`make accuracy-clinical`: skull, scalp, motion between "
+        "series, bias, noise; oblique 4 mm FLAIR, sagittal T1, reversed T1ce, coronal T2), no seed used in "
+        "training or tuning.",
+        "seeds": results["seeds"],
+        "missing_sequences": results["missing_sequences"],
+    }
+    updated = dataclasses.replace(manifest, metrics={**manifest.metrics, "clinical_heads": entry})
+    (model_dir / MANIFEST).write_text(json.dumps(updated.to_json(), indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -642,6 +642,26 @@ def test_fine_tuning_starts_from_a_package_and_validates_without_each_optional_s
         {**packaged, "training": manifest["training"]}, both_full, {}, {"flair": both_no_flair}
     )
     assert "## Fallback network" in card and "fallback_curves.png" in card
+    clinical = {
+        "description": "Heads.",
+        "seeds": [50, 51],
+        "missing_sequences": {
+            "all four": {"wt": 0.9, "tc": 0.8, "et": 0.85},
+            "without t2": {
+                "wt": 0.88,
+                "tc": 0.8,
+                "et": 0.85,
+                "wt_change": -0.02,
+                "tc_change": 0.0,
+                "et_change": 0.0,
+            },
+        },
+    }
+    packaged["metrics"]["clinical_heads"] = clinical
+    card = render_card(
+        {**packaged, "training": manifest["training"]}, both_full, {}, {"flair": both_no_flair}
+    )
+    assert "### Clinical-head phantoms" in card and "| without t2 | 0.880 (-0.020) | 0.800 (+0.000) |" in card
     with pytest.raises(ValueError, match="must require all four"):
         attach_fallback(out, tmp_path / "base", tmp_path / "wrong")
 

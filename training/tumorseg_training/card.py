@@ -85,6 +85,28 @@ def _missing_table(
     return lines
 
 
+def _clinical_section(clinical: Mapping[str, Any]) -> list[str]:
+    """The clinical-head figures ``scripts/clinical_accuracy.py`` recorded in the manifest (``ACC_RECORD``):
+    mean Dice per region with all four sequences and with each one missing, T1ce as the reference."""
+    summary = clinical["missing_sequences"]
+    lines = [
+        "### Clinical-head phantoms",
+        "",
+        f"{clinical['description']} Mean Dice over seeds {', '.join(str(s) for s in clinical['seeds'])}, "
+        "T1ce as the reference, each study through `POST /segment` (change against all four in brackets):",
+        "",
+        "| input | " + " | ".join(f"Dice {r.upper()}" for r in ("wt", "tc", "et")) + " |",
+        "|---|---|---|---|",
+    ]
+    for name, means in summary.items():
+        cells = [
+            f"{means[r]:.3f}" + (f" ({means[f'{r}_change']:+.3f})" if f"{r}_change" in means else "")
+            for r in ("wt", "tc", "et")
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def _fallback_section(fallback: Mapping[str, Any]) -> list[str]:
     """What the card says about the package's fallback network (``tumorseg_training.fallback``)."""
     training = fallback["training"]
@@ -297,6 +319,8 @@ def render_card(
             *_missing_table(evaluation, without, validation, validation_without),
             "",
         ]
+    if "clinical_heads" in manifest.get("metrics", {}):
+        lines += _clinical_section(manifest["metrics"]["clinical_heads"])
     if fallback:
         lines += _fallback_section(fallback)
     if validation:
