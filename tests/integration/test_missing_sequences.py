@@ -84,6 +84,7 @@ def test_a_study_without_an_optional_sequence_is_segmented_and_says_what_it_lack
     with TestClient(create_app(settings)) as client:
         alone = client.post(f"/segment/{full}").json()
         assert alone["model"]["network"] == "main" and alone["volumes_ml"] == whole["volumes_ml"]
+        assert whole["volumes_ml"]["wt"] > 0  # random weights, but a mask to compare
         assert _voxels(client.get(alone["mask_url"]).content) == _voxels(whole_mask)
         refused = client.post(f"/segment/{no_t2}")
         assert refused.status_code == 422 and refused.json()["code"] == "modality_missing"

@@ -175,7 +175,14 @@ def test_a_fallback_network_segments_only_the_inputs_that_lack_a_sequence(tmp_pa
     assert not np.allclose(predictor.predict(lacking), plain.predict(lacking), atol=1e-3)
     # Without a fallback, the one network serves both.
     assert plain.network_for(lacking) == "main"
+    calls: list[str] = []
+    for name, network in (("main", predictor.network), ("fallback", predictor.fallback)):
+        network.register_forward_hook(lambda *_, name=name: calls.append(name))
     predictor.warm_up()
+    assert sorted(set(calls)) == [
+        "fallback",
+        "main",
+    ]  # the first request of either kind is not the first call
 
 
 def test_a_fallback_that_could_never_run_or_is_missing_is_refused(tmp_path: Path) -> None:
@@ -185,6 +192,12 @@ def test_a_fallback_that_could_never_run_or_is_missing_is_refused(tmp_path: Path
     (package / "model.json").write_text(json.dumps(data))
     with pytest.raises(ModelError, match="never run"):
         read_manifest(package)
+    for wrong in (None, "fallback.pt", {"weights": "model.pt"}):  # not a block, or the main weights again
+        data = json.loads((with_fallback(tiny_package(tmp_path / "wrong")) / "model.json").read_text())
+        data["fallback"] = wrong
+        (tmp_path / "wrong" / "model.json").write_text(json.dumps(data))
+        with pytest.raises(ModelError, match="cannot be used"):
+            read_manifest(tmp_path / "wrong")
     gone = with_fallback(tiny_package(tmp_path / "gone"))
     (gone / "fallback.pt").unlink()
     with pytest.raises(ModelError, match="fallback.pt is missing"):

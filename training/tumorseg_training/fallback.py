@@ -46,11 +46,22 @@ def attach_fallback(main_dir: Path, fallback_dir: Path, out_dir: Path) -> Path:
             problems.append(f"{what} differs: {getattr(main, what)!r} / {getattr(fallback, what)!r}")
     if main.min_enhancing_ml != fallback.min_enhancing_ml:
         problems.append("min_enhancing_ml differs")
+    if fallback.version == main.version:
+        # a stored SEG names the model version: the combined package must not pass for the main one
+        problems.append(f"the fallback's version {fallback.version} is the main package's: give it its own")
+    source = fallback.training.get("init_from") or {}
+    if source and (source.get("name"), source.get("version")) != (main.name, main.version):
+        problems.append(
+            f"the fallback was fine-tuned from {source.get('name')} {source.get('version')}, "
+            f"not from the main package ({main.name} {main.version})"
+        )
     if out_dir.resolve() in (main_dir.resolve(), fallback_dir.resolve()):
         problems.append(f"--out {out_dir} must be a folder of its own")
     if problems:
         raise ValueError("cannot combine the packages: " + "; ".join(problems))
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (MANIFEST, WEIGHTS, FALLBACK_WEIGHTS, *RUN_FILES, *(f"fallback_{n}" for n in RUN_FILES)):
+        (out_dir / stale).unlink(missing_ok=True)
     shutil.copyfile(main_dir / main.weights, out_dir / WEIGHTS)
     shutil.copyfile(fallback_dir / fallback.weights, out_dir / FALLBACK_WEIGHTS)
     for name in RUN_FILES:
@@ -66,8 +77,9 @@ def attach_fallback(main_dir: Path, fallback_dir: Path, out_dir: Path) -> Path:
         weights=WEIGHTS,
         inputs=fallback.inputs,
         fallback=FallbackNetwork(FALLBACK_WEIGHTS, fallback.training, fallback.metrics),
-        # the held-out figures of the combined package are measured again (``tumorseg evaluate --record``)
-        metrics={k: v for k, v in main.metrics.items() if not k.startswith("heldout")},
+        # the held-out and clinical figures of the combined package are measured again (``tumorseg evaluate
+        # --record``, ``clinical_accuracy.py`` with ACC_RECORD)
+        metrics={k: v for k, v in main.metrics.items() if not k.startswith(("heldout", "clinical"))},
     )
     (out_dir / MANIFEST).write_text(json.dumps(combined.to_json(), indent=2) + "\n")
     return out_dir

@@ -306,6 +306,7 @@ class Segmenter:
                     reference_series,
                     mask,
                     manifest,
+                    self.predictor.network_for(model_input),
                     model_input,
                     registration,
                 )
@@ -441,6 +442,7 @@ def _result_fields(
     reference_series: SeriesVolume,
     mask: sitk.Image,
     manifest: ModelManifest,
+    network: str,
     model_input: ModelInput,
     registration: bool,
 ) -> dict[str, Any]:
@@ -480,7 +482,7 @@ def _result_fields(
         "model": {
             "name": manifest.name,
             "version": manifest.version,
-            "network": manifest.network_for(model_input.present),
+            "network": network,  # the one Predictor.predict ran
         },
         "mapping_notes": list(assembled.mapping.notes),
         "registration": {

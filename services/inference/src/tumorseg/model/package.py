@@ -168,7 +168,7 @@ class ModelManifest:
                 inputs=InputPolicy.from_json(data.get("inputs")),
                 fallback=FallbackNetwork.from_json(data["fallback"]) if "fallback" in data else None,
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise refuse(f"manifest is incomplete or wrong ({exc})") from exc
         factor = stride_product(manifest.architecture_args)
         if any(side % factor for side in manifest.inference.roi_size):
