@@ -24,6 +24,7 @@ once per listed sequence as a study without that series, and segmented with ?ref
 model package trained to do without it); the table gains those columns and a summary compares each with
 the full study's T1ce scores. ACC_MODEL points at another model package (default: the shipped one);
 ACC_RECORD=1 writes that summary into its manifest (``metrics.clinical_heads``) for its model card.
+ACC_REFERENCES (default `flair,t1ce`) and ACC_TWIN=0 (no twins) shorten a run that only compares inputs.
 
 The result JSON's registration (per series rotation, translation, applied), brain extraction volume,
 warnings and stage timings are recorded with the scores. Prints a markdown table (means over all seeds,
@@ -69,7 +70,9 @@ MODEL = Path(os.environ.get("ACC_MODEL", str(DEFAULT_MODEL_PATH)))
 RESULTS = Path(os.environ.get("ACC_RESULTS", "out/accuracy/clinical.json"))
 RECORD = os.environ.get("ACC_RECORD", "") not in ("", "0")  # missing-sequence means into ACC_MODEL's manifest
 MASKS = RESULTS.parent / "masks"  # every returned mask, kept for a look at the bad cases
-REFERENCES = ("flair", "t1ce")
+# ACC_REFERENCES=t1ce ACC_TWIN=0: only what the missing-sequence comparison needs (half the time)
+REFERENCES = tuple(m.strip() for m in os.environ.get("ACC_REFERENCES", "flair,t1ce").split(",") if m.strip())
+TWIN = os.environ.get("ACC_TWIN", "1") not in ("", "0")
 REGIONS = ("wt", "tc", "et")
 TARGET = {"wt": 0.90, "tc": 0.80, "et": 0.75}
 MAX_OUTSIDE = 0.01  # fraction of mask voxels outside the true brain
@@ -165,9 +168,7 @@ def service_record(result: dict[str, Any], e2e: float) -> dict[str, Any]:
 def measure_seed(seed: int, segmenter: Segmenter, work: Path) -> dict[str, Any]:
     head_id, twin_id = f"HEAD_{seed:05d}", f"BraTS2021_{seed:05d}"
     head_dir = write_head_case(generate_head_case(seed), work / "phantoms", head_id)
-    twin_dir = write_case(generate_case(seed), work / "phantoms", twin_id)
     segmenter.upload(head_dir, head_id)
-    segmenter.upload(twin_dir, twin_id)
     truth_dir = head_dir / "truth"
     row: dict[str, Any] = {
         "seed": seed,
@@ -192,6 +193,10 @@ def measure_seed(seed: int, segmenter: Segmenter, work: Path) -> dict[str, Any]:
         row[f"without_{absent}"] = {**score(mask, truth, brain), **service_record(result, e2e)}
         row[f"without_{absent}"]["missing_sequences"] = result["missing_sequences"]
         say(f"seed {seed}, without {absent} (t1ce): {scores_text(row[f'without_{absent}'])}")
+    if not TWIN:
+        return row
+    twin_dir = write_case(generate_case(seed), work / "phantoms", twin_id)
+    segmenter.upload(twin_dir, twin_id)
     result, mask, e2e = segmenter.segment(twin_id, "flair")
     brain = on_lattice(sitk.ReadImage(str(twin_dir / f"{twin_id}_flair.nii.gz")) > 0, mask) > 0
     truth = sitk.ReadImage(str(twin_dir / f"{twin_id}_seg.nii.gz"))
@@ -230,7 +235,7 @@ COLUMNS = [
             Column(f"{ref} % out", ref, "outside", 100.0, "{:.2f}"),
         )
     ),
-    *(Column(f"twin {key.upper()}", "twin", key, 1.0, "{:.3f}") for key in REGIONS),
+    *(Column(f"twin {key.upper()}", "twin", key, 1.0, "{:.3f}") for key in REGIONS if TWIN),
     *(
         Column(f"no {absent} {key.upper()}", f"without_{absent}", key, 1.0, "{:.3f}")
         for absent in WITHOUT
@@ -306,6 +311,8 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     if not SEEDS:
         sys.exit("ACC_SEEDS is empty; give a comma list of seeds, e.g. ACC_SEEDS=50,51")
+    if not set(REFERENCES) <= {"flair", "t1ce"} or (WITHOUT and "t1ce" not in REFERENCES):
+        sys.exit("ACC_REFERENCES: flair and/or t1ce (t1ce with ACC_WITHOUT, the full study it compares with)")
     started = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory(prefix="tumorseg-accuracy-") as tmp:
