@@ -75,7 +75,7 @@ stage "training ($RECIPE, device $DEVICE)"
 t_train=$((SECONDS - t0 - t_gen))
 
 if [[ -n "$FALLBACK_FOR" ]]; then
-    PACKAGE=$RUN-package
+    PACKAGE=${RUN%/}-package
     stage "package: $FALLBACK_FOR with $RUN as its fallback network -> $PACKAGE"
     rm -rf "$PACKAGE"
     "$BIN/python" -m tumorseg_training.fallback --main "$FALLBACK_FOR" --fallback "$RUN" --out "$PACKAGE"
@@ -109,7 +109,11 @@ stage "model card and package -> $DEST"
 "$BIN/python" -m tumorseg_training.card --model "$PACKAGE" --evaluation "$WORK/heldout.json" \
     --without "${without_reports[@]}" --timing "phantoms=$t_gen" "training=$t_train" "held-out=$t_eval" "total=$((SECONDS - t0))"
 mkdir -p "$DEST"
-for f in model.json model.pt MODEL_CARD.md metrics.csv curves.png fallback.pt fallback_metrics.csv fallback_curves.png; do
+rm -f "$DEST"/fallback*  # a package without a fallback must not keep an older one's
+for f in model.json model.pt MODEL_CARD.md metrics.csv curves.png; do
+    cp "$PACKAGE/$f" "$DEST/$f"
+done
+for f in fallback.pt fallback_metrics.csv fallback_curves.png; do
     if [[ -f "$PACKAGE/$f" ]]; then cp "$PACKAGE/$f" "$DEST/$f"; fi
 done
 du -sh "$DEST"
