@@ -34,7 +34,6 @@ everything to out/accuracy/clinical.json (the masks to out/accuracy/masks/).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -55,7 +54,7 @@ from numpy.typing import NDArray
 from tumorseg.api.main import create_app
 from tumorseg.config import DEFAULT_MODEL_PATH, Settings
 from tumorseg.imaging.grid import resample_labels
-from tumorseg.model.package import MANIFEST, read_manifest
+from tumorseg.model.package import MANIFEST, record_metrics
 from tumorseg.pacs import OrthancClient
 from tumorseg.pacs.local import LocalOrthanc
 from tumorseg.pacs.upload import upload_directory
@@ -379,7 +378,6 @@ def main() -> None:
 def record_in_package(model_dir: Path, results: dict[str, Any]) -> None:
     """``results``' missing-sequence means into the package's ``metrics.clinical_heads``, for its model
     card (``python -m tumorseg_training.card`` renders them)."""
-    manifest = read_manifest(model_dir)
     entry = {
         "description": "Clinical-head phantoms (`make accuracy-clinical`: skull, scalp, motion between "
         "series, bias, noise; oblique 4 mm FLAIR, sagittal T1, reversed T1ce, coronal T2), no seed used in "
@@ -387,8 +385,7 @@ def record_in_package(model_dir: Path, results: dict[str, Any]) -> None:
         "seeds": results["seeds"],
         "missing_sequences": results["missing_sequences"],
     }
-    updated = dataclasses.replace(manifest, metrics={**manifest.metrics, "clinical_heads": entry})
-    (model_dir / MANIFEST).write_text(json.dumps(updated.to_json(), indent=2) + "\n")
+    record_metrics(model_dir, "clinical_heads", entry)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ reference, the lattice is the package's first required sequence instead (unless 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from tumorseg.imaging import grid as g
 from tumorseg.imaging.preprocess import prepare
 from tumorseg.labels import labels_to_regions
 from tumorseg.model.device import resolve_device
-from tumorseg.model.package import MANIFEST, read_manifest
+from tumorseg.model.package import record_metrics
 from tumorseg.model.predictor import Predictor
 from tumorseg.sequences import SEQUENCES
 from tumorseg_training.data import SEG, CaseFiles, find_cases
@@ -178,7 +177,6 @@ def evaluate(
 
 def record_in_package(model_dir: Path, report: EvaluationReport, key: str, description: str) -> None:
     """Add the report's summary to the package manifest's ``metrics[key]`` (rewrites ``model.json``)."""
-    manifest = read_manifest(model_dir)
     entry = {
         "description": description,
         "cases": len(report.cases),
@@ -189,5 +187,4 @@ def record_in_package(model_dir: Path, report: EvaluationReport, key: str, descr
         "seconds_per_case": {k: round(v, 2) for k, v in report.seconds.items()},
         "summary": {k: {s: round(v, 4) for s, v in stats.items()} for k, stats in report.summary.items()},
     }
-    updated = dataclasses.replace(manifest, metrics={**manifest.metrics, key: entry})
-    (model_dir / MANIFEST).write_text(json.dumps(updated.to_json(), indent=2) + "\n")
+    record_metrics(model_dir, key, entry)

@@ -18,13 +18,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tumorseg.model.package import FALLBACK_WEIGHTS, MANIFEST, WEIGHTS, FallbackNetwork, read_manifest
+from tumorseg.model.package import (
+    FALLBACK_WEIGHTS,
+    MANIFEST,
+    WEIGHTS,
+    FallbackNetwork,
+    read_manifest,
+    write_manifest,
+)
 from tumorseg.sequences import ALL_FOUR
 
 RUN_FILES = ("metrics.csv", "curves.png")  # what a training run writes next to its package
@@ -41,11 +47,18 @@ def attach_fallback(main_dir: Path, fallback_dir: Path, out_dir: Path) -> Path:
         problems.append(
             f"the fallback package {fallback_dir} must have optional inputs and no fallback itself"
         )
-    for what in ("name", "architecture", "architecture_args", "preprocessing", "inference", "threshold"):
+    shared = (
+        "name",
+        "architecture",
+        "architecture_args",
+        "preprocessing",
+        "inference",
+        "threshold",
+        "min_enhancing_ml",
+    )
+    for what in shared:
         if getattr(main, what) != getattr(fallback, what):
             problems.append(f"{what} differs: {getattr(main, what)!r} / {getattr(fallback, what)!r}")
-    if main.min_enhancing_ml != fallback.min_enhancing_ml:
-        problems.append("min_enhancing_ml differs")
     if fallback.version == main.version:
         # a stored SEG names the model version: the combined package must not pass for the main one
         problems.append(f"the fallback's version {fallback.version} is the main package's: give it its own")
@@ -81,8 +94,7 @@ def attach_fallback(main_dir: Path, fallback_dir: Path, out_dir: Path) -> Path:
         # --record``, ``clinical_accuracy.py`` with ACC_RECORD)
         metrics={k: v for k, v in main.metrics.items() if not k.startswith(("heldout", "clinical"))},
     )
-    (out_dir / MANIFEST).write_text(json.dumps(combined.to_json(), indent=2) + "\n")
-    return out_dir
+    return write_manifest(out_dir, combined)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

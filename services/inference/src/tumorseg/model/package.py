@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import platform
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -202,8 +202,19 @@ def save_package(directory: Path, manifest: ModelManifest, state_dict: dict[str,
 
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(state_dict, directory / manifest.weights)
+    return write_manifest(directory, manifest)
+
+
+def write_manifest(directory: Path, manifest: ModelManifest) -> Path:
+    """``manifest`` as ``directory/model.json`` (its weights must be there already); returns ``directory``."""
     (directory / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
     return directory
+
+
+def record_metrics(directory: Path, key: str, entry: dict[str, Any]) -> None:
+    """Set ``metrics[key]`` of the package in ``directory`` to ``entry`` (rewrites ``model.json``)."""
+    manifest = read_manifest(directory)
+    write_manifest(directory, replace(manifest, metrics={**manifest.metrics, key: entry}))
 
 
 def read_manifest(directory: Path) -> ModelManifest:
