@@ -109,11 +109,11 @@ stage "model card and package -> $DEST"
 "$BIN/python" -m tumorseg_training.card --model "$PACKAGE" --evaluation "$WORK/heldout.json" \
     --without "${without_reports[@]}" --timing "phantoms=$t_gen" "training=$t_train" "held-out=$t_eval" "total=$((SECONDS - t0))"
 mkdir -p "$DEST"
-rm -f "$DEST"/fallback*  # a package without a fallback must not keep an older one's
+rm -f "$DEST"/fallback* "$DEST"/norms.pt  # a package without a fallback (or norms) must not keep an older one's
 for f in model.json model.pt MODEL_CARD.md metrics.csv curves.png; do
     cp "$PACKAGE/$f" "$DEST/$f"
 done
-for f in fallback.pt fallback_metrics.csv fallback_curves.png; do
+for f in norms.pt fallback.pt fallback_norms.pt fallback_metrics.csv fallback_curves.png; do
     if [[ -f "$PACKAGE/$f" ]]; then cp "$PACKAGE/$f" "$DEST/$f"; fi
 done
 du -sh "$DEST"

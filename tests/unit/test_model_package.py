@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from tests.models import TINY, tiny_package, with_fallback
+from tests.models import SHIPPED_INPUTS, TINY, tiny_package, with_fallback, with_norms
 from tumorseg.errors import ModelError
 from tumorseg.imaging.preprocess import ModelInput
 from tumorseg.labels import labels_to_regions, regions_to_labels, volumes_ml
@@ -202,3 +202,100 @@ def test_a_fallback_that_could_never_run_or_is_missing_is_refused(tmp_path: Path
     (gone / "fallback.pt").unlink()
     with pytest.raises(ModelError, match="fallback.pt is missing"):
         Predictor.from_package(gone)
+
+
+def _sigmoid(network: torch.nn.Module, array: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return torch.sigmoid(network(torch.from_numpy(array[None])))[0].numpy()
+
+
+def test_norms_give_the_network_the_batch_norm_statistics_of_the_missing_set(tmp_path: Path) -> None:
+    package = with_norms(with_fallback(tiny_package(tmp_path / "pkg", norm="BATCH")), keys=("t2", "t1+t2"))
+    manifest = read_manifest(package)
+    assert manifest.fallback is not None and manifest.fallback.norms == "fallback_norms.pt"
+    assert ModelManifest.from_json(manifest.to_json(), package) == manifest
+    predictor = Predictor.from_package(package)
+    assert sorted(predictor.variants) == ["fallback/t1+t2", "fallback/t2"]
+    stats = torch.load(package / "fallback_norms.pt", weights_only=True)
+    array = np.random.default_rng(0).normal(size=(4, 32, 32, 16)).astype(np.float32)
+    grid = sitk.Image([32, 32, 16], sitk.sitkUInt8)
+
+    def lacking(*missing: str) -> tuple[ModelInput, np.ndarray]:
+        zeroed = array.copy()
+        zeroed[[SEQUENCES.index(m) for m in missing]] = 0
+        present = tuple(m for m in SEQUENCES if m not in missing)
+        return ModelInput(array=zeroed, grid=grid, present=present), zeroed
+
+    assert predictor.fallback is not None
+    for missing in (("t2",), ("t1", "t2")):
+        model_input, zeroed = lacking(*missing)
+        reference = Predictor.from_package(package).fallback
+        reference.load_state_dict({**reference.state_dict(), **stats["+".join(missing)]})
+        expected = _sigmoid(reference.eval(), zeroed)
+        np.testing.assert_allclose(predictor.predict(model_input), expected, atol=1e-5)
+        assert not np.allclose(expected, _sigmoid(predictor.fallback, zeroed), atol=1e-3)
+    # a set without statistics: the fallback's own; all four: the main network, untouched
+    model_input, zeroed = lacking("t1")
+    np.testing.assert_allclose(
+        predictor.predict(model_input), _sigmoid(predictor.fallback, zeroed), atol=1e-5
+    )
+    complete = ModelInput(array=array, grid=grid)
+    np.testing.assert_allclose(predictor.predict(complete), _sigmoid(predictor.network, array), atol=1e-5)
+    calls: list[str] = []
+    for name, network in predictor.variants.items():
+        network.register_forward_hook(lambda *_, name=name: calls.append(name))
+    predictor.warm_up()
+    assert sorted(set(calls)) == sorted(predictor.variants)
+
+
+def test_without_a_fallback_the_main_network_takes_the_norms(tmp_path: Path) -> None:
+    package = with_norms(tiny_package(tmp_path / "pkg", norm="BATCH", inputs=SHIPPED_INPUTS), keys=("flair",))
+    predictor = Predictor.from_package(package)
+    assert sorted(predictor.variants) == ["main/flair"]
+    array = np.random.default_rng(1).normal(size=(4, 32, 32, 16)).astype(np.float32)
+    array[SEQUENCES.index("flair")] = 0
+    without_flair = ModelInput(
+        array=array, grid=sitk.Image([32, 32, 16], sitk.sitkUInt8), present=SEQUENCES[1:]
+    )
+    np.testing.assert_allclose(
+        predictor.predict(without_flair), _sigmoid(predictor.variants["main/flair"], array), atol=1e-5
+    )
+    assert not np.allclose(predictor.predict(without_flair), _sigmoid(predictor.network, array), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("stats", "match"),
+    [
+        ({"t1ce": None}, "not a set of sequences"),  # a required sequence
+        ({"flair+t2": None}, "not a set of sequences"),  # breaks the any_of group
+        ({"t2": {"no.such.running_mean": torch.zeros(1)}}, "BatchNorm buffers"),
+        ({"t2": "weights"}, "BatchNorm buffers"),
+        ({"t2": {}}, "BatchNorm buffers"),
+    ],
+)
+def test_norms_that_do_not_fit_are_refused(tmp_path: Path, stats: dict[str, object], match: str) -> None:
+    package = with_norms(with_fallback(tiny_package(tmp_path / "pkg", norm="BATCH")))
+    good = torch.load(package / "fallback_norms.pt", weights_only=True)["t2"]
+    stats = {k: (good if v is None else v) for k, v in stats.items()}
+    torch.save(stats, package / "fallback_norms.pt")
+    with pytest.raises(ModelError, match=match):
+        Predictor.from_package(package)
+
+
+def test_norms_that_are_missing_or_never_used_are_refused(tmp_path: Path) -> None:
+    gone = with_norms(with_fallback(tiny_package(tmp_path / "gone", norm="BATCH")))
+    (gone / "fallback_norms.pt").unlink()
+    with pytest.raises(ModelError, match="fallback_norms.pt is missing"):
+        Predictor.from_package(gone)
+    unused = with_norms(with_fallback(tiny_package(tmp_path / "unused", norm="BATCH")))
+    data = json.loads((unused / "model.json").read_text())
+    data["norms"] = "fallback_norms.pt"  # the main network only ever sees complete studies
+    (unused / "model.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="never segments a study that lacks a sequence"):
+        read_manifest(unused)
+
+
+def test_the_missing_sets_a_policy_accepts() -> None:
+    shipped = InputPolicy.from_json(SHIPPED_INPUTS)
+    assert shipped.missing_sets() == (("flair",), ("t1",), ("t2",), ("flair", "t1"), ("t1", "t2"))
+    assert ALL_FOUR.missing_sets() == ()

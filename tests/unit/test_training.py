@@ -599,6 +599,14 @@ def test_fine_tuning_starts_from_a_package_and_validates_without_each_optional_s
             assert 0.0 <= result.history[-1][key] <= 1.0
             assert validation[f"without_{sequence}"][f"dice_{region}"] == result.history[-1][key]
     assert "without_t1ce" not in validation
+    # BatchNorm statistics per set of sequences a study may lack, for the network serving such studies
+    assert manifest["norms"] == "norms.pt"
+    norms = torch.load(out / "norms.pt", weights_only=True)
+    assert sorted(norms) == ["flair", "flair+t1", "t1", "t1+t2", "t2"]
+    assert not torch.equal(
+        norms["flair"]["model.0.adn.N.running_mean"], weights["model.0.adn.N.running_mean"]
+    )
+    assert sorted(Predictor.from_package(out).variants) == [f"main/{k}" for k in sorted(norms)]
     rows = list(csv.DictReader((out / METRICS_CSV).read_text().splitlines()))
     assert rows[-1]["val_without_t2_dice_wt"] != ""
 
@@ -628,6 +636,15 @@ def test_fine_tuning_starts_from_a_package_and_validates_without_each_optional_s
     assert packaged["inputs"] == SHIPPED_INPUTS and packaged["version"] == manifest["version"]
     assert packaged["training"] == json.loads((tmp_path / "base" / "model.json").read_text())["training"]
     assert packaged["fallback"]["training"]["init_from"]["version"] == "9.9.9"
+    assert packaged["fallback"]["norms"] == "fallback_norms.pt" and "norms" not in packaged
+    # measured again for a package (one trained before norms existed): the same statistics as training's
+    from tumorseg_training.norms import add_to_package
+
+    (combined / "fallback_norms.pt").unlink()
+    assert add_to_package(combined, data, tmp_path / "cache") == combined / "fallback_norms.pt"
+    again = torch.load(combined / "fallback_norms.pt", weights_only=True)
+    assert sorted(again) == sorted(norms)
+    assert all(torch.equal(again[k][n], t) for k, buffers in norms.items() for n, t in buffers.items())
     both_full, both_no_flair = (
         evaluate(combined, data, device="cpu", without=w).to_json() for w in (None, "flair")
     )

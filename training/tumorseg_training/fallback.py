@@ -10,7 +10,8 @@ Input: ``--main`` a package that requires all four sequences, ``--fallback`` a p
 and preprocessing trained to do without some (``inputs.optional``; usually fine-tuned from the main one,
 ``init_from``). Output: ``--out``, a package with the main manifest, the fallback's ``inputs`` and
 ``version``, and a ``fallback`` block (the fallback's weights, training and metrics); ``metrics.csv`` and
-``curves.png`` of each run, the fallback's as ``fallback_metrics.csv`` and ``fallback_curves.png``.
+``curves.png`` of each run, the fallback's as ``fallback_metrics.csv`` and ``fallback_curves.png``, and
+the fallback's BatchNorm statistics per missing set (its ``norms``) as ``fallback_norms.pt``.
 Run as ``python -m tumorseg_training.fallback --main DIR --fallback DIR --out DIR``.
 """
 
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tumorseg.model.package import (
+    FALLBACK_NORMS,
     FALLBACK_WEIGHTS,
     MANIFEST,
     WEIGHTS,
@@ -73,10 +75,19 @@ def attach_fallback(main_dir: Path, fallback_dir: Path, out_dir: Path) -> Path:
     if problems:
         raise ValueError("cannot combine the packages: " + "; ".join(problems))
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (MANIFEST, WEIGHTS, FALLBACK_WEIGHTS, *RUN_FILES, *(f"fallback_{n}" for n in RUN_FILES)):
+    for stale in (
+        MANIFEST,
+        WEIGHTS,
+        FALLBACK_WEIGHTS,
+        FALLBACK_NORMS,
+        *RUN_FILES,
+        *(f"fallback_{n}" for n in RUN_FILES),
+    ):
         (out_dir / stale).unlink(missing_ok=True)
     shutil.copyfile(main_dir / main.weights, out_dir / WEIGHTS)
     shutil.copyfile(fallback_dir / fallback.weights, out_dir / FALLBACK_WEIGHTS)
+    if fallback.norms:
+        shutil.copyfile(fallback_dir / fallback.norms, out_dir / FALLBACK_NORMS)
     for name in RUN_FILES:
         for source, target in (
             (main_dir / name, out_dir / name),
@@ -89,7 +100,9 @@ def attach_fallback(main_dir: Path, fallback_dir: Path, out_dir: Path) -> Path:
         version=fallback.version,
         weights=WEIGHTS,
         inputs=fallback.inputs,
-        fallback=FallbackNetwork(FALLBACK_WEIGHTS, fallback.training, fallback.metrics),
+        fallback=FallbackNetwork(
+            FALLBACK_WEIGHTS, fallback.training, fallback.metrics, FALLBACK_NORMS if fallback.norms else None
+        ),
         # the held-out and clinical figures of the combined package are measured again (``tumorseg evaluate
         # --record``, ``clinical_accuracy.py`` with ACC_RECORD)
         metrics={k: v for k, v in main.metrics.items() if not k.startswith(("heldout", "clinical"))},

@@ -12,10 +12,11 @@
    (``optim.recalibrate_batch_norm``), runs the package's own ``Predictor`` (sliding window) over each
    validation case on the model grid and scores Dice/HD95 per region (``metrics``); when the recipe's
    ``inputs`` has optional sequences, also with each of them missing in turn (its channel zeroed, as
-   inference feeds it): mean Dice per region as ``val_without_<seq>_dice_<region>`` in the history and
-   ``metrics["validation"]["without_<seq>"]`` in the package; model selection stays on the full input;
+   inference feeds it, and the network with the BatchNorm statistics of that set missing,
+   ``norms.missing_statistics``): mean Dice per region as ``val_without_<seq>_dice_<region>`` in the history
+   and ``metrics["validation"]["without_<seq>"]`` in the package; model selection stays on the full input;
 4. keeps the best weights by mean validation Dice (the last ones without validation) as the package in
-   ``out_dir`` (``model.json`` + ``model.pt``), and after every epoch rewrites ``metrics.csv``,
+   ``out_dir`` (``model.json`` + ``model.pt``, and ``norms.pt`` with those statistics), and after every epoch rewrites ``metrics.csv``,
    ``curves.png`` and ``checkpoint.pt`` (network, average, optimiser, schedule, history: ``resume=True``
    continues from it). ``init_from`` (a package folder) starts the network from that package's weights
    (fine-tuning; the network must be the recipe's).
@@ -48,6 +49,7 @@ from tumorseg.labels import REGIONS, labels_to_regions
 from tumorseg.model.device import resolve_device
 from tumorseg.model.network import DEFAULT_UNET_ARGS, build_network
 from tumorseg.model.package import (
+    NORMS,
     WEIGHTS,
     InferenceConfig,
     ModelManifest,
@@ -61,6 +63,7 @@ from tumorseg_training.config import TrainConfig
 from tumorseg_training.curves import draw_curves
 from tumorseg_training.data import PreparedCase, find_cases, load_prepared, split_cases
 from tumorseg_training.metrics import SCORES, mean_dice, region_scores, summarise
+from tumorseg_training.norms import Statistics, missing_statistics, with_statistics
 from tumorseg_training.optim import RegionLoss, WeightAverage, lr_factor, recalibrate_batch_norm
 from tumorseg_training.transforms import epoch_visits, train_transform, training_item
 
@@ -96,7 +99,9 @@ class TrainResult:
     duration_s: float = 0.0
 
 
-def manifest_for(config: TrainConfig, training: dict[str, Any], metrics: dict[str, Any]) -> ModelManifest:
+def manifest_for(
+    config: TrainConfig, training: dict[str, Any], metrics: dict[str, Any], norms: str | None = None
+) -> ModelManifest:
     return ModelManifest(
         name=config.name,
         version=config.version,
@@ -110,7 +115,17 @@ def manifest_for(config: TrainConfig, training: dict[str, Any], metrics: dict[st
         metrics=metrics,
         versions={**current_versions(), "tumorseg_training": __version__},
         inputs=config.input_policy,
+        norms=norms,
     )
+
+
+def _save_norms(out_dir: Path, norms: Statistics) -> str | None:
+    """``norms`` as ``out_dir/norms.pt`` (none: the file removed); the manifest's ``norms`` value."""
+    if not norms:
+        (out_dir / NORMS).unlink(missing_ok=True)
+        return None
+    torch.save(norms, out_dir / NORMS)
+    return NORMS
 
 
 def validate(
@@ -242,6 +257,8 @@ def train(
             raise ValueError(f"cannot resume {out_dir}: the recipe changed in {changed}")
     elif resume:
         log.warning("no %s in %s: starting from scratch", CHECKPOINT, out_dir)
+    if checkpoint is None:
+        (out_dir / NORMS).unlink(missing_ok=True)  # another run's
 
     cases = find_cases(data_dir)
     train_files, val_files = split_cases(cases, config.val_fraction, config.seed)
@@ -279,6 +296,7 @@ def train(
     shipped = average.model if average else network  # what is validated and saved
 
     step, epoch, history, best = 0, 0, [], {"val_mean_dice": -1.0}
+    norms: Statistics = {}  # the BatchNorm statistics per missing set of the last recalibration
     elapsed_before = 0.0
     if checkpoint is not None:
         network.load_state_dict(checkpoint["network"])
@@ -381,12 +399,14 @@ def train(
             recalibrate_batch_norm(
                 shipped, items, calibration, config.bn_batches, config.cases_per_step, device
             )
+            norms = missing_statistics(shipped, items, config, device)
         if validating:
             hooks.validating(epoch, len(val_cases))
             scores = validate(shipped, val_cases, config, device)
             record.update({f"val_{k}": v for k, v in scores.items()}, val_mean_dice=mean_dice(scores))
             for sequence in config.input_policy.optional:
-                without = validate(shipped, val_cases, config, device, without=sequence)
+                variant = with_statistics(shipped, norms[sequence]) if sequence in norms else shipped
+                without = validate(variant, val_cases, config, device, without=sequence)
                 record.update({without_key(sequence, r): without[f"dice_{r}"] for r in REGIONS})
         record["elapsed_s"] = elapsed_before + time.perf_counter() - started
         history.append(record)
@@ -409,7 +429,8 @@ def train(
                 "duration_s": round(record["elapsed_s"], 1),
             }
             metrics = {"validation": validation_metrics(best, config)}
-            save_package(out_dir, manifest_for(config, {**info, "best": best}, metrics), _cpu_state(shipped))
+            manifest = manifest_for(config, {**info, "best": best}, metrics, _save_norms(out_dir, norms))
+            save_package(out_dir, manifest, _cpu_state(shipped))
         _write_history(out_dir, history)
         state = {
             "config": config.to_json(),
@@ -433,8 +454,11 @@ def train(
     info = {**training_info, "steps": step, "epochs": epoch, "duration_s": round(duration, 1), "best": best}
     metrics = {"validation": validation_metrics(best, config)}
     if not (out_dir / WEIGHTS).is_file():  # no validation score was ever finite: keep the last weights
-        save_package(out_dir, manifest_for(config, info, metrics), _cpu_state(shipped))
+        save_package(
+            out_dir, manifest_for(config, info, metrics, _save_norms(out_dir, norms)), _cpu_state(shipped)
+        )
     weights = torch.load(out_dir / WEIGHTS, map_location="cpu", weights_only=True)
-    save_package(out_dir, manifest_for(config, info, metrics), weights)
+    saved_norms = NORMS if (out_dir / NORMS).is_file() else None  # the best epoch's
+    save_package(out_dir, manifest_for(config, info, metrics, saved_norms), weights)
     log.info("training done: %d steps, %d epochs, %.0f s; package %s", step, epoch, duration, out_dir)
     return TrainResult(out_dir, step, epoch, best, history, duration)

@@ -50,6 +50,20 @@ class InputPolicy:
                 return f"no usable series for {' or '.join(group)} (the model needs at least one of them)"
         return None
 
+    def missing_sets(self) -> tuple[tuple[str, ...], ...]:
+        """Every non-empty set of sequences a study may lack and still be segmented, each in ``SEQUENCES``
+        order, smaller sets first: ``(("flair",), ("t1",), ("t2",), ("flair", "t1"), ("t1", "t2"))`` for
+        the shipped model."""
+        from itertools import combinations
+
+        optional = [m for m in SEQUENCES if m in self.optional]
+        return tuple(
+            lacking
+            for size in range(1, len(optional) + 1)
+            for lacking in combinations(optional, size)
+            if self.problem(m for m in SEQUENCES if m not in lacking) is None
+        )
+
     def describe(self) -> str:
         """``T1ce, and FLAIR or T2``: what the model needs, for messages."""
         parts = (

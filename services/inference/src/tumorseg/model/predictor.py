@@ -11,6 +11,7 @@ concurrency, and it runs one request at a time on the model.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -23,16 +24,25 @@ from tumorseg.imaging.brain import confine_to_brain
 from tumorseg.imaging.postprocess import to_reference_mask
 from tumorseg.imaging.preprocess import ModelInput
 from tumorseg.model.network import stride_product
-from tumorseg.model.package import ModelManifest, load_package
+from tumorseg.model.package import ModelManifest, load_package, missing_key
 
 log = logging.getLogger(__name__)
 
 
 class Predictor:
-    def __init__(self, manifest: ModelManifest, network: Any, device: str, fallback: Any = None) -> None:
+    def __init__(
+        self,
+        manifest: ModelManifest,
+        network: Any,
+        device: str,
+        fallback: Any = None,
+        variants: Mapping[str, Any] | None = None,
+    ) -> None:
         self.manifest = manifest
         self.network = network
         self.fallback = fallback  # the package's network for studies that lack a sequence, if it has one
+        # "<network>/<missing_key>": that network with the BatchNorm statistics of those sequences missing
+        self.variants = dict(variants or {})
         self.device = device
 
     @classmethod
@@ -45,7 +55,8 @@ class Predictor:
             device,
             " (with a fallback network for studies that lack a sequence)" if "fallback" in networks else "",
         )
-        return cls(manifest, networks["main"], device, networks.get("fallback"))
+        variants = {name: net for name, net in networks.items() if "/" in name}
+        return cls(manifest, networks["main"], device, networks.get("fallback"), variants)
 
     @property
     def name(self) -> str:
@@ -62,7 +73,7 @@ class Predictor:
             max(factor, min(r, -(-s // factor) * factor))
             for r, s in zip(config.roi_size, model_input.array.shape[1:], strict=True)
         )
-        network = self.fallback if self.network_for(model_input) == "fallback" else self.network
+        network = self._network(model_input)
         tensor = torch.from_numpy(model_input.array[None]).to(self.device)
         autocast = torch.autocast("cuda") if self.device == "cuda" else nullcontext()
         with torch.inference_mode(), autocast:
@@ -77,6 +88,12 @@ class Predictor:
             assert isinstance(logits, torch.Tensor)
             probabilities = torch.sigmoid(logits.float())[0]
         return np.ascontiguousarray(probabilities.cpu().numpy(), dtype=np.float32)
+
+    def _network(self, model_input: ModelInput) -> Any:
+        name = self.network_for(model_input)
+        lacking = missing_key(self.manifest.preprocessing.channels, model_input.present)
+        base = self.fallback if name == "fallback" else self.network
+        return self.variants.get(f"{name}/{lacking}", base)
 
     def network_for(self, model_input: ModelInput) -> str:
         """ "main", or "fallback" for an input that lacks a sequence when the package has a fallback."""
@@ -112,5 +129,6 @@ class Predictor:
         grid = sitk.Image([32, 32, 32], sitk.sitkUInt8)
         channels = self.manifest.preprocessing.channels
         inputs = [channels] + ([channels[1:]] if self.fallback is not None else [])
+        inputs += [[c for c in channels if c not in name.split("/")[1].split("+")] for name in self.variants]
         for present in inputs:
             self.predict(ModelInput(array=np.zeros((4, 32, 32, 32), np.float32), grid=grid, present=present))
