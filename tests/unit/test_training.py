@@ -697,3 +697,39 @@ def test_fine_tuning_starts_from_a_package_and_validates_without_each_optional_s
             config.replace(init_from=str(tmp_path / "other")),
             cache_dir=tmp_path / "cache",
         )
+
+
+def test_dropout_per_batch_drops_the_same_sequence_from_every_crop_of_a_batch(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tumorseg_training.train as training
+
+    seen: list[list[tuple[int, ...]]] = []  # per training batch: the all-zero channels of each crop
+
+    def recording(name: str, args: dict[str, Any]) -> torch.nn.Module:
+        network = build(name, args)
+
+        def record(_: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            if torch.is_grad_enabled():  # a training step (calibration and validation run without grad)
+                images = inputs[0]
+                seen.append([tuple(int(c) for c in range(4) if not crop[c].any()) for crop in images])
+
+        network.register_forward_pre_hook(record)
+        return network
+
+    build = training.build_network
+    monkeypatch.setattr(training, "build_network", recording)
+    recipe = {
+        **TINY_RECIPE,
+        "batch_size": 4,  # up to two cases of two crops each
+        "max_steps": 6,
+        "inputs": SHIPPED_INPUTS,
+        "modality_dropout": 1.0,
+        "dropout_per_batch": True,
+    }
+    train(data, tmp_path / "run", TrainConfig.from_json(recipe), cache_dir=tmp_path / "cache")
+    assert len(seen) == 6
+    droppable = {(SEQUENCES.index(m),) for m in ("flair", "t1", "t2")}
+    for crops in seen:
+        assert len(crops) >= 2 and len(set(crops)) == 1 and crops[0] in droppable
+    assert len({crops[0] for crops in seen}) > 1  # drawn anew per batch

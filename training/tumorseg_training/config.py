@@ -8,7 +8,10 @@ required) and ``modality_dropout`` says how training teaches the network to do w
 sequences: a mapping ``{sequence: p}`` drops each listed optional sequence independently with its
 probability, a number p (the older form) drops one of them, chosen at random, with probability p. A required
 sequence is never dropped, nor so many that the policy would refuse what is left (see
-``transforms.RandModalityDropoutd``); a rate for a required or unknown sequence is refused here.
+``transforms.RandModalityDropoutd``); a rate for a required or unknown sequence is refused here. With
+``dropout_per_batch`` the draw is made once per batch and every crop of it lacks the same sequences:
+BatchNorm then normalises each batch with the statistics of one input set, as inference does with the
+package's ``norms`` (``tumorseg_training.norms``).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class TrainConfig:
     # ones: p per sequence {"flair": p, ...}, or one number p (one optional sequence, drawn at random)
     inputs: dict[str, Any] = field(default_factory=ALL_FOUR.to_json)
     modality_dropout: float | dict[str, float] = 0.0
+    dropout_per_batch: bool = False  # one draw per batch instead of one per crop
     # Label-1 core contrast jitter (transforms.RandRegionContrastd): with probability core_contrast_prob
     # a crop's core contrast against the normal brain is scaled per channel by a factor drawn from
     # [1 - core_contrast, 1 + core_contrast]; 0 turns it off.

@@ -65,7 +65,7 @@ from tumorseg_training.data import PreparedCase, find_cases, load_prepared, spli
 from tumorseg_training.metrics import SCORES, mean_dice, region_scores, summarise
 from tumorseg_training.norms import Statistics, missing_statistics, with_statistics
 from tumorseg_training.optim import RegionLoss, WeightAverage, lr_factor, recalibrate_batch_norm
-from tumorseg_training.transforms import epoch_visits, train_transform, training_item
+from tumorseg_training.transforms import RandModalityDropoutd, epoch_visits, train_transform, training_item
 
 log = logging.getLogger(__name__)
 
@@ -317,9 +317,15 @@ def train(
         config.flip_prob,
         config.intensity_scale,
         config.intensity_shift,
-        config.modality_dropout,
+        0.0 if config.dropout_per_batch else config.modality_dropout,
         config.core_contrast,
         config.core_contrast_prob,
+        inputs=config.input_policy,
+        channels=config.prep.channels,
+    )
+    batch_dropout = RandModalityDropoutd(
+        keys="image",
+        rates=config.modality_dropout if config.dropout_per_batch else 0.0,
         inputs=config.input_policy,
         channels=config.prep.channels,
     )
@@ -354,10 +360,14 @@ def train(
         epoch_started, losses, non_finite = time.perf_counter(), [], 0
         generator.manual_seed(config.seed * 100_003 + epoch)
         transform.set_random_state(seed=(config.seed * 100_003 + epoch) % 2**32)
+        batch_dropout.set_random_state(seed=(config.seed * 100_003 + epoch + 1) % 2**32)
         for batch in loader:
             if step >= total_steps:
                 break
             images, targets = batch["image"].to(device), batch["label"].to(device)
+            if batch_dropout.active:  # the whole batch lacks the same sequences (dropout_per_batch)
+                dropped = [config.prep.channels.index(m) for m in batch_dropout.draw()]
+                images[:, dropped] = 0
             optimiser.zero_grad(set_to_none=True)
             with torch.autocast("cuda") if use_amp else nullcontext():
                 logits = network(images)

@@ -152,6 +152,12 @@ class RandModalityDropoutd(RandomizableTransform, MapTransform):
                 dropped.append(name)
         self._dropped = tuple(dropped)
 
+    def draw(self) -> tuple[str, ...]:
+        """One draw: the sequences to drop (empty: none). What ``__call__`` uses per crop, and training
+        once per batch (``dropout_per_batch``)."""
+        self.randomize()
+        return self._dropped
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
