@@ -658,7 +658,7 @@ def test_fine_tuning_starts_from_a_package_and_validates_without_each_optional_s
     card = render_card(
         {**packaged, "training": manifest["training"]}, both_full, {}, {"flair": both_no_flair}
     )
-    assert "## Fallback network" in card and "fallback_curves.png" in card
+    assert "## Fallback network" in card and "fallback_curves.png" in card and "`fallback_norms.pt`" in card
     clinical = {
         "description": "Heads.",
         "seeds": [50, 51],

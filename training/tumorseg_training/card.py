@@ -119,6 +119,7 @@ def _fallback_section(fallback: Mapping[str, Any]) -> list[str]:
         f"an optional sequence is segmented by a second network (`{fallback['weights']}`, same architecture "
         "and preprocessing) trained for that: "
         + _dropout_text(recipe["modality_dropout"])
+        + (" (one draw per batch)" if recipe.get("dropout_per_batch") else "")
         + (
             f", fine-tuned from `{source['path']}` ({source.get('name', '?')} {source.get('version', '?')})"
             if source
@@ -126,7 +127,13 @@ def _fallback_section(fallback: Mapping[str, Any]) -> list[str]:
         )
         + f"; {training['steps']} steps, {training['epochs']} epochs, AdamW lr {recipe['lr']}, best checkpoint "
         f"by validation at epoch {training['best'].get('epoch')}, trained on {training['device']} in "
-        f"{training['duration_s'] / 60:.1f} min. Its curves: `fallback_curves.png`, `fallback_metrics.csv`.",
+        f"{training['duration_s'] / 60:.1f} min. Its curves: `fallback_curves.png`, `fallback_metrics.csv`."
+        + (
+            f" It runs with the BatchNorm statistics measured with exactly the study's sequences missing "
+            f"(`{fallback['norms']}`, `tumorseg_training.norms`)."
+            if fallback.get("norms")
+            else ""
+        ),
         *(
             [
                 "",
