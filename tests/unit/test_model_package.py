@@ -14,6 +14,7 @@ from tests.models import SHIPPED_INPUTS, TINY, tiny_package, with_fallback, with
 from tumorseg.errors import ModelError
 from tumorseg.imaging.preprocess import ModelInput
 from tumorseg.labels import labels_to_regions, regions_to_labels, volumes_ml
+from tumorseg.model.network import build_network
 from tumorseg.model.package import ModelManifest, read_manifest
 from tumorseg.model.predictor import Predictor
 from tumorseg.sequences import ALL_FOUR, SEQUENCES, InputPolicy
@@ -229,7 +230,7 @@ def test_norms_give_the_network_the_batch_norm_statistics_of_the_missing_set(tmp
     assert predictor.fallback is not None
     for missing in (("t2",), ("t1", "t2")):
         model_input, zeroed = lacking(*missing)
-        reference = Predictor.from_package(package).fallback
+        reference = Predictor.from_package(package, fast=False).fallback  # with its BatchNorm layers
         reference.load_state_dict({**reference.state_dict(), **stats["+".join(missing)]})
         expected = _sigmoid(reference.eval(), zeroed)
         np.testing.assert_allclose(predictor.predict(model_input), expected, atol=1e-5)
@@ -299,3 +300,41 @@ def test_the_missing_sets_a_policy_accepts() -> None:
     shipped = InputPolicy.from_json(SHIPPED_INPUTS)
     assert shipped.missing_sets() == (("flair",), ("t1",), ("t2",), ("flair", "t1"), ("t1", "t2"))
     assert ALL_FOUR.missing_sets() == ()
+
+
+def test_the_fast_path_gives_the_plain_networks_probabilities(tmp_path: Path) -> None:
+    # The shipped architecture's shape in small (residual units, a BatchNorm after a transposed convolution),
+    # with statistics far from (0, 1) in every network and variant, so a wrong fold would show.
+    package = tiny_package(tmp_path / "pkg", norm="BATCH")
+    data = json.loads((package / "model.json").read_text())
+    args = data["architecture"]["args"] | {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}
+    data["architecture"]["args"] = args
+    (package / "model.json").write_text(json.dumps(data))
+    torch.save(build_network("monai.UNet", args).state_dict(), package / "model.pt")
+    package = with_norms(with_fallback(package), keys=("t2", "t1+t2"))
+    for name in ("model.pt", "fallback.pt"):
+        weights = torch.load(package / name, weights_only=True)
+        generator = torch.Generator().manual_seed(len(name))
+        for key, tensor in weights.items():
+            if key.endswith(("running_mean", "weight")) and ".adn.N." in key:
+                weights[key] = tensor + torch.randn(tensor.shape, generator=generator)
+            elif key.endswith("running_var"):
+                weights[key] = 0.3 + torch.rand(tensor.shape, generator=generator) * 3
+        torch.save(weights, package / name)
+    plain, fast = Predictor.from_package(package, fast=False), Predictor.from_package(package)
+    networks = {"main": fast.network, "fallback": fast.fallback, **fast.variants}
+    assert len(networks) == 4
+    for network in networks.values():
+        assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in network.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in plain.network.modules())
+    array = np.random.default_rng(3).normal(size=(4, 40, 36, 20)).astype(np.float32)
+    grid = sitk.Image([40, 36, 20], sitk.sitkUInt8)
+    for missing in ((), ("t2",), ("t1", "t2"), ("t1",)):
+        zeroed = array.copy()
+        zeroed[[SEQUENCES.index(m) for m in missing]] = 0
+        model_input = ModelInput(
+            array=zeroed, grid=grid, present=tuple(m for m in SEQUENCES if m not in missing)
+        )
+        expected = plain.predict(model_input)
+        assert np.ptp(expected) > 0.05
+        np.testing.assert_allclose(fast.predict(model_input), expected, atol=1e-4)

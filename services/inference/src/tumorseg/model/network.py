@@ -1,7 +1,8 @@
 """The network: MONAI ``UNet`` with 4 input channels (MR sequences) and 3 sigmoid outputs (TC, WT, ET).
 
 Only architectures listed in ``ARCHITECTURES`` can be built from a package manifest, so a manifest cannot
-name arbitrary code.
+name arbitrary code. ``for_inference`` makes the same function cheaper to evaluate: BatchNorm folded into
+the convolution before it, and on the CPU the channels-last 3D memory layout (oneDNN's fast convolutions).
 """
 
 from __future__ import annotations
@@ -46,3 +47,47 @@ def stride_product(args: Mapping[str, Any]) -> int:
     for stride in args.get("strides", []):
         product *= int(stride)
     return product
+
+
+def fold_batch_norms(network: nn.Module) -> nn.Module:
+    """``network`` (in eval mode, changed in place) with every BatchNorm that directly follows a convolution
+    (MONAI's ``Convolution``: ``conv`` then ``adn`` with the norm first) folded into that convolution's
+    weights and bias and replaced by an identity: the same function, one pass over the activations less."""
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    network.eval()
+    with torch.no_grad():
+        for module in network.modules():
+            conv, adn = getattr(module, "conv", None), getattr(module, "adn", None)
+            if not isinstance(conv, nn.Conv3d | nn.ConvTranspose3d) or not isinstance(adn, nn.Sequential):
+                continue
+            first = next(iter(adn.named_children()), None)
+            if first is None or first[0] != "N" or not isinstance(first[1], nn.BatchNorm3d):
+                continue  # instance norm (statistics of each input) or a norm after the activation
+            norm = first[1]
+            if conv.groups != 1 or norm.running_mean is None or norm.running_var is None:
+                continue
+            conv.weight, conv.bias = fuse_conv_bn_weights(
+                conv.weight,
+                conv.bias,
+                norm.running_mean,
+                norm.running_var,
+                norm.eps,
+                norm.weight,
+                norm.bias,
+                transpose=isinstance(conv, nn.ConvTranspose3d),
+            )
+            adn.N = nn.Identity()
+    return network
+
+
+def for_inference(network: nn.Module, device: str) -> nn.Module:
+    """``network`` made cheaper to evaluate, in place (probabilities equal to the plain network's to ~1e-6):
+    BatchNorm folded; on the CPU, channels-last 3D weights (the input follows in ``Predictor.predict``)."""
+    import torch
+
+    fold_batch_norms(network)
+    if device == "cpu":
+        network.to(memory_format=torch.channels_last_3d)
+    return network

@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 from tumorseg.imaging.brain import confine_to_brain
 from tumorseg.imaging.postprocess import to_reference_mask
 from tumorseg.imaging.preprocess import ModelInput
-from tumorseg.model.network import stride_product
+from tumorseg.model.network import for_inference, stride_product
 from tumorseg.model.package import ModelManifest, load_package, missing_key
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,12 @@ class Predictor:
         self.device = device
 
     @classmethod
-    def from_package(cls, directory: Path, device: str = "cpu") -> Predictor:
+    def from_package(cls, directory: Path, device: str = "cpu", fast: bool = True) -> Predictor:
+        """The package's networks; with ``fast`` (the default), each ``for_inference``: BatchNorm folded and,
+        on the CPU, channels-last (the same probabilities to ~1e-6, ~1.3x faster here)."""
         manifest, networks = load_package(directory, device)
+        if fast:
+            networks = {name: for_inference(network, device) for name, network in networks.items()}
         log.info(
             "model %s %s loaded on %s%s",
             manifest.name,
@@ -75,6 +79,8 @@ class Predictor:
         )
         network = self._network(model_input)
         tensor = torch.from_numpy(model_input.array[None]).to(self.device)
+        if self.device == "cpu":
+            tensor = tensor.contiguous(memory_format=torch.channels_last_3d)
         autocast = torch.autocast("cuda") if self.device == "cuda" else nullcontext()
         with torch.inference_mode(), autocast:
             logits = sliding_window_inference(
