@@ -68,4 +68,3 @@ def test_shipped_model_segments_an_unseen_phantom(index: int, predictor: Predict
     scores = {r: dice(found[n], expected[n]) for n, r in enumerate(REGIONS)}
     failed = {r: round(scores[r], 3) for r in REGIONS if scores[r] < minimum[r]}
     assert not failed, f"Dice {failed} below {minimum} on phantom seed {case.plan.seed} (all: {scores})"
-
