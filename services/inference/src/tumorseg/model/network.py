@@ -89,5 +89,5 @@ def for_inference(network: nn.Module, device: str) -> nn.Module:
 
     fold_batch_norms(network)
     if device == "cpu":
-        network.to(memory_format=torch.channels_last_3d)
+        network.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # Module.to takes it; the stubs omit it
     return network

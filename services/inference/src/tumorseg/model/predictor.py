@@ -135,6 +135,8 @@ class Predictor:
         grid = sitk.Image([32, 32, 32], sitk.sitkUInt8)
         channels = self.manifest.preprocessing.channels
         inputs = [channels] + ([channels[1:]] if self.fallback is not None else [])
-        inputs += [[c for c in channels if c not in name.split("/")[1].split("+")] for name in self.variants]
+        inputs += [
+            tuple(c for c in channels if c not in name.split("/")[1].split("+")) for name in self.variants
+        ]
         for present in inputs:
             self.predict(ModelInput(array=np.zeros((4, 32, 32, 32), np.float32), grid=grid, present=present))
