@@ -68,3 +68,25 @@ def test_shipped_model_segments_an_unseen_phantom(index: int, predictor: Predict
     scores = {r: dice(found[n], expected[n]) for n, r in enumerate(REGIONS)}
     failed = {r: round(scores[r], 3) for r in REGIONS if scores[r] < minimum[r]}
     assert not failed, f"Dice {failed} below {minimum} on phantom seed {case.plan.seed} (all: {scores})"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (MODEL / "model.json").is_file(),
+    reason="no shipped model yet (models/default/model.json): run `make train-demo`",
+)
+def test_the_fast_path_gives_the_shipped_models_mask_voxel_for_voxel(
+    predictor: Predictor, tmp_path: Path
+) -> None:
+    # Predictor.from_package folds BatchNorm and uses channels-last on the CPU; fast=False is the plain network.
+    plain = Predictor.from_package(MODEL, "cpu", fast=False)
+    folder = write_case(generate_case(case_seed(GOLDEN_RUN_SEED, 0)), tmp_path, "golden")
+    volumes = {m: sitk.ReadImage(str(folder / f"golden_{m}.nii.gz")) for m in SEQUENCES}
+    model_input, _ = prepare(volumes, "flair", predictor.manifest.preprocessing)
+    fast, expected = predictor.predict(model_input), plain.predict(model_input)
+    np.testing.assert_allclose(fast, expected, atol=1e-4)  # measured here: at most 3.5e-6
+    masks = [
+        sitk.GetArrayFromImage(p.mask(q, model_input.grid, volumes["flair"]))
+        for p, q in ((predictor, fast), (plain, expected))
+    ]
+    assert np.array_equal(*masks)
