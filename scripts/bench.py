@@ -19,6 +19,12 @@ request decodes) against `dcm2niix` converting the same four series in the same 
 RSS (VmHWM). Then BENCH_LEAK_RUNS consecutive requests on the clinical study (cache on) show whether the
 resident memory grows.
 
+First the network alone (BENCH_NETWORK=0 skips it): the shipped model on the BraTS phantom's model input
+(the crop the service gives the network on that study), its FLOPs counted with torch's FlopCounterMode over
+one whole sliding-window prediction, the CPU's peak from a timed float32 matmul in the same run, so the
+floor is FLOPs / peak; the plain network and the predictor's fast path (BatchNorm folded, channels-last)
+timed against it, with their largest probability difference.
+
 Then distributed mode (issue 17), with a local Redis: for each count in BENCH_WORKERS (default 1,2), an API
 and that many `tumorseg worker` processes get BENCH_WORKER_STUDIES (default 6) new clinical-kind studies as
 jobs at once: studies per hour. And in auto mode (TUMORSEG_AUTO_SEGMENT, default poll) with the largest
@@ -83,6 +89,8 @@ KINDS_WANTED = [k.strip() for k in os.environ.get("BENCH_KINDS", ",".join(KINDS)
 WORKER_COUNTS = [int(n) for n in os.environ.get("BENCH_WORKERS", "1,2").split(",") if n.strip()]
 WORKER_STUDIES = int(os.environ.get("BENCH_WORKER_STUDIES", "6"))
 LATENCY_STUDIES = int(os.environ.get("BENCH_LATENCY_STUDIES", "3"))
+NETWORK = os.environ.get("BENCH_NETWORK", "1") != "0"
+MODEL = Path(os.environ.get("TUMORSEG_MODEL_PATH", "models/default"))
 
 
 def say(message: str) -> None:
@@ -229,6 +237,62 @@ def bench_kind(kind: str, orthanc: LocalOrthanc) -> list[dict[str, Any]]:
     return rows
 
 
+def peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """The best float32 matmul rate of this process (GFLOP/s), torch's threads as configured."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = min(_seconds(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _seconds(call: Any) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def bench_network() -> dict[str, Any]:
+    """The shipped network on the BraTS phantom's model input: FLOPs, the floor they set at this CPU's
+    matmul peak, and the plain and fast predictors' times (median of RUNS after one warm-up each)."""
+    import numpy as np
+    import SimpleITK as sitk
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tumorseg.imaging.preprocess import prepare
+    from tumorseg.model.device import configure_threads
+    from tumorseg.model.predictor import Predictor
+
+    threads = configure_threads()
+    case_dir = phantom("brats")
+    volumes = {m: sitk.ReadImage(str(case_dir / f"{case_dir.name}_{m}.nii.gz")) for m in SEQUENCES}
+    fast = Predictor.from_package(MODEL, "cpu")
+    plain = Predictor.from_package(MODEL, "cpu", fast=False)
+    model_input, _ = prepare(volumes, "flair", fast.manifest.preprocessing)
+    with FlopCounterMode(display=False) as counter:
+        plain.predict(model_input)
+    flops = counter.get_total_flops()
+    peak = peak_gflops()
+    floor = flops / 1e9 / peak
+    row: dict[str, Any] = {
+        "model_input": list(model_input.array.shape),
+        "threads": threads,
+        "gflop": round(flops / 1e9, 1),
+        "peak_gflops": round(peak, 1),
+        "floor_s": round(floor, 3),
+    }
+    outputs = {}
+    for name, predictor in (("plain", plain), ("fast", fast)):
+        outputs[name] = predictor.predict(model_input)
+        seconds = statistics.median(_seconds(lambda p=predictor: p.predict(model_input)) for _ in range(RUNS))
+        row[f"{name}_s"] = round(seconds, 3)
+        row[f"{name}_over_floor"] = round(seconds / floor, 2)
+    row["fast_speedup"] = round(row["plain_s"] / row["fast_s"], 2)
+    row["max_probability_difference"] = float(np.abs(outputs["fast"] - outputs["plain"]).max())
+    return row
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = [
         "kind",
@@ -373,15 +437,20 @@ def main() -> None:
     if not shutil.which("dcm2niix"):
         sys.exit("dcm2niix is missing; run make setup")
     unknown = sorted(set(KINDS_WANTED) - set(KINDS))
-    if unknown or not (KINDS_WANTED or WORKER_COUNTS):
+    if unknown or not (KINDS_WANTED or WORKER_COUNTS or NETWORK):
         sys.exit(f"BENCH_KINDS={','.join(KINDS_WANTED)!r}: the kinds are {', '.join(KINDS)}")
     WORK.mkdir(parents=True, exist_ok=True)
     orthanc = LocalOrthanc(WORK / "orthanc")
     rows = []
     distributed: dict[str, Any] = {}
     started = time.perf_counter()
+    network: dict[str, Any] = {}
+    if NETWORK:
+        say(f"network: FLOPs, the matmul peak, plain and fast predictors ({RUNS} runs each)")
+        network = bench_network()
     try:
-        orthanc.start()
+        if KINDS_WANTED or WORKER_COUNTS:
+            orthanc.start()
         for kind in KINDS_WANTED:
             say(f"{kind}: converting, uploading, {RUNS} timed runs after a warm-up")
             rows.extend(bench_kind(kind, orthanc))
@@ -397,6 +466,7 @@ def main() -> None:
         "runs_per_kind": RUNS,
         "leak_runs": LEAK_RUNS,
         "wall_s": round(time.perf_counter() - started, 1),
+        "network": network,
         "kinds": rows,
         "table": table(rows) if rows else "",
         "distributed": distributed,
@@ -407,6 +477,14 @@ def main() -> None:
     print(
         f"\n{m.get('gpu', m['cpu'])} ({m['cores']} cores, {m['device']}), medians of {RUNS} warm runs, seconds\n"
     )
+    if network:
+        n = network
+        print(
+            f"network on {n['model_input']} ({n['threads']} threads): {n['gflop']} GFLOP, matmul peak "
+            f"{n['peak_gflops']} GFLOP/s, floor {n['floor_s']} s; plain {n['plain_s']} s "
+            f"({n['plain_over_floor']}x floor), fast {n['fast_s']} s ({n['fast_over_floor']}x floor, "
+            f"{n['fast_speedup']}x plain, probabilities within {n['max_probability_difference']:.1e})\n"
+        )
     print(table(rows) if rows else "(no kinds)")
     for row in distributed.get("throughput", []):
         print(
