@@ -131,12 +131,18 @@ class Predictor:
         )
 
     def warm_up(self) -> None:
-        """One tiny forward pass per network, so the first request does not pay for lazy initialisation."""
-        grid = sitk.Image([32, 32, 32], sitk.sitkUInt8)
+        """One forward pass per network, so the first request does not pay for lazy initialisation: the main
+        network and the fallback on one window of the package's ``roi_size`` (the shape nearly every window of
+        a study has, so oneDNN's or cuDNN's kernels for it are chosen now), each BatchNorm variant on a tiny
+        input (the same convolutions, other constants)."""
         channels = self.manifest.preprocessing.channels
-        inputs = [channels] + ([channels[1:]] if self.fallback is not None else [])
+        window = tuple(int(n) for n in self.manifest.inference.roi_size)
+        inputs = [(channels, window)] + ([(channels[1:], window)] if self.fallback is not None else [])
         inputs += [
-            tuple(c for c in channels if c not in name.split("/")[1].split("+")) for name in self.variants
+            (tuple(c for c in channels if c not in name.split("/")[1].split("+")), (32, 32, 32))
+            for name in self.variants
         ]
-        for present in inputs:
-            self.predict(ModelInput(array=np.zeros((4, 32, 32, 32), np.float32), grid=grid, present=present))
+        for present, shape in inputs:
+            grid = sitk.Image(list(reversed(shape)), sitk.sitkUInt8)  # sitk sizes are (x, y, z)
+            array = np.zeros((len(channels), *shape), np.float32)
+            self.predict(ModelInput(array=array, grid=grid, present=present))
