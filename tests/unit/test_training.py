@@ -637,6 +637,19 @@ def test_fine_tuning_starts_from_a_package_and_validates_without_each_optional_s
     assert packaged["training"] == json.loads((tmp_path / "base" / "model.json").read_text())["training"]
     assert packaged["fallback"]["training"]["init_from"]["version"] == "9.9.9"
     assert packaged["fallback"]["norms"] == "fallback_norms.pt" and "norms" not in packaged
+    # FLAIR required although the fallback could do without it: refused without FLAIR, its norms left out
+    strict = attach_fallback(tmp_path / "base", out, tmp_path / "strict", require=["flair"])
+    assert json.loads((strict / "model.json").read_text())["inputs"] == {
+        "required": ["flair", "t1ce"],
+        "optional": ["t1", "t2"],
+        "any_of": [],
+    }
+    assert sorted(torch.load(strict / "fallback_norms.pt", weights_only=True)) == ["t1", "t1+t2", "t2"]
+    strict_predictor = Predictor.from_package(strict)
+    assert sorted(strict_predictor.variants) == ["fallback/t1", "fallback/t1+t2", "fallback/t2"]
+    assert strict_predictor.manifest.inputs.problem(["t1", "t1ce", "t2"]) == "no usable series for flair"
+    with pytest.raises(ValueError, match="not optional for the fallback"):
+        attach_fallback(tmp_path / "base", out, tmp_path / "wrong", require=["t1ce"])
     # measured again for a package (one trained before norms existed): the same statistics as training's
     from tumorseg_training.norms import add_to_package
 

@@ -12,7 +12,10 @@ and preprocessing trained to do without some (``inputs.optional``; usually fine-
 ``version``, and a ``fallback`` block (the fallback's weights, training and metrics); ``metrics.csv`` and
 ``curves.png`` of each run, the fallback's as ``fallback_metrics.csv`` and ``fallback_curves.png``, and
 the fallback's BatchNorm statistics per missing set (its ``norms``) as ``fallback_norms.pt``.
-Run as ``python -m tumorseg_training.fallback --main DIR --fallback DIR --out DIR``.
+With ``--require SEQ`` (repeatable) the package requires SEQ although the fallback was trained to do
+without it: for a sequence whose absence measured too costly, a study lacking it is refused (422, naming
+it) rather than segmented badly; its norms are left out. Run as
+``python -m tumorseg_training.fallback --main DIR --fallback DIR --out DIR [--require flair]``.
 """
 
 from __future__ import annotations
@@ -24,25 +27,34 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from tumorseg.model.package import (
     FALLBACK_NORMS,
     FALLBACK_WEIGHTS,
     MANIFEST,
     WEIGHTS,
     FallbackNetwork,
+    missing_key,
     read_manifest,
     write_manifest,
 )
-from tumorseg.sequences import ALL_FOUR
+from tumorseg.sequences import ALL_FOUR, SEQUENCES, InputPolicy
 
 RUN_FILES = ("metrics.csv", "curves.png")  # what a training run writes next to its package
 
 
-def attach_fallback(main_dir: Path, fallback_dir: Path, out_dir: Path) -> Path:
-    """Write the combined package to ``out_dir`` (see the module docstring); return it. Refuses packages
-    that do not fit together, saying why."""
+def attach_fallback(main_dir: Path, fallback_dir: Path, out_dir: Path, require: Sequence[str] = ()) -> Path:
+    """Write the combined package to ``out_dir`` (see the module docstring); return it. ``require``: optional
+    sequences of the fallback that the package requires all the same. Refuses packages that do not fit
+    together, saying why."""
     main, fallback = read_manifest(main_dir), read_manifest(fallback_dir)
     problems = []
+    unknown = [m for m in require if m not in fallback.inputs.optional]
+    if unknown:
+        problems.append(
+            f"--require {unknown}: not optional for the fallback ({list(fallback.inputs.optional)})"
+        )
     if main.inputs != ALL_FOUR or main.fallback is not None:
         problems.append(f"the main package {main_dir} must require all four sequences and have no fallback")
     if fallback.inputs == ALL_FOUR or fallback.fallback is not None:
@@ -86,8 +98,19 @@ def attach_fallback(main_dir: Path, fallback_dir: Path, out_dir: Path) -> Path:
         (out_dir / stale).unlink(missing_ok=True)
     shutil.copyfile(main_dir / main.weights, out_dir / WEIGHTS)
     shutil.copyfile(fallback_dir / fallback.weights, out_dir / FALLBACK_WEIGHTS)
+    inputs = InputPolicy(
+        required=tuple(m for m in SEQUENCES if m in fallback.inputs.required or m in require),
+        optional=tuple(m for m in fallback.inputs.optional if m not in require),
+        any_of=tuple(g for g in fallback.inputs.any_of if not set(g) & set(require)),  # met by a required one
+    )
     if fallback.norms:
-        shutil.copyfile(fallback_dir / fallback.norms, out_dir / FALLBACK_NORMS)
+        channels = main.preprocessing.channels
+        kept = {
+            missing_key(channels, [c for c in channels if c not in lacking])
+            for lacking in inputs.missing_sets()
+        }
+        statistics = torch.load(fallback_dir / fallback.norms, map_location="cpu", weights_only=True)
+        torch.save({k: v for k, v in statistics.items() if k in kept}, out_dir / FALLBACK_NORMS)
     for name in RUN_FILES:
         for source, target in (
             (main_dir / name, out_dir / name),
@@ -99,7 +122,7 @@ def attach_fallback(main_dir: Path, fallback_dir: Path, out_dir: Path) -> Path:
         main,
         version=fallback.version,
         weights=WEIGHTS,
-        inputs=fallback.inputs,
+        inputs=inputs,
         fallback=FallbackNetwork(
             FALLBACK_WEIGHTS, fallback.training, fallback.metrics, FALLBACK_NORMS if fallback.norms else None
         ),
@@ -117,9 +140,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--fallback", type=Path, required=True, help="package for studies that lack a sequence"
     )
     parser.add_argument("--out", type=Path, required=True, help="folder of the combined package")
+    parser.add_argument(
+        "--require",
+        action="append",
+        default=[],
+        choices=SEQUENCES,
+        help="a sequence the fallback may do without that the package requires all the same (repeatable)",
+    )
     args = parser.parse_args(argv)
     try:
-        sys.stdout.write(f"{attach_fallback(args.main, args.fallback, args.out)}\n")
+        sys.stdout.write(f"{attach_fallback(args.main, args.fallback, args.out, args.require)}\n")
     except ValueError as exc:
         raise SystemExit(str(exc)) from exc
 
