@@ -275,7 +275,8 @@ def render_card(
             if str(net["norm"]).upper() == "BATCH"
             else []
         ),
-        f"- Inference: sliding window {manifest['inference']['roi_size']}, overlap "
+        f"- Inference: sliding windows of up to {manifest['inference']['roi_size']} voxels, never larger than "
+        "the crop (a crop within that size is one window), overlap "
         f"{manifest['inference']['overlap']}, Gaussian blending"
         + (
             f"; an enhancing region under {manifest['output']['min_enhancing_ml']:g} mL in all becomes "

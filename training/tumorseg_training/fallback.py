@@ -35,7 +35,7 @@ from tumorseg.model.package import (
     MANIFEST,
     WEIGHTS,
     FallbackNetwork,
-    missing_key,
+    norms_keys,
     read_manifest,
     write_manifest,
 )
@@ -105,10 +105,7 @@ def attach_fallback(main_dir: Path, fallback_dir: Path, out_dir: Path, require: 
     )
     if fallback.norms:
         channels = main.preprocessing.channels
-        kept = {
-            missing_key(channels, [c for c in channels if c not in lacking])
-            for lacking in inputs.missing_sets()
-        }
+        kept = norms_keys(channels, inputs)
         statistics = torch.load(fallback_dir / fallback.norms, map_location="cpu", weights_only=True)
         torch.save({k: v for k, v in statistics.items() if k in kept}, out_dir / FALLBACK_NORMS)
     for name in RUN_FILES:

@@ -36,7 +36,7 @@ from tumorseg.model.package import (
     FALLBACK_NORMS,
     NORMS,
     load_package,
-    missing_key,
+    norms_keys,
     write_manifest,
 )
 from tumorseg_training.config import TrainConfig
@@ -57,7 +57,7 @@ def missing_statistics(
     left as it is."""
     channels = config.prep.channels
     statistics: Statistics = {}
-    for lacking in config.input_policy.missing_sets():
+    for key, lacking in norms_keys(channels, config.input_policy).items():
         transform = train_transform(
             config.crop_size,
             config.samples_per_case,
@@ -76,7 +76,7 @@ def missing_statistics(
             if name.endswith(BATCH_NORM_BUFFERS)
         }
         if buffers:
-            statistics[missing_key(channels, [c for c in channels if c not in lacking])] = buffers
+            statistics[key] = buffers
     return statistics
 
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,15 @@ def missing_key(channels: Iterable[str], present: Iterable[str]) -> str:
     order joined by ``+`` (``""`` when none is missing)."""
     have = set(present)
     return "+".join(c for c in channels if c not in have)
+
+
+def norms_keys(channels: Sequence[str], inputs: InputPolicy) -> dict[str, tuple[str, ...]]:
+    """The ``norms`` key (``missing_key``) of each set of sequences ``inputs`` let a study lack, mapped to
+    that set: the keys a package's ``norms`` files may have."""
+    return {
+        missing_key(channels, [c for c in channels if c not in lacking]): lacking
+        for lacking in inputs.missing_sets()
+    }
 
 
 @dataclass(frozen=True)
@@ -308,10 +317,7 @@ def _load_norms(
     except (RuntimeError, OSError, ValueError) as exc:
         raise refuse(f"cannot be read ({exc})") from exc
     channels = manifest.preprocessing.channels
-    accepted = {
-        missing_key(channels, [c for c in channels if c not in lacking])
-        for lacking in manifest.inputs.missing_sets()
-    }
+    accepted = norms_keys(channels, manifest.inputs)
     if not isinstance(stats, dict):
         raise refuse("must map sets of missing sequences to BatchNorm statistics")
     own = network.state_dict()

@@ -24,9 +24,11 @@ from tumorseg.imaging.brain import confine_to_brain
 from tumorseg.imaging.postprocess import to_reference_mask
 from tumorseg.imaging.preprocess import ModelInput
 from tumorseg.model.network import for_inference, stride_product
-from tumorseg.model.package import ModelManifest, load_package, missing_key
+from tumorseg.model.package import ModelManifest, load_package, missing_key, norms_keys
 
 log = logging.getLogger(__name__)
+
+WARM_UP_WINDOW = (128, 128, 128)  # the largest window Predictor.warm_up runs
 
 
 class Predictor:
@@ -131,15 +133,19 @@ class Predictor:
         )
 
     def warm_up(self) -> None:
-        """One forward pass per network, so the first request does not pay for lazy initialisation: the main
-        network and the fallback on one window of the package's ``roi_size`` (the shape nearly every window of
-        a study has, so oneDNN's or cuDNN's kernels for it are chosen now), each BatchNorm variant on a tiny
-        input (the same convolutions, other constants)."""
+        """One forward pass per network, so the first request does not pay for lazy initialisation (thread
+        pool, allocator, oneDNN's or cuDNN's kernels): the main network and the fallback on one window of the
+        package's ``roi_size``, at most ``WARM_UP_WINDOW`` (measured on the CPU: a later window of another
+        shape costs no more than its second run, so a whole-crop window need not be warmed at full size),
+        each BatchNorm variant on a tiny input (the same convolutions, other constants)."""
         channels = self.manifest.preprocessing.channels
-        window = tuple(int(n) for n in self.manifest.inference.roi_size)
+        window = tuple(
+            min(int(n), m) for n, m in zip(self.manifest.inference.roi_size, WARM_UP_WINDOW, strict=True)
+        )
         inputs = [(channels, window)] + ([(channels[1:], window)] if self.fallback is not None else [])
+        lacking_of = norms_keys(channels, self.manifest.inputs)
         inputs += [
-            (tuple(c for c in channels if c not in name.split("/")[1].split("+")), (32, 32, 32))
+            (tuple(c for c in channels if c not in lacking_of[name.split("/", 1)[1]]), (32, 32, 32))
             for name in self.variants
         ]
         for present, shape in inputs:
