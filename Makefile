@@ -3,12 +3,12 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := orthanc orthanc-dicomweb dcm2niix dcmtk dicom3tools redis-server
+APT_PACKAGES := orthanc orthanc-dicomweb dcm2niix dcmtk dicom3tools redis-server chromium chromium-driver
 # torch is pinned for the CPU machines this is developed on; the Docker image brings its own build.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup system-packages test test-unit lint format demo bench accuracy-clinical train-demo clean
+.PHONY: setup system-packages test test-unit lint format demo bench accuracy-clinical train-demo vendor-niivue clean
 
 setup: system-packages $(STAMP)
 
@@ -61,6 +61,11 @@ bench: setup
 # (ACC_SEEDS picks seeds, default 50-57; ~1 min a seed on 2 CPU cores). Writes out/accuracy/clinical.json.
 accuracy-clinical: setup
 	$(BIN)/python scripts/clinical_accuracy.py
+
+# The viewer page's NiiVue, vendored from the npm registry (needs node/npm; nothing is fetched at run time).
+NIIVUE_VERSION ?= 0.69.0
+vendor-niivue:
+	NIIVUE_VERSION=$(NIIVUE_VERSION) bash scripts/vendor_niivue.sh
 
 clean:
 	rm -rf $(VENV) out results .pytest_cache .mypy_cache .ruff_cache

@@ -44,7 +44,7 @@ from tumorseg.export.dicom_seg import (
     next_series_number,
     read_headers,
 )
-from tumorseg.export.nifti import write_mask
+from tumorseg.export.nifti import write_mask, write_reference
 from tumorseg.export.preview import write_preview
 from tumorseg.imaging.cache import SeriesCache
 from tumorseg.imaging.postprocess import voxel_volume_mm3
@@ -295,6 +295,7 @@ class Segmenter:
             try:
                 with _library_errors("export", BrokenSeries):
                     write_mask(mask, staging / "mask.nii.gz")
+                    write_reference(reference_series.image, staging / "reference.nii.gz")
                     absent = assembled.mapping.missing
                     note = f"inputs: {', '.join(present)} (no {', '.join(absent)})" if absent else None
                     write_preview(reference_series.image, mask, staging / "preview.png", note)
@@ -473,6 +474,8 @@ def _result_fields(
         "volumes_ml": {k: round(v, 3) for k, v in volumes.items()},
         "mask_url": f"/results/{result_id}/mask.nii.gz",
         "preview_url": f"/results/{result_id}/preview.png",
+        "reference_url": f"/results/{result_id}/reference.nii.gz",
+        "viewer_url": f"/results/{result_id}/viewer",
         "mask": {
             "shape": list(mask.GetSize()),
             "spacing": list(mask.GetSpacing()),

@@ -47,11 +47,24 @@ log = logging.getLogger(__name__)
 
 _RESULT_ID = re.compile(r"^[0-9a-f]{32}$")
 RESULT_JSON = "result.json"
-FILES = {"mask.nii.gz": "application/gzip", "preview.png": "image/png"}
+# ``reference.nii.gz`` (the reference series on the mask's lattice, for the viewer) exists for results
+# exported since the viewer; older results have the other two.
+FILES = {
+    "mask.nii.gz": "application/gzip",
+    "preview.png": "image/png",
+    "reference.nii.gz": "application/gzip",
+}
 TMP_PREFIX = ".tmp-"
 DEL_PREFIX = ".del-"
 STALE_TMP_S = 3600.0
 """A staging folder untouched for this long belongs to a process that died (see the module docstring)."""
+
+
+def check_result_id(result_id: str) -> str:
+    """``result_id`` if it has the form of one (32 lowercase hex digits); else ``ResultNotFound``."""
+    if not _RESULT_ID.match(result_id):
+        raise ResultNotFound(f"no result {result_id!r} (a result id is 32 hexadecimal digits)")
+    return result_id
 
 
 def new_result_id() -> str:
@@ -111,9 +124,7 @@ class ResultStore:
         self.enforce_retention()
 
     def _folder(self, result_id: str) -> Path:
-        if not _RESULT_ID.match(result_id):
-            raise ResultNotFound(f"no result {result_id!r} (a result id is 32 hexadecimal digits)")
-        return self.root / result_id
+        return self.root / check_result_id(result_id)
 
     def staging(self, result_id: str) -> Path:
         """A fresh private folder in which a result's files are written before ``commit``."""
@@ -196,6 +207,27 @@ class ResultStore:
         if not path.is_file():
             self._not_here(result_id, name)
         return path
+
+    def recent(self, limit: int, offset: int = 0) -> tuple[int, list[SegmentResult]]:
+        """How many results the store holds, and ``limit`` of them from ``offset`` on, newest first (by
+        the folder's mtime: its last write; ties by id). Only the page's ``result.json`` files are read;
+        one deleted meanwhile is skipped."""
+        with os.scandir(self.root) as scan:
+            entries = [e for e in scan if _RESULT_ID.match(e.name) and e.is_dir(follow_symlinks=False)]
+        dated: list[tuple[float, str]] = []
+        for entry in entries:
+            try:
+                dated.append((entry.stat(follow_symlinks=False).st_mtime, entry.name))
+            except FileNotFoundError:
+                continue
+        dated.sort(reverse=True)
+        page = []
+        for _, result_id in dated[offset : offset + limit]:
+            try:
+                page.append(self.read(result_id))
+            except (ResultNotFound, ResultPending, ResultFailed):  # deleted since the scan
+                continue
+        return len(dated), page
 
     def _remove_leftovers(self) -> None:
         """Delete the staging folders of crashed processes (untouched for ``STALE_TMP_S``) and the

@@ -122,6 +122,12 @@ class SegmentResult(BaseModel):
     volumes_ml: VolumesMl
     mask_url: str
     preview_url: str | None = None
+    reference_url: str | None = Field(
+        default=None, description="the reference series as NIfTI on the mask's lattice (the viewer's image)"
+    )
+    viewer_url: str | None = Field(
+        default=None, description="an HTML page showing the mask over the reference series (NiiVue)"
+    )
     dicom_seg: DicomSegRef | None = None
     registration: Registration = Field(default_factory=lambda: Registration(enabled=False, series={}))
     brain_extraction: BrainExtractionRef | None = None  # None: a result stored before the stage existed
@@ -183,6 +189,28 @@ class Job(BaseModel):
     created_at: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
+
+
+class ResultSummary(BaseModel):
+    """One line of ``GET /results``: what the results page lists."""
+
+    result_id: str
+    patient_id: str
+    study_instance_uid: str
+    reference: ReferenceRef
+    volumes_ml: VolumesMl
+    model: ModelRef | None = None
+    created_at: str | None = None
+    preview_url: str | None = None
+    viewer_url: str | None = None
+    result_url: str
+
+
+class ResultPage(BaseModel):
+    results: list[ResultSummary] = Field(description="newest first")
+    total: int = Field(description="how many results the store holds")
+    limit: int
+    offset: int
 
 
 class JobPage(BaseModel):

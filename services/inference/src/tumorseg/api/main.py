@@ -11,11 +11,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.staticfiles import StaticFiles
 
 from tumorseg import __version__
 from tumorseg.api.deps import AppState, ModelState, require_api_key
 from tumorseg.api.errors import error_response, install_error_handlers
-from tumorseg.api.routes import health, jobs, results, segment
+from tumorseg.api.routes import health, jobs, pages, results, segment
 from tumorseg.config import Settings, get_settings
 from tumorseg.errors import ModelError
 from tumorseg.export.dicom_seg import algorithm_tag
@@ -182,4 +183,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(segment.router, dependencies=[Depends(require_api_key)])
     app.include_router(jobs.router, dependencies=[Depends(require_api_key)])
     app.include_router(results.router, dependencies=[Depends(require_api_key)])
+    # The HTML shells and their scripts: no data in them, so no key (the scripts send it for the data).
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
     return app

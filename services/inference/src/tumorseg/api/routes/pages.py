@@ -1,0 +1,55 @@
+"""The browser pages: ``GET /`` (the recent results) and ``GET /results/{result_id}/viewer`` (NiiVue).
+
+Both are static shells, the same bytes for every caller: no patient data, so they need no API key. Their
+scripts ask for the key once per tab when the service has one (a 401 answer), keep it in
+``sessionStorage``, and send it as the ``X-API-Key`` header with every data request (result JSON,
+volumes, thumbnails), never in a URL. NiiVue is vendored under ``/static/vendor`` (see its NIIVUE.md):
+nothing is loaded from another host, and the Content-Security-Policy below forbids it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter
+from fastapi import Path as PathParam
+from fastapi.responses import HTMLResponse
+
+from tumorseg.results import check_result_id
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+# Scripts and styles from this origin only; images and fetches from it and from blob:/data: URLs (the
+# thumbnails are fetched with the key and shown as blob: URLs; NiiVue's font atlas is a data: URL).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+        "connect-src 'self' blob: data:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+router = APIRouter(tags=["pages"])
+
+
+def _page(name: str) -> HTMLResponse:
+    return HTMLResponse((STATIC_DIR / name).read_text(encoding="utf-8"), headers=SECURITY_HEADERS)
+
+
+@router.get("/", response_class=HTMLResponse)
+def results_page() -> HTMLResponse:
+    """The most recent results with their preview thumbnails, each linking to its viewer (paged)."""
+    return _page("results.html")
+
+
+@router.get("/results/{result_id}/viewer", response_class=HTMLResponse)
+def viewer_page(
+    result_id: Annotated[str, PathParam(description="32 hexadecimal digits, as returned by POST /segment")],
+) -> HTMLResponse:
+    """The reference series with the mask overlaid (axial, coronal, sagittal, 3D), label toggles,
+    overlay opacity, the volumes, series and model of the result."""
+    check_result_id(result_id)  # a malformed id is a 404 here too; an unknown one is the script's 404
+    return _page("viewer.html")
