@@ -4,13 +4,16 @@ A local Orthanc (the Debian package, with services/orthanc/orthanc.json), a synt
 acquired the way a clinic would (a whole head with skull and scalp, the patient moving a little between
 series, bias fields and noise; oblique thick-slice FLAIR, sagittal 3D T1, reversed-slice T1ce, coronal
 T2, plus a localizer, DWI and ADC) uploaded as DICOM, the service started (`tumorseg serve`), then
-`POST /segment/DEMO-0001` over HTTP. The mask, the result JSON and the preview land in out/demo/.
-Everything started here is stopped on exit.
+`POST /segment/DEMO-0001` over HTTP. The mask, the result JSON and the preview land in out/demo/, and
+the result's viewer URL is printed. Everything started here is stopped on exit; with DEMO_SERVE=1
+(`make demo DEMO_SERVE=1`) a service over out/demo/results stays up afterwards, until Ctrl-C, so that the
+viewer URL opens in a browser.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from dataclasses import replace
@@ -35,6 +38,7 @@ PATIENT_ID = "DEMO-0001"
 # necrosis, enhancing rim and oedema.
 PHANTOM_SEED = 20215
 OUT = Path("out/demo")
+SERVE = os.environ.get("DEMO_SERVE", "") not in ("", "0")
 CLINICAL = ConversionOptions(
     geometry={**CLINICAL_GEOMETRY, "flair": replace(CLINICAL_GEOMETRY["flair"], tilt_deg=12.0)},
     decoys=True,
@@ -136,8 +140,24 @@ def main() -> None:
         "warnings  " + ("; ".join(result["warnings"]) or "none"),
         "timings   " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()),
         "outputs   " + ", ".join(str(p) for p in outputs),
+        f"viewer    {url}{result['viewer_url']}"
+        + ("" if SERVE else " (the service has stopped: `make demo DEMO_SERVE=1` keeps one up to open it)"),
     ]
     print("\n" + "\n".join(f"  {line}" for line in lines) + "\n")
+    if SERVE:
+        serve_results(url, result["viewer_url"])
+
+
+def serve_results(url: str, viewer_url: str) -> None:
+    """A service over out/demo/results on the demo's port until Ctrl-C: the viewer needs no Orthanc."""
+    env = {"TUMORSEG_RESULTS_DIR": str((OUT / "results").resolve())}
+    port = int(url.rsplit(":", 1)[1])  # the URL just printed
+    with LocalService(env, OUT / "viewer-service.log", timeout=180.0, port=port) as service:
+        say(f"open {service.url}{viewer_url} (all results at {service.url}/); Ctrl-C stops the service")
+        try:
+            service.process.wait()
+        except KeyboardInterrupt:
+            say("stopping")
 
 
 if __name__ == "__main__":

@@ -128,3 +128,4 @@ def test_the_setting_turns_registration_off_for_the_cli(
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["registration"] == {"enabled": False, "series": {}}
     assert result["brain_extraction"]["method"] == "deepbet"
+    assert f"viewer: /results/{result['result_id']}/viewer" in run.output

@@ -232,6 +232,11 @@ def segment(
     if result.dicom_seg:
         console.print(f"stored DICOM SEG series {result.dicom_seg.series_instance_uid} in the study")
     console.print(f"wrote {out / 'mask.nii.gz'}, {out / 'preview.png'} and {out / 'result.json'}")
+    if result.viewer_url:
+        console.print(
+            f"viewer: {result.viewer_url} on `tumorseg serve` with this TUMORSEG_RESULTS_DIR "
+            f"({settings.results_dir})"
+        )
 
 
 def _explicit_series(values: list[str]) -> dict[str, str] | None:
