@@ -223,12 +223,12 @@ class Segmenter:
         for m in wanted:
             info = assembled.mapping.series[m]
             label = _series_label(m, info)
-            self.limits.check_frames(label, info.instance_count)
+            self.limits.check_frames(label, info.slice_count)
             if info.rows is not None and info.columns is not None:
                 if info.pixel_spacing is not None:  # two numbers when the listing has them
                     row_spacing, column_spacing = info.pixel_spacing
                     self.limits.check_frame(label, info.rows, info.columns, (row_spacing, column_spacing))
-                sizes[label] = (info.rows, info.columns, info.instance_count)
+                sizes[label] = (info.rows, info.columns, info.slice_count)
         self.limits.check_study(sizes)
 
     def _run(self, request: SegmentRequest, timer: StageTimer, result_id: str) -> SegmentResult:

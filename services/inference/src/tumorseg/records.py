@@ -53,7 +53,15 @@ class SeriesInfo:
     instance_ids: tuple[str, ...]
     last_update: str = ""  # Orthanc's LastUpdate: changes whenever an instance is added or replaced
     is_stable: bool = True  # no new instance for the PACS's StableAge
+    frames_per_instance: int = (
+        1  # NumberOfFrames of the instance read: > 1 for an enhanced (multi-frame) series
+    )
 
     @property
     def instance_count(self) -> int:
         return len(self.instance_ids)
+
+    @property
+    def slice_count(self) -> int:
+        """How many slices the series holds: its instances, or the frames of its multi-frame instances."""
+        return self.instance_count * self.frames_per_instance

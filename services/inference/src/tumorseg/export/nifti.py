@@ -48,7 +48,12 @@ def _write_nifti_gz(image: sitk.Image, path: Path) -> Path:
     plain = path.with_name(f".{path.name.removesuffix('.gz')}")
     try:
         sitk.WriteImage(image, str(plain), useCompression=False)
-        with plain.open("rb") as source, gzip.open(path, "wb", compresslevel=1) as target:
+        # No name and no time in the gzip header: the same mask gives the same bytes.
+        with (
+            plain.open("rb") as source,
+            path.open("wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", compresslevel=1, fileobj=raw, mtime=0) as target,
+        ):
             shutil.copyfileobj(source, target, 1 << 20)
     finally:
         if plain.exists():

@@ -9,6 +9,12 @@ Array contract of the result (``SeriesVolume.image``, a ``SimpleITK.Image``):
 - direction = the 3×3 matrix whose columns are row direction, column direction, normal (LPS).
 - pixel type float32, with each slice's RescaleSlope/RescaleIntercept applied.
 
+Multi-frame instances (Enhanced MR, Legacy Converted Enhanced MR: one instance, every slice a frame) give
+the same volume: each frame is a slice, its position, orientation, pixel spacing and rescale read from the
+per-frame or shared functional groups (``tumorseg.functional_groups``), frames sorted along the normal
+whatever their order in the file; ``frame_numbers[k]`` then names the frame of slice k. A series may mix
+the two kinds of instance; several stacks (orientations) are refused as for classic series.
+
 This is the lattice ``dcm2niix`` produces for the same series, up to a signed permutation of the axes
 (dcm2niix writes RAS and may flip the row axis): compare lattices, not raw affines.
 
@@ -23,9 +29,10 @@ cannot be decoded. A series over ``InputLimits`` (matrix, slice count, field of 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -35,6 +42,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from tumorseg import functional_groups as fg
 from tumorseg.errors import BrokenSeries, SeriesApart
 from tumorseg.imaging import grid
 from tumorseg.imaging.header import Header, read_header
@@ -57,7 +65,9 @@ _NATIVE_LE = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
 class SeriesVolume:
     """A loaded series: the volume and what a DICOM SEG needs to reference its source instances.
 
-    ``sop_instance_uids[k]`` is the instance whose pixels are slice k of ``image`` (same order)."""
+    ``sop_instance_uids[k]`` is the instance whose pixels are slice k of ``image`` (same order); for a
+    series of multi-frame instances ``frame_numbers[k]`` is the frame (1-based) of that instance, and
+    ``frame_numbers`` is empty for single-frame instances."""
 
     image: sitk.Image
     series_instance_uid: str
@@ -65,6 +75,7 @@ class SeriesVolume:
     sop_class_uid: str
     sop_instance_uids: tuple[str, ...]
     label: str
+    frame_numbers: tuple[int, ...] = ()
 
     @property
     def shape_ijk(self) -> tuple[int, int, int]:
@@ -85,10 +96,65 @@ def _parse(data: bytes, label: str) -> Instance:
         raise BrokenSeries(f"series {label}: an instance is not readable DICOM ({exc})") from exc
 
 
-def _vector(ds: Instance, keyword: str, length: int, label: str) -> NDArray[np.float64]:
-    """``length`` finite numbers of ``keyword``; ``BrokenSeries`` when absent, short or not numbers."""
+@dataclass(frozen=True)
+class _Frame:
+    """One slice to be: an instance, or one frame (``index``, 0-based) of a multi-frame instance."""
+
+    ds: Instance
+    index: int | None
+    orientation: NDArray[np.float64]
+    position: NDArray[np.float64]
+    pixel_spacing: NDArray[np.float64]
+
+
+def _frames(datasets: Sequence[Instance], label: str) -> list[_Frame]:
+    """Every slice of the series: each single-frame instance, each frame of each multi-frame one."""
+    frames = []
+    for ds in datasets:
+        if not fg.is_multi_frame(ds):
+            frames.append(
+                _Frame(
+                    ds,
+                    None,
+                    _vector(ds, "ImageOrientationPatient", 6, label),
+                    _vector(ds, "ImagePositionPatient", 3, label),
+                    _vector(ds, "PixelSpacing", 2, label),
+                )
+            )
+            continue
+        count = fg.frame_count(ds)
+        per_frame = fg.per_frame_groups(ds)
+        if per_frame and len(per_frame) != count:
+            raise BrokenSeries(
+                f"series {label}: instance {ds.get('SOPInstanceUID', '?')} has {count} frames but "
+                f"{len(per_frame)} per-frame functional groups"
+            )
+        for f in range(count):
+            value = _frame_lookup(ds, f)
+            frames.append(
+                _Frame(
+                    ds,
+                    f,
+                    _vector(ds, "ImageOrientationPatient", 6, label, value),
+                    _vector(ds, "ImagePositionPatient", 3, label, value),
+                    _vector(ds, "PixelSpacing", 2, label, value),
+                )
+            )
+    return frames
+
+
+def _frame_lookup(ds: Instance, frame: int) -> Callable[[str], Any]:
+    """A keyword's value for frame ``frame`` (0-based) of a multi-frame instance."""
+    return lambda keyword: fg.find(ds, keyword, frame)
+
+
+def _vector(
+    ds: Instance, keyword: str, length: int, label: str, lookup: Callable[[str], Any] | None = None
+) -> NDArray[np.float64]:
+    """``length`` finite numbers of ``keyword`` (through ``lookup`` for a frame of a multi-frame instance);
+    ``BrokenSeries`` when absent, short or not numbers."""
     try:
-        value = ds.get(keyword)
+        value = lookup(keyword) if lookup is not None else ds.get(keyword)
         vector = np.asarray([float(v) for v in value], dtype=np.float64) if value is not None else None
     except Exception:  # pydicom raises many types for a damaged element (wrong length, not numbers)
         vector = None
@@ -108,9 +174,11 @@ def _count(ds: Instance, keyword: str, label: str) -> int:
     return value
 
 
-def _number(ds: Instance, keyword: str, default: float, label: str) -> float:
+def _number(
+    ds: Instance, keyword: str, default: float, label: str, lookup: Callable[[str], Any] | None = None
+) -> float:
     try:
-        value = ds.get(keyword)
+        value = lookup(keyword) if lookup is not None else ds.get(keyword)
         number = float(value) if value not in (None, "") else default
     except Exception:  # not a number, or a damaged element pydicom cannot read
         number = float("nan")
@@ -153,24 +221,38 @@ def _native_pixels(ds: Instance) -> NDArray[np.generic] | None:
     return pixels
 
 
-def _pixels(ds: Instance, label: str, out: NDArray[np.float32]) -> None:
-    """One slice's stored values with the modality rescale applied, written into ``out`` (rows, columns)."""
+def _decoded(ds: Instance, label: str) -> NDArray[np.generic]:
     try:
         stored = _native_pixels(ds)
-        if stored is None:
-            stored = ds.pixel_array
+        return stored if stored is not None else ds.pixel_array
     except Exception as exc:  # decoder errors, truncated PixelData, missing handlers
         raise BrokenSeries(
             f"series {label}: pixel data of instance {ds.get('SOPInstanceUID', '?')} cannot be decoded ({exc})"
         ) from exc
+
+
+def _pixels(
+    frame: _Frame, label: str, out: NDArray[np.float32], stored: NDArray[np.generic] | None = None
+) -> None:
+    """One slice's stored values with the modality rescale applied, written into ``out`` (rows, columns).
+    ``stored``: the decoded frames of a multi-frame instance (decoded once for all its frames)."""
+    ds = frame.ds
+    lookup: Callable[[str], Any] | None = None
+    if frame.index is None:
+        stored = _decoded(ds, label)
+        what = "only greyscale instances are supported"
+    else:
+        assert stored is not None
+        stored = stored[frame.index] if stored.ndim == 3 else stored
+        what = f"frame {frame.index + 1}: only greyscale frames are supported"
+        lookup = _frame_lookup(ds, frame.index)
     if stored.shape != out.shape:
         raise BrokenSeries(
-            f"series {label}: instance {ds.get('SOPInstanceUID', '?')} holds {stored.shape} pixels; "
-            "only single-frame greyscale instances are supported"
+            f"series {label}: instance {ds.get('SOPInstanceUID', '?')} holds {stored.shape} pixels; {what}"
         )
     out[...] = stored
-    slope = _number(ds, "RescaleSlope", 1.0, label) or 1.0
-    intercept = _number(ds, "RescaleIntercept", 0.0, label)
+    slope = _number(ds, "RescaleSlope", 1.0, label, lookup) or 1.0
+    intercept = _number(ds, "RescaleIntercept", 0.0, label, lookup)
     if slope != 1.0:
         out *= np.float32(slope)
     if intercept != 0.0:
@@ -182,19 +264,23 @@ def load_series(
 ) -> SeriesVolume:
     """Build the volume of one series from its instances' Part-10 bytes (any order). See module docstring."""
     limits = limits or InputLimits()
-    if len(files) < MIN_SLICES:
-        raise BrokenSeries(f"series {label}: {len(files)} instance(s); a volume needs at least {MIN_SLICES}")
+    if not files:
+        raise BrokenSeries(f"series {label}: no instances; a volume needs at least {MIN_SLICES} slices")
     limits.check_frames(label, len(files))
     datasets = [_parse(data, label) for data in files]
     for ds in datasets:
         if not str(ds.get("SOPInstanceUID", "") or "").strip():
             raise BrokenSeries(f"series {label}: an instance has no SOPInstanceUID")
+    if len(datasets) < MIN_SLICES and not any(fg.is_multi_frame(ds) for ds in datasets):
+        raise BrokenSeries(f"series {label}: {len(files)} instance(s); a volume needs at least {MIN_SLICES}")
+    limits.check_frames(label, sum(fg.frame_count(ds) for ds in datasets))  # before a frame is expanded
+    frames = _frames(datasets, label)
+    if len(frames) < MIN_SLICES:
+        raise BrokenSeries(f"series {label}: {len(frames)} slice(s); a volume needs at least {MIN_SLICES}")
 
-    orientations = np.stack([_vector(ds, "ImageOrientationPatient", 6, label) for ds in datasets])
+    orientations = np.stack([frame.orientation for frame in frames])
     if np.abs(orientations - orientations[0]).max() > ORIENTATION_TOLERANCE:
-        raise BrokenSeries(
-            f"series {label}: instances have different ImageOrientationPatient (several stacks?)"
-        )
+        raise BrokenSeries(f"series {label}: slices have different ImageOrientationPatient (several stacks?)")
     row_dir, col_dir = orientations[0][:3], orientations[0][3:]
     norms = np.asarray([np.linalg.norm(row_dir), np.linalg.norm(col_dir)])
     if np.abs(norms - 1.0).max() > UNIT_TOLERANCE:
@@ -207,16 +293,16 @@ def load_series(
         raise BrokenSeries(f"series {label}: ImageOrientationPatient row and column are not orthogonal")
     normal = np.cross(row_dir, col_dir)
 
-    positions = np.stack([_vector(ds, "ImagePositionPatient", 3, label) for ds in datasets])
+    positions = np.stack([frame.position for frame in frames])
     distance = positions @ normal
     order = np.argsort(distance, kind="stable")
-    datasets = [datasets[i] for i in order]
+    frames = [frames[i] for i in order]
     positions, distance = positions[order], distance[order]
 
     steps = np.diff(distance)
     if steps.min() < SPACING_ABSOLUTE_TOLERANCE_MM:
         raise BrokenSeries(
-            f"series {label}: {int((steps < SPACING_ABSOLUTE_TOLERANCE_MM).sum()) + 1} instances share a slice "
+            f"series {label}: {int((steps < SPACING_ABSOLUTE_TOLERANCE_MM).sum()) + 1} slices share a slice "
             "position (several echoes, phases or repeats in one series?)"
         )
     spacing = float(np.median(steps))
@@ -236,8 +322,8 @@ def load_series(
             f"series {label}: slice positions are sheared against the slice normal (gantry tilt?)"
         )
 
-    first = datasets[0]
-    pixel_spacing = _vector(first, "PixelSpacing", 2, label)
+    first = frames[0].ds
+    pixel_spacing = frames[0].pixel_spacing
     if pixel_spacing.min() < MIN_PIXEL_SPACING_MM:
         raise BrokenSeries(
             f"series {label}: PixelSpacing {pixel_spacing.tolist()} is not a positive spacing of at least "
@@ -247,19 +333,22 @@ def load_series(
     for ds in datasets:
         if (_count(ds, "Rows", label), _count(ds, "Columns", label)) != (rows, columns):
             raise BrokenSeries(f"series {label}: instances have different image sizes")
-        if np.abs(_vector(ds, "PixelSpacing", 2, label) - pixel_spacing).max() > 1e-4:
-            raise BrokenSeries(f"series {label}: instances have different PixelSpacing")
+    for frame in frames:
+        if np.abs(frame.pixel_spacing - pixel_spacing).max() > 1e-4:
+            raise BrokenSeries(f"series {label}: slices have different PixelSpacing")
     # Before the volume is allocated or a pixel decoded (a small compressed frame can claim 65535² pixels).
     limits.check_frame(label, rows, columns, (float(pixel_spacing[0]), float(pixel_spacing[1])))
-    limits.check_depth(label, len(datasets), spacing)
+    limits.check_depth(label, len(frames), spacing)
 
-    array = np.empty((len(datasets), rows, columns), dtype=np.float32)  # (k, j, i): SimpleITK's z, y, x
-    if all(ds.file_meta.get("TransferSyntaxUID") in _NATIVE_LE for ds in datasets):
-        for k, ds in enumerate(datasets):  # memory copies: threads would only add overhead
-            _pixels(ds, label, array[k])
+    array = np.empty((len(frames), rows, columns), dtype=np.float32)  # (k, j, i): SimpleITK's z, y, x
+    # Each multi-frame instance is decoded once, for all its frames.
+    decoded = {id(ds): _decoded(ds, label) for ds in datasets if fg.is_multi_frame(ds)}
+    if decoded or all(ds.file_meta.get("TransferSyntaxUID") in _NATIVE_LE for ds in datasets):
+        for k, frame in enumerate(frames):  # memory copies: threads would only add overhead
+            _pixels(frame, label, array[k], decoded.get(id(frame.ds)))
     else:
         with ThreadPoolExecutor(max_workers=decode_workers) as pool:  # C decoders release the GIL
-            list(pool.map(lambda k: _pixels(datasets[k], label, array[k]), range(len(datasets))))
+            list(pool.map(lambda k: _pixels(frames[k], label, array[k]), range(len(frames))))
     image = sitk.GetImageFromArray(array, isVector=False)
     image.SetOrigin(tuple(float(v) for v in positions[0]))
     image.SetSpacing((float(pixel_spacing[1]), float(pixel_spacing[0]), spacing))
@@ -270,8 +359,13 @@ def load_series(
         series_instance_uid=str(first.get("SeriesInstanceUID", "")),
         frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
         sop_class_uid=str(first.get("SOPClassUID", "")),
-        sop_instance_uids=tuple(str(ds.SOPInstanceUID) for ds in datasets),
+        sop_instance_uids=tuple(str(frame.ds.SOPInstanceUID) for frame in frames),
         label=label,
+        frame_numbers=(
+            tuple(-1 if f.index is None else f.index + 1 for f in frames)
+            if any(f.index is not None for f in frames)
+            else ()
+        ),
     )
 
 

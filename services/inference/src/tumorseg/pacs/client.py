@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from tumorseg import functional_groups as fg
 from tumorseg.errors import (
     PacsError,
     PacsNotFound,
@@ -96,9 +97,11 @@ def series_from_orthanc(series: dict[str, Any], instance_tags: dict[str, Any]) -
     """A series record from Orthanc's ``/series/{id}`` answer and the simplified tags of one of its
     instances (the physics tags are not series-level in Orthanc's index)."""
     main = series.get("MainDicomTags", {})
+    enhanced = fg.is_multi_frame(instance_tags)  # physics and geometry in functional groups
 
     def tag(name: str) -> Any:
-        return instance_tags.get(name, main.get(name))
+        value = instance_tags.get(name, main.get(name))
+        return fg.find(instance_tags, name) if enhanced and value in (None, "") else value
 
     orientation = _floats(tag("ImageOrientationPatient"), 6)
     rows, columns = _float_or_none(tag("Rows")), _float_or_none(tag("Columns"))
@@ -113,7 +116,9 @@ def series_from_orthanc(series: dict[str, Any], instance_tags: dict[str, Any]) -
         repetition_time=_float_or_none(tag("RepetitionTime")),
         echo_time=_float_or_none(tag("EchoTime")),
         inversion_time=_float_or_none(tag("InversionTime")),
-        contrast_bolus_agent=str(tag("ContrastBolusAgent") or ""),
+        contrast_bolus_agent=fg.contrast_agent(instance_tags)
+        if enhanced
+        else str(tag("ContrastBolusAgent") or ""),
         mr_acquisition_type=str(tag("MRAcquisitionType") or ""),
         image_orientation_patient=orientation,
         slice_thickness=_float_or_none(tag("SliceThickness")),
@@ -124,6 +129,7 @@ def series_from_orthanc(series: dict[str, Any], instance_tags: dict[str, Any]) -
         series_date=str(tag("SeriesDate") or ""),
         series_time=str(tag("SeriesTime") or ""),
         instance_ids=tuple(series.get("Instances", ())),
+        frames_per_instance=fg.frame_count(instance_tags),
         last_update=str(series.get("LastUpdate", "")),
         is_stable=bool(series.get("IsStable", True)),
     )

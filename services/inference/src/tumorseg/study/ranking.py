@@ -43,7 +43,7 @@ def quality(series: SeriesInfo, key: str) -> float:
     if key == "acquisition_3d":
         return 1.0 if series.mr_acquisition_type.strip().upper() == "3D" else 0.0
     if key == "instance_count":
-        return float(series.instance_count)
+        return float(series.slice_count)
     if key == "pixel_area":
         area = _pixel_area(series)
         return -round(area, 3) if area is not None else -math.inf
@@ -72,7 +72,7 @@ def why_better(winner: SeriesEvaluation, loser: SeriesEvaluation, modality: str,
         if key == "acquisition_3d":
             return "3D acquisition over 2D"
         if key == "instance_count":
-            return f"more slices {w.instance_count} vs {lo.instance_count}"
+            return f"more slices {w.slice_count} vs {lo.slice_count}"
         return f"finer pixels {_pixels(w)} vs {_pixels(lo)}"
     return "equal"  # not reached: equal keys are an ambiguity, handled by the caller
 

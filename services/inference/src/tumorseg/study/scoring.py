@@ -82,8 +82,8 @@ def reject_reason(series: SeriesInfo, rules: Rules) -> str | None:
         for index, tokens in rule.image_type_at.items():
             if index < len(image_type) and image_type[index] in {t.upper() for t in tokens}:
                 return f"{rule.reason} (ImageType {shown})"
-    if series.instance_count < rules.min_instances:
-        return f"too few slices ({series.instance_count} instances, fewer than {rules.min_instances})"
+    if series.slice_count < rules.min_instances:
+        return f"too few slices ({series.slice_count}, fewer than {rules.min_instances})"
     return None
 
 

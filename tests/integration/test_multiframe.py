@@ -1,0 +1,94 @@
+"""The clinical phantom study with three of its series as multi-frame Legacy Converted Enhanced MR (the
+oblique FLAIR with its frames shuffled, the sagittal T1, the reversed-slice T1ce; the coronal T2 stays
+classic): the same mapping and the same mask, voxel for voxel, as the classic study through POST /segment;
+each multi-frame object is valid (``dciodvfy``) and ``dcm2niix`` agrees with its loaded lattice."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.geometry import as_nifti, dcm2niix, onto_lattice_of
+from tests.multiframe import legacy_converted
+from tests.orthanc import OrthancEndpoint, segment_settings, upload_folder
+from tests.studies import UploadedStudy, clone_study
+from tumorseg.api.main import create_app
+from tumorseg.imaging.volume import load_series
+
+pytestmark = pytest.mark.integration
+
+CONVERTED = {"flair": 11, "t1": None, "t1ce": None}  # sequence → frame shuffle seed (None: as converted)
+
+
+@pytest.fixture(scope="module")
+def studies(
+    clinical_study: UploadedStudy, orthanc: OrthancEndpoint, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, str, Path]:
+    """(classic PatientID, multi-frame PatientID, folder of the multi-frame files), both uploaded."""
+    work = tmp_path_factory.mktemp("multiframe")
+    classic = clone_study(clinical_study.converted, work / "classic")
+    multi = clone_study(clinical_study.converted, work / "source")
+    for folder in sorted((work / "source").iterdir()):
+        if folder.name in CONVERTED:
+            files = [path.read_bytes() for path in sorted(folder.glob("*.dcm"))]
+            converted = legacy_converted(files, shuffle_seed=CONVERTED[folder.name])
+            (work / "multi" / folder.name).mkdir(parents=True)
+            converted.save_as(work / "multi" / folder.name / "multiframe.dcm", enforce_file_format=True)
+        else:
+            shutil.copytree(folder, work / "multi" / folder.name)
+    upload_folder(orthanc, work / "classic")
+    upload_folder(orthanc, work / "multi")
+    return classic, multi, work / "multi"
+
+
+def test_each_multi_frame_object_is_valid_and_dcm2niix_agrees_with_its_lattice(
+    studies: tuple[str, str, Path], tmp_path: Path
+) -> None:
+    _, _, folder = studies
+    for sequence in CONVERTED:
+        path = folder / sequence / "multiframe.dcm"
+        run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+        assert not errors, (sequence, errors)
+        volume = load_series([path.read_bytes()], sequence)
+        referee = dcm2niix(path.parent, tmp_path / sequence)
+        ours = onto_lattice_of(referee, as_nifti(volume.image))  # fails unless the lattices coincide
+        assert np.allclose(ours, np.asarray(referee.get_fdata()), atol=1e-3), sequence
+
+
+def test_the_multi_frame_study_gives_the_classic_mapping_and_mask(
+    studies: tuple[str, str, Path], orthanc: OrthancEndpoint, random_model: Path, tmp_path: Path
+) -> None:
+    classic, multi, _ = studies
+    app = create_app(segment_settings(orthanc.url, orthanc.auth, random_model, tmp_path / "results"))
+    masks, results = {}, {}
+    with TestClient(app) as client:
+        for name, patient_id in (("classic", classic), ("multi", multi)):
+            response = client.post(f"/segment/{patient_id}")
+            assert response.status_code == 200, response.text
+            results[name] = response.json()
+            (tmp_path / f"{name}.nii.gz").write_bytes(client.get(results[name]["mask_url"]).content)
+            masks[name] = nib.load(tmp_path / f"{name}.nii.gz")
+    described = {
+        name: {m: s["series_description"] for m, s in result["series"].items()}
+        for name, result in results.items()
+    }
+    assert described["multi"] == described["classic"] and set(described["multi"]) == {
+        "flair",
+        "t1",
+        "t1ce",
+        "t2",
+    }
+    assert results["multi"]["mapping_notes"] == results["classic"]["mapping_notes"]
+    assert results["multi"]["mask"] == results["classic"]["mask"]
+    assert np.array_equal(masks["multi"].affine, masks["classic"].affine)
+    labels = np.asarray(masks["multi"].dataobj)
+    assert np.count_nonzero(labels) > 0, "empty mask: the comparison would say nothing"
+    assert np.array_equal(labels, np.asarray(masks["classic"].dataobj))
+    assert results["multi"]["volumes_ml"] == results["classic"]["volumes_ml"]
