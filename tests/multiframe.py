@@ -12,6 +12,7 @@ from highdicom.legacy import LegacyConvertedEnhancedMRImage
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.valuerep import DSfloat
 
 
 def legacy_converted(files: Sequence[bytes], *, shuffle_seed: int | None = None) -> Dataset:
@@ -43,6 +44,17 @@ def legacy_converted(files: Sequence[bytes], *, shuffle_seed: int | None = None)
         converted.PerFrameFunctionalGroupsSequence = DicomSequence([groups[i] for i in order])
         converted.PixelData = np.ascontiguousarray(frames[order]).tobytes()
     return converted
+
+
+def shorten_decimals(ds: Dataset) -> Dataset:
+    """``ds`` with every decimal string (DS) written in at most 16 characters, as the standard allows
+    (tests' synthetic series write Python's full float digits), nested sequences included."""
+    for element in ds.iterall():
+        if element.VR == "DS" and element.value is not None and element.value != "":
+            values = element.value if element.VM > 1 else [element.value]
+            short = [DSfloat(float(v), auto_format=True) for v in values]
+            element.value = short if element.VM > 1 else short[0]
+    return ds
 
 
 def to_bytes(ds: Dataset) -> bytes:

@@ -1,7 +1,8 @@
 """The clinical phantom study with three of its series as multi-frame Legacy Converted Enhanced MR (the
 oblique FLAIR with its frames shuffled, the sagittal T1, the reversed-slice T1ce; the coronal T2 stays
 classic): the same mapping and the same mask, voxel for voxel, as the classic study through POST /segment;
-each multi-frame object is valid (``dciodvfy``) and ``dcm2niix`` agrees with its loaded lattice."""
+each multi-frame object is valid (``dciodvfy``) and ``dcm2niix`` agrees with its loaded lattice; the DICOM
+SEG on the shuffled multi-frame FLAIR is valid and places each segment frame on its source frame."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 
@@ -18,6 +20,7 @@ from tests.geometry import as_nifti, dcm2niix, onto_lattice_of
 from tests.multiframe import legacy_converted
 from tests.orthanc import OrthancEndpoint, segment_settings, upload_folder
 from tests.studies import UploadedStudy, clone_study
+from tumorseg import functional_groups as fg
 from tumorseg.api.main import create_app
 from tumorseg.imaging.volume import load_series
 
@@ -92,3 +95,28 @@ def test_the_multi_frame_study_gives_the_classic_mapping_and_mask(
     assert np.count_nonzero(labels) > 0, "empty mask: the comparison would say nothing"
     assert np.array_equal(labels, np.asarray(masks["classic"].dataobj))
     assert results["multi"]["volumes_ml"] == results["classic"]["volumes_ml"]
+
+
+def test_a_seg_on_the_multi_frame_flair_is_stored_valid_and_on_its_frames(
+    studies: tuple[str, str, Path], orthanc: OrthancEndpoint, random_model: Path, tmp_path: Path
+) -> None:
+    _, multi, folder = studies
+    app = create_app(segment_settings(orthanc.url, orthanc.auth, random_model, tmp_path / "results"))
+    with TestClient(app) as client:
+        response = client.post(f"/segment/{multi}", params={"reference": "flair", "store_seg": "true"})
+    assert response.status_code == 200, response.text
+    stored = response.json()["dicom_seg"]
+    with orthanc.client() as pacs:
+        (tmp_path / "seg.dcm").write_bytes(pacs.download_instance(stored["orthanc_id"]))
+    run = subprocess.run(["dciodvfy", str(tmp_path / "seg.dcm")], capture_output=True, text=True)
+    assert not [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    source = pydicom.dcmread(folder / "flair" / "multiframe.dcm", stop_before_pixels=True)
+    frames = int(source.NumberOfFrames)
+    assert int(seg.NumberOfFrames) == 3 * frames  # every frame, every segment
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        reference = item.DerivationImageSequence[0].SourceImageSequence[0]
+        assert str(reference.ReferencedSOPInstanceUID) == str(source.SOPInstanceUID)
+        position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+        expected = fg.find(source, "ImagePositionPatient", int(reference.ReferencedFrameNumber) - 1)
+        assert np.allclose(position, [float(v) for v in expected], atol=0.01)

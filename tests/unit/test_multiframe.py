@@ -5,6 +5,8 @@ physics and geometry from the functional groups; broken multi-frame objects are 
 from __future__ import annotations
 
 import copy
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +14,10 @@ import SimpleITK as sitk
 from pydicom.sequence import Sequence as DicomSequence
 
 from tests.dicom_factory import volume_series
-from tests.multiframe import legacy_converted, to_bytes
+from tests.multiframe import legacy_converted, shorten_decimals, to_bytes
 from tumorseg import functional_groups as fg
 from tumorseg.errors import BrokenSeries
+from tumorseg.export.dicom_seg import build_segmentation, read_headers
 from tumorseg.imaging.volume import load_series
 from tumorseg.pacs.client import series_from_orthanc
 
@@ -153,3 +156,46 @@ def _simplified(ds: object) -> dict[str, object]:
         else:
             out[element.keyword] = "" if element.value is None else str(element.value)
     return out
+
+
+def test_a_seg_of_a_multi_frame_reference_references_each_frame_where_it_lies(tmp_path: Path) -> None:
+    """SEG frame f lies on source frame f (shuffled in the file) and holds the mask's labels there."""
+    files = _oblique_series()
+    converted = shorten_decimals(legacy_converted(files, shuffle_seed=3))
+    source_bytes = to_bytes(converted)
+    volume = load_series([source_bytes], "flair")
+    labels = np.zeros(sitk.GetArrayViewFromImage(volume.image).shape, dtype=np.uint8)
+    labels[2:7, 3:9, 2:8] = 2
+    labels[3:6, 4:8, 3:7] = 1
+    labels[4, 5:7, 4:6] = 4
+    mask = sitk.GetImageFromArray(labels)
+    mask.CopyInformation(volume.image)
+    seg = build_segmentation(
+        mask,
+        volume,
+        read_headers([source_bytes]),
+        algorithm_name="test-model",
+        algorithm_version="1.0",
+        series_number=99,
+    )
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path, enforce_file_format=True)
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    assert not [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+    matrix = np.asarray(mask.GetDirection()).reshape(3, 3) * np.asarray(mask.GetSpacing())
+    segment_of = {1: 1, 2: 2, 4: 3}
+    checked = 0
+    for n, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        reference = item.DerivationImageSequence[0].SourceImageSequence[0]
+        assert str(reference.ReferencedSOPInstanceUID) == str(converted.SOPInstanceUID)
+        frame = int(reference.ReferencedFrameNumber) - 1
+        position = np.asarray([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient])
+        source_position = [float(v) for v in fg.find(converted, "ImagePositionPatient", frame)]
+        assert np.allclose(position, source_position, atol=0.01)
+        k = int(np.rint(np.linalg.solve(matrix, position - np.asarray(mask.GetOrigin())))[2])
+        segment = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        label = next(lab for lab, s in segment_of.items() if s == segment)
+        frame_pixels = seg.pixel_array[n] if seg.pixel_array.ndim == 3 else seg.pixel_array
+        assert np.array_equal(frame_pixels.astype(bool), labels[k] == label), (frame, label)
+        checked += 1
+    assert checked == 3 * 9  # every source frame, every segment (empty frames kept)

@@ -30,13 +30,18 @@ part is carried by the segment label and description (the BraTS label number is 
 The algorithm is identified by the model package (name, version), family DCM 123110 "Artificial
 Intelligence", SegmentAlgorithmType AUTOMATIC.
 
+A multi-frame reference (one Enhanced or Legacy Converted Enhanced MR instance, ``frame_numbers``) is
+referenced frame by frame the same way: SEG frame *f* is the mask slice on source frame *f* (the file's
+frame order, which need not follow the slices), each source frame's position checked against its slice.
+A reference series that mixes multi-frame and single-frame instances has no SEG (``ValueError``).
+
 Source instances are only read (headers, no pixels); nothing is written back to them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import highdicom as hd
 import numpy as np
@@ -49,6 +54,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from tumorseg import __version__
+from tumorseg import functional_groups as fg
 from tumorseg.labels import LABEL_STYLE
 
 MORPHOLOGICALLY_ABNORMAL_STRUCTURE = Code("49755003", "SCT", "Morphologically Abnormal Structure")
@@ -88,13 +94,17 @@ def algorithm_tag(algorithm_name: str, algorithm_version: str) -> str:
 
 class SourceSeries(Protocol):
     """The reference series as the SEG references it (``tumorseg.imaging.volume.SeriesVolume`` has it):
-    ``sop_instance_uids[k]`` is the source instance of slice k; ``label`` names the series in messages."""
+    ``sop_instance_uids[k]`` is the source instance of slice k (``frame_numbers[k]`` its frame, for a
+    multi-frame source; empty otherwise); ``label`` names the series in messages."""
 
     @property
     def sop_instance_uids(self) -> tuple[str, ...]: ...
 
     @property
     def label(self) -> str: ...
+
+    @property
+    def frame_numbers(self) -> tuple[int, ...]: ...
 
 
 def read_headers(files: Sequence[bytes]) -> list[Dataset]:
@@ -129,15 +139,15 @@ def segment_descriptions(algorithm_name: str, algorithm_version: str) -> list[hd
     return descriptions
 
 
-def _ordered_sources(reference: SourceSeries, headers: Sequence[Dataset]) -> list[Dataset]:
-    """The headers in slice order (``reference.sop_instance_uids``), as copies with the type-2 patient and
-    study attributes highdicom reads present (empty when the source lacks them)."""
+def _ordered_sources(uids: Sequence[str], label: str, headers: Sequence[Dataset]) -> list[Dataset]:
+    """The headers of the instances ``uids`` in that order (slice order), as copies with the type-2
+    patient and study attributes highdicom reads present (empty when the source lacks them)."""
     by_uid = {str(ds.SOPInstanceUID): ds for ds in headers}
-    missing = [uid for uid in reference.sop_instance_uids if uid not in by_uid]
+    missing = [uid for uid in uids if uid not in by_uid]
     if missing:
-        raise ValueError(f"{len(missing)} source instance(s) of {reference.label} have no header")
+        raise ValueError(f"{len(missing)} source instance(s) of {label} have no header")
     ordered = []
-    for uid in reference.sop_instance_uids:
+    for uid in uids:
         ds = by_uid[uid].copy()
         for keyword in _TYPE2_COPIED:
             if keyword not in ds:
@@ -146,24 +156,58 @@ def _ordered_sources(reference: SourceSeries, headers: Sequence[Dataset]) -> lis
     return ordered
 
 
-def _check_lattice(mask: sitk.Image, sources: Sequence[Dataset]) -> None:
-    """Fail unless slice k of ``mask`` lies exactly on source instance k (see the module docstring)."""
+def _multi_frame_source(reference: SourceSeries, headers: Sequence[Dataset]) -> tuple[Dataset, list[int]]:
+    """The one multi-frame source instance of ``reference`` (a copy, type-2 attributes present) and, for
+    each of its frames in file order, the mask slice on it."""
+    uids = set(reference.sop_instance_uids)
+    if len(uids) != 1 or min(reference.frame_numbers) < 1:
+        raise ValueError(
+            f"{reference.label} mixes multi-frame and single-frame instances (or several multi-frame ones): "
+            "no DICOM SEG is written for such a series"
+        )
+    (source,) = _ordered_sources(tuple(uids), reference.label, headers)
+    slice_of_frame = [0] * fg.frame_count(source)
+    if sorted(reference.frame_numbers) != list(range(1, len(slice_of_frame) + 1)):
+        raise ValueError(f"the mask's slices are not the {len(slice_of_frame)} frames of {reference.label}")
+    for k, number in enumerate(reference.frame_numbers):
+        slice_of_frame[number - 1] = k
+    return source, slice_of_frame
+
+
+def _check_lattice(
+    mask: sitk.Image, sources: Sequence[Dataset], slice_of_frame: Sequence[int] | None = None
+) -> None:
+    """Fail unless slice k of ``mask`` lies exactly on source instance k, or, for one multi-frame source,
+    slice ``slice_of_frame[f]`` on its frame f (see the module docstring)."""
     columns, rows, slices = mask.GetSize()
-    if slices != len(sources):
-        raise ValueError(f"the mask has {slices} slices, the reference series {len(sources)} instances")
+    planes: list[tuple[Dataset, int | None, int]] = (
+        [(sources[0], f, k) for f, k in enumerate(slice_of_frame)]
+        if slice_of_frame is not None
+        else [(ds, None, k) for k, ds in enumerate(sources)]
+    )
+    if slices != len(planes):
+        raise ValueError(f"the mask has {slices} slices, the reference series {len(planes)} images")
     direction = np.asarray(mask.GetDirection()).reshape(3, 3)
     spacing = mask.GetSpacing()
-    for k, ds in enumerate(sources):
-        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
-        ipp = np.asarray([float(v) for v in ds.ImagePositionPatient])
+    for ds, frame, k in planes:
+
+        def value(keyword: str, ds: Dataset = ds, frame: int | None = frame) -> Any:
+            return ds.get(keyword) if frame is None else fg.find(ds, keyword, frame)
+
+        iop = np.asarray([float(v) for v in value("ImageOrientationPatient")])
+        ipp = np.asarray([float(v) for v in value("ImagePositionPatient")])
         expected = np.asarray(mask.TransformIndexToPhysicalPoint((0, 0, k)))
         if (
             (int(ds.Rows), int(ds.Columns)) != (rows, columns)
             or np.abs(iop - direction[:, :2].T.ravel()).max() > ORIENTATION_TOLERANCE
-            or np.abs(np.asarray([float(v) for v in ds.PixelSpacing]) - (spacing[1], spacing[0])).max() > 1e-4
+            or np.abs(np.asarray([float(v) for v in value("PixelSpacing")]) - (spacing[1], spacing[0])).max()
+            > 1e-4
             or np.abs(ipp - expected).max() > POSITION_TOLERANCE_MM
         ):
-            raise ValueError(f"slice {k} of the mask does not lie on source instance {ds.SOPInstanceUID}")
+            where = f"frame {frame + 1} of " if frame is not None else ""
+            raise ValueError(
+                f"slice {k} of the mask does not lie on {where}source instance {ds.SOPInstanceUID}"
+            )
 
 
 def stacked_segments(mask: sitk.Image) -> NDArray[np.uint8]:
@@ -186,11 +230,18 @@ def build_segmentation(
     """A BINARY SEG of ``mask`` referencing every instance of ``reference`` (see the module docstring).
     ``headers``: the reference series' instances, any order, pixel data optional. ``missing``: sequences
     the study lacked, named in ContentDescription (``... without t2``)."""
-    sources = _ordered_sources(reference, headers)
-    _check_lattice(mask, sources)
+    if reference.frame_numbers:
+        source, slice_of_frame = _multi_frame_source(reference, headers)
+        sources = [source]
+        _check_lattice(mask, sources, slice_of_frame)
+        pixels = stacked_segments(mask)[slice_of_frame]  # SEG frame f on source frame f
+    else:
+        sources = _ordered_sources(reference.sop_instance_uids, reference.label, headers)
+        _check_lattice(mask, sources)
+        pixels = stacked_segments(mask)
     return hd.seg.Segmentation(
         source_images=sources,
-        pixel_array=stacked_segments(mask),
+        pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segment_descriptions(algorithm_name, algorithm_version),
         series_instance_uid=generate_uid(),
