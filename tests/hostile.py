@@ -125,6 +125,6 @@ def seg_series(url: str, auth: tuple[str, str], patient_id: str) -> list[dict[st
     found: list[dict[str, object]] = []
     with OrthancClient(url, auth) as pacs, httpx.Client(base_url=url, auth=auth, timeout=30) as http:
         for study in pacs.find_studies(patient_id):
-            series = http.get(f"/studies/{study.orthanc_id}/series").raise_for_status().json()
+            series = http.get(f"/studies/{study.key}/series").raise_for_status().json()
             found += [s for s in series if s.get("MainDicomTags", {}).get("Modality") == "SEG"]
     return found

@@ -28,4 +28,4 @@ def seg_series(orthanc: OrthancEndpoint, patient_id: str) -> int:
     """How many SEG series the patient's one study has in Orthanc."""
     with orthanc.client() as pacs:
         (study,) = pacs.find_studies(patient_id)
-        return sum(modality == "SEG" for modality, _ in pacs.series_versions(study.orthanc_id))
+        return sum(modality == "SEG" for modality, _ in pacs.series_versions(study.key))

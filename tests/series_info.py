@@ -33,7 +33,7 @@ def make_series(
     """A SeriesInfo as Orthanc's client would build it; unique UIDs and series numbers by default."""
     n = next(_counter)
     return SeriesInfo(
-        orthanc_id=f"orthanc-{n}",
+        key=f"orthanc-{n}",
         series_instance_uid=uid or f"1.2.826.0.1.3680043.10.{n}",
         modality=modality,
         series_description=description,
@@ -53,7 +53,7 @@ def make_series(
         columns=256,
         series_date="20240102",
         series_time="101500",
-        instance_ids=tuple(f"inst-{n}-{k}" for k in range(slices)),
+        instance_count=slices,
     )
 
 

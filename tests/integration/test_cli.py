@@ -40,12 +40,12 @@ def test_upload_counts_and_is_idempotent(
     assert f"{files} stored, 0 already stored, 0 failed" in first.output
     with orthanc.client() as pacs:
         (study,) = pacs.find_studies(patient_id)
-        counts = [series.instance_count for series in pacs.list_series(study.orthanc_id)]
+        counts = [series.instance_count for series in pacs.list_series(study.key)]
     assert sum(counts) == files
     again = cli_env.invoke(app, ["upload", str(tmp_path / "study")])
     assert again.exit_code == 0 and f"0 stored, {files} already stored, 0 failed" in again.output
     with orthanc.client() as pacs:
-        assert sum(s.instance_count for s in pacs.list_series(study.orthanc_id)) == files
+        assert sum(s.instance_count for s in pacs.list_series(study.key)) == files
 
 
 def test_upload_lists_refused_files_and_fails(cli_env: CliRunner, tmp_path: Path) -> None:

@@ -213,7 +213,7 @@ def _segment_and_fetch(
 ) -> StoredCase:
     with orthanc.client() as pacs:
         (study,) = [s for s in pacs.find_studies(patient_id) if s.study_instance_uid == study_uid]
-        before = sum(s.instance_count for s in pacs.list_series(study.orthanc_id))
+        before = sum(s.instance_count for s in pacs.list_series(study.key))
         response = api.post(f"/segment/{patient_id}", params={"reference": reference, "store_seg": "true"})
         assert response.status_code == 200, response.text
         result = response.json()
@@ -311,7 +311,7 @@ def test_study_gains_exactly_one_seg_and_its_sources_are_unchanged(
         (study,) = [
             s for s in pacs.find_studies(case.patient_id) if s.study_instance_uid == case.study_instance_uid
         ]
-        series = pacs.list_series(study.orthanc_id)
+        series = pacs.list_series(study.key)
         segs = [s for s in series if s.modality == "SEG"]
         assert [(s.series_instance_uid, s.instance_count) for s in segs] == [
             (case.result["dicom_seg"]["series_instance_uid"], 1)  # type: ignore[index]
@@ -320,7 +320,7 @@ def test_study_gains_exactly_one_seg_and_its_sources_are_unchanged(
         (source_series,) = [
             s for s in series if s.series_instance_uid == case.result["reference"]["series_instance_uid"]
         ]  # type: ignore[index]
-        stored_bytes = {_sha(pacs.download_instance(i)) for i in source_series.instance_ids}
+        stored_bytes = {_sha(pacs.download_instance(i)) for i in pacs.instance_ids(source_series.key)}
     assert stored_bytes == {_sha(p.read_bytes()) for p in case.source_folder.glob("*.dcm")}
 
 

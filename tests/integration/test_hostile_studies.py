@@ -294,7 +294,7 @@ class TestDefaultLimits:
         """The SEG the service itself just stored is no instance "still arriving": a retry at once gets
         the result, not 409 study_incomplete."""
         (study,) = orthanc_client.find_studies(str(first_seg["patient_id"]))
-        if orthanc_client.get_study(study.orthanc_id).is_stable:
+        if orthanc_client.get_study(study.key).is_stable:
             pytest.skip("Orthanc marked the study stable again before the second request could be sent")
         answer = post_segment(default_service.url, str(first_seg["patient_id"]), store_seg="true")
         report("store-seg-immediate-retry", answer, default_service)
@@ -424,12 +424,12 @@ def test_an_incomplete_study_is_409_then_waited_for(
         with quick, OrthancClient(quick.url, quick.auth) as pacs:
             assert not upload(pacs, study.folder, stable_timeout=None).failed
             (listed,) = pacs.find_studies(study.patient_id)
-            assert not pacs.get_study(listed.orthanc_id).is_stable  # so the request below has to wait
+            assert not pacs.get_study(listed.key).is_stable  # so the request below has to wait
             waited = post_segment(service.url, study.patient_id, wait="true")
             report("incomplete-study-wait", waited, service)
             assert waited.response.status_code == 200, waited.response.text
             assert waited.body["study_instance_uid"] == study.study_uid
-            assert pacs.get_study(listed.orthanc_id).is_stable
+            assert pacs.get_study(listed.key).is_stable
         assert service.peak_rss() < PEAK_RSS_LIMIT
 
 

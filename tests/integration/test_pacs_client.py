@@ -48,7 +48,7 @@ def test_patient_with_two_studies_lists_both_oldest_first(orthanc_client: Orthan
     found = orthanc_client.find_studies(pid)
     assert [s.study_instance_uid for s in found] == [old, new]
     assert [s.study_date for s in found] == ["20240115", "20260301"]
-    assert all(len(s.series_ids) == 1 for s in found)
+    assert all(s.series_count == 1 for s in found)
 
 
 def test_unknown_patient_finds_nothing(orthanc_client: OrthancClient) -> None:
@@ -81,7 +81,7 @@ def test_series_download_is_complete_and_is_dicom(orthanc_client: OrthancClient)
     assert len(downloaded) == series.instance_count == len(files) == sum(progress)
     sop = {pydicom.dcmread(DicomBytesIO(b)).SOPInstanceUID for b in downloaded}
     assert sop == {pydicom.dcmread(DicomBytesIO(b)).SOPInstanceUID for b in files}
-    assert len(orthanc_client.download_series(series.orthanc_id)) == len(files)
+    assert len(orthanc_client.download_series(series.key)) == len(files)
 
 
 def test_second_upload_is_already_stored(orthanc_client: OrthancClient) -> None:

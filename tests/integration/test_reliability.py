@@ -171,7 +171,7 @@ def test_series_deleted_while_fetched_is_422_naming_it(
         with lock:
             if not deleted:  # the first series fetched vanishes from Orthanc just before
                 with OrthancClient(own_orthanc.url, own_orthanc.auth) as pacs:
-                    pacs.delete("series", series.orthanc_id)
+                    pacs.delete("series", series.key)
                 deleted.append(series.series_instance_uid)
 
     response = segment_with_fault(app, private_study, delete_first)

@@ -63,4 +63,4 @@ def test_a_refused_seg_leaves_the_saved_result_and_no_seg(
         assert client.get(f"/results/{saved[0]}/mask.nii.gz").status_code == 200
     with refusing_orthanc.client() as pacs:
         (study,) = pacs.find_studies(patient_id)
-        assert {s.modality for s in pacs.list_series(study.orthanc_id)} == {"MR"}
+        assert {s.modality for s in pacs.list_series(study.key)} == {"MR"}

@@ -41,7 +41,14 @@ TEST_ONLY_NAMES = {f"{ENV_PREFIX}TEST_ORTHANC_{part}" for part in ("URL", "USERN
 FILE_SETTINGS = {f"{ENV_PREFIX}MAPPING_RULES"}
 # Settings whose "unset" means something (no bound) that a ${VAR:-default} from .env cannot express:
 # an empty value is not a number. An override file sets them.
-UNSET_SETTINGS = {f"{ENV_PREFIX}RESULTS_MAX_AGE_DAYS", f"{ENV_PREFIX}RESULTS_MAX_GB"}
+# And the DICOMweb PACS: the stack brings its own Orthanc; pointing the service at another PACS (and its
+# bearer token, a secret without a default) is an override file's job (README, "Another PACS").
+UNSET_SETTINGS = {
+    f"{ENV_PREFIX}RESULTS_MAX_AGE_DAYS",
+    f"{ENV_PREFIX}RESULTS_MAX_GB",
+    f"{ENV_PREFIX}DICOMWEB_URL",
+    f"{ENV_PREFIX}DICOMWEB_TOKEN",
+}
 SECRET_KEY = re.compile(r"PASSWORD|API_KEY|SECRET|TOKEN|REGISTERED_USERS")
 # ${VAR}, ${VAR?msg}, ${VAR:?msg}: a reference that carries no value of its own (no :- default).
 REQUIRED_REF = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?\?[^}]*)?\}")

@@ -60,13 +60,13 @@ PATIENT = "PAT-SECRET-0042"
 
 def study(uid: str, date: str) -> StudyInfo:
     return StudyInfo(
-        orthanc_id=f"orthanc-{uid[-4:]}",
+        key=f"orthanc-{uid[-4:]}",
         study_instance_uid=uid,
         patient_id=PATIENT,
         study_date=date,
         study_time="101500",
         study_description="MRI BRAIN ROUTINE",
-        series_ids=(),
+        series_count=0,
     )
 
 
@@ -75,10 +75,10 @@ def identifying(studies: list[tuple[StudyInfo, list[SeriesInfo]]]) -> set[str]:
     found = {PATIENT}
     for info, series in studies:
         digits = info.study_date
-        found |= {info.study_instance_uid, info.orthanc_id, info.study_description, digits}
+        found |= {info.study_instance_uid, info.key, info.study_description, digits}
         found.add(f"{digits[:4]}-{digits[4:6]}-{digits[6:]}")
         for s in series:
-            found |= {s.series_instance_uid, s.orthanc_id, s.series_description}
+            found |= {s.series_instance_uid, s.key, s.series_description}
     return {text for text in found if text}
 
 

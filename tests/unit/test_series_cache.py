@@ -14,13 +14,13 @@ def volume(n: int) -> SeriesVolume:
     return SeriesVolume(image, "1.2", "1.3", "1.4", tuple(str(i) for i in range(n)), "x")
 
 
-def test_hit_miss_and_invalidation_by_last_update_and_count() -> None:
+def test_hit_miss_and_invalidation_by_version_and_count() -> None:
     cache = SeriesCache(10**6)
-    series = dataclasses.replace(make_series("t2", uid="1.2.3"), last_update="20260101T120000")
+    series = dataclasses.replace(make_series("t2", uid="1.2.3"), version="20260101T120000")
     cache.put(series, volume(5))
     assert cache.get(series) is not None
-    assert cache.get(dataclasses.replace(series, last_update="20260101T120500")) is None
-    assert cache.get(dataclasses.replace(series, instance_ids=series.instance_ids[:-1])) is None
+    assert cache.get(dataclasses.replace(series, version="20260101T120500")) is None
+    assert cache.get(dataclasses.replace(series, instance_count=series.instance_count - 1)) is None
 
 
 def test_least_recently_used_is_evicted_within_the_byte_budget() -> None:

@@ -21,13 +21,13 @@ PATIENT = "PAT-0042"
 def make_study(date: str = "20240102", time: str = "101500", uid: str | None = None) -> StudyInfo:
     n = next(_counter)
     return StudyInfo(
-        orthanc_id=f"study-{n}",
+        key=f"study-{n}",
         study_instance_uid=uid or f"1.2.826.0.1.3680043.20.{n}",
         patient_id=PATIENT,
         study_date=date,
         study_time=time,
         study_description="MRI BRAIN",
-        series_ids=(),
+        series_count=0,
     )
 
 
@@ -57,7 +57,7 @@ class FakePacs:
 
     def list_series(self, study_id: str) -> list[SeriesInfo]:
         self.listed.append(study_id)
-        return next(series for s, series in self.studies if s.orthanc_id == study_id)
+        return next(series for s, series in self.studies if s.key == study_id)
 
 
 def test_newest_complete_study_wins_over_an_older_complete_one() -> None:
@@ -184,7 +184,7 @@ def test_assemble_lists_newest_first_and_stops_at_the_first_complete_study() -> 
     pacs = FakePacs([(oldest, complete_series()), (middle, complete_series()), (newest, without_contrast())])
     result = assemble(pacs, PATIENT)
     assert result.study is middle
-    assert pacs.listed == [newest.orthanc_id, middle.orthanc_id]  # the oldest is never listed
+    assert pacs.listed == [newest.key, middle.key]  # the oldest is never listed
 
 
 def test_assemble_with_a_study_uid_lists_only_that_study() -> None:
@@ -192,7 +192,7 @@ def test_assemble_with_a_study_uid_lists_only_that_study() -> None:
     pacs = FakePacs([(old, complete_series()), (new, complete_series())])
     result = assemble(pacs, PATIENT, study_instance_uid=old.study_instance_uid)
     assert result.study is old
-    assert pacs.listed == [old.orthanc_id]
+    assert pacs.listed == [old.key]
 
 
 def test_assemble_unknown_patient() -> None:

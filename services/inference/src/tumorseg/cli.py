@@ -14,7 +14,7 @@ from tumorseg.errors import TumorsegError
 from tumorseg.sequences import SequenceName
 
 if TYPE_CHECKING:
-    from tumorseg.pacs import OrthancClient
+    from tumorseg.pacs import Pacs
 
 app = typer.Typer(
     help="Brain-tumour segmentation next to an Orthanc PACS.", no_args_is_help=True, add_completion=False
@@ -23,7 +23,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _pacs() -> OrthancClient:
+def _pacs() -> Pacs:
     from tumorseg.wiring import open_pacs
 
     return open_pacs(get_settings())

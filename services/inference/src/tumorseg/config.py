@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     orthanc_username: str | None = Field(default=None, description="Orthanc HTTP basic-auth user.")
     orthanc_password: SecretStr | None = Field(default=None, description="Orthanc HTTP basic-auth password.")
     orthanc_timeout: float = Field(default=60.0, description="Seconds allowed for one Orthanc call.")
+    dicomweb_url: str | None = Field(
+        default=None,
+        description="Base URL of a DICOMweb PACS (QIDO-RS, WADO-RS, STOW-RS), e.g. http://pacs/dicom-web; "
+        "when set, nothing uses Orthanc REST. Basic auth from TUMORSEG_ORTHANC_USERNAME/PASSWORD, or a "
+        "bearer token (TUMORSEG_DICOMWEB_TOKEN).",
+    )
+    dicomweb_token: SecretStr | None = Field(
+        default=None, description="Bearer token for the DICOMweb PACS (instead of basic auth)."
+    )
     results_dir: Path = Field(default=Path("./results"), description="Where results are persisted.")
     results_max_age_days: float | None = Field(
         default=None, gt=0, description="Results older than this are deleted (unset: kept)."
@@ -135,6 +144,23 @@ class Settings(BaseSettings):
             )
         return value.rstrip("/")
 
+    @field_validator("dicomweb_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("dicomweb_url")
+    @classmethod
+    def _check_dicomweb_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(
+                f"TUMORSEG_DICOMWEB_URL={value!r} is not an http(s) URL; set it like http://pacs:8042/dicom-web"
+            )
+        return value.rstrip("/")
+
     @field_validator("queue_url")
     @classmethod
     def _check_queue_url(cls, value: str | None) -> str | None:
@@ -161,6 +187,18 @@ class Settings(BaseSettings):
     def _check_credentials(self) -> Settings:
         if (self.orthanc_username is None) != (self.orthanc_password is None):
             raise ValueError("set both TUMORSEG_ORTHANC_USERNAME and TUMORSEG_ORTHANC_PASSWORD, or neither")
+        if self.dicomweb_token is not None and self.dicomweb_url is None:
+            raise ValueError("TUMORSEG_DICOMWEB_TOKEN is set but TUMORSEG_DICOMWEB_URL is not")
+        if self.dicomweb_token is not None and self.orthanc_username is not None:
+            raise ValueError(
+                "give the DICOMweb PACS either a bearer token (TUMORSEG_DICOMWEB_TOKEN) or basic auth "
+                "(TUMORSEG_ORTHANC_USERNAME/PASSWORD), not both"
+            )
+        if self.dicomweb_url is not None and self.auto_segment:
+            raise ValueError(
+                "TUMORSEG_AUTO_SEGMENT follows Orthanc's change log (/changes), which DICOMweb does not have: "
+                "unset TUMORSEG_DICOMWEB_URL to use Orthanc REST, or TUMORSEG_AUTO_SEGMENT"
+            )
         if self.api_key is not None and not self.api_key.get_secret_value().strip():
             raise ValueError("TUMORSEG_API_KEY is set but empty; unset it to run open, or give a key")
         if self.environment == "production":

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tumorseg.errors import PacsError, StudyError
-from tumorseg.pacs import OrthancClient
+from tumorseg.pacs import Pacs
 from tumorseg.sequences import ALL_FOUR, InputPolicy
 from tumorseg.study.assemble import assemble
 from tumorseg.study.choose import newest_first
@@ -18,7 +18,7 @@ from tumorseg.study.mapping import propose_mapping
 
 
 def inspect_patient(
-    pacs: OrthancClient,
+    pacs: Pacs,
     patient_id: str,
     *,
     study_instance_uid: str | None = None,
@@ -28,14 +28,26 @@ def inspect_patient(
     """``policy``: the sequences the model package needs (its ``inputs``), as ``segment`` would apply."""
     report: dict[str, Any] = {"patient_id": patient_id}
     try:
-        report["orthanc"] = {"url": pacs.url, "reachable": True, "version": pacs.system()["Version"]}
+        version = pacs.system()["Version"]
+        report["orthanc"] = {
+            "url": pacs.url,
+            "protocol": pacs.protocol,
+            "reachable": True,
+            "version": version,
+        }
     except PacsError as exc:
-        report["orthanc"] = {"url": pacs.url, "reachable": False, "version": None, "error": exc.detail}
+        report["orthanc"] = {
+            "url": pacs.url,
+            "protocol": pacs.protocol,
+            "reachable": False,
+            "version": None,
+            "error": exc.detail,
+        }
         return report
 
     studies = newest_first(pacs.find_studies(patient_id))
     if studies:
-        tags = pacs.patient_of_study(studies[0].orthanc_id)
+        tags = pacs.patient_of_study(studies[0].key)
         report["patient"] = {
             "patient_name": tags.get("PatientName", ""),
             "patient_birth_date": tags.get("PatientBirthDate", ""),
@@ -43,13 +55,13 @@ def inspect_patient(
         }
     report["studies"] = []
     for study in studies:
-        proposal = propose_mapping(pacs.list_series(study.orthanc_id), rules=rules)
+        proposal = propose_mapping(pacs.list_series(study.key), rules=rules)
         report["studies"].append(
             {
                 "study_instance_uid": study.study_instance_uid,
                 "study_date": study.study_date,
                 "study_description": study.study_description,
-                "series_count": len(study.series_ids),
+                "series_count": study.series_count,
                 "complete": proposal.complete,
                 "usable": proposal.usable(policy),
                 "mapping": proposal.to_json(),
@@ -61,4 +73,18 @@ def inspect_patient(
         report["error"] = {"code": exc.code, "detail": exc.detail}
     else:
         report.update(chosen.to_json())
+    if not pacs.orthanc_ids:  # over DICOMweb the series keys are UIDs, not Orthanc ids
+        _clear_orthanc_ids(report)
     return report
+
+
+def _clear_orthanc_ids(node: Any) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "orthanc_id":
+                node[key] = None
+            else:
+                _clear_orthanc_ids(value)
+    elif isinstance(node, list):
+        for item in node:
+            _clear_orthanc_ids(item)

@@ -54,7 +54,7 @@ from tumorseg.labels import LABEL_NAMES, volumes_ml
 from tumorseg.limits import InputLimits
 from tumorseg.model.package import ModelManifest
 from tumorseg.model.predictor import Predictor
-from tumorseg.pacs import OrthancClient
+from tumorseg.pacs import Pacs
 from tumorseg.records import SeriesInfo
 from tumorseg.results import ResultStore, new_result_id
 from tumorseg.schema import DicomSegRef, SegmentResult, Timings
@@ -122,7 +122,7 @@ def _series_label(modality: str, info: SeriesInfo) -> str:
 class Segmenter:
     def __init__(
         self,
-        pacs: OrthancClient,
+        pacs: Pacs,
         predictor: Predictor,
         store: ResultStore,
         *,
@@ -310,6 +310,7 @@ class Segmenter:
                     self.predictor.network_for(model_input),
                     model_input,
                     registration,
+                    orthanc_ids=self.pacs.orthanc_ids,
                 )
             except BaseException:
                 self.store.discard(staging)
@@ -351,9 +352,9 @@ class Segmenter:
         (Manufacturer, DeviceSerialNumber and ReferencedSeriesSequence of its instance), if any."""
         manifest = self.predictor.manifest
         for info, _ in assembled.mapping.rejected:
-            if info.modality != "SEG" or not info.instance_ids:
+            if info.modality != "SEG" or not info.instance_count:
                 continue
-            tags = self.pacs.instance_tags(info.instance_ids[0])
+            instance, tags = self.pacs.first_instance(info)
             referenced = {
                 str(item.get("SeriesInstanceUID", ""))
                 for item in tags.get("ReferencedSeriesSequence") or []
@@ -368,7 +369,7 @@ class Segmenter:
                 return DicomSegRef(
                     series_instance_uid=info.series_instance_uid,
                     sop_instance_uid=str(tags.get("SOPInstanceUID", "")),
-                    orthanc_id=info.instance_ids[0],
+                    orthanc_id=instance if self.pacs.orthanc_ids else None,
                 )
         return None
 
@@ -410,7 +411,7 @@ class Segmenter:
         return DicomSegRef(
             series_instance_uid=str(segmentation.SeriesInstanceUID),
             sop_instance_uid=str(segmentation.SOPInstanceUID),
-            orthanc_id=stored.instance_id,
+            orthanc_id=stored.instance_id if self.pacs.orthanc_ids else None,
         )
 
 
@@ -446,10 +447,13 @@ def _result_fields(
     network: str,
     model_input: ModelInput,
     registration: bool,
+    *,
+    orthanc_ids: bool = True,
 ) -> dict[str, Any]:
     """The result JSON's keys (``SegmentResult``) but ``timings_s``, which the pipeline adds once the
-    export is timed, and ``dicom_seg``, which it adds once the SEG is in the study. ``model_input`` brings what the clinical-input stages found (co-registration, brain
-    extraction, warnings)."""
+    export is timed, and ``dicom_seg``, which it adds once the SEG is in the study. ``model_input`` brings
+    what the clinical-input stages found (co-registration, brain extraction, warnings). ``orthanc_ids``:
+    whether the series keys are Orthanc ids (``orthanc_id``; null over DICOMweb)."""
     series = assembled.mapping.series
     labels = sitk.GetArrayViewFromImage(mask).astype(np.uint8, copy=False)
     volumes = volumes_ml(labels, voxel_volume_mm3(reference_series.image))
@@ -461,7 +465,7 @@ def _result_fields(
             m: {
                 "series_instance_uid": series[m].series_instance_uid,
                 "series_description": series[m].series_description,
-                "orthanc_id": series[m].orthanc_id,
+                "orthanc_id": series[m].key if orthanc_ids else None,
             }
             for m in assembled.mapping.present
         },

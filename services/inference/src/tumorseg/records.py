@@ -1,9 +1,11 @@
 """What a PACS lists of a patient's studies and their series: the value types study selection reads.
 
-They hold DICOM attributes (names as in the standard) and the PACS's own identifiers (``orthanc_id``,
-``instance_ids``, ``last_update``) that the fetch stage hands back to the PACS client. They are built by
-``tumorseg.pacs`` (from Orthanc's REST answers) and read by ``tumorseg.study`` and the series cache, so
-study selection does not depend on the protocol that listed them.
+They hold DICOM attributes (names as in the standard) and, as ``key``, the handle that the PACS client that
+listed them takes back (Orthanc REST: Orthanc's resource id; DICOMweb: the study's or series' UID), and
+``version``, what changes when a series' instances change (Orthanc's LastUpdate; "" over DICOMweb, which
+has no such attribute). Whatever else one protocol needs (Orthanc's instance ids) stays in its client. They
+are built by ``tumorseg.pacs`` and read by ``tumorseg.study`` and the series cache, so study selection does
+not depend on the protocol that listed them.
 """
 
 from __future__ import annotations
@@ -13,24 +15,24 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class StudyInfo:
-    """One study as Orthanc lists it. Dates are DICOM DA/TM strings ("" when absent)."""
+    """One study as the PACS lists it. Dates are DICOM DA/TM strings ("" when absent)."""
 
-    orthanc_id: str
+    key: str
     study_instance_uid: str
     patient_id: str
     study_date: str
     study_time: str
     study_description: str
-    series_ids: tuple[str, ...]
+    series_count: int
     is_stable: bool = True  # the PACS considers the study complete (Orthanc: StableAge without new instances)
 
 
 @dataclass(frozen=True)
 class SeriesInfo:
-    """A series with the tags modality mapping needs, read from Orthanc's series record and from one
-    of its instances (those tags are not series-level in Orthanc's index). Times are in ms, as in DICOM."""
+    """A series with the tags modality mapping needs, read from the PACS's series record and from one of
+    its instances (those tags are not series-level attributes). Times are in ms, as in DICOM."""
 
-    orthanc_id: str
+    key: str
     series_instance_uid: str
     modality: str
     series_description: str
@@ -50,16 +52,10 @@ class SeriesInfo:
     columns: int | None
     series_date: str
     series_time: str
-    instance_ids: tuple[str, ...]
-    last_update: str = ""  # Orthanc's LastUpdate: changes whenever an instance is added or replaced
-    is_stable: bool = True  # no new instance for the PACS's StableAge
-    frames_per_instance: int = (
-        1  # NumberOfFrames of the instance read: > 1 for an enhanced (multi-frame) series
-    )
-
-    @property
-    def instance_count(self) -> int:
-        return len(self.instance_ids)
+    instance_count: int
+    version: str = ""  # Orthanc's LastUpdate: changes whenever an instance is added or replaced
+    is_stable: bool = True  # no new instance for the PACS's StableAge (DICOMweb cannot tell: always True)
+    frames_per_instance: int = 1  # NumberOfFrames of the instance read: > 1 for a multi-frame series
 
     @property
     def slice_count(self) -> int:

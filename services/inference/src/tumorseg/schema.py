@@ -17,7 +17,7 @@ from tumorseg.sequences import SequenceName
 class SeriesRef(BaseModel):
     series_instance_uid: str
     series_description: str
-    orthanc_id: str
+    orthanc_id: str | None = Field(default=None, description="Orthanc's series id; null over DICOMweb")
 
 
 class ReferenceRef(BaseModel):
@@ -34,7 +34,7 @@ class VolumesMl(BaseModel):
 class DicomSegRef(BaseModel):
     series_instance_uid: str
     sop_instance_uid: str
-    orthanc_id: str
+    orthanc_id: str | None = Field(default=None, description="Orthanc's instance id; null over DICOMweb")
 
 
 class Timings(BaseModel):

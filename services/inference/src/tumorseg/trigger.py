@@ -74,7 +74,7 @@ class AutoTrigger:
             store.set_meta(SEQ_KEY, str(int(self.pacs.changes()["Last"])))
         for study in self.pacs.list_studies():
             if study.is_stable and not store.has_study(study.study_instance_uid):
-                self.consider(study.orthanc_id)
+                self.consider(study.key)
 
     def follow(self) -> bool:
         """Handle one page of changes after the stored ``Seq``; whether more are waiting."""

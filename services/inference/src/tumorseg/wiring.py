@@ -13,7 +13,8 @@ from tumorseg.imaging.brain import get_extractor
 from tumorseg.jobstore import JobStore
 from tumorseg.model.device import configure_threads
 from tumorseg.model.predictor import Predictor
-from tumorseg.pacs import OrthancClient
+from tumorseg.pacs import OrthancClient, Pacs
+from tumorseg.pacs.dicomweb import DicomwebClient
 from tumorseg.pipeline import Segmenter
 from tumorseg.queue import JobQueue
 from tumorseg.results import ResultStore
@@ -21,7 +22,14 @@ from tumorseg.results import ResultStore
 log = logging.getLogger(__name__)
 
 
-def open_pacs(settings: Settings) -> OrthancClient:
+def open_pacs(settings: Settings) -> Pacs:
+    """The DICOMweb client when ``TUMORSEG_DICOMWEB_URL`` is set (then nothing uses Orthanc REST), else
+    Orthanc's REST client."""
+    if settings.dicomweb_url is not None:
+        token = settings.dicomweb_token.get_secret_value() if settings.dicomweb_token is not None else None
+        return DicomwebClient(
+            settings.dicomweb_url, settings.orthanc_auth, settings.orthanc_timeout, token=token
+        )
     return OrthancClient(settings.orthanc_url, settings.orthanc_auth, settings.orthanc_timeout)
 
 
@@ -58,9 +66,7 @@ def load_predictor(settings: Settings, device: str) -> Predictor:
     return predictor
 
 
-def build_segmenter(
-    settings: Settings, pacs: OrthancClient, predictor: Predictor, store: ResultStore
-) -> Segmenter:
+def build_segmenter(settings: Settings, pacs: Pacs, predictor: Predictor, store: ResultStore) -> Segmenter:
     return Segmenter(
         pacs,
         predictor,

@@ -14,7 +14,7 @@ from tumorseg.errors import ModelError
 from tumorseg.jobs import Jobs
 from tumorseg.model.device import Device
 from tumorseg.model.predictor import Predictor
-from tumorseg.pacs import OrthancClient
+from tumorseg.pacs import Pacs
 from tumorseg.pipeline import Segmenter
 from tumorseg.results import ResultStore
 from tumorseg.wiring import build_segmenter
@@ -31,7 +31,7 @@ class ModelState:
 @dataclass
 class AppState:
     settings: Settings
-    pacs: OrthancClient
+    pacs: Pacs
     model: ModelState
     device: Device
     store: ResultStore

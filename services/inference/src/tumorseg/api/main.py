@@ -24,6 +24,7 @@ from tumorseg.jobs import Jobs
 from tumorseg.logs import request_id_var
 from tumorseg.model.device import resolve_device
 from tumorseg.model.package import read_manifest
+from tumorseg.pacs import OrthancClient
 from tumorseg.queue import redacted
 from tumorseg.trigger import AutoTrigger
 from tumorseg.wiring import load_predictor, open_jobs, open_pacs, open_queue, open_store
@@ -99,11 +100,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         trigger = None
         if settings.auto_segment and manifest is not None:
             tag = algorithm_tag(manifest.name, manifest.version)
+            assert isinstance(pacs, OrthancClient), "Settings refuse auto-segment over DICOMweb"
             trigger = AutoTrigger(pacs, state.jobs, tag, settings.auto_segment_poll_s)
             trigger.start()
         app.state.tumorseg = state
         mode = "embedded jobs" if queue is None else f"jobs through {redacted(queue.url)}"
-        log.info("tumorseg %s started; Orthanc at %s; %s", __version__, pacs.url, mode)  # no credentials
+        log.info(
+            "tumorseg %s started; %s at %s; %s", __version__, pacs.protocol, pacs.url, mode
+        )  # no credentials
         try:
             yield
         finally:

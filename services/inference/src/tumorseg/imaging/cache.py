@@ -17,7 +17,7 @@ CacheKey = tuple[str, str, int]
 
 
 def cache_key(series: SeriesInfo) -> CacheKey:
-    return (series.series_instance_uid, series.last_update, series.instance_count)
+    return (series.series_instance_uid, series.version, series.instance_count)
 
 
 def volume_bytes(volume: SeriesVolume) -> int:

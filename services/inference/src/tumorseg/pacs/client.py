@@ -18,63 +18,23 @@ on the server or will fail the same way again.
 from __future__ import annotations
 
 import logging
-import math
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-import httpx
-
-from tumorseg import functional_groups as fg
 from tumorseg.errors import (
-    PacsError,
-    PacsNotFound,
     PacsProtocolError,
-    PacsRejected,
-    PacsTimeout,
-    PacsUnavailable,
 )
+from tumorseg.pacs.base import UploadResult
+from tumorseg.pacs.http import HttpPacs
+from tumorseg.pacs.tags import describe_series, series_order
 from tumorseg.records import SeriesInfo, StudyInfo
-from tumorseg.validation import split_credentials
 
 log = logging.getLogger(__name__)
 
 # Characters with a meaning in Orthanc/DICOM matching: wildcards and the multi-value separator.
 _MATCHING_SPECIALS = ("*", "?", "\\")
 _DICM_OFFSET = 128
-# A pooled keep-alive connection the server closed between two requests fails with one of these.
-_STALE_CONNECTION = (httpx.ReadError, httpx.RemoteProtocolError)
-_T = TypeVar("_T")
-
-
-def _float_or_none(value: Any) -> float | None:
-    """A DICOM DS/IS value from simplified-tags ("2500", "2500\\2600", "" or absent) as its first float."""
-    if value is None:
-        return None
-    text = str(value).split("\\")[0].strip()
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def _floats(value: Any, length: int) -> tuple[float, ...] | None:
-    """A multi-valued DS of ``length`` numbers, or None when absent, short or not numbers (the listing
-    only informs the mapping and the limits; the loader refuses such a series with its reason)."""
-    try:
-        numbers = tuple(float(v) for v in _multi(value))
-    except ValueError:
-        return None
-    return numbers if len(numbers) == length else None
-
-
-def _multi(value: Any) -> tuple[str, ...]:
-    if value is None or value == "":
-        return ()
-    return tuple(part.strip() for part in str(value).split("\\"))
 
 
 def study_from_orthanc(data: dict[str, Any]) -> StudyInfo:
@@ -82,13 +42,13 @@ def study_from_orthanc(data: dict[str, Any]) -> StudyInfo:
     tags = data.get("MainDicomTags", {})
     patient = data.get("PatientMainDicomTags", {})
     return StudyInfo(
-        orthanc_id=data["ID"],
+        key=data["ID"],
         study_instance_uid=tags.get("StudyInstanceUID", ""),
         patient_id=patient.get("PatientID", ""),
         study_date=tags.get("StudyDate", ""),
         study_time=tags.get("StudyTime", ""),
         study_description=tags.get("StudyDescription", ""),
-        series_ids=tuple(data.get("Series", ())),
+        series_count=len(data.get("Series", ())),
         is_stable=bool(data.get("IsStable", True)),
     )
 
@@ -96,161 +56,31 @@ def study_from_orthanc(data: dict[str, Any]) -> StudyInfo:
 def series_from_orthanc(series: dict[str, Any], instance_tags: dict[str, Any]) -> SeriesInfo:
     """A series record from Orthanc's ``/series/{id}`` answer and the simplified tags of one of its
     instances (the physics tags are not series-level in Orthanc's index)."""
-    main = series.get("MainDicomTags", {})
-    enhanced = fg.is_multi_frame(instance_tags)  # physics and geometry in functional groups
-
-    def tag(name: str) -> Any:
-        value = instance_tags.get(name, main.get(name))
-        return fg.find(instance_tags, name) if enhanced and value in (None, "") else value
-
-    orientation = _floats(tag("ImageOrientationPatient"), 6)
-    rows, columns = _float_or_none(tag("Rows")), _float_or_none(tag("Columns"))
-    return SeriesInfo(
-        orthanc_id=series["ID"],
-        series_instance_uid=main.get("SeriesInstanceUID", ""),
-        modality=str(tag("Modality") or ""),
-        series_description=str(tag("SeriesDescription") or ""),
-        protocol_name=str(tag("ProtocolName") or ""),
-        series_number=str(tag("SeriesNumber") or ""),
-        image_type=tuple(v.upper() for v in _multi(tag("ImageType"))),
-        repetition_time=_float_or_none(tag("RepetitionTime")),
-        echo_time=_float_or_none(tag("EchoTime")),
-        inversion_time=_float_or_none(tag("InversionTime")),
-        contrast_bolus_agent=fg.contrast_agent(instance_tags)
-        if enhanced
-        else str(tag("ContrastBolusAgent") or ""),
-        mr_acquisition_type=str(tag("MRAcquisitionType") or ""),
-        image_orientation_patient=orientation,
-        slice_thickness=_float_or_none(tag("SliceThickness")),
-        spacing_between_slices=_float_or_none(tag("SpacingBetweenSlices")),
-        pixel_spacing=_floats(tag("PixelSpacing"), 2),
-        rows=int(rows) if rows is not None and math.isfinite(rows) else None,
-        columns=int(columns) if columns is not None and math.isfinite(columns) else None,
-        series_date=str(tag("SeriesDate") or ""),
-        series_time=str(tag("SeriesTime") or ""),
-        instance_ids=tuple(series.get("Instances", ())),
-        frames_per_instance=fg.frame_count(instance_tags),
-        last_update=str(series.get("LastUpdate", "")),
+    return describe_series(
+        series["ID"],
+        series.get("MainDicomTags", {}),
+        instance_tags,
+        instance_count=len(series.get("Instances", ())),
+        version=str(series.get("LastUpdate", "")),
         is_stable=bool(series.get("IsStable", True)),
     )
 
 
-@dataclass(frozen=True)
-class UploadResult:
-    """Orthanc's answer to ``POST /instances``; ``status`` is "Success" or "AlreadyStored"."""
+class OrthancClient(HttpPacs):
+    """A connection to one Orthanc (``HttpPacs``: pooling, timeouts, error mapping).
 
-    instance_id: str
-    study_id: str
-    series_id: str
-    status: str
-
-
-class OrthancClient:
-    """A connection to one Orthanc. Thread-safe (one ``httpx.Client`` with a connection pool).
-
-    ``timeout`` bounds one call (connect, read, write, pool); the connect part is capped at 10 s so an
-    unreachable host is reported quickly. ``transport`` is for tests (``httpx.MockTransport``).
+    Keys (``StudyInfo.key``, ``SeriesInfo.key``) are Orthanc's resource ids, reported as ``orthanc_id``;
+    the instance ids of each series listed are kept here for its download.
     """
 
-    def __init__(
-        self,
-        url: str,
-        auth: tuple[str, str] | None = None,
-        timeout: float = 60.0,
-        *,
-        download_workers: int = 8,
-        connect_retries: int = 2,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        # Credentials written into the URL (http://user:pass@host) never reach a message or a log line.
-        self.url, url_auth = split_credentials(url.rstrip("/"))
-        self.download_workers = download_workers
-        # Every download of this client, over all series fetched side by side, waits here rather than for
-        # a pooled connection (whose wait counts against the timeout and turned waiting into 504s).
-        self._download_slots = threading.BoundedSemaphore(download_workers)
-        self._client = httpx.Client(
-            base_url=self.url,
-            auth=auth or url_auth,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            transport=transport or httpx.HTTPTransport(retries=connect_retries),
-            limits=httpx.Limits(max_connections=max(download_workers, 4) + 2),
-            headers={"Accept": "application/json"},
-        )
+    name = "Orthanc"
+    credentials_hint = "check TUMORSEG_ORTHANC_USERNAME/PASSWORD and Orthanc's RegisteredUsers"
+    orthanc_ids = True  # the keys are Orthanc ids: the result JSON reports them as orthanc_id
+    protocol = "Orthanc REST"
 
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> OrthancClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- transport and error mapping ---------------------------------------------------------------
-
-    @contextmanager
-    def _mapped_errors(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except PacsError:
-            raise
-        except httpx.ConnectTimeout as exc:
-            raise PacsUnavailable(
-                f"Orthanc at {self.url} cannot be reached ({what}): connect timed out"
-            ) from exc
-        except httpx.TimeoutException as exc:
-            raise PacsTimeout(
-                f"Orthanc at {self.url} did not answer in time ({what}); "
-                "raise TUMORSEG_ORTHANC_TIMEOUT if it is just slow"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise PacsUnavailable(
-                f"Orthanc at {self.url} cannot be reached ({what}): {type(exc).__name__}: {exc}; "
-                "check that it runs and TUMORSEG_ORTHANC_URL"
-            ) from exc
-
-    def _check(self, response: httpx.Response, what: str) -> None:
-        status = response.status_code
-        if status < 300:
-            return
-        if status in (401, 403):
-            raise PacsRejected(
-                f"Orthanc at {self.url} refused the credentials ({what}: HTTP {status}); "
-                "check TUMORSEG_ORTHANC_USERNAME/PASSWORD and Orthanc's RegisteredUsers"
-            )
-        if status == 404:
-            raise PacsNotFound(f"Orthanc has no such resource ({what})")
-        raise PacsProtocolError(f"Orthanc answered HTTP {status} to {what}: {response.text[:200]}")
-
-    def _once_more_if_stale(self, what: str, call: Callable[[], _T]) -> _T:
-        """``call()``, and once more if it broke on a stale pooled keep-alive connection.
-
-        A read that fails on a connection the server closed between two requests ("Bad file descriptor",
-        "Server disconnected") is retried once on a fresh connection; only idempotent requests come here.
-        If Orthanc is really gone, the retry fails to connect and says so."""
-        try:
-            return call()
-        except PacsUnavailable as exc:
-            if not isinstance(exc.__cause__, _STALE_CONNECTION):
-                raise
-            log.info("retrying %s after %s", what, type(exc.__cause__).__name__)
-            return call()
-
-    def _json(self, method: str, path: str, *, idempotent: bool | None = None, **kwargs: Any) -> Any:
-        """One request whose answer is JSON. GET (or ``idempotent=True``) is retried on a stale connection."""
-        what = f"{method} {path}"
-
-        def send() -> httpx.Response:
-            with self._mapped_errors(what):
-                return self._client.request(method, path, **kwargs)
-
-        retry = method == "GET" if idempotent is None else idempotent
-        response = self._once_more_if_stale(what, send) if retry else send()
-        self._check(response, what)
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise PacsProtocolError(f"Orthanc answered {what} with a body that is not JSON") from exc
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._instances: dict[str, tuple[str, ...]] = {}  # series id → its instance ids, as last listed
 
     # -- queries -----------------------------------------------------------------------------------
 
@@ -323,17 +153,29 @@ class OrthancClient:
 
         def describe(item: dict[str, Any]) -> SeriesInfo:
             instances = item.get("Instances") or []
+            self._instances[str(item["ID"])] = tuple(instances)
             tags = self.instance_tags(instances[0]) if instances else {}
             return series_from_orthanc(item, tags)
 
         with ThreadPoolExecutor(max_workers=min(self.download_workers, max(len(series), 1))) as pool:
             infos = list(pool.map(describe, series))
 
-        def order(info: SeriesInfo) -> tuple[float, str]:
-            number = _float_or_none(info.series_number)
-            return (number if number is not None else float("inf"), info.series_instance_uid)
+        return sorted(infos, key=series_order)
 
-        return sorted(infos, key=order)
+    def instance_ids(self, series_id: str) -> tuple[str, ...]:
+        """The ids of a series' instances: as listed by ``list_series``, else asked of Orthanc."""
+        known = self._instances.get(series_id)
+        if known is not None:
+            return known
+        record = self._json("GET", f"/series/{series_id}")
+        return tuple(record.get("Instances", ())) if isinstance(record, dict) else ()
+
+    def first_instance(self, series: SeriesInfo) -> tuple[str, dict[str, Any]]:
+        """(instance id, simplified tags) of one instance of ``series`` (a SEG's references, say)."""
+        ids = self.instance_ids(series.key)
+        if not ids:
+            raise PacsProtocolError(f"series {series.key}: Orthanc lists no instance")
+        return ids[0], self.instance_tags(ids[0])
 
     def instance_tags(self, instance_id: str) -> dict[str, Any]:
         """``GET /instances/{id}/simplified-tags``: tag keyword → value (strings; sequences as lists)."""
@@ -384,11 +226,8 @@ class OrthancClient:
         A series with no instance raises ``PacsProtocolError``. ``progress`` is called with 1 after each
         instance.
         """
-        if isinstance(series, str):
-            record = self._json("GET", f"/series/{series}")
-            series_id, instance_ids = series, tuple(record.get("Instances", ()))
-        else:
-            series_id, instance_ids = series.orthanc_id, series.instance_ids
+        series_id = series if isinstance(series, str) else series.key
+        instance_ids = self.instance_ids(series_id)
 
         def fetch(instance_id: str) -> bytes:
             with self._download_slots:

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.progress import Progress
 
 from tumorseg.errors import PacsNotFound, PacsProtocolError
-from tumorseg.pacs.client import OrthancClient
+from tumorseg.pacs.base import Pacs
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,7 @@ class UploadReport:
         return self.stored + self.already_stored + len(self.failed)
 
 
-def wait_until_stable(
-    pacs: OrthancClient, study_ids: Iterable[str], timeout: float, poll: float = 0.5
-) -> None:
+def wait_until_stable(pacs: Pacs, study_ids: Iterable[str], timeout: float, poll: float = 0.5) -> None:
     """Return once Orthanc marks every study stable (``StableAge`` seconds without a new instance);
     ``TimeoutError`` after ``timeout`` seconds."""
     pending = set(study_ids)
@@ -64,7 +62,7 @@ def wait_until_stable(
 
 
 def upload_directory(
-    pacs: OrthancClient,
+    pacs: Pacs,
     directory: Path,
     *,
     workers: int = 4,

@@ -6,7 +6,7 @@ Contract: ``assemble(pacs, patient_id, study_instance_uid=None, explicit=None, r
 ``AmbiguousSeries``), ``InvalidInput`` for an empty PatientID or a malformed explicit mapping, and the
 PACS client's own ``PacsError``s unchanged.
 
-I/O is limited to two calls of the ``StudySource`` protocol (``tumorseg.pacs.OrthancClient`` satisfies
+I/O is limited to two calls of the ``StudySource`` protocol (``tumorseg.pacs.Pacs`` satisfies
 it): ``find_studies`` once, then ``list_series`` per study, newest first, stopping at the first complete
 study — or only for the named study when ``study_instance_uid`` is given — since listing a study costs
 one request per series.
@@ -52,7 +52,7 @@ def assemble(
     return choose_from(
         patient_id,
         studies,
-        lambda study: pacs.list_series(study.orthanc_id),
+        lambda study: pacs.list_series(study.key),
         study_instance_uid=study_instance_uid,
         explicit=explicit,
         rules=rules,

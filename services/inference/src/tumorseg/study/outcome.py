@@ -81,7 +81,7 @@ def _series_json(series: Mapping[str, SeriesInfo]) -> dict[str, dict[str, str]]:
         m: {
             "series_instance_uid": series[m].series_instance_uid,
             "series_description": series[m].series_description,
-            "orthanc_id": series[m].orthanc_id,
+            "orthanc_id": series[m].key,  # a DICOMweb report replaces it (tumorseg.inspect_patient)
         }
         for m in SEQUENCES
         if m in series

@@ -1,4 +1,5 @@
-"""``GET /health``: never fails because Orthanc is down — it says ``degraded`` instead."""
+"""``GET /health``: never fails because the PACS is down — it says ``degraded`` instead. ``orthanc``
+reports the PACS, Orthanc REST or DICOMweb (``version`` null over DICOMweb)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ HEALTH_PACS_TIMEOUT_S = 3.0
 @router.get("/health", response_model=Health)
 def health(state: StateDep) -> Health:
     try:
-        version: str | None = str(state.pacs.system(timeout=HEALTH_PACS_TIMEOUT_S)["Version"])
+        answer = state.pacs.system(timeout=HEALTH_PACS_TIMEOUT_S)
+        reachable, version = True, None if answer.get("Version") is None else str(answer["Version"])
     except PacsError:
-        version = None
-    reachable = version is not None
+        reachable, version = False, None  # over DICOMweb a reachable PACS has no version either
     queue = state.job_runner().queue
     queue_health = None if queue is None else QueueHealth(reachable=queue.reachable(HEALTH_PACS_TIMEOUT_S))
     return Health(

@@ -1,0 +1,68 @@
+"""The PACS as the service uses it: one interface, two implementations.
+
+``OrthancClient`` (``tumorseg.pacs.client``) speaks Orthanc's REST API; ``DicomwebClient``
+(``tumorseg.pacs.dicomweb``) speaks QIDO-RS, WADO-RS and STOW-RS to any DICOMweb PACS (Orthanc's plugin,
+dcm4chee, cloud healthcare APIs). The pipeline, ``inspect``, the health check and the series cache use
+only what ``Pacs`` declares; the auto-trigger follows Orthanc's change log and needs ``OrthancClient``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tumorseg.records import SeriesInfo, StudyInfo
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """A stored instance: the PACS's keys of it, its study and series (Orthanc ids; UIDs over DICOMweb),
+    and ``status`` ("Success" or, from Orthanc, "AlreadyStored")."""
+
+    instance_id: str
+    study_id: str
+    series_id: str
+    status: str
+
+
+class Pacs(Protocol):
+    url: str
+    protocol: str  # "Orthanc REST" or "DICOMweb", for messages
+    orthanc_ids: bool  # whether keys are Orthanc ids (the result JSON's ``orthanc_id``)
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Pacs: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def system(self, timeout: float | None = None) -> dict[str, Any]:
+        """Reachability: an answer with ``Version`` (None where the protocol has none), or a PacsError."""
+        ...
+
+    def find_studies(self, patient_id: str) -> list[StudyInfo]:
+        """Every study whose PatientID is exactly ``patient_id``, oldest first."""
+        ...
+
+    def get_study(self, key: str) -> StudyInfo: ...
+
+    def patient_of_study(self, key: str) -> dict[str, str]:
+        """PatientName, PatientBirthDate, PatientSex of a study's patient (PHI: never log it)."""
+        ...
+
+    def list_series(self, study_key: str) -> list[SeriesInfo]:
+        """The series of a study with the tags of one instance each, by SeriesNumber."""
+        ...
+
+    def first_instance(self, series: SeriesInfo) -> tuple[str, dict[str, Any]]:
+        """(instance key, simplified tags) of one instance of ``series``."""
+        ...
+
+    def download_series(
+        self, series: SeriesInfo, progress: Callable[[int], None] | None = None
+    ) -> list[bytes]:
+        """Every instance of ``series`` as Part-10 bytes, any order; ``progress(1)`` after each."""
+        ...
+
+    def upload_instance(self, data: bytes) -> UploadResult: ...

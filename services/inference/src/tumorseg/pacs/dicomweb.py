@@ -1,0 +1,352 @@
+"""DICOMweb client (httpx, synchronous): QIDO-RS to search, WADO-RS to retrieve, STOW-RS to store.
+
+Any PACS that speaks DICOMweb works (PS3.18): Orthanc's DICOMweb plugin, dcm4chee, cloud healthcare APIs,
+vendor archives. Keys are UIDs: ``StudyInfo.key`` is the StudyInstanceUID, ``SeriesInfo.key`` the
+SeriesInstanceUID (the study's is kept beside it, as WADO-RS paths need both). DICOMweb has no notion of
+a study being complete (Orthanc's ``StableAge``) nor of a series' last change, so ``is_stable`` is always
+true and ``version`` is empty: a PACS should expose a study once it is complete.
+
+Requests:
+- ``find_studies``: ``GET /studies?PatientID=…`` (``*``, ``?`` and ``\\`` queried as ``?``, the answer
+  filtered exactly, as for Orthanc);
+- ``list_series``: ``GET /studies/{study}/series``, then per series one instance's metadata
+  (``…/instances?limit=1`` and ``…/instances/{sop}/metadata``): the physics tags the mapping reads are
+  not series-level attributes;
+- ``download_series``: ``GET /studies/{study}/series/{series}`` as ``multipart/related;
+  type="application/dicom"`` in the stored transfer syntax, parsed part by part as it streams in;
+- ``upload_instance``: ``POST /studies`` (STOW-RS), failures from the answer's FailedSOPSequence;
+- ``system`` (the health check): ``GET /studies?limit=1``.
+
+Auth: HTTP basic (the username/password settings) or a bearer token. Errors as ``tumorseg.pacs.http``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pydicom
+from pydicom.datadict import keyword_for_tag
+from pydicom.filebase import DicomBytesIO
+
+from tumorseg.errors import PacsNotFound, PacsProtocolError
+from tumorseg.pacs.base import UploadResult
+from tumorseg.pacs.http import HttpPacs
+from tumorseg.pacs.tags import describe_series, series_order
+from tumorseg.records import SeriesInfo, StudyInfo
+
+DICOM_JSON = "application/dicom+json"
+_MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
+_MATCHING_SPECIALS = ("*", "?", "\\")
+_DICM_OFFSET = 128
+_STUDY_FIELDS = ("StudyDescription", "StudyDate", "StudyTime", "NumberOfStudyRelatedSeries")
+_PATIENT_FIELDS = ("PatientName", "PatientBirthDate", "PatientSex")
+_SERIES_FIELDS = ("SeriesDescription", "SeriesNumber", "Modality", "NumberOfSeriesRelatedInstances")
+
+
+def simplified(dataset: dict[str, Any]) -> dict[str, Any]:
+    """A DICOM JSON dataset (PS3.18 F.2: ``{"00100020": {"vr": "LO", "Value": [...]}}``) in Orthanc's
+    simplified form: keyword → string (multiple values joined by ``\\``; a person name's alphabetic
+    group), sequences → lists of objects. Private and unknown tags and bulk data are left out."""
+    out: dict[str, Any] = {}
+    for tag, element in dataset.items():
+        try:
+            keyword = keyword_for_tag(int(tag, 16))
+        except ValueError:
+            continue
+        if not keyword or not isinstance(element, dict):
+            continue
+        values = element.get("Value")
+        if element.get("vr") == "SQ":
+            out[keyword] = [simplified(item) for item in values or [] if isinstance(item, dict)]
+        elif values is None:
+            if "BulkDataURI" not in element and "InlineBinary" not in element:
+                out[keyword] = ""
+        elif element.get("vr") == "PN":
+            out[keyword] = "\\".join(
+                str(v.get("Alphabetic", "")) if isinstance(v, dict) else str(v) for v in values
+            )
+        else:
+            out[keyword] = "\\".join("" if v is None else str(v) for v in values)
+    return out
+
+
+def _first(dataset: dict[str, Any], keyword: str) -> str:
+    value = simplified(dataset).get(keyword, "")
+    return str(value).split("\\")[0] if isinstance(value, str) else ""
+
+
+class DicomwebClient(HttpPacs):
+    """A connection to one DICOMweb service (base URL: the path before ``/studies``)."""
+
+    name = "the DICOMweb PACS"
+    url_setting = "TUMORSEG_DICOMWEB_URL"
+    credentials_hint = "check TUMORSEG_DICOMWEB_TOKEN or TUMORSEG_ORTHANC_USERNAME/PASSWORD"
+    orthanc_ids = False
+    protocol = "DICOMweb"
+
+    def __init__(
+        self,
+        url: str,
+        auth: tuple[str, str] | None = None,
+        timeout: float = 60.0,
+        *,
+        token: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        headers = {"Accept": DICOM_JSON}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        super().__init__(url, None if token else auth, timeout, headers=headers, **kwargs)
+        self._study_of_series: dict[str, str] = {}  # SeriesInstanceUID → StudyInstanceUID, as listed
+
+    # -- QIDO-RS -----------------------------------------------------------------------------------
+
+    def _qido(self, path: str, params: dict[str, Any] | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+        """A QIDO-RS search: the matches as DICOM JSON datasets (204 No Content: none)."""
+        what = f"GET {path}"
+
+        def send() -> httpx.Response:
+            with self._mapped_errors(what):
+                return self._client.get(path, params=params, **kwargs)
+
+        response = self._once_more_if_stale(what, send)
+        self._check(response, what)
+        if response.status_code == 204 or not response.content.strip():
+            return []
+        try:
+            answer = response.json()
+        except ValueError as exc:
+            raise PacsProtocolError(f"{self.name} answered {what} with a body that is not JSON") from exc
+        if not isinstance(answer, list) or not all(isinstance(item, dict) for item in answer):
+            raise PacsProtocolError(f"{self.name} answered {what} with something other than a list")
+        return answer
+
+    def system(self, timeout: float | None = None) -> dict[str, Any]:
+        """Reachability: a one-study search answers (DICOMweb has no version to report)."""
+        kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        self._qido("/studies", {"limit": 1}, **kwargs)
+        return {"Version": None, "Name": "DICOMweb"}
+
+    def _studies(self, params: dict[str, Any]) -> list[StudyInfo]:
+        fields = [*_STUDY_FIELDS, "PatientID"]
+        answer = self._qido("/studies", {**params, "includefield": fields})
+        return [self._study(item) for item in answer]
+
+    @staticmethod
+    def _study(item: dict[str, Any]) -> StudyInfo:
+        tags = simplified(item)
+        uid = str(tags.get("StudyInstanceUID", ""))
+        try:
+            series_count = int(str(tags.get("NumberOfStudyRelatedSeries") or 0))
+        except ValueError:
+            series_count = 0
+        return StudyInfo(
+            key=uid,
+            study_instance_uid=uid,
+            patient_id=str(tags.get("PatientID", "")),
+            study_date=str(tags.get("StudyDate", "")),
+            study_time=str(tags.get("StudyTime", "")),
+            study_description=str(tags.get("StudyDescription", "")),
+            series_count=series_count,
+        )
+
+    def find_studies(self, patient_id: str) -> list[StudyInfo]:
+        """Every study whose PatientID is exactly ``patient_id``, oldest first."""
+        query = "".join("?" if ch in _MATCHING_SPECIALS else ch for ch in patient_id)
+        exact = [s for s in self._studies({"PatientID": query}) if s.patient_id == patient_id]
+        return sorted(exact, key=lambda s: (s.study_date, s.study_time, s.study_instance_uid))
+
+    def get_study(self, key: str) -> StudyInfo:
+        found = [s for s in self._studies({"StudyInstanceUID": key}) if s.study_instance_uid == key]
+        if not found:
+            raise PacsNotFound(f"{self.name} has no study {key}")
+        return found[0]
+
+    def patient_of_study(self, key: str) -> dict[str, str]:
+        """The patient's tags as the study search gives them. Holds PHI: never log it."""
+        answer = self._qido("/studies", {"StudyInstanceUID": key, "includefield": list(_PATIENT_FIELDS)})
+        if not answer:
+            raise PacsNotFound(f"{self.name} has no study {key}")
+        tags = simplified(answer[0])
+        return {k: str(tags.get(k, "")) for k in ("PatientID", *_PATIENT_FIELDS)}
+
+    def list_series(self, study_key: str) -> list[SeriesInfo]:
+        """The series of a study, each with one instance's tags merged in, by SeriesNumber."""
+        listed = self._qido(f"/studies/{study_key}/series", {"includefield": list(_SERIES_FIELDS)})
+
+        def describe(item: dict[str, Any]) -> SeriesInfo:
+            main = simplified(item)
+            uid = str(main.get("SeriesInstanceUID", ""))
+            self._study_of_series[uid] = study_key
+            instances = self._qido(f"/studies/{study_key}/series/{uid}/instances")
+            tags = self._metadata(study_key, uid, _first(instances[0], "SOPInstanceUID")) if instances else {}
+            return describe_series(uid, main, tags, instance_count=len(instances))
+
+        with ThreadPoolExecutor(max_workers=min(self.download_workers, max(len(listed), 1))) as pool:
+            return sorted(pool.map(describe, listed), key=series_order)
+
+    def _metadata(self, study: str, series: str, sop: str) -> dict[str, Any]:
+        """WADO-RS metadata of one instance, simplified."""
+        answer = self._qido(f"/studies/{study}/series/{series}/instances/{sop}/metadata")
+        if not answer:
+            raise PacsNotFound(f"{self.name} has no metadata for instance {sop}")
+        return simplified(answer[0])
+
+    def _study_uid(self, series: SeriesInfo) -> str:
+        study = self._study_of_series.get(series.key)
+        if study is None:
+            raise PacsProtocolError(f"series {series.key} was not listed by this client")
+        return study
+
+    def first_instance(self, series: SeriesInfo) -> tuple[str, dict[str, Any]]:
+        study = self._study_uid(series)
+        instances = self._qido(f"/studies/{study}/series/{series.key}/instances", {"limit": 1})
+        if not instances:
+            raise PacsProtocolError(f"series {series.key}: {self.name} lists no instance")
+        sop = _first(instances[0], "SOPInstanceUID")
+        return sop, self._metadata(study, series.key, sop)
+
+    # -- WADO-RS -----------------------------------------------------------------------------------
+
+    def download_series(
+        self, series: SeriesInfo, progress: Callable[[int], None] | None = None
+    ) -> list[bytes]:
+        """Every instance of ``series`` (one WADO-RS request, parts parsed as they arrive). Fewer
+        instances than listed raises ``PacsNotFound`` (the series changed meanwhile), none at all
+        ``PacsProtocolError``."""
+        study = self._study_uid(series)
+        path = f"/studies/{study}/series/{series.key}"
+        what = f"GET {path}"
+
+        def fetch() -> list[bytes]:
+            files = []
+            with (
+                self._mapped_errors(what),
+                self._download_slots,
+                self._client.stream(
+                    "GET",
+                    path,
+                    headers={
+                        "Accept": f"{_MULTIPART_DICOM}; transfer-syntax=*",
+                        "Accept-Encoding": "identity",
+                    },
+                ) as response,
+            ):
+                self._check(response, what)
+                for part in multipart_parts(response.headers.get("Content-Type", ""), response.iter_bytes()):
+                    if len(part) < _DICM_OFFSET + 4 or part[_DICM_OFFSET : _DICM_OFFSET + 4] != b"DICM":
+                        raise PacsProtocolError(f"{what}: a part is not a DICOM file ({len(part)} bytes)")
+                    files.append(part)
+                    if progress is not None:
+                        progress(1)
+            return files
+
+        files = self._once_more_if_stale(what, fetch)
+        if not files:
+            raise PacsProtocolError(f"series {series.key}: {self.name} sent no instance")
+        if len(files) < series.instance_count:
+            raise PacsNotFound(f"{what}: {len(files)} instances of the {series.instance_count} listed")
+        return files
+
+    # -- STOW-RS -----------------------------------------------------------------------------------
+
+    def upload_instance(self, data: bytes) -> UploadResult:
+        """STOW-RS of one Part-10 file into its study; a failure the PACS reports (FailedSOPSequence)
+        raises ``PacsProtocolError`` with its reason code."""
+        try:
+            header = pydicom.dcmread(
+                DicomBytesIO(data),
+                stop_before_pixels=True,
+                specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"],
+            )
+        except Exception as exc:  # pydicom raises many types for a damaged file
+            raise PacsProtocolError(f"not a DICOM file: {exc}") from exc
+        study = str(header.get("StudyInstanceUID", ""))
+        boundary = uuid.uuid4().hex
+        body = (
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        path = f"/studies/{study}" if study else "/studies"
+        what = f"POST {path}"
+
+        def send() -> httpx.Response:
+            with self._mapped_errors(what):
+                return self._client.post(
+                    path,
+                    content=body,
+                    headers={"Content-Type": f"{_MULTIPART_DICOM}; boundary={boundary}"},
+                )
+
+        response = self._once_more_if_stale(what, send)  # storing the same instance twice is harmless
+        answer: dict[str, Any] = {}
+        if response.content.strip():
+            try:
+                parsed = response.json()
+                answer = parsed if isinstance(parsed, dict) else {}
+            except ValueError:
+                answer = {}
+        failed = simplified(answer).get("FailedSOPSequence") or []
+        if failed:
+            reason = failed[0].get("FailureReason", "?") if isinstance(failed[0], dict) else "?"
+            raise PacsProtocolError(f"{self.name} refused the instance ({what}: failure reason {reason})")
+        self._check(response, what)
+        return UploadResult(
+            instance_id=str(header.get("SOPInstanceUID", "")),
+            study_id=study,
+            series_id=str(header.get("SeriesInstanceUID", "")),
+            status="Success",
+        )
+
+
+def multipart_parts(content_type: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The bodies of a ``multipart/related`` stream (RFC 2046), one at a time as the chunks arrive,
+    keeping no more than the part being read (and scanning each byte for the delimiter once).
+    ``PacsProtocolError`` when the stream is not multipart or ends before its closing delimiter."""
+    delimiter = b"\r\n--" + _boundary(content_type)
+    buffer = bytearray(b"\r\n")  # the first delimiter has no line break before it
+    scan = 0  # where the next search starts: nothing before it can begin a delimiter
+    in_part = False  # past the first delimiter (what comes before it is a preamble)
+    for chunk in chunks:
+        buffer += chunk
+        while True:
+            at = buffer.find(delimiter, scan)
+            if at < 0:
+                scan = max(0, len(buffer) - len(delimiter) + 1)
+                break
+            after = at + len(delimiter)
+            if len(buffer) < after + 2:  # is it the closing delimiter ("--" follows)? wait and see
+                scan = at
+                break
+            if in_part:
+                yield _part_body(bytes(buffer[:at]))
+            if buffer[after : after + 2] == b"--":
+                return
+            in_part = True
+            del buffer[:after]
+            scan = 0
+    raise PacsProtocolError("the multipart answer ended before its closing boundary")
+
+
+def _boundary(content_type: str) -> bytes:
+    kind, _, parameters = content_type.partition(";")
+    if kind.strip().lower() != "multipart/related":
+        raise PacsProtocolError(f"expected multipart/related, got {content_type or 'no Content-Type'}")
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.strip().partition("=")
+        if name.lower() == "boundary" and value:
+            return value.strip('"').encode()
+    raise PacsProtocolError("the multipart answer names no boundary")
+
+
+def _part_body(part: bytes) -> bytes:
+    """A part (after its delimiter line): headers, a blank line, the body."""
+    head_end = part.find(b"\r\n\r\n")
+    if head_end < 0:
+        raise PacsProtocolError("a multipart part has no header block")
+    return part[head_end + 4 :]
