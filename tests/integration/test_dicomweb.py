@@ -1,0 +1,113 @@
+"""The service over DICOMweb only (Orthanc's DICOMweb plugin as the PACS, TUMORSEG_ORTHANC_URL pointing
+nowhere): the same mapping and mask, voxel for voxel, as over Orthanc REST; the SEG stored through STOW-RS
+into the source study, and found there again; /health and inspect over QIDO-RS."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+from pydicom.filebase import DicomBytesIO
+from typer.testing import CliRunner
+
+from tests.orthanc import OrthancEndpoint, segment_settings, upload_folder
+from tests.studies import UploadedStudy, clone_study
+from tumorseg.api.main import create_app
+from tumorseg.cli import app as cli
+from tumorseg.config import get_settings
+
+pytestmark = pytest.mark.integration
+
+NOWHERE = "http://127.0.0.1:9"  # the discard port: nothing answers there
+
+
+def _dicomweb(orthanc: OrthancEndpoint, random_model: Path, results: Path, **extra: object) -> TestClient:
+    settings = segment_settings(
+        NOWHERE, orthanc.auth, random_model, results, dicomweb_url=f"{orthanc.url}/dicom-web", **extra
+    )
+    return TestClient(create_app(settings))
+
+
+def _mask(client: TestClient, result: dict[str, object], path: Path) -> np.ndarray:
+    path.write_bytes(client.get(str(result["mask_url"])).content)
+    return np.asarray(nib.load(path).dataobj)
+
+
+def test_the_same_study_gives_the_same_mask_over_rest_and_dicomweb(
+    clinical_study: UploadedStudy, orthanc: OrthancEndpoint, random_model: Path, tmp_path: Path
+) -> None:
+    rest_app = create_app(segment_settings(orthanc.url, orthanc.auth, random_model, tmp_path / "rest"))
+    with TestClient(rest_app) as rest:
+        over_rest = rest.post(f"/segment/{clinical_study.patient_id}")
+        assert over_rest.status_code == 200, over_rest.text
+        rest_mask = _mask(rest, over_rest.json(), tmp_path / "rest.nii.gz")
+    with _dicomweb(orthanc, random_model, tmp_path / "web") as web:
+        health = web.get("/health").json()
+        assert health["orthanc"] == {"reachable": True, "version": None}
+        over_web = web.post(f"/segment/{clinical_study.patient_id}")
+        assert over_web.status_code == 200, over_web.text
+        web_mask = _mask(web, over_web.json(), tmp_path / "web.nii.gz")
+    a, b = over_rest.json(), over_web.json()
+    assert {m: s["series_instance_uid"] for m, s in a["series"].items()} == {
+        m: s["series_instance_uid"] for m, s in b["series"].items()
+    }
+    assert all(s["orthanc_id"] for s in a["series"].values())
+    assert all(s["orthanc_id"] is None for s in b["series"].values())  # no Orthanc ids over DICOMweb
+    assert a["mapping_notes"] == b["mapping_notes"] and a["mask"] == b["mask"]
+    assert np.count_nonzero(rest_mask) > 0, "empty mask: the comparison would say nothing"
+    assert np.array_equal(rest_mask, web_mask)
+
+
+def test_the_seg_goes_into_the_source_study_through_stow_rs_once(
+    clinical_study: UploadedStudy, orthanc: OrthancEndpoint, random_model: Path, tmp_path: Path
+) -> None:
+    patient_id = clone_study(clinical_study.converted, tmp_path / "study")
+    upload_folder(orthanc, tmp_path / "study")
+    with _dicomweb(orthanc, random_model, tmp_path / "results") as web:
+        first = web.post(f"/segment/{patient_id}", params={"reference": "t1ce", "store_seg": "true"})
+        assert first.status_code == 200, first.text
+        again = web.post(f"/segment/{patient_id}", params={"reference": "t1ce", "store_seg": "true"})
+        assert again.status_code == 200, again.text
+    result, repeated = first.json(), again.json()
+    seg = result["dicom_seg"]
+    assert seg["orthanc_id"] is None
+    assert repeated["dicom_seg"] == seg  # found in the study over QIDO/WADO: no second SEG
+    with orthanc.client() as pacs:  # the test looks through Orthanc's REST API; the service did not
+        (study,) = pacs.find_studies(patient_id)
+        assert study.study_instance_uid == result["study_instance_uid"]
+        segs = [s for s in pacs.list_series(study.key) if s.modality == "SEG"]
+        assert [(s.series_instance_uid, s.instance_count) for s in segs] == [(seg["series_instance_uid"], 1)]
+        (instance,) = pacs.instance_ids(segs[0].key)
+        stored = pydicom.dcmread(DicomBytesIO(pacs.download_instance(instance)))
+    assert str(stored.SOPInstanceUID) == seg["sop_instance_uid"]
+    referenced = {str(item.SeriesInstanceUID) for item in stored.ReferencedSeriesSequence}
+    assert referenced == {result["reference"]["series_instance_uid"]}
+
+
+@pytest.fixture
+def dicomweb_env(orthanc: OrthancEndpoint, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
+    for name, value in orthanc.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TUMORSEG_ORTHANC_URL", NOWHERE)
+    monkeypatch.setenv("TUMORSEG_DICOMWEB_URL", f"{orthanc.url}/dicom-web")
+    get_settings.cache_clear()
+    yield CliRunner()
+    get_settings.cache_clear()
+
+
+def test_inspect_over_dicomweb_reports_the_mapping_segment_would_use(
+    dicomweb_env: CliRunner, clinical_study: UploadedStudy
+) -> None:
+    run = dicomweb_env.invoke(cli, ["inspect", clinical_study.patient_id, "--json"])
+    assert run.exit_code == 0, run.output
+    report = json.loads(run.output)
+    assert report["orthanc"]["protocol"] == "DICOMweb" and report["orthanc"]["reachable"] is True
+    assert set(report["series"]) == {"flair", "t1", "t1ce", "t2"}
+    assert all(s["orthanc_id"] is None for s in report["series"].values())
+    assert report["study_instance_uid"] == clinical_study.converted.study_instance_uid
