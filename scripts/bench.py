@@ -30,7 +30,9 @@ and that many `tumorseg worker` processes get BENCH_WORKER_STUDIES (default 6) n
 jobs at once: studies per hour. And in auto mode (TUMORSEG_AUTO_SEGMENT, default poll) with the largest
 count, BENCH_LATENCY_STUDIES (default 3) studies uploaded one after the other: the seconds from Orthanc
 marking each stable to its DICOM SEG being in Orthanc. BENCH_KINDS= (empty) runs only this part, and
-BENCH_WORKERS= (empty) skips it. Results go to bench/results.json.
+BENCH_WORKERS= (empty) skips it. On the clinical kind a third service talks DICOMweb only (Orthanc's
+plugin; BENCH_DICOMWEB=0 skips it): its fetch stage against Orthanc REST's. Results go to
+bench/results.json.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ WORKER_COUNTS = [int(n) for n in os.environ.get("BENCH_WORKERS", "1,2").split(",
 WORKER_STUDIES = int(os.environ.get("BENCH_WORKER_STUDIES", "6"))
 LATENCY_STUDIES = int(os.environ.get("BENCH_LATENCY_STUDIES", "3"))
 NETWORK = os.environ.get("BENCH_NETWORK", "1") != "0"
+DICOMWEB = os.environ.get("BENCH_DICOMWEB", "1") != "0"
+NOWHERE = "http://127.0.0.1:9"
 MODEL = Path(os.environ.get("TUMORSEG_MODEL_PATH", "models/default"))
 
 
@@ -132,8 +136,12 @@ def service_env(orthanc: LocalOrthanc, results: Path, **extra: str) -> dict[str,
 class Service(LocalService):
     """`tumorseg serve` on ``orthanc``, with a series cache of ``cache_mb`` MiB (0: off), started at once."""
 
-    def __init__(self, orthanc: LocalOrthanc, results: Path, log: Path, cache_mb: int) -> None:
+    def __init__(
+        self, orthanc: LocalOrthanc, results: Path, log: Path, cache_mb: int, dicomweb: bool = False
+    ) -> None:
         env = service_env(orthanc, results, TUMORSEG_SERIES_CACHE_MB=str(cache_mb))
+        if dicomweb:  # QIDO/WADO-RS through Orthanc's DICOMweb plugin; the REST URL points nowhere
+            env |= {"TUMORSEG_DICOMWEB_URL": f"{orthanc.url}/dicom-web", "TUMORSEG_ORTHANC_URL": NOWHERE}
         super().__init__(env, log, timeout=300.0, stop_timeout=60.0)
         try:
             self.start()
@@ -212,8 +220,12 @@ def bench_kind(kind: str, orthanc: LocalOrthanc) -> list[dict[str, Any]]:
     folders = [converted.get(m).folder for m in SEQUENCES]
     shapes = {m: converted.get(m).n_files for m in SEQUENCES}
     rows = []
-    for mode, cache_mb in (("no cache", 0), ("series cache", 512)):
-        service = Service(orthanc, WORK / "results", WORK / f"service-{kind}-{cache_mb}.log", cache_mb)
+    modes = [("no cache", 0, False), ("series cache", 512, False)]
+    if DICOMWEB and kind == "clinical":
+        modes.append(("dicomweb, no cache", 0, True))
+    for mode, cache_mb, dicomweb in modes:
+        log = WORK / f"service-{kind}-{cache_mb}{'-dicomweb' if dicomweb else ''}.log"
+        service = Service(orthanc, WORK / "results", log, cache_mb, dicomweb=dicomweb)
         leak: list[float] = []
         try:
             row: dict[str, Any] = {"kind": kind, "mode": mode, "slices": shapes, **timed(service, patient_id)}
@@ -225,7 +237,11 @@ def bench_kind(kind: str, orthanc: LocalOrthanc) -> list[dict[str, Any]]:
                     say(f"leak check {n + 1}/{LEAK_RUNS}: RSS {leak[-1]:.0f} MiB")
         finally:
             service.stop()
-        if not cache_mb:  # dcm2niix converting the same four series, timed in the same run
+        if dicomweb:  # the fetch stage (find, list, download) against Orthanc REST's, same study, same run
+            rest = rows[0]["median_s"]["fetch"]
+            row["fetch_over_rest"] = round(row["median_s"]["fetch"] / rest, 3)
+            say(f"{kind}: DICOMweb fetch {row['median_s']['fetch']:.3f} s vs REST {rest:.3f} s")
+        elif not cache_mb:  # dcm2niix converting the same four series, timed in the same run
             converter = statistics.median(dcm2niix_seconds(folders) for _ in range(RUNS))
             row["dcm2niix_s"] = round(converter, 3)
             row["load_over_dcm2niix"] = round(row["median_s"]["load"] / converter, 3)
@@ -506,6 +522,12 @@ def main() -> None:
                 f"{med['brain_extraction']:.2f} s = {med['registration'] + med['brain_extraction']:.2f} s vs "
                 f"inference {med['inference']:.2f} s (target reg+BET <= inference: {verdict}); "
                 f"peak RSS {row['peak_rss_mib']:.0f} MiB"
+            )
+        if "fetch_over_rest" in row:
+            verdict = "met" if row["fetch_over_rest"] <= 1.5 else "MISSED"
+            print(
+                f"\n{row['kind']}: DICOMweb fetch {row['median_s']['fetch']:.3f} s = {row['fetch_over_rest']}x the "
+                f"Orthanc REST fetch (target <= 1.5x: {verdict})"
             )
         if "leak_growth_mib" in row:
             print(

@@ -176,7 +176,7 @@ def test_series_deleted_while_fetched_is_422_naming_it(
 
     response = segment_with_fault(app, private_study, delete_first)
     assert response.status_code == 422 and response.json()["code"] == "broken_series"
-    assert deleted[0] in response.json()["detail"] and "changed in Orthanc" in response.json()["detail"]
+    assert deleted[0] in response.json()["detail"] and "changed in the PACS" in response.json()["detail"]
 
 
 def test_corrupt_instance_is_422_naming_the_series(

@@ -2,7 +2,7 @@
 postprocess (back onto the reference lattice) → export (NIfTI mask, preview PNG, and on request a DICOM
 SEG stored in the source study) → persist. Each stage is timed.
 
-``Segmenter`` holds what lives across requests (Orthanc client, predictor, result store) and is the one
+``Segmenter`` holds what lives across requests (PACS client, predictor, result store) and is the one
 place that decides concurrency: one request at a time on the model, a bounded number of synchronous
 requests waiting (``Busy`` beyond that), and the job runner's one job in a place of its own. It is used by the
 API and by ``tumorseg segment`` alike.
@@ -378,7 +378,7 @@ class Segmenter:
             return self.pacs.download_series(info)
         except PacsNotFound as exc:  # listed a moment ago: it changed under us
             raise BrokenSeries(
-                f"series {_series_label(modality, info)} changed in Orthanc while it was fetched "
+                f"series {_series_label(modality, info)} changed in the PACS while it was fetched "
                 "(an instance disappeared); retry when the study is complete"
             ) from exc
 

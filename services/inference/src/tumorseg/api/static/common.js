@@ -15,9 +15,29 @@ const tumorseg = (() => {
     return fetch(path, { headers: headers(), cache: "no-store", credentials: "omit" });
   }
 
+  // The key form, made once, under the page's header.
+  function keyForm() {
+    const existing = document.getElementById("key-form");
+    if (existing) return existing;
+    const form = document.createElement("form");
+    form.id = "key-form";
+    form.hidden = true;
+    const label = element("label", "This service needs an API key (TUMORSEG_API_KEY). It is kept for this tab only.");
+    label.htmlFor = "key-input";
+    const input = document.createElement("input");
+    Object.assign(input, { id: "key-input", type: "password", autocomplete: "off", required: true });
+    const button = element("button", "Open");
+    button.type = "submit";
+    const message = element("p");
+    message.id = "key-message";
+    form.append(label, input, button, message);
+    document.querySelector("header").after(form);
+    return form;
+  }
+
   // Shows the key form and resolves once the user submitted a key (stored for the tab).
   function askForKey(message) {
-    const form = document.getElementById("key-form");
+    const form = keyForm();
     const input = document.getElementById("key-input");
     document.getElementById("key-message").textContent = message;
     form.hidden = false;
