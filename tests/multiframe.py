@@ -1,5 +1,7 @@
 """Multi-frame versions of classic MR series for tests: Legacy Converted Enhanced MR (highdicom's legacy
-converter, as a PACS conversion writes it) with the frames in the source's order or shuffled."""
+converter, as a PACS conversion writes it) and Enhanced MR (built here from that conversion, the physics in
+the MR functional-group macros as a scanner writes it), with the frames in the source's order or shuffled.
+``dciodvfy`` passes both (``tests/integration/test_multiframe.py``)."""
 
 from __future__ import annotations
 
@@ -44,6 +46,156 @@ def legacy_converted(files: Sequence[bytes], *, shuffle_seed: int | None = None)
         converted.PerFrameFunctionalGroupsSequence = DicomSequence([groups[i] for i in order])
         converted.PixelData = np.ascontiguousarray(frames[order]).tobytes()
     return converted
+
+
+ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
+
+
+def _item(**attributes: object) -> Dataset:
+    item = Dataset()
+    for keyword, value in attributes.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def _sequence(**attributes: object) -> DicomSequence:
+    return DicomSequence([_item(**attributes)])
+
+
+def enhanced_mr(files: Sequence[bytes], *, shuffle_seed: int | None = None) -> Dataset:
+    """One Enhanced MR Image Storage instance of the classic series ``files``: geometry per frame (plane
+    position) and shared (orientation, pixel measures); the physics only where Enhanced MR keeps it
+    (MR Timing and Related Parameters, MR Echo, MR Modifier, ... macros; contrast in Contrast/Bolus Usage),
+    none of the classic physics attributes at the top level."""
+    source = pydicom.dcmread(DicomBytesIO(files[0]), stop_before_pixels=True)
+    ds = legacy_converted(files, shuffle_seed=shuffle_seed)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = ENHANCED_MR
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    del shared.UnassignedSharedConvertedAttributesSequence
+    for group in ds.PerFrameFunctionalGroupsSequence:
+        for keyword in (
+            "UnassignedPerFrameConvertedAttributesSequence",
+            "ConversionSourceAttributesSequence",
+        ):
+            if keyword in group:
+                delattr(group, keyword)
+        content = group.FrameContentSequence[0]
+        content.FrameAcquisitionDateTime = content.FrameReferenceDateTime = "20240312093500"
+        content.FrameAcquisitionDuration = 1000.0
+    for keyword in ("ContrastBolusAgent", "RescaleSlope", "RescaleIntercept", "RescaleType"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    inversion = source.get("InversionTime")
+    spin_echo = "SE" in list(source.get("ScanningSequence") or [])
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    shared.MRImageFrameTypeSequence[0].FrameType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    for item in (ds, shared.MRImageFrameTypeSequence[0]):
+        item.ComplexImageComponent = "MAGNITUDE"
+        item.AcquisitionContrast = "UNKNOWN"
+    ds.update(
+        _item(
+            Manufacturer=source.get("Manufacturer") or "SIEMENS",
+            ManufacturerModelName=source.get("ManufacturerModelName") or "Prisma",
+            DeviceSerialNumber="1234",
+            SoftwareVersions="syngo MR XA30",
+            PatientPosition="HFS",
+            BurnedInAnnotation="NO",
+            LossyImageCompression="00",
+            AcquisitionDateTime="20240312093500",
+            AcquisitionDuration=60.0,
+            ApplicableSafetyStandardAgency="IEC",
+            KSpaceFiltering="NONE",
+            MagneticFieldStrength=3.0,
+            ResonantNucleus="1H",
+            MRAcquisitionType=source.get("MRAcquisitionType") or "3D",
+            PulseSequenceName=str(source.get("SequenceName") or "tfl3d1"),
+            EchoPulseSequence="SPIN" if spin_echo else "GRADIENT",
+            MultiPlanarExcitation="NO",
+            PhaseContrast="NO",
+            TimeOfFlightContrast="NO",
+            SteadyStatePulseSequence="NONE",
+            EchoPlanarPulseSequence="NO",
+            SaturationRecovery="NO",
+            SpectrallySelectedSuppression="NONE",
+            OversamplingPhase="NONE",
+            GeometryOfKSpaceTraversal="RECTILINEAR",
+            SegmentedKSpaceTraversal="SINGLE",
+            NumberOfKSpaceTrajectories=1,
+            RectilinearPhaseEncodeReordering="LINEAR",
+        )
+    )
+    if spin_echo:
+        ds.MultipleSpinEcho = "NO"
+    if ds.MRAcquisitionType == "3D":
+        ds.CoverageOfKSpace = "FULL"
+    shared.MRTimingAndRelatedParametersSequence = _sequence(
+        RepetitionTime=float(source.RepetitionTime),
+        FlipAngle=float(source.get("FlipAngle") or 90),
+        EchoTrainLength=int(source.get("EchoTrainLength") or 1),
+        RFEchoTrainLength=1,
+        GradientEchoTrainLength=1,
+        OperatingModeSequence=_sequence(OperatingModeType="IEC_SAR", OperatingMode="IEC_NORMAL"),
+        SpecificAbsorptionRateSequence=_sequence(
+            SpecificAbsorptionRateDefinition="IEC_WHOLE_BODY", SpecificAbsorptionRateValue=0.5
+        ),
+    )
+    shared.MREchoSequence = _sequence(EffectiveEchoTime=float(source.EchoTime))
+    modifier = _item(
+        InversionRecovery="YES" if inversion is not None else "NO",
+        FlowCompensation="NONE",
+        T2Preparation="NO",
+        SpatialPresaturation="NONE",
+        PartialFourier="NO",
+        ParallelAcquisition="NO",
+        SpectrallySelectedExcitation="NONE",
+    )
+    if inversion is not None:
+        modifier.InversionTimes = [float(inversion)]
+    shared.MRModifierSequence = DicomSequence([modifier])
+    shared.MRImagingModifierSequence = _sequence(
+        MagnetizationTransfer="NONE",
+        BloodSignalNulling="NO",
+        Tagging="NONE",
+        TransmitterFrequency=123.25,
+        PixelBandwidth=200.0,
+    )
+    shared.MRReceiveCoilSequence = _sequence(
+        ReceiveCoilName="HeadNeck_20",
+        ReceiveCoilManufacturerName="",
+        ReceiveCoilType="VOLUME",
+        QuadratureReceiveCoil="NO",
+    )
+    shared.MRTransmitCoilSequence = _sequence(
+        TransmitCoilName="Body", TransmitCoilManufacturerName="", TransmitCoilType="BODY"
+    )
+    shared.MRAveragesSequence = _sequence(NumberOfAverages=1.0)
+    shared.MRFOVGeometrySequence = _sequence(
+        InPlanePhaseEncodingDirection="ROW",
+        MRAcquisitionFrequencyEncodingSteps=int(ds.Columns),
+        MRAcquisitionPhaseEncodingStepsInPlane=int(ds.Rows),
+        PercentSampling=100.0,
+        PercentPhaseFieldOfView=100.0,
+    )
+    if "FrameAnatomySequence" not in shared:
+        region = _item(CodeValue="12738006", CodingSchemeDesignator="SCT", CodeMeaning="Brain")
+        shared.FrameAnatomySequence = _sequence(
+            AnatomicRegionSequence=DicomSequence([region]), FrameLaterality="U"
+        )
+    agent = source.get("ContrastBolusAgent")
+    if agent:
+        code = _item(CodeValue="C-B0300", CodingSchemeDesignator="SRT", CodeMeaning=str(agent))
+        ds.ContrastBolusAgentSequence = DicomSequence([code])
+        code.ContrastBolusAgentNumber = 1
+        code.ContrastBolusIngredientCodeSequence = DicomSequence([])
+        code.ContrastBolusIngredientConcentration = None
+        code.ContrastBolusVolume = None
+        code.ContrastBolusAdministrationRouteSequence = DicomSequence(
+            [_item(CodeValue="G-D101", CodingSchemeDesignator="SRT", CodeMeaning="Intravenous route")]
+        )
+        shared.ContrastBolusUsageSequence = _sequence(
+            ContrastBolusAgentNumber=1, ContrastBolusAgentAdministered="YES", ContrastBolusAgentDetected="NO"
+        )
+    return ds
 
 
 def shorten_decimals(ds: Dataset) -> Dataset:

@@ -1,5 +1,6 @@
-"""The clinical phantom study with three of its series as multi-frame Legacy Converted Enhanced MR (the
-oblique FLAIR with its frames shuffled, the sagittal T1, the reversed-slice T1ce; the coronal T2 stays
+"""The clinical phantom study with three of its series as multi-frame objects (the oblique FLAIR as Legacy
+Converted Enhanced MR with its frames shuffled; the sagittal T1, frames shuffled, and the reversed-slice
+T1ce with its contrast, as Enhanced MR with the physics in the MR macros only; the coronal T2 stays
 classic): the same mapping and the same mask, voxel for voxel, as the classic study through POST /segment;
 each multi-frame object is valid (``dciodvfy``) and ``dcm2niix`` agrees with its loaded lattice; the DICOM
 SEG on the shuffled multi-frame FLAIR is valid and places each segment frame on its source frame."""
@@ -17,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.geometry import as_nifti, dcm2niix, onto_lattice_of
-from tests.multiframe import legacy_converted
+from tests.multiframe import enhanced_mr, legacy_converted
 from tests.orthanc import OrthancEndpoint, segment_settings, upload_folder
 from tests.studies import UploadedStudy, clone_study
 from tumorseg import functional_groups as fg
@@ -26,7 +27,8 @@ from tumorseg.imaging.volume import load_series
 
 pytestmark = pytest.mark.integration
 
-CONVERTED = {"flair": 11, "t1": None, "t1ce": None}  # sequence → frame shuffle seed (None: as converted)
+# sequence → (how it is converted, the frame shuffle seed: None keeps the converter's order)
+CONVERTED = {"flair": (legacy_converted, 11), "t1": (enhanced_mr, 5), "t1ce": (enhanced_mr, None)}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,8 @@ def studies(
     for folder in sorted((work / "source").iterdir()):
         if folder.name in CONVERTED:
             files = [path.read_bytes() for path in sorted(folder.glob("*.dcm"))]
-            converted = legacy_converted(files, shuffle_seed=CONVERTED[folder.name])
+            convert, seed = CONVERTED[folder.name]
+            converted = convert(files, shuffle_seed=seed)
             (work / "multi" / folder.name).mkdir(parents=True)
             converted.save_as(work / "multi" / folder.name / "multiframe.dcm", enforce_file_format=True)
         else:

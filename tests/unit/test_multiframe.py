@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import copy
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.sequence import Sequence as DicomSequence
 
 from tests.dicom_factory import volume_series
-from tests.multiframe import legacy_converted, shorten_decimals, to_bytes
+from tests.multiframe import enhanced_mr, legacy_converted, shorten_decimals, to_bytes
 from tumorseg import functional_groups as fg
 from tumorseg.errors import BrokenSeries
 from tumorseg.export.dicom_seg import build_segmentation, read_headers
@@ -46,15 +50,24 @@ def _same_volume(a: sitk.Image, b: sitk.Image) -> None:
     assert np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-9)
 
 
-@pytest.mark.parametrize("shuffle_seed", [None, 7])
-def test_a_legacy_converted_series_loads_as_its_classic_series(shuffle_seed: int | None) -> None:
+@pytest.mark.parametrize(
+    ("convert", "shuffle_seed", "sop_class"),
+    [
+        (legacy_converted, None, fg.LEGACY_CONVERTED_ENHANCED_MR),
+        (legacy_converted, 7, fg.LEGACY_CONVERTED_ENHANCED_MR),
+        (enhanced_mr, 7, fg.ENHANCED_MR),
+    ],
+)
+def test_a_multi_frame_series_loads_as_its_classic_series(
+    convert: Callable[..., Dataset], shuffle_seed: int | None, sop_class: str
+) -> None:
     files = _oblique_series()
     classic = load_series(list(reversed(files)), "flair")
-    converted = legacy_converted(files, shuffle_seed=shuffle_seed)
+    converted = convert(files, shuffle_seed=shuffle_seed)
     multi = load_series([to_bytes(converted)], "flair")
     _same_volume(classic.image, multi.image)
     assert multi.sop_instance_uids == (str(converted.SOPInstanceUID),) * 9
-    assert multi.sop_class_uid == fg.LEGACY_CONVERTED_ENHANCED_MR
+    assert multi.sop_class_uid == sop_class
     # Slice k is the frame whose position is k-th along the normal, whatever the file's frame order.
     positions = [
         [float(v) for v in fg.find(converted, "ImagePositionPatient", n - 1)] for n in multi.frame_numbers
@@ -123,7 +136,17 @@ def test_the_mapping_reads_the_physics_from_the_functional_groups() -> None:
     assert series.pixel_spacing == (0.8, 0.9) and series.slice_thickness == 3.0
     assert series.image_orientation_patient is not None
     assert series.slice_count == 9 and series.instance_count == 1
-    # Enhanced MR proper: the MR macros and the contrast usage.
+    # Enhanced MR: the MR macros only, none of the classic physics attributes at the top level.
+    source = _oblique_series()
+    classic_tags = _simplified(pydicom.dcmread(DicomBytesIO(source[0])))
+    classic = series_from_orthanc({"ID": "c", "MainDicomTags": {}, "Instances": ["i"] * 9}, classic_tags)
+    enhanced_tags = _simplified(enhanced_mr(source))
+    assert "RepetitionTime" not in enhanced_tags and "EchoTime" not in enhanced_tags
+    built = series_from_orthanc({"ID": "c", "MainDicomTags": {}, "Instances": ["i"]}, enhanced_tags)
+    same = ("repetition_time", "echo_time", "inversion_time", "pixel_spacing", "image_orientation_patient")
+    assert [getattr(built, k) for k in same] == [getattr(classic, k) for k in same]
+    assert built.slice_count == classic.slice_count == 9
+    # A hand-written Enhanced MR listing: the contrast usage macro.
     enhanced = {
         "SOPClassUID": fg.ENHANCED_MR,
         "NumberOfFrames": "3",
