@@ -24,6 +24,18 @@ def until_finished(client: TestClient, job_id: str, timeout: float = 300.0) -> d
     raise AssertionError(f"job {job_id} did not finish in {timeout} s")
 
 
+def job_of(client: TestClient, patient_id: str, timeout: float = 300.0) -> dict[str, object]:
+    """The one job of a patient, once it has finished."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = client.get("/jobs", params={"patient_id": patient_id}).json()["jobs"]
+        if jobs and jobs[0]["state"] not in ("queued", "running"):
+            assert len(jobs) == 1, jobs
+            return dict(jobs[0])
+        time.sleep(0.3)
+    raise AssertionError(f"no finished job for {patient_id} in {timeout} s")
+
+
 def seg_series(orthanc: OrthancEndpoint, patient_id: str) -> int:
     """How many SEG series the patient's one study has in Orthanc."""
     with orthanc.client() as pacs:

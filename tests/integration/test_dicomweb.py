@@ -1,11 +1,14 @@
 """The service over DICOMweb only (Orthanc's DICOMweb plugin as the PACS, TUMORSEG_ORTHANC_URL pointing
 nowhere): the same mapping and mask, voxel for voxel, as over Orthanc REST; the SEG stored through STOW-RS
-into the source study, and found there again; /health and inspect over QIDO-RS."""
+into the source study, and found there again; /health and inspect over QIDO-RS; the auto-trigger polling
+QIDO-RS."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import nibabel as nib
@@ -16,11 +19,14 @@ from fastapi.testclient import TestClient
 from pydicom.filebase import DicomBytesIO
 from typer.testing import CliRunner
 
+from tests.jobs import FAST, job_of, seg_series
 from tests.orthanc import OrthancEndpoint, segment_settings, upload_folder
-from tests.studies import UploadedStudy, clone_study
+from tests.studies import Edit, UploadedStudy, clone_study
 from tumorseg.api.main import create_app
 from tumorseg.cli import app as cli
 from tumorseg.config import get_settings
+from tumorseg.pacs.local import LocalOrthanc
+from tumorseg.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration
 
@@ -111,3 +117,41 @@ def test_inspect_over_dicomweb_reports_the_mapping_segment_would_use(
     assert set(report["series"]) == {"flair", "t1", "t1ce", "t2"}
     assert all(s["orthanc_id"] is None for s in report["series"].values())
     assert report["study_instance_uid"] == clinical_study.converted.study_instance_uid
+
+
+def test_auto_segment_over_dicomweb_polls_recent_studies_and_segments_each_once(
+    own_orthanc: LocalOrthanc, plain_study: ConvertedStudy, random_model: Path, tmp_path: Path
+) -> None:
+    """No change log over DICOMweb: QIDO polling of the last days' studies, one job (and SEG) per study
+    content; our own SEG arriving makes no new job; a study older than the window is left alone."""
+    orthanc = OrthancEndpoint(own_orthanc.url, *own_orthanc.auth)
+    today = date.today().strftime("%Y%m%d")
+
+    def dated(day: str) -> Edit:
+        def edit(modality: str, n: int, ds: pydicom.Dataset) -> pydicom.Dataset:
+            ds.StudyDate = ds.SeriesDate = day
+            return ds
+
+        return edit
+
+    recent = clone_study(plain_study, tmp_path / "recent", edit=dated(today))
+    old = clone_study(plain_study, tmp_path / "old", edit=dated("20200101"))
+    upload_folder(orthanc, tmp_path / "recent")
+    upload_folder(orthanc, tmp_path / "old")
+    settings = segment_settings(
+        NOWHERE,
+        orthanc.auth,
+        random_model,
+        tmp_path / "results",
+        dicomweb_url=f"{orthanc.url}/dicom-web",
+        auto_segment=True,
+        auto_segment_poll_s=0.5,
+        **FAST,
+    )
+    with TestClient(create_app(settings)) as client:
+        job = job_of(client, recent)
+        assert (job["state"], job["origin"]) == ("done", "auto"), job
+        time.sleep(3)  # several polls after our SEG arrived: the study's images are unchanged
+        assert client.get("/jobs").json()["total"] == 1
+        assert client.get("/jobs", params={"patient_id": old}).json()["total"] == 0
+    assert seg_series(orthanc, recent) == 1 and seg_series(orthanc, old) == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.jobs import FAST, seg_series, until_finished
+from tests.jobs import FAST, job_of, seg_series, until_finished
 from tests.orthanc import OrthancEndpoint, segment_settings, upload_folder
 from tests.studies import clone_study
 from tumorseg.api.main import create_app
@@ -109,18 +109,6 @@ def test_a_malformed_job_is_refused_before_it_is_queued(
         assert client.get("/jobs").json()["total"] == 0
 
 
-def _job_of(client: TestClient, patient_id: str, timeout: float = 300.0) -> dict[str, object]:
-    """The one job of a patient, once it has finished."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        jobs = client.get("/jobs", params={"patient_id": patient_id}).json()["jobs"]
-        if jobs and jobs[0]["state"] not in ("queued", "running"):
-            assert len(jobs) == 1, jobs
-            return dict(jobs[0])
-        time.sleep(0.3)
-    raise AssertionError(f"no finished job for {patient_id} in {timeout} s")
-
-
 def test_auto_segment_makes_one_job_per_study_content_across_restarts(
     own_orthanc: LocalOrthanc, plain_study: ConvertedStudy, random_model: Path, tmp_path: Path
 ) -> None:
@@ -137,19 +125,19 @@ def test_auto_segment_makes_one_job_per_study_content_across_restarts(
     before = clone_study(plain_study, tmp_path / "before")
     upload_folder(orthanc, tmp_path / "before")  # stable before the first start: found by reconciling
     with TestClient(create_app(settings)) as client:
-        first = _job_of(client, before)
+        first = job_of(client, before)
         assert (first["state"], first["origin"]) == ("done", "auto"), first
         assert first["request"]["store_seg"] is True  # type: ignore[index]
         partial = clone_study(plain_study, tmp_path / "partial", modalities=("t1", "t2"))
         upload_folder(orthanc, tmp_path / "partial")  # arrives while running: found in /changes
-        skipped = _job_of(client, partial)
+        skipped = job_of(client, partial)
         assert skipped["state"] == "skipped" and skipped["code"] == "modality_missing"
         time.sleep(4)  # our SEG made the first study stable again (StableAge 1 s): no job for that
         assert client.get("/jobs").json()["total"] == 2
     while_down = clone_study(plain_study, tmp_path / "down")
     upload_folder(orthanc, tmp_path / "down")  # arrives while the service is down
     with TestClient(create_app(settings)) as client:
-        late = _job_of(client, while_down)
+        late = job_of(client, while_down)
         assert late["state"] == "done"
         time.sleep(2)
         jobs = client.get("/jobs").json()

@@ -117,7 +117,6 @@ def test_the_settings_choose_dicomweb_consistently() -> None:
         settings(dicomweb_token="t0ken")
     with pytest.raises(ValidationError, match="not both"):
         settings(dicomweb_url="http://pacs", dicomweb_token="t", orthanc_username="u", orthanc_password="p")
-    with pytest.raises(ValidationError, match="change log"):
-        settings(dicomweb_url="http://pacs", auto_segment=True)
+    assert settings(dicomweb_url="http://pacs", auto_segment=True).auto_segment  # QIDO polling
     with pytest.raises(ValidationError, match="not an http"):
         settings(dicomweb_url="ftp://pacs")

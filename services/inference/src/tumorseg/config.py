@@ -112,6 +112,12 @@ class Settings(BaseSettings):
         description="Follow Orthanc's change log and queue a job (storing a DICOM SEG) for every study "
         "Orthanc marks stable, once per study content and model version.",
     )
+    auto_segment_days: int = Field(
+        default=2,
+        ge=1,
+        le=3650,
+        description="Over DICOMweb, the auto-trigger polls the studies of the last this many days (StudyDate).",
+    )
     auto_segment_poll_s: float = Field(
         default=5.0, gt=0, le=3600, description="How often the auto-trigger reads Orthanc's /changes."
     )
@@ -193,11 +199,6 @@ class Settings(BaseSettings):
             raise ValueError(
                 "give the DICOMweb PACS either a bearer token (TUMORSEG_DICOMWEB_TOKEN) or basic auth "
                 "(TUMORSEG_ORTHANC_USERNAME/PASSWORD), not both"
-            )
-        if self.dicomweb_url is not None and self.auto_segment:
-            raise ValueError(
-                "TUMORSEG_AUTO_SEGMENT follows Orthanc's change log (/changes), which DICOMweb does not have: "
-                "unset TUMORSEG_DICOMWEB_URL to use Orthanc REST, or TUMORSEG_AUTO_SEGMENT"
             )
         if self.api_key is not None and not self.api_key.get_secret_value().strip():
             raise ValueError("TUMORSEG_API_KEY is set but empty; unset it to run open, or give a key")

@@ -1,7 +1,7 @@
-"""The auto-trigger (``TUMORSEG_AUTO_SEGMENT=true``): every study Orthanc marks stable becomes a job that
-stores a DICOM SEG, without anyone asking.
+"""The auto-trigger (``TUMORSEG_AUTO_SEGMENT=true``): every study the PACS holds complete becomes a job
+that stores a DICOM SEG, without anyone asking. Two watchers, one per PACS protocol, share the job keys.
 
-It follows Orthanc's change log (REST ``GET /changes``, ``StableStudy`` events) from the last ``Seq`` it
+Over Orthanc REST (``OrthancTrigger``) it follows Orthanc's change log (REST ``GET /changes``, ``StableStudy`` events) from the last ``Seq`` it
 handled, which it keeps in the job store, so a restart neither misses the studies that arrived while the
 service was down nor handles an event twice. The first start begins at the log's end and reconciles: every
 stable study with no job yet gets one.
@@ -10,6 +10,12 @@ A job's key is the StudyInstanceUID, the newest LastUpdate of the study's image 
 as the one this service stores, do not count), the model version and the options. A study that becomes
 stable again without new images (our own SEG arriving) has the key of a job already made and gets none;
 a study that gains a series gets a new job. A study with no brain MRI to segment ends ``skipped``.
+
+Over DICOMweb (``DicomwebTrigger``), which has no change log and no notion of a complete study, it polls
+QIDO-RS for the studies of the last ``window_days`` days (StudyDate) and the instance count of each image
+series; a study whose counts are the same in two polls at least ``stable_s`` apart is complete. Its key has
+the series UIDs and counts in place of LastUpdate. A study sent to the PACS with an older StudyDate than
+the window is not seen: submit it with ``POST /jobs``.
 """
 
 from __future__ import annotations
@@ -17,10 +23,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
+from datetime import date, timedelta
 
 from tumorseg.errors import InvalidInput, PacsNotFound, TumorsegError
 from tumorseg.jobs import Jobs
 from tumorseg.pacs import OrthancClient
+from tumorseg.pacs.dicomweb import DicomwebClient
+from tumorseg.records import StudyInfo
 from tumorseg.schema import JobRequest
 
 log = logging.getLogger(__name__)
@@ -36,8 +46,9 @@ def job_key(study_instance_uid: str, images_version: str, model_tag: str, reques
 
 
 class AutoTrigger:
-    def __init__(self, pacs: OrthancClient, jobs: Jobs, model_tag: str, poll_s: float = 5.0) -> None:
-        self.pacs = pacs
+    """The polling thread and the job submission; a subclass says what is new (``_begin``, ``follow``)."""
+
+    def __init__(self, jobs: Jobs, model_tag: str, poll_s: float = 5.0) -> None:
         self.jobs = jobs
         self.model_tag = model_tag  # model name and version: a new model segments every study again
         self.poll_s = poll_s
@@ -63,9 +74,37 @@ class AutoTrigger:
                     started = True
                 if self.follow():  # more changes waiting: no pause
                     continue
-            except TumorsegError as exc:  # Orthanc down or answering wrongly: try again later
+            except TumorsegError as exc:  # the PACS down or answering wrongly: try again later
                 log.warning("auto-trigger: %s (%s); retrying", exc.code, exc.detail)
             self._stop.wait(self.poll_s)
+
+    def _begin(self) -> None:
+        """What the first pass does before following (nothing by default)."""
+
+    def follow(self) -> bool:
+        """Handle what is new; whether more is waiting right away."""
+        raise NotImplementedError
+
+    def submit(self, study: StudyInfo, images_version: str) -> None:
+        """A job for ``study`` with its images at ``images_version``, unless one with that key exists."""
+        if not study.study_instance_uid:
+            return
+        request = JobRequest(patient_id=study.patient_id, study=study.study_instance_uid, store_seg=True)
+        key = job_key(study.study_instance_uid, images_version, self.model_tag, request)
+        if self.jobs.store.has_key(key):
+            return
+        try:
+            self.jobs.submit(request, origin="auto", key=key)
+        except InvalidInput as exc:  # a PatientID or UID the pipeline refuses: nothing it could segment
+            log.warning("auto-trigger: a study was not queued: %s", exc.code)
+
+
+class OrthancTrigger(AutoTrigger):
+    """Follows Orthanc's ``/changes`` (see the module docstring)."""
+
+    def __init__(self, pacs: OrthancClient, jobs: Jobs, model_tag: str, poll_s: float = 5.0) -> None:
+        super().__init__(jobs, model_tag, poll_s)
+        self.pacs = pacs
 
     def _begin(self) -> None:
         """At the first start: remember the log's end, then give every stable study without a job one."""
@@ -96,13 +135,49 @@ class AutoTrigger:
             ]
         except PacsNotFound:  # deleted since the event
             return
-        if not versions or not study.study_instance_uid:
-            return
-        request = JobRequest(patient_id=study.patient_id, study=study.study_instance_uid, store_seg=True)
-        key = job_key(study.study_instance_uid, max(versions), self.model_tag, request)
-        if self.jobs.store.has_key(key):
-            return
-        try:
-            self.jobs.submit(request, origin="auto", key=key)
-        except InvalidInput as exc:  # a PatientID or UID the pipeline refuses: nothing it could segment
-            log.warning("auto-trigger: study %s not queued: %s", study_id, exc.code)
+        if versions:
+            self.submit(study, max(versions))
+
+
+class DicomwebTrigger(AutoTrigger):
+    """Polls QIDO-RS (see the module docstring)."""
+
+    def __init__(
+        self,
+        pacs: DicomwebClient,
+        jobs: Jobs,
+        model_tag: str,
+        poll_s: float = 5.0,
+        *,
+        window_days: int = 2,
+        stable_s: float | None = None,
+    ) -> None:
+        super().__init__(jobs, model_tag, poll_s)
+        self.pacs = pacs
+        self.window_days = window_days
+        self.stable_s = poll_s if stable_s is None else stable_s
+        self._seen: dict[str, tuple[str, float]] = {}  # study UID → (images version, first seen at)
+
+    def follow(self) -> bool:
+        since = (date.today() - timedelta(days=self.window_days - 1)).strftime("%Y%m%d")
+        now = time.monotonic()
+        seen: dict[str, tuple[str, float]] = {}  # only the studies still in the window are remembered
+        for study in self.pacs.recent_studies(since):
+            try:
+                versions = sorted(
+                    v for modality, v in self.pacs.series_versions(study.key) if modality not in NOT_IMAGES
+                )
+            except PacsNotFound:  # deleted since the search
+                continue
+            if not versions:
+                continue
+            version = hashlib.sha256("|".join(versions).encode()).hexdigest()[:16]
+            before = self._seen.get(study.study_instance_uid)
+            if before is None or before[0] != version:  # new, or still receiving instances
+                seen[study.study_instance_uid] = (version, now)
+                continue
+            seen[study.study_instance_uid] = before
+            if now - before[1] >= self.stable_s:
+                self.submit(study, version)
+        self._seen = seen
+        return False

@@ -10,6 +10,7 @@ import logging
 
 from tumorseg.config import Settings
 from tumorseg.imaging.brain import get_extractor
+from tumorseg.jobs import Jobs
 from tumorseg.jobstore import JobStore
 from tumorseg.model.device import configure_threads
 from tumorseg.model.predictor import Predictor
@@ -18,6 +19,7 @@ from tumorseg.pacs.dicomweb import DicomwebClient
 from tumorseg.pipeline import Segmenter
 from tumorseg.queue import JobQueue
 from tumorseg.results import ResultStore
+from tumorseg.trigger import AutoTrigger, DicomwebTrigger, OrthancTrigger
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,17 @@ def open_pacs(settings: Settings) -> Pacs:
             settings.dicomweb_url, settings.orthanc_auth, settings.orthanc_timeout, token=token
         )
     return OrthancClient(settings.orthanc_url, settings.orthanc_auth, settings.orthanc_timeout)
+
+
+def open_trigger(settings: Settings, pacs: Pacs, jobs: Jobs, model_tag: str) -> AutoTrigger:
+    """The auto-trigger for the PACS protocol in use: Orthanc's change log, or QIDO-RS polling."""
+    if isinstance(pacs, DicomwebClient):
+        return DicomwebTrigger(
+            pacs, jobs, model_tag, settings.auto_segment_poll_s, window_days=settings.auto_segment_days
+        )
+    if isinstance(pacs, OrthancClient):
+        return OrthancTrigger(pacs, jobs, model_tag, settings.auto_segment_poll_s)
+    raise TypeError(f"no auto-trigger for {type(pacs).__name__}")
 
 
 def open_store(settings: Settings, jobs: JobStore | None = None) -> ResultStore:

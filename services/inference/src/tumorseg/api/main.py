@@ -24,10 +24,8 @@ from tumorseg.jobs import Jobs
 from tumorseg.logs import request_id_var
 from tumorseg.model.device import resolve_device
 from tumorseg.model.package import read_manifest
-from tumorseg.pacs import OrthancClient
 from tumorseg.queue import redacted
-from tumorseg.trigger import AutoTrigger
-from tumorseg.wiring import load_predictor, open_jobs, open_pacs, open_queue, open_store
+from tumorseg.wiring import load_predictor, open_jobs, open_pacs, open_queue, open_store, open_trigger
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         trigger = None
         if settings.auto_segment and manifest is not None:
             tag = algorithm_tag(manifest.name, manifest.version)
-            assert isinstance(pacs, OrthancClient), "Settings refuse auto-segment over DICOMweb"
-            trigger = AutoTrigger(pacs, state.jobs, tag, settings.auto_segment_poll_s)
+            trigger = open_trigger(settings, pacs, state.jobs, tag)
             trigger.start()
         app.state.tumorseg = state
         mode = "embedded jobs" if queue is None else f"jobs through {redacted(queue.url)}"

@@ -166,6 +166,23 @@ class DicomwebClient(HttpPacs):
             raise PacsNotFound(f"{self.name} has no study {key}")
         return found[0]
 
+    def recent_studies(self, since: str) -> list[StudyInfo]:
+        """The studies with a StudyDate on or after ``since`` (YYYYMMDD): what the watcher polls."""
+        return self._studies({"StudyDate": f"{since}-"})
+
+    def series_versions(self, study_key: str) -> list[tuple[str, str]]:
+        """(Modality, "SeriesInstanceUID:instances") of each series of a study, in one request: what
+        changes when a series gains or loses instances (DICOMweb has no LastUpdate)."""
+        listed = self._qido(
+            f"/studies/{study_key}/series", {"includefield": ["Modality", "NumberOfSeriesRelatedInstances"]}
+        )
+        versions = []
+        for item in listed:
+            tags = simplified(item)
+            count = tags.get("NumberOfSeriesRelatedInstances", "")
+            versions.append((str(tags.get("Modality", "")), f"{tags.get('SeriesInstanceUID', '')}:{count}"))
+        return versions
+
     def patient_of_study(self, key: str) -> dict[str, str]:
         """The patient's tags as the study search gives them. Holds PHI: never log it."""
         answer = self._qido("/studies", {"StudyInstanceUID": key, "includefield": list(_PATIENT_FIELDS)})
