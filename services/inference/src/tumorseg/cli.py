@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from tumorseg.pacs import Pacs
 
 app = typer.Typer(
-    help="Brain-tumour segmentation next to an Orthanc PACS.", no_args_is_help=True, add_completion=False
+    help="Brain-tumour segmentation next to a PACS (Orthanc REST or DICOMweb).", no_args_is_help=True, add_completion=False
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -133,12 +133,9 @@ def _print_inspection(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     orthanc = report["orthanc"]
-    state = (
-        f"reachable, version {orthanc['version']}"
-        if orthanc["reachable"]
-        else f"NOT reachable: {orthanc.get('error')}"
-    )
-    console.print(f"Orthanc {orthanc['url']}: {state}")
+    version = f", version {orthanc['version']}" if orthanc.get("version") else ""
+    state = f"reachable{version}" if orthanc["reachable"] else f"NOT reachable: {orthanc.get('error')}"
+    console.print(f"{orthanc.get('protocol', 'Orthanc REST')} {orthanc['url']}: {state}")
     if not orthanc["reachable"]:
         return
     patient = report.get("patient")
@@ -261,7 +258,7 @@ def upload(
         ),
     ] = None,
 ) -> None:
-    """Send every DICOM file under DIRECTORY to Orthanc (idempotent: stored files say 'already stored')."""
+    """Send every DICOM file under DIRECTORY to the PACS (Orthanc REST, or STOW-RS over DICOMweb; idempotent)."""
     from tumorseg.pacs.upload import upload_directory
 
     with _pacs() as pacs:
