@@ -120,3 +120,25 @@ def test_the_settings_choose_dicomweb_consistently() -> None:
     assert settings(dicomweb_url="http://pacs", auto_segment=True).auto_segment  # QIDO polling
     with pytest.raises(ValidationError, match="not an http"):
         settings(dicomweb_url="ftp://pacs")
+
+
+def test_a_pacs_that_cannot_send_the_stored_transfer_syntax_is_asked_for_its_default() -> None:
+    """``transfer-syntax=*`` refused (406): the plain media type, which every WADO-RS server sends."""
+    instance = mr_instance("P", "1.2.3", "1.2.3.4", 0)
+    accepted: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        accepted.append(request.headers["Accept"])
+        if "transfer-syntax" in request.headers["Accept"]:
+            return httpx.Response(406)
+        body = b"--xyz\r\nContent-Type: application/dicom\r\n\r\n" + instance + b"\r\n--xyz--\r\n"
+        return httpx.Response(200, content=body, headers={"Content-Type": "multipart/related; boundary=xyz"})
+
+    series = describe_series("1.2.3.4", {}, {}, instance_count=1)
+    with _client(httpx.MockTransport(answer)) as pacs:
+        pacs._study_of_series["1.2.3.4"] = "1.2.3"  # as list_series would have noted it
+        assert pacs.download_series(series) == [instance]
+    assert accepted == [
+        'multipart/related; type="application/dicom"; transfer-syntax=*',
+        'multipart/related; type="application/dicom"',
+    ]

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from tumorseg.pacs import Pacs
 
 app = typer.Typer(
-    help="Brain-tumour segmentation next to a PACS (Orthanc REST or DICOMweb).", no_args_is_help=True, add_completion=False
+    help="Brain-tumour segmentation next to a PACS (Orthanc REST or DICOMweb).",
+    no_args_is_help=True,
+    add_completion=False,
 )
 console = Console()
 err_console = Console(stderr=True)

@@ -239,20 +239,18 @@ class DicomwebClient(HttpPacs):
         path = f"/studies/{study}/series/{series.key}"
         what = f"GET {path}"
 
-        def fetch() -> list[bytes]:
+        def fetch(accept: str) -> list[bytes] | None:
+            """The parts, or None when the PACS cannot send that media type (406, 400, 415)."""
             files = []
             with (
                 self._mapped_errors(what),
                 self._download_slots,
                 self._client.stream(
-                    "GET",
-                    path,
-                    headers={
-                        "Accept": f"{_MULTIPART_DICOM}; transfer-syntax=*",
-                        "Accept-Encoding": "identity",
-                    },
+                    "GET", path, headers={"Accept": accept, "Accept-Encoding": "identity"}
                 ) as response,
             ):
+                if response.status_code in (400, 406, 415):
+                    return None
                 self._check(response, what)
                 for part in multipart_parts(response.headers.get("Content-Type", ""), response.iter_bytes()):
                     if len(part) < _DICM_OFFSET + 4 or part[_DICM_OFFSET : _DICM_OFFSET + 4] != b"DICM":
@@ -262,7 +260,15 @@ class DicomwebClient(HttpPacs):
                         progress(1)
             return files
 
-        files = self._once_more_if_stale(what, fetch)
+        def fetch_any() -> list[bytes]:
+            # As stored (no transcoding) where the PACS allows it; else its default, Explicit VR LE.
+            for accept in (f"{_MULTIPART_DICOM}; transfer-syntax=*", _MULTIPART_DICOM):
+                files = fetch(accept)
+                if files is not None:
+                    return files
+            raise PacsProtocolError(f"{self.name} sends no {_MULTIPART_DICOM} answer to {what}")
+
+        files = self._once_more_if_stale(what, fetch_any)
         if not files:
             raise PacsProtocolError(f"series {series.key}: {self.name} sent no instance")
         if len(files) < series.instance_count:
