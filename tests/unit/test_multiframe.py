@@ -87,16 +87,20 @@ def test_a_series_mixing_classic_and_multi_frame_instances_loads() -> None:
     assert sorted(mixed.frame_numbers[:5]) == [1, 2, 3, 4, 5] and set(mixed.frame_numbers[5:]) == {-1}
 
 
-def test_per_frame_rescale_is_applied_per_frame() -> None:
-    files = _oblique_series()
-    converted = legacy_converted(files)
+def _per_frame(converted: Dataset, macro: str, keyword: str, value: Callable[[int], object]) -> None:
+    """Move the shared ``macro`` into every frame's groups, with ``keyword`` set to ``value(frame)``."""
     shared = converted.SharedFunctionalGroupsSequence[0]
-    transform = shared.PixelValueTransformationSequence
-    del shared.PixelValueTransformationSequence
+    template = getattr(shared, macro)[0]
+    delattr(shared, macro)
     for n, group in enumerate(converted.PerFrameFunctionalGroupsSequence):
-        item = copy.deepcopy(transform[0])
-        item.RescaleSlope = 0.5 if n % 2 else 1.0
-        group.PixelValueTransformationSequence = DicomSequence([item])
+        item = copy.deepcopy(template)
+        setattr(item, keyword, value(n))
+        setattr(group, macro, DicomSequence([item]))
+
+
+def test_per_frame_rescale_is_applied_per_frame() -> None:
+    converted = legacy_converted(_oblique_series())
+    _per_frame(converted, "PixelValueTransformationSequence", "RescaleSlope", lambda n: 0.5 if n % 2 else 1.0)
     volume = load_series([to_bytes(converted)], "t1")
     stored = converted.pixel_array.astype(np.float32)
     array = sitk.GetArrayFromImage(volume.image)
@@ -106,16 +110,15 @@ def test_per_frame_rescale_is_applied_per_frame() -> None:
 
 
 def test_frames_of_two_stacks_are_refused() -> None:
-    files = _oblique_series()
-    converted = legacy_converted(files)
-    shared = converted.SharedFunctionalGroupsSequence[0]
-    orientation = shared.PlaneOrientationSequence
-    del shared.PlaneOrientationSequence
-    for n, group in enumerate(converted.PerFrameFunctionalGroupsSequence):
-        item = copy.deepcopy(orientation[0])
-        if n >= 5:
-            item.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        group.PlaneOrientationSequence = DicomSequence([item])
+    converted = legacy_converted(_oblique_series())
+    tilted = converted.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+    axial = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    _per_frame(
+        converted,
+        "PlaneOrientationSequence",
+        "ImageOrientationPatient",
+        lambda n: axial if n >= 5 else tilted,
+    )
     with pytest.raises(BrokenSeries, match="several stacks"):
         load_series([to_bytes(converted)], "flair")
 
