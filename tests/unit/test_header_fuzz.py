@@ -393,3 +393,13 @@ def test_a_vanishing_pixel_spacing_is_a_tumorseg_error() -> None:
     change = Mutation("PixelSpacing", b"1e-300\\1e-300 ", None)  # every instance: one alone differs
     assert underflowing_pixel_spacing(change)
     assert load_or_refuse(mutated(change, ExplicitVRLittleEndian)) is None
+
+
+@pytest.mark.parametrize("raw", [b"Infinity", b"1E400", b"-inf", b"nan "])
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, RLELossless])
+def test_an_unreadable_number_of_frames_gives_a_volume_or_a_tumorseg_error(raw: bytes, syntax: str) -> None:
+    """Found by the fuzz above: NumberOfFrames that pydicom cannot turn into an int (OverflowError)."""
+    for target in (None, 0):
+        volume = load_or_refuse(mutated(Mutation("NumberOfFrames", raw, target), syntax))
+        if volume is not None:
+            assert_sound_lattice(volume)

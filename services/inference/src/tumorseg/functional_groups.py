@@ -30,6 +30,15 @@ ALIASES = {
 }
 
 
+def _get(item: Any, keyword: str) -> Any:
+    """``item.get(keyword)``, or None where a damaged element cannot be read (pydicom raises many types
+    for a hostile value, e.g. NumberOfFrames "Infinity"): the loader then refuses the series by name."""
+    try:
+        return item.get(keyword)
+    except Exception:
+        return None
+
+
 def _items(value: Any) -> list[Any]:
     """The items of a sequence value (a pydicom ``Sequence`` or a JSON list of objects); [] otherwise."""
     if isinstance(value, (list, tuple)) or type(value).__name__ == "Sequence":
@@ -47,10 +56,13 @@ def _macros(group: Any) -> Iterator[Any]:
     """The first item of every sequence in a functional-group item (its macros)."""
     if group is None:
         return
-    if isinstance(group, dict):
-        values = list(group.values())
-    else:  # a pydicom Dataset: its elements
-        values = [element.value for element in group if getattr(element, "VR", None) == "SQ"]
+    try:
+        if isinstance(group, dict):
+            values = list(group.values())
+        else:  # a pydicom Dataset: its elements
+            values = [element.value for element in group if getattr(element, "VR", None) == "SQ"]
+    except Exception:  # a damaged element in the group: nothing to read from it
+        return
     for value in values:
         items = _items(value)
         if items:
@@ -59,20 +71,20 @@ def _macros(group: Any) -> Iterator[Any]:
 
 def is_multi_frame(ds: Any) -> bool:
     """Whether ``ds`` keeps its frames' geometry in functional groups (an enhanced object)."""
-    return bool(_items(ds.get(PER_FRAME))) or bool(_items(ds.get(SHARED)))
+    return bool(_items(_get(ds, PER_FRAME))) or bool(_items(_get(ds, SHARED)))
 
 
 def frame_count(ds: Any) -> int:
     """``NumberOfFrames`` (1 when absent or not a positive integer)."""
     try:
-        value = int(str(ds.get("NumberOfFrames") or 1).strip())
-    except ValueError:
+        value = int(str(_get(ds, "NumberOfFrames") or 1).strip())
+    except (ValueError, OverflowError):
         return 1
     return max(value, 1)
 
 
 def per_frame_groups(ds: Any) -> list[Any]:
-    return _items(ds.get(PER_FRAME))
+    return _items(_get(ds, PER_FRAME))
 
 
 def find(ds: Any, keyword: str, frame: int = 0, *, top_level: bool = True) -> Any:
@@ -81,16 +93,16 @@ def find(ds: Any, keyword: str, frame: int = 0, *, top_level: bool = True) -> An
     names = (keyword, *ALIASES.get(keyword, ()))
     if top_level:
         for name in names:
-            value = ds.get(name)
+            value = _get(ds, name)
             if _present(value):
                 return value
-    frames = _items(ds.get(PER_FRAME))
-    shared = _items(ds.get(SHARED))
+    frames = _items(_get(ds, PER_FRAME))
+    shared = _items(_get(ds, SHARED))
     groups = [frames[frame] if 0 <= frame < len(frames) else None, shared[0] if shared else None]
     for group in groups:
         for macro in _macros(group):
             for name in names:
-                value = macro.get(name)
+                value = _get(macro, name)
                 if _present(value):
                     return value
     return None
@@ -103,8 +115,8 @@ def contrast_agent(ds: Any) -> str:
     agent = find(ds, "ContrastBolusAgent")
     if _present(agent):
         return str(agent)
-    for item in _items(ds.get("ContrastBolusAgentSequence")):
-        meaning = item.get("CodeMeaning")
+    for item in _items(_get(ds, "ContrastBolusAgentSequence")):
+        meaning = _get(item, "CodeMeaning")
         if _present(meaning):
             return str(meaning)
     administered = find(ds, "ContrastBolusAgentAdministered", top_level=False)

@@ -243,6 +243,11 @@ def _pixels(
         what = "only greyscale instances are supported"
     else:
         assert stored is not None
+        if stored.ndim == 3 and frame.index >= stored.shape[0]:
+            raise BrokenSeries(
+                f"series {label}: instance {ds.get('SOPInstanceUID', '?')} holds {stored.shape[0]} frames of "
+                f"pixels where its headers describe frame {frame.index + 1}"
+            )
         stored = stored[frame.index] if stored.ndim == 3 else stored
         what = f"frame {frame.index + 1}: only greyscale frames are supported"
         lookup = _frame_lookup(ds, frame.index)
