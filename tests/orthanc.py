@@ -3,10 +3,15 @@ the session fixtures that build these live in ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tumorseg.config import Settings
+import pytest
+from typer.testing import CliRunner
+
+from tumorseg.config import Settings, get_settings
 from tumorseg.pacs import OrthancClient
 from tumorseg.pacs.local import LocalOrthanc
 from tumorseg.pacs.upload import upload_directory
@@ -80,3 +85,16 @@ def service_env(
         "TUMORSEG_DEVICE": "cpu",
         **{f"TUMORSEG_{name.upper()}": value for name, value in settings.items()},
     }
+
+
+@contextmanager
+def cli_with_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Iterator[CliRunner]:
+    """A CLI runner whose commands read ``env`` as their settings (the cached settings cleared before
+    and after, so no other test sees them)."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        yield CliRunner()
+    finally:
+        get_settings.cache_clear()

@@ -1,6 +1,12 @@
-"""A valid result JSON for tests of the result store."""
+"""A valid result JSON for tests of the result store, and a result's mask as the API serves it."""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from fastapi.testclient import TestClient
 
 from tumorseg.schema import SegmentResult
 
@@ -22,3 +28,9 @@ def result(rid: str) -> SegmentResult:
             ),
         }
     )
+
+
+def mask_array(client: TestClient, result: dict[str, object], path: Path) -> np.ndarray:
+    """The labels of ``result``'s mask, downloaded through ``client`` to ``path``."""
+    path.write_bytes(client.get(str(result["mask_url"])).content)
+    return np.asarray(nib.load(path).dataobj)

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.orthanc import OrthancEndpoint
+from tests.orthanc import OrthancEndpoint, cli_with_env
 from tests.studies import UploadedStudy, clone_study
 from tumorseg.cli import app
-from tumorseg.config import get_settings
 from tumorseg.sequences import SEQUENCES
 from tumorseg.synth.to_dicom import ConvertedStudy
 
@@ -22,11 +21,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def cli_env(orthanc: OrthancEndpoint, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
-    for name, value in orthanc.env().items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    yield CliRunner()
-    get_settings.cache_clear()
+    with cli_with_env(monkeypatch, orthanc.env()) as runner:
+        yield runner
 
 
 def test_upload_counts_and_is_idempotent(

@@ -13,15 +13,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from fastapi.testclient import TestClient
-from typer.testing import CliRunner
 
 from tests.dicom_factory import unique_patient_id
 from tests.geometry import dice
-from tests.orthanc import OrthancEndpoint, service_settings
+from tests.orthanc import OrthancEndpoint, cli_with_env, service_settings
 from tests.studies import CLINICAL, UploadedStudy
 from tumorseg.api.main import create_app
 from tumorseg.cli import app
-from tumorseg.config import DEFAULT_MODEL_PATH, get_settings
+from tumorseg.config import DEFAULT_MODEL_PATH
 from tumorseg.imaging import grid as g
 from tumorseg.pacs.upload import upload_directory
 from tumorseg.schema import SegmentResult
@@ -115,15 +114,13 @@ def test_registration_can_be_turned_off_per_request(head_study: UploadedStudy, c
 def test_the_setting_turns_registration_off_for_the_cli(
     head_study: UploadedStudy, orthanc: OrthancEndpoint, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    for name, value in orthanc.env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("TUMORSEG_RESULTS_DIR", str(tmp_path / "results"))
-    monkeypatch.setenv("TUMORSEG_REGISTRATION", "false")
-    get_settings.cache_clear()
-    try:
-        run = CliRunner().invoke(app, ["segment", head_study.patient_id, "--out", str(tmp_path / "out")])
-    finally:
-        get_settings.cache_clear()
+    env = {
+        **orthanc.env(),
+        "TUMORSEG_RESULTS_DIR": str(tmp_path / "results"),
+        "TUMORSEG_REGISTRATION": "false",
+    }
+    with cli_with_env(monkeypatch, env) as runner:
+        run = runner.invoke(app, ["segment", head_study.patient_id, "--out", str(tmp_path / "out")])
     assert run.exit_code == 0, run.output
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["registration"] == {"enabled": False, "series": {}}

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -20,11 +19,11 @@ from pydicom.filebase import DicomBytesIO
 from typer.testing import CliRunner
 
 from tests.jobs import FAST, job_of, seg_series
-from tests.orthanc import OrthancEndpoint, segment_settings, upload_folder
+from tests.orthanc import OrthancEndpoint, cli_with_env, segment_settings, upload_folder
+from tests.results import mask_array
 from tests.studies import Edit, UploadedStudy, clone_study
 from tumorseg.api.main import create_app
 from tumorseg.cli import app as cli
-from tumorseg.config import get_settings
 from tumorseg.pacs.local import LocalOrthanc
 from tumorseg.synth.to_dicom import ConvertedStudy
 
@@ -40,11 +39,6 @@ def _dicomweb(orthanc: OrthancEndpoint, random_model: Path, results: Path, **ext
     return TestClient(create_app(settings))
 
 
-def _mask(client: TestClient, result: dict[str, object], path: Path) -> np.ndarray:
-    path.write_bytes(client.get(str(result["mask_url"])).content)
-    return np.asarray(nib.load(path).dataobj)
-
-
 def test_the_same_study_gives_the_same_mask_over_rest_and_dicomweb(
     clinical_study: UploadedStudy, orthanc: OrthancEndpoint, random_model: Path, tmp_path: Path
 ) -> None:
@@ -52,13 +46,13 @@ def test_the_same_study_gives_the_same_mask_over_rest_and_dicomweb(
     with TestClient(rest_app) as rest:
         over_rest = rest.post(f"/segment/{clinical_study.patient_id}")
         assert over_rest.status_code == 200, over_rest.text
-        rest_mask = _mask(rest, over_rest.json(), tmp_path / "rest.nii.gz")
+        rest_mask = mask_array(rest, over_rest.json(), tmp_path / "rest.nii.gz")
     with _dicomweb(orthanc, random_model, tmp_path / "web") as web:
         health = web.get("/health").json()
         assert health["orthanc"] == {"reachable": True, "version": None}
         over_web = web.post(f"/segment/{clinical_study.patient_id}")
         assert over_web.status_code == 200, over_web.text
-        web_mask = _mask(web, over_web.json(), tmp_path / "web.nii.gz")
+        web_mask = mask_array(web, over_web.json(), tmp_path / "web.nii.gz")
     a, b = over_rest.json(), over_web.json()
     assert {m: s["series_instance_uid"] for m, s in a["series"].items()} == {
         m: s["series_instance_uid"] for m, s in b["series"].items()
@@ -98,13 +92,13 @@ def test_the_seg_goes_into_the_source_study_through_stow_rs_once(
 
 @pytest.fixture
 def dicomweb_env(orthanc: OrthancEndpoint, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
-    for name, value in orthanc.env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("TUMORSEG_ORTHANC_URL", NOWHERE)
-    monkeypatch.setenv("TUMORSEG_DICOMWEB_URL", f"{orthanc.url}/dicom-web")
-    get_settings.cache_clear()
-    yield CliRunner()
-    get_settings.cache_clear()
+    env = {
+        **orthanc.env(),
+        "TUMORSEG_ORTHANC_URL": NOWHERE,
+        "TUMORSEG_DICOMWEB_URL": f"{orthanc.url}/dicom-web",
+    }
+    with cli_with_env(monkeypatch, env) as runner:
+        yield runner
 
 
 def test_inspect_over_dicomweb_reports_the_mapping_segment_would_use(

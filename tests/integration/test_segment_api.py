@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from tests.geometry import dcm2niix, index_map
 from tests.orthanc import OrthancEndpoint, segment_settings, upload_folder
+from tests.results import mask_array
 from tests.studies import UploadedStudy, clone_study, drop_instance
 from tumorseg.api.main import create_app
 from tumorseg.pacs.local import free_port
@@ -196,11 +197,6 @@ def test_missing_model_is_503_and_health_says_degraded(orthanc: OrthancEndpoint,
         response = client.post("/segment/ANYONE")
     assert health["status"] == "degraded" and health["model"]["loaded"] is False
     assert response.status_code == 503 and "TUMORSEG_MODEL_PATH" in response.json()["detail"]
-
-
-def mask_array(client: TestClient, result: dict[str, object], path: Path) -> np.ndarray:
-    path.write_bytes(client.get(str(result["mask_url"])).content)
-    return np.asarray(nib.load(path).dataobj)
 
 
 def test_series_cache_gives_the_same_mask_as_a_cold_run(

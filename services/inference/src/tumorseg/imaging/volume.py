@@ -347,7 +347,8 @@ def load_series(
 
     array = np.empty((len(frames), rows, columns), dtype=np.float32)  # (k, j, i): SimpleITK's z, y, x
     # Each multi-frame instance is decoded once, for all its frames.
-    decoded = {id(ds): _decoded(ds, label) for ds in datasets if fg.is_multi_frame(ds)}
+    multi_frame = {id(frame.ds): frame.ds for frame in frames if frame.index is not None}
+    decoded = {key: _decoded(ds, label) for key, ds in multi_frame.items()}
     if decoded or all(ds.file_meta.get("TransferSyntaxUID") in _NATIVE_LE for ds in datasets):
         for k, frame in enumerate(frames):  # memory copies: threads would only add overhead
             _pixels(frame, label, array[k], decoded.get(id(frame.ds)))
@@ -366,11 +367,7 @@ def load_series(
         sop_class_uid=str(first.get("SOPClassUID", "")),
         sop_instance_uids=tuple(str(frame.ds.SOPInstanceUID) for frame in frames),
         label=label,
-        frame_numbers=(
-            tuple(-1 if f.index is None else f.index + 1 for f in frames)
-            if any(f.index is not None for f in frames)
-            else ()
-        ),
+        frame_numbers=tuple(-1 if f.index is None else f.index + 1 for f in frames) if multi_frame else (),
     )
 
 

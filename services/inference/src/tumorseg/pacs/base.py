@@ -3,7 +3,8 @@
 ``OrthancClient`` (``tumorseg.pacs.client``) speaks Orthanc's REST API; ``DicomwebClient``
 (``tumorseg.pacs.dicomweb``) speaks QIDO-RS, WADO-RS and STOW-RS to any DICOMweb PACS (Orthanc's plugin,
 dcm4chee, cloud healthcare APIs). The pipeline, ``inspect``, the health check and the series cache use
-only what ``Pacs`` declares; the auto-trigger follows Orthanc's change log and needs ``OrthancClient``.
+only what ``Pacs`` declares; the auto-trigger has one watcher per client (``tumorseg.trigger``): Orthanc's
+change log, or QIDO-RS polling.
 """
 
 from __future__ import annotations

@@ -27,14 +27,16 @@ from tumorseg.errors import (
 )
 from tumorseg.pacs.base import UploadResult
 from tumorseg.pacs.http import HttpPacs
-from tumorseg.pacs.tags import describe_series, series_order
+from tumorseg.pacs.tags import (
+    describe_series,
+    exactly_this_patient,
+    is_part10,
+    patient_id_query,
+    series_order,
+)
 from tumorseg.records import SeriesInfo, StudyInfo
 
 log = logging.getLogger(__name__)
-
-# Characters with a meaning in Orthanc/DICOM matching: wildcards and the multi-value separator.
-_MATCHING_SPECIALS = ("*", "?", "\\")
-_DICM_OFFSET = 128
 
 
 def study_from_orthanc(data: dict[str, Any]) -> StudyInfo:
@@ -98,14 +100,11 @@ class OrthancClient(HttpPacs):
         Orthanc treats ``*``/``?`` as wildcards and ``\\`` as a value separator and has no escape, so each
         such character is queried as ``?`` (any one character) and the answer is filtered exactly.
         """
-        query = "".join("?" if ch in _MATCHING_SPECIALS else ch for ch in patient_id)
-        body = {"Level": "Study", "Query": {"PatientID": query}, "Expand": True}
+        body = {"Level": "Study", "Query": {"PatientID": patient_id_query(patient_id)}, "Expand": True}
         answer = self._json("POST", "/tools/find", json=body, idempotent=True)  # a query, changes nothing
         if not isinstance(answer, list):
             raise PacsProtocolError("Orthanc answered /tools/find with something other than a list")
-        studies = [study_from_orthanc(item) for item in answer]
-        exact = [s for s in studies if s.patient_id == patient_id]
-        return sorted(exact, key=lambda s: (s.study_date, s.study_time, s.study_instance_uid))
+        return exactly_this_patient((study_from_orthanc(item) for item in answer), patient_id)
 
     def get_study(self, study_id: str) -> StudyInfo:
         return study_from_orthanc(self._json("GET", f"/studies/{study_id}"))
@@ -212,7 +211,7 @@ class OrthancClient(HttpPacs):
             received = response.num_bytes_downloaded if encoded else len(data)
         if expected is not None and received != int(expected):
             raise PacsProtocolError(f"{what}: got {received} bytes of {expected}")
-        if len(data) < _DICM_OFFSET + 4 or data[_DICM_OFFSET : _DICM_OFFSET + 4] != b"DICM":
+        if not is_part10(data):
             raise PacsProtocolError(f"{what}: the answer is not a DICOM file ({len(data)} bytes)")
         return data
 

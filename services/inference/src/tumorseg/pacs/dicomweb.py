@@ -7,8 +7,7 @@ a study being complete (Orthanc's ``StableAge``) nor of a series' last change, s
 true and ``version`` is empty: a PACS should expose a study once it is complete.
 
 Requests:
-- ``find_studies``: ``GET /studies?PatientID=…`` (``*``, ``?`` and ``\\`` queried as ``?``, the answer
-  filtered exactly, as for Orthanc);
+- ``find_studies``: ``GET /studies?PatientID=…`` (matched exactly as for Orthanc: ``tumorseg.pacs.tags``);
 - ``list_series``: ``GET /studies/{study}/series``, then per series one instance's metadata
   (``…/instances?limit=1`` and ``…/instances/{sop}/metadata``): the physics tags the mapping reads are
   not series-level attributes;
@@ -35,13 +34,17 @@ from pydicom.filebase import DicomBytesIO
 from tumorseg.errors import PacsNotFound, PacsProtocolError
 from tumorseg.pacs.base import UploadResult
 from tumorseg.pacs.http import HttpPacs
-from tumorseg.pacs.tags import describe_series, series_order
+from tumorseg.pacs.tags import (
+    describe_series,
+    exactly_this_patient,
+    is_part10,
+    patient_id_query,
+    series_order,
+)
 from tumorseg.records import SeriesInfo, StudyInfo
 
 DICOM_JSON = "application/dicom+json"
 _MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
-_MATCHING_SPECIALS = ("*", "?", "\\")
-_DICM_OFFSET = 128
 _STUDY_FIELDS = ("StudyDescription", "StudyDate", "StudyTime", "NumberOfStudyRelatedSeries")
 _PATIENT_FIELDS = ("PatientName", "PatientBirthDate", "PatientSex")
 _SERIES_FIELDS = ("SeriesDescription", "SeriesNumber", "Modality", "NumberOfSeriesRelatedInstances")
@@ -156,9 +159,7 @@ class DicomwebClient(HttpPacs):
 
     def find_studies(self, patient_id: str) -> list[StudyInfo]:
         """Every study whose PatientID is exactly ``patient_id``, oldest first."""
-        query = "".join("?" if ch in _MATCHING_SPECIALS else ch for ch in patient_id)
-        exact = [s for s in self._studies({"PatientID": query}) if s.patient_id == patient_id]
-        return sorted(exact, key=lambda s: (s.study_date, s.study_time, s.study_instance_uid))
+        return exactly_this_patient(self._studies({"PatientID": patient_id_query(patient_id)}), patient_id)
 
     def get_study(self, key: str) -> StudyInfo:
         found = [s for s in self._studies({"StudyInstanceUID": key}) if s.study_instance_uid == key]
@@ -253,7 +254,7 @@ class DicomwebClient(HttpPacs):
                     return None
                 self._check(response, what)
                 for part in multipart_parts(response.headers.get("Content-Type", ""), response.iter_bytes()):
-                    if len(part) < _DICM_OFFSET + 4 or part[_DICM_OFFSET : _DICM_OFFSET + 4] != b"DICM":
+                    if not is_part10(part):
                         raise PacsProtocolError(f"{what}: a part is not a DICOM file ({len(part)} bytes)")
                     files.append(part)
                     if progress is not None:

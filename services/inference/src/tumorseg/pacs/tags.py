@@ -8,11 +8,33 @@ joined by ``\\``, sequences as lists of objects): Orthanc REST's ``simplified-ta
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tumorseg import functional_groups as fg
-from tumorseg.records import SeriesInfo
+from tumorseg.records import SeriesInfo, StudyInfo
+
+# Characters with a meaning in DICOM matching (Orthanc's /tools/find, QIDO-RS): wildcards and the
+# multi-value separator. Neither has an escape.
+_MATCHING_SPECIALS = ("*", "?", "\\")
+_DICM_OFFSET = 128
+
+
+def patient_id_query(patient_id: str) -> str:
+    """``patient_id`` as a matching value that finds it: each special character queried as ``?`` (any one
+    character); ``exactly_this_patient`` then drops what else matched."""
+    return "".join("?" if ch in _MATCHING_SPECIALS else ch for ch in patient_id)
+
+
+def exactly_this_patient(studies: Iterable[StudyInfo], patient_id: str) -> list[StudyInfo]:
+    """The studies whose PatientID is exactly ``patient_id`` (case and all), oldest first."""
+    exact = [s for s in studies if s.patient_id == patient_id]
+    return sorted(exact, key=lambda s: (s.study_date, s.study_time, s.study_instance_uid))
+
+
+def is_part10(data: bytes) -> bool:
+    """Whether ``data`` is a DICOM Part-10 file (128-byte preamble, then ``DICM``)."""
+    return len(data) >= _DICM_OFFSET + 4 and data[_DICM_OFFSET : _DICM_OFFSET + 4] == b"DICM"
 
 
 def float_or_none(value: Any) -> float | None:

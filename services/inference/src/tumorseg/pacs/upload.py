@@ -15,6 +15,7 @@ from rich.progress import Progress
 
 from tumorseg.errors import PacsNotFound, PacsProtocolError
 from tumorseg.pacs.base import Pacs
+from tumorseg.pacs.tags import is_part10
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def is_dicom_file(path: Path) -> bool:
             head = handle.read(132)
     except OSError:
         return False
-    return len(head) == 132 and head[128:] == b"DICM"
+    return is_part10(head)
 
 
 def dicom_files(directory: Path) -> Iterator[Path]:

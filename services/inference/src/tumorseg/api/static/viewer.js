@@ -112,7 +112,7 @@ function fillTables(result) {
 function labelToggles(nv, mask, counts) {
   const visible = new Set(Object.keys(LABELS).map(Number));
   const box = document.getElementById("labels");
-  for (const [label, [abbreviation]] of Object.entries(LABELS)) {
+  for (const [label, [abbreviation, rgb]] of Object.entries(LABELS)) {
     const toggle = tumorseg.element("label", null, "toggle");
     const input = document.createElement("input");
     input.type = "checkbox";
@@ -124,8 +124,9 @@ function labelToggles(nv, mask, counts) {
       nv.updateGLVolume();
     });
     const count = counts[label] || 0;
-    toggle.append(input, tumorseg.element("span", null, `swatch swatch-${label}`),
-      `${label} ${abbreviation}` + (count ? "" : " (none in the mask)"));
+    const swatch = tumorseg.element("span", null, "swatch");
+    swatch.style.background = `rgb(${rgb.join(", ")})`; // the colour of the overlay, from LABELS
+    toggle.append(input, swatch, `${label} ${abbreviation}` + (count ? "" : " (none in the mask)"));
     box.append(toggle);
   }
   mask.setColormapLabel(labelColormap(visible));
