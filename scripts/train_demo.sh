@@ -12,8 +12,9 @@
 # The shipped package's fallback network (for studies without FLAIR, T1 or T2): fine-tuned from the main
 # network with one optional sequence missing in every sample, then packaged with it (FALLBACK_FOR), so a
 # complete study is segmented exactly as by the main network alone:
-#   RECIPE=training/recipes/phantom_missing.json RUN=$WORK/model-missing FALLBACK_FOR=models/default \
-#       DEST=$WORK/candidate bash scripts/train_demo.sh
+#   RECIPE=training/recipes/phantom_fallback.json RUN=$WORK/model-fallback FALLBACK_FOR=models/default \
+#       FALLBACK_SERVES="flair t2" DEST=$WORK/candidate bash scripts/train_demo.sh
+# (T1 missing: the main network with T1ce in its place, the recipe's inputs.substitutes.)
 set -euo pipefail
 trap 'echo "train_demo.sh: failed (line $LINENO, exit $?); run it again to resume" >&2' ERR
 cd "$(dirname "$0")/.."
@@ -29,6 +30,7 @@ DEVICE=${DEVICE:-auto}
 DEST=${DEST:-models/default}
 RUN=${RUN:-$WORK/model}  # the run's package, checkpoint and evaluation reports
 FALLBACK_FOR=${FALLBACK_FOR:-}  # a package needing all four: the run becomes its fallback network
+FALLBACK_SERVES=${FALLBACK_SERVES:-}  # e.g. "flair t2": the fallback serves only those (see fallback.py)
 PACKAGE=$RUN  # what is evaluated and shipped
 JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
 EXTRA_TRAIN_ARGS=()
@@ -78,7 +80,9 @@ if [[ -n "$FALLBACK_FOR" ]]; then
     PACKAGE=${RUN%/}-package
     stage "package: $FALLBACK_FOR with $RUN as its fallback network -> $PACKAGE"
     rm -rf "$PACKAGE"
-    "$BIN/python" -m tumorseg_training.fallback --main "$FALLBACK_FOR" --fallback "$RUN" --out "$PACKAGE"
+    serves=()
+    for seq in $FALLBACK_SERVES; do serves+=(--serves "$seq"); done
+    "$BIN/python" -m tumorseg_training.fallback --main "$FALLBACK_FOR" --fallback "$RUN" --out "$PACKAGE" "${serves[@]}"
 fi
 
 stage "held-out phantoms: run seeds $HELDOUT_SEEDS, $HELDOUT_PER_SEED each -> $WORK/phantoms/heldout"

@@ -338,3 +338,76 @@ def test_the_fast_path_gives_the_plain_networks_probabilities(tmp_path: Path) ->
         expected = plain.predict(model_input)
         assert np.ptp(expected) > 0.05
         np.testing.assert_allclose(fast.predict(model_input), expected, atol=1e-4)
+
+
+SUBSTITUTED = {**SHIPPED_INPUTS, "substitutes": {"t1": "t1ce"}}
+
+
+def test_substitutes_travel_in_the_manifest_and_name_the_stand_in_channel(tmp_path: Path) -> None:
+    policy = InputPolicy.from_json(SUBSTITUTED)
+    assert policy.substitutes == (("t1", "t1ce"),) and policy.to_json() == SUBSTITUTED
+    assert InputPolicy.from_json(SHIPPED_INPUTS).to_json() == SHIPPED_INPUTS  # no key when there are none
+    channels = ("flair", "t1", "t1ce", "t2")
+    assert policy.stand_ins(channels, channels) == ()
+    assert policy.stand_ins(channels, ("flair", "t1ce", "t2")) == ((1, 2),)  # T1's channel from T1ce's
+    assert policy.stand_ins(channels, ("flair", "t1ce")) == ((1, 2), (3, None))  # T2: no substitute, zeros
+    # the stand-in itself missing (a policy that does not require it): zeros
+    lax = InputPolicy(required=("flair",), optional=("t1", "t1ce", "t2"), substitutes=(("t1", "t1ce"),))
+    assert lax.stand_ins(channels, ("flair", "t2")) == ((1, None), (2, None))
+    manifest = read_manifest(tiny_package(tmp_path / "pkg", inputs=SUBSTITUTED))
+    assert manifest.inputs == policy and manifest.to_json()["inputs"] == SUBSTITUTED
+    for wrong in ({"t1ce": "t1"}, {"t1": "t1"}, {"t1": "pd"}):  # a required key, itself, not a sequence
+        with pytest.raises(ValueError, match="substitutes"):
+            InputPolicy.from_json({**SHIPPED_INPUTS, "substitutes": wrong})
+
+
+def test_fill_absent_writes_zeros_or_the_stand_in_on_either_axis() -> None:
+    from tumorseg.sequences import fill_absent
+
+    array = np.arange(4 * 3, dtype=np.float32).reshape(4, 3) + 1
+    fill_absent(array, ((1, 2), (3, None)))
+    assert array.tolist() == [[1, 2, 3], [7, 8, 9], [7, 8, 9], [0, 0, 0]]
+    batch = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3) + 1
+    before = batch.clone()
+    fill_absent(batch, ((1, 2),), channel_axis=1)
+    assert torch.equal(batch[:, 1], before[:, 2]) and torch.equal(batch[:, [0, 2, 3]], before[:, [0, 2, 3]])
+
+
+def test_the_predictor_feeds_the_substitute_and_leaves_the_input_as_it_was(tmp_path: Path) -> None:
+    predictor = Predictor.from_package(tiny_package(tmp_path / "pkg", inputs=SUBSTITUTED))
+    plain = Predictor.from_package(tiny_package(tmp_path / "zeros", inputs=SHIPPED_INPUTS))
+    array = np.random.default_rng(0).normal(size=(4, 32, 32, 16)).astype(np.float32)
+    array[SEQUENCES.index("t1")] = 0  # as prepare() leaves a missing T1
+    grid = sitk.Image([32, 32, 16], sitk.sitkUInt8)
+    lacking = ModelInput(array=array.copy(), grid=grid, present=("flair", "t1ce", "t2"))
+    fed = predictor.network_input(lacking)
+    assert np.array_equal(fed[SEQUENCES.index("t1")], array[SEQUENCES.index("t1ce")])
+    assert np.array_equal(lacking.array, array)  # a copy was fed, the input is unchanged
+    standing_in = array.copy()
+    standing_in[SEQUENCES.index("t1")] = array[SEQUENCES.index("t1ce")]
+    same = ModelInput(array=standing_in, grid=grid)  # a "complete" input with T1ce in T1's place
+    np.testing.assert_array_equal(predictor.predict(lacking), plain.predict(same))
+    # without a substitute (T2 here) the zero channel goes in as it is: no copy
+    no_t2 = ModelInput(array=array, grid=grid, present=("flair", "t1", "t1ce"))
+    assert predictor.network_input(no_t2) is no_t2.array
+
+
+def test_a_fallback_that_serves_some_sequences_leaves_the_others_to_the_main_network(tmp_path: Path) -> None:
+    package = with_fallback(tiny_package(tmp_path / "pkg"), inputs=SUBSTITUTED)
+    data = json.loads((package / "model.json").read_text())
+    data["fallback"]["serves"] = ["flair", "t2"]
+    (package / "model.json").write_text(json.dumps(data))
+    manifest = read_manifest(package)
+    assert manifest.fallback is not None and manifest.fallback.serves == ("flair", "t2")
+    assert ModelManifest.from_json(manifest.to_json(), package) == manifest
+    assert manifest.network_for(SEQUENCES) == "main"
+    assert manifest.network_for(("flair", "t1ce", "t2")) == "main"  # T1 missing: main, T1ce in its place
+    assert manifest.network_for(("flair", "t1", "t1ce")) == "fallback"
+    assert manifest.network_for(("flair", "t1ce")) == "fallback"  # T2 among the missing
+    assert read_manifest(with_fallback(tiny_package(tmp_path / "all"))).network_for(
+        ("flair", "t1ce", "t2")
+    ) == ("fallback")  # without "serves": every optional sequence
+    data["fallback"]["serves"] = ["t1ce"]  # required: a study never lacks it
+    (package / "model.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="serves"):
+        read_manifest(package)

@@ -650,6 +650,32 @@ def test_fine_tuning_starts_from_a_package_and_validates_without_each_optional_s
     assert strict_predictor.manifest.inputs.problem(["t1", "t1ce", "t2"]) == "no usable series for flair"
     with pytest.raises(ValueError, match="not optional for the fallback"):
         attach_fallback(tmp_path / "base", out, tmp_path / "wrong", require=["t1ce"])
+    # a fallback serving FLAIR and T2 only: the main network takes a study without T1, which needs a
+    # substitute (it never saw a zero channel)
+    with pytest.raises(ValueError, match="neither served by the fallback nor given a substitute"):
+        attach_fallback(tmp_path / "base", out, tmp_path / "wrong", serves=["flair", "t2"])
+    import shutil
+
+    substituted = shutil.copytree(out, tmp_path / "substituted")
+    tuned = json.loads((substituted / "model.json").read_text())
+    tuned["inputs"]["substitutes"] = {"t1": "t1ce"}
+    (substituted / "model.json").write_text(json.dumps(tuned))
+    served = attach_fallback(tmp_path / "base", substituted, tmp_path / "served", serves=["t2", "flair"])
+    served_manifest = json.loads((served / "model.json").read_text())
+    assert served_manifest["fallback"]["serves"] == ["flair", "t2"]
+    assert served_manifest["inputs"]["substitutes"] == {"t1": "t1ce"}
+    # the fallback's statistics only for the sets it segments (T1 alone goes to the main network)
+    assert sorted(torch.load(served / "fallback_norms.pt", weights_only=True)) == [
+        "flair",
+        "flair+t1",
+        "t1+t2",
+        "t2",
+    ]
+    served_predictor = Predictor.from_package(served)
+    assert served_predictor.manifest.network_for(["flair", "t1ce", "t2"]) == "main"
+    assert served_predictor.manifest.network_for(["flair", "t1", "t1ce"]) == "fallback"
+    with pytest.raises(ValueError, match="required, so the fallback cannot serve"):
+        attach_fallback(tmp_path / "base", substituted, tmp_path / "wrong", require=["t2"], serves=["t2"])
     # measured again for a package (one trained before norms existed): the same statistics as training's
     from tumorseg_training.norms import add_to_package
 
@@ -746,3 +772,59 @@ def test_dropout_per_batch_drops_the_same_sequence_from_every_crop_of_a_batch(
     for crops in seen:
         assert len(crops) >= 2 and len(set(crops)) == 1 and crops[0] in droppable
     assert len({crops[0] for crops in seen}) > 1  # drawn anew per batch
+
+
+def test_dropout_with_a_substitute_puts_t1ce_in_the_place_of_a_dropped_t1() -> None:
+    from tumorseg_training.transforms import RandModalityDropoutd
+
+    from tumorseg.sequences import InputPolicy
+
+    policy = InputPolicy.from_json({**SHIPPED_INPUTS, "substitutes": {"t1": "t1ce"}})
+    image = torch.arange(4 * 8, dtype=torch.float32).reshape(4, 2, 2, 2) + 1
+    dropout = RandModalityDropoutd(keys="image", rates={"t1": 1.0, "t2": 1.0}, inputs=policy)
+    out = dropout({"image": image})["image"]
+    t1, t1ce, t2 = (SEQUENCES.index(m) for m in ("t1", "t1ce", "t2"))
+    assert torch.equal(out[t1], image[t1ce]) and not out[t2].any()  # T2 has no substitute: zeros
+    assert torch.equal(image, torch.arange(4 * 8, dtype=torch.float32).reshape(4, 2, 2, 2) + 1)  # a copy
+    batch = image[None].repeat(2, 1, 1, 1, 1)
+    dropout.fill(batch, ("t1",), channel_axis=1)
+    assert torch.equal(batch[:, t1], batch[:, t1ce]) and torch.equal(
+        batch[:, t2], image[t2][None].repeat(2, 1, 1, 1)
+    )
+
+
+def test_thick_slices_average_slabs_along_one_axis_and_keep_the_background() -> None:
+    from tumorseg_training.transforms import RandThickSlicesd, thick_slices
+
+    ramp = torch.arange(12, dtype=torch.float32)[None, None].repeat(3, 2, 1)
+    # slab means of a linear ramp, interpolated linearly between slab centres: the ramp again inside
+    for slab, phase in ((3, 0), (4, 2), (5, 1)):
+        out = thick_slices(ramp, axis=2, slab=slab, phase=phase)
+        assert out.shape == ramp.shape
+        inner = slice(slab, 12 - slab)
+        torch.testing.assert_close(out[..., inner], ramp[..., inner])
+    step = torch.zeros(1, 1, 12)
+    step[..., 6:] = 1.0
+    blurred = thick_slices(step, axis=2, slab=4, phase=0)  # slabs [0,4) [4,8) [8,12): means 0, 0.5, 1
+    # centres 1.5, 5.5, 9.5: 0 up to the first, 1 from the last, linear between (5 -> 0.4375, 6 -> 0.5625)
+    expected = torch.clamp((torch.arange(12) - 1.5) / 8, 0, 1)
+    torch.testing.assert_close(blurred[0, 0], expected)
+    assert torch.equal(thick_slices(step, axis=2, slab=1), step)
+    # along another axis: the same numbers, moved
+    torch.testing.assert_close(thick_slices(step.permute(2, 0, 1), axis=0, slab=4), blurred.permute(2, 0, 1))
+    # the transform: some channels thick-sliced, zero background kept, reproducible, off draws nothing
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randn(4, 24, 24, 24, generator=generator)
+    image[:, :4] = 0
+    transform = RandThickSlicesd(keys="image", prob=0.5, thickness=(3.0, 5.0))
+    transform.set_random_state(seed=3)
+    first = transform({"image": image})["image"]
+    transform.set_random_state(seed=3)
+    assert torch.equal(transform({"image": image})["image"], first)
+    changed = [c for c in range(4) if not torch.equal(first[c], image[c])]
+    assert changed and len(changed) < 4 and not first[:, :4].any()
+    off = RandThickSlicesd(keys="image", prob=0.0)
+    state = off.R.get_state()[1].copy()
+    assert off({"image": image})["image"] is image and np.array_equal(off.R.get_state()[1], state)
+    with pytest.raises(ValueError, match="thick_slices"):
+        TrainConfig.from_json({**TINY_RECIPE, "thick_slices_vox": [5, 2]})

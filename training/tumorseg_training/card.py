@@ -116,10 +116,22 @@ def _fallback_section(fallback: Mapping[str, Any]) -> list[str]:
         "## Fallback network",
         "",
         "A study with all four sequences is segmented by the network described above. A study that lacks "
-        f"an optional sequence is segmented by a second network (`{fallback['weights']}`, same architecture "
+        + (
+            f"{_either(fallback['serves'])} (whatever else it lacks; a study lacking only another optional "
+            "sequence goes to the network above, with its substitute in its place)"
+            if fallback.get("serves")
+            else "an optional sequence"
+        )
+        + f" is segmented by a second network (`{fallback['weights']}`, same architecture "
         "and preprocessing) trained for that: "
         + _dropout_text(recipe["modality_dropout"])
         + (" (one draw per batch)" if recipe.get("dropout_per_batch") else "")
+        + (
+            f", each channel thick-sliced with probability {recipe['thick_slices_prob']:g} (slabs of "
+            f"{recipe['thick_slices_vox'][0]:g}-{recipe['thick_slices_vox'][1]:g} voxels along a random axis)"
+            if recipe.get("thick_slices_prob")
+            else ""
+        )
         + (
             f", fine-tuned from `{source['path']}` ({source.get('name', '?')} {source.get('version', '?')})"
             if source
@@ -162,7 +174,7 @@ def _either(sequences: Sequence[str]) -> str:
 def _dropout_text(dropout: float | Mapping[str, float]) -> str:
     if isinstance(dropout, Mapping):
         rates = ", ".join(f"{m.upper()} {p:g}" for m, p in dropout.items())
-        return f"modality dropout per sequence (a zero channel) {rates or 'none'}"
+        return f"modality dropout per sequence (a zero channel, or its substitute's) {rates or 'none'}"
     return f"modality dropout p = {dropout}"
 
 
@@ -216,6 +228,10 @@ def render_card(
         + (
             f"; it needs {inputs.describe()}, and a missing {_either(inputs.optional)} is fed as a channel "
             "of zeros, as modality dropout showed it in training"
+            + "".join(
+                f", except {m.upper()}, whose channel then holds {_either([s])}'s"
+                for m, s in inputs.substitutes
+            )
             + (" (to the fallback network, see below)" if fallback else "")
             if inputs.optional
             else ""
@@ -314,8 +330,9 @@ def render_card(
         lines += [
             "### Missing sequences",
             "",
-            "Held-out mean Dice with each optional sequence missing in turn (left out, so fed as a zero "
-            "channel, as the service does for a study that lacks it; scored on the original lattice of "
+            "Held-out mean Dice with each optional sequence missing in turn (left out, so fed as the "
+            "service feeds a study that lacks it: a zero channel, or its substitute's; scored on the original "
+            "lattice of "
             f"each case's {evaluation['reference']}"
             + "".join(
                 f", of its {r['reference']} without {m.upper()}"

@@ -58,6 +58,10 @@ class TrainConfig:
     # [1 - core_contrast, 1 + core_contrast]; 0 turns it off.
     core_contrast: float = 0.0
     core_contrast_prob: float = 0.5
+    # Thick slices (transforms.RandThickSlicesd): each channel with probability thick_slices_prob as a
+    # stack of slabs of thick_slices_vox = (low, high) voxels along a random axis, resampled back; 0: off.
+    thick_slices_prob: float = 0.0
+    thick_slices_vox: tuple[float, float] = (2.0, 5.0)
     # Cases without enhancing tumour (no label 4: a non-enhancing core, or oedema only) are visited this
     # many times per epoch. They are the rarer profile, and their core looks like neither necrosis nor
     # oedema, so the network sees too few of them otherwise.
@@ -116,6 +120,9 @@ class TrainConfig:
             problems.append("val_fraction must be in [0, 1)")
         if not 0.0 <= self.core_contrast < 1.0 or not 0.0 <= self.core_contrast_prob <= 1.0:
             problems.append("core_contrast must be in [0, 1) and core_contrast_prob in [0, 1]")
+        low, high = self.thick_slices_vox
+        if not 0.0 <= self.thick_slices_prob <= 1.0 or not 1.0 <= low <= high:
+            problems.append("thick_slices_prob must be in [0, 1] and thick_slices_vox 1 <= low <= high")
         if self.min_enhancing_ml < 0:
             problems.append("min_enhancing_ml must be >= 0")
         if self.repeat_without_et < 1:
@@ -155,7 +162,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training config keys {unknown}; known: {sorted(known)}")
         values = dict(data)
-        for key in ("crop_size", "roi_size", "class_ratios"):
+        for key in ("crop_size", "roi_size", "class_ratios", "thick_slices_vox"):
             if key in values:
                 values[key] = tuple(values[key])
         if "network" in values:

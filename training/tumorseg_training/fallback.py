@@ -14,8 +14,11 @@ and preprocessing trained to do without some (``inputs.optional``; usually fine-
 the fallback's BatchNorm statistics per missing set (its ``norms``) as ``fallback_norms.pt``.
 With ``--require SEQ`` (repeatable) the package requires SEQ although the fallback was trained to do
 without it: for a sequence whose absence measured too costly, a study lacking it is refused (422, naming
-it) rather than segmented badly; its norms are left out. Run as
-``python -m tumorseg_training.fallback --main DIR --fallback DIR --out DIR [--require flair]``.
+it) rather than segmented badly; its norms are left out. With ``--serves SEQ`` (repeatable) the fallback
+segments only a study lacking one of those; a study lacking only others goes to the main network, each
+missing sequence through its substitute (``inputs.substitutes``, T1 <- T1ce: measured better than a
+fallback's zero channel on clinical heads). Run as
+``python -m tumorseg_training.fallback --main DIR --fallback DIR --out DIR [--require flair] [--serves flair --serves t2]``.
 """
 
 from __future__ import annotations
@@ -44,16 +47,37 @@ from tumorseg.sequences import ALL_FOUR, SEQUENCES, InputPolicy
 RUN_FILES = ("metrics.csv", "curves.png")  # what a training run writes next to its package
 
 
-def attach_fallback(main_dir: Path, fallback_dir: Path, out_dir: Path, require: Sequence[str] = ()) -> Path:
+def attach_fallback(
+    main_dir: Path,
+    fallback_dir: Path,
+    out_dir: Path,
+    require: Sequence[str] = (),
+    serves: Sequence[str] = (),
+) -> Path:
     """Write the combined package to ``out_dir`` (see the module docstring); return it. ``require``: optional
-    sequences of the fallback that the package requires all the same. Refuses packages that do not fit
-    together, saying why."""
+    sequences of the fallback that the package requires all the same; ``serves``: the sequences whose
+    absence the fallback serves (default: every optional one), the main network the rest, each through
+    its substitute (``inputs.substitutes``). Refuses packages that do not fit together, saying why."""
     main, fallback = read_manifest(main_dir), read_manifest(fallback_dir)
     problems = []
-    unknown = [m for m in require if m not in fallback.inputs.optional]
+    unknown = [m for m in [*require, *serves] if m not in fallback.inputs.optional]
     if unknown:
         problems.append(
-            f"--require {unknown}: not optional for the fallback ({list(fallback.inputs.optional)})"
+            f"--require/--serves {unknown}: not optional for the fallback ({list(fallback.inputs.optional)})"
+        )
+    both = sorted(set(require) & set(serves))
+    if both:
+        problems.append(f"{both}: required, so the fallback cannot serve a study without it")
+    substituted = dict(fallback.inputs.substitutes)
+    unserved = [
+        m
+        for m in fallback.inputs.optional
+        if serves and m not in serves and m not in require and m not in substituted
+    ]
+    if unserved:
+        problems.append(
+            f"{unserved}: neither served by the fallback nor given a substitute in its inputs, so the main "
+            "network (trained on complete studies) would see a zero channel"
         )
     if main.inputs != ALL_FOUR or main.fallback is not None:
         problems.append(f"the main package {main_dir} must require all four sequences and have no fallback")
@@ -102,10 +126,15 @@ def attach_fallback(main_dir: Path, fallback_dir: Path, out_dir: Path, require: 
         required=tuple(m for m in SEQUENCES if m in fallback.inputs.required or m in require),
         optional=tuple(m for m in fallback.inputs.optional if m not in require),
         any_of=tuple(g for g in fallback.inputs.any_of if not set(g) & set(require)),  # met by a required one
+        substitutes=tuple((m, s) for m, s in fallback.inputs.substitutes if m not in require),
     )
     if fallback.norms:
         channels = main.preprocessing.channels
-        kept = norms_keys(channels, inputs)
+        kept = {
+            key: lacking
+            for key, lacking in norms_keys(channels, inputs).items()
+            if not serves or set(lacking) & set(serves)  # the sets the fallback segments
+        }
         statistics = torch.load(fallback_dir / fallback.norms, map_location="cpu", weights_only=True)
         torch.save({k: v for k, v in statistics.items() if k in kept}, out_dir / FALLBACK_NORMS)
     for name in RUN_FILES:
@@ -121,7 +150,11 @@ def attach_fallback(main_dir: Path, fallback_dir: Path, out_dir: Path, require: 
         weights=WEIGHTS,
         inputs=inputs,
         fallback=FallbackNetwork(
-            FALLBACK_WEIGHTS, fallback.training, fallback.metrics, FALLBACK_NORMS if fallback.norms else None
+            FALLBACK_WEIGHTS,
+            fallback.training,
+            fallback.metrics,
+            FALLBACK_NORMS if fallback.norms else None,
+            serves=tuple(m for m in SEQUENCES if m in serves),
         ),
         # the held-out and clinical figures of the combined package are measured again (``tumorseg evaluate
         # --record``, ``clinical_accuracy.py`` with ACC_RECORD)
@@ -144,9 +177,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         choices=SEQUENCES,
         help="a sequence the fallback may do without that the package requires all the same (repeatable)",
     )
+    parser.add_argument(
+        "--serves",
+        action="append",
+        default=[],
+        choices=SEQUENCES,
+        help="a sequence whose absence the fallback serves (repeatable; default: every optional one); the "
+        "main network segments a study lacking only others, through their substitutes",
+    )
     args = parser.parse_args(argv)
     try:
-        sys.stdout.write(f"{attach_fallback(args.main, args.fallback, args.out, args.require)}\n")
+        out = attach_fallback(args.main, args.fallback, args.out, args.require, args.serves)
+        sys.stdout.write(f"{out}\n")
     except ValueError as exc:
         raise SystemExit(str(exc)) from exc
 

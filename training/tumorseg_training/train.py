@@ -136,7 +136,7 @@ def validate(
     without: str | None = None,
 ) -> dict[str, float]:
     """Mean region scores of ``network`` over ``cases`` (model grid, threshold, no post-processing);
-    ``without``: that sequence missing, its channel zeroed after normalisation as inference feeds it."""
+    ``without``: that sequence missing, its channel made as inference makes it (zeros, or its substitute)."""
     predictor = Predictor(manifest_for(config, {}, {}), network, device)
     spacing = (config.prep.spacing_mm,) * 3
     rows = []
@@ -144,11 +144,12 @@ def validate(
     network.eval()
     for case in cases:
         array = case.float32()
+        present = tuple(m for m in config.prep.channels if m != without)
         if without is not None:
             array = array.copy()
-            array[config.prep.channels.index(without)] = 0.0
+            array[config.prep.channels.index(without)] = 0.0  # as prepare leaves it; predict fills it in
         grid = sitk.Image([int(s) for s in array.shape[1:]], sitk.sitkUInt8)
-        probabilities = predictor.predict(ModelInput(array=array, grid=grid))
+        probabilities = predictor.predict(ModelInput(array=array, grid=grid, present=present))
         rows.append(region_scores(probabilities > config.threshold, labels_to_regions(case.labels), spacing))
     network.train(was_training)
     return {name: stats["mean"] for name, stats in summarise(rows).items()}
@@ -322,6 +323,8 @@ def train(
         config.core_contrast_prob,
         inputs=config.input_policy,
         channels=config.prep.channels,
+        thick_slices_prob=config.thick_slices_prob,
+        thick_slices_vox=config.thick_slices_vox,
     )
     batch_dropout = RandModalityDropoutd(
         keys="image",
@@ -366,8 +369,7 @@ def train(
                 break
             images, targets = batch["image"].to(device), batch["label"].to(device)
             if batch_dropout.active:  # the whole batch lacks the same sequences (dropout_per_batch)
-                dropped = [config.prep.channels.index(m) for m in batch_dropout.draw()]
-                images[:, dropped] = 0
+                batch_dropout.fill(images, batch_dropout.draw(), channel_axis=1)
             optimiser.zero_grad(set_to_none=True)
             with torch.autocast("cuda") if use_amp else nullcontext():
                 logits = network(images)

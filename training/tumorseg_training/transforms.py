@@ -11,8 +11,10 @@ plain ``torch.Tensor`` s. Crop centres are drawn per label class with ``class_ra
 ED, ET), so most crops hold tumour and the thin enhancing rims are seen often; a class a case lacks is
 skipped. Then optional core-contrast jitter (``RandRegionContrastd``: the contrast of the label-1 core
 against the normal brain around it scaled per channel), random flips on each axis, per-channel intensity
-scale and shift, and optional modality dropout (optional sequences' channels set to 0, the value of "no
-signal" after z-scoring, as inference feeds a missing sequence; never a required one).
+scale and shift, optional thick slices (``RandThickSlicesd``: a channel as a 2D acquisition of thick
+slices along one axis shows it once resampled to the model grid), and optional modality dropout (optional
+sequences' channels set to 0, the value of "no signal" after z-scoring, or to their substitute, as
+inference feeds a missing sequence; never a required one).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from monai.utils import convert_to_numpy
 from scipy import ndimage as ndi
 
 from tumorseg.labels import ET, labels_to_regions
-from tumorseg.sequences import ALL_FOUR, SEQUENCES, InputPolicy
+from tumorseg.sequences import ALL_FOUR, SEQUENCES, InputPolicy, fill_absent
 from tumorseg_training.config import dropout_problems, droppable
 from tumorseg_training.data import PreparedCase
 
@@ -163,11 +165,92 @@ class RandModalityDropoutd(RandomizableTransform, MapTransform):
         for key in self.key_iterator(d):
             self.randomize()
             if self._dropped:
-                tensor = torch.as_tensor(d[key]).clone()
-                for name in self._dropped:
-                    tensor[self.channels.index(name)] = 0
-                d[key] = tensor
+                d[key] = self.fill(torch.as_tensor(d[key]).clone(), self._dropped)
         return d
+
+    def fill(self, images: Any, dropped: Sequence[str], channel_axis: int = 0) -> Any:
+        """``images`` (in place) with the ``dropped`` sequences' channels as inference makes a missing one:
+        zeros, or the policy's substitute (``InputPolicy.stand_ins``, ``fill_absent``)."""
+        present = [m for m in self.channels if m not in dropped]
+        return fill_absent(images, self.inputs.stand_ins(self.channels, present), channel_axis)
+
+
+class RandThickSlicesd(RandomizableTransform, MapTransform):
+    """Per channel, with probability ``prob``: the channel as a stack of thick slices along a random axis,
+    resampled back onto the model grid, as a clinical 2D series (FLAIR 0.9 x 0.9 x 4 mm, T2 3 mm) reaches
+    the network after ``prepare``: the mean over slabs of ``thickness`` voxels (drawn from ``thickness``
+    = (low, high), rounded; random phase), then linear interpolation between the slab centres. Voxels that
+    were 0 in every channel (outside the brain) stay 0.
+
+    Why: the phantoms are 1 mm isotropic in every sequence, the clinical heads are not, and a network that
+    must find the oedema in one thick-sliced sequence alone (a study without T2, or without FLAIR) missed
+    small tumours there (README, Missing sequences). Off (``prob`` 0) it draws nothing.
+    """
+
+    def __init__(
+        self, keys: str | Sequence[str], prob: float = 0.0, thickness: Sequence[float] = (2.0, 5.0)
+    ) -> None:
+        low, high = (float(t) for t in thickness)
+        if not 1.0 <= low <= high:
+            raise ValueError(f"thick slices: thickness must be 1 <= low <= high voxels, got {thickness}")
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self.low, self.high = low, high
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.prob <= 0:
+            return d
+        for key in self.key_iterator(d):
+            image = torch.as_tensor(d[key])
+            inside = (image != 0).any(dim=0)
+            out = None
+            for c in range(image.shape[0]):
+                if self.R.rand() >= self.prob:
+                    continue
+                axis = int(self.R.randint(3))
+                slab = max(1, round(float(self.R.uniform(self.low, self.high))))
+                phase = int(self.R.randint(slab))
+                if slab > 1:
+                    out = image.clone() if out is None else out
+                    out[c] = thick_slices(image[c], axis, slab, phase)
+            if out is not None:
+                d[key] = out * inside
+        return d
+
+
+def thick_slices(channel: torch.Tensor, axis: int, slab: int, phase: int = 0) -> torch.Tensor:
+    """``channel`` (I, J, K) averaged over slabs of ``slab`` voxels along ``axis`` (the first slab starts at
+    ``phase - slab``, partial slabs at the ends averaged over what they hold) and linearly interpolated
+    back between the slab centres (constant beyond the outer ones)."""
+    import torch.nn.functional as F
+
+    moved = channel.movedim(axis, -1)
+    length = moved.shape[-1]
+    lines = moved.reshape(-1, 1, length).float()
+    start = phase - slab if phase else 0
+    pad_front, pad_back = -start, (-(length - start)) % slab
+    ones = torch.ones_like(lines)
+    padded = F.pad(lines, (pad_front, pad_back))
+    weights = F.pad(ones, (pad_front, pad_back))
+    sums = F.avg_pool1d(padded, slab, slab)
+    counts = F.avg_pool1d(weights, slab, slab)
+    means = sums / counts.clamp_min(1e-6)
+    # slab n holds voxels [start + n*slab, start + (n+1)*slab): its centre, clipped to the voxels it holds
+    n = means.shape[-1]
+    first = torch.clamp(start + torch.arange(n) * slab, min=0)
+    last = torch.clamp(start + (torch.arange(n) + 1) * slab, max=length) - 1
+    centres = (first + last).float() / 2
+    position = torch.arange(length, dtype=torch.float32)
+    right = torch.searchsorted(centres, position).clamp(1, max(n - 1, 1))
+    left = right - 1
+    if n == 1:
+        resampled = means.expand(-1, -1, length)
+    else:
+        span = (centres[right] - centres[left]).clamp_min(1e-6)
+        w = ((position - centres[left]) / span).clamp(0.0, 1.0)
+        resampled = means[..., left] * (1 - w) + means[..., right] * w
+    return resampled.reshape(moved.shape).movedim(-1, axis).to(channel.dtype)
 
 
 class RandRegionContrastd(RandomizableTransform, MapTransform):
@@ -242,10 +325,13 @@ def train_transform(
     core_contrast_prob: float = 0.5,
     inputs: InputPolicy = ALL_FOUR,
     channels: Sequence[str] = SEQUENCES,
+    thick_slices_prob: float = 0.0,
+    thick_slices_vox: Sequence[float] = (2.0, 5.0),
 ) -> Compose:
     """The random part of the pipeline (see module docstring); ``class_ratios`` = (bg, NCR, ED, ET);
     ``core_contrast`` is ``RandRegionContrastd``'s spread for label 1 (0: off); ``modality_dropout``,
-    ``inputs`` and ``channels`` as ``RandModalityDropoutd``."""
+    ``inputs`` and ``channels`` as ``RandModalityDropoutd``; ``thick_slices_prob`` and
+    ``thick_slices_vox`` as ``RandThickSlicesd`` (0: off)."""
     if len(class_ratios) != 4 or min(class_ratios) < 0 or sum(class_ratios) <= 0:
         raise ValueError(
             f"class_ratios must be four non-negative weights (bg, NCR, ED, ET), got {class_ratios}"
@@ -281,6 +367,11 @@ def train_transform(
             *[RandFlipd(keys=keys, prob=flip_prob, spatial_axis=axis) for axis in range(3)],
             RandScaleIntensityd(keys=IMAGE, factors=intensity_scale, prob=1.0, channel_wise=True),
             RandShiftIntensityd(keys=IMAGE, offsets=intensity_shift, prob=1.0, channel_wise=True),
+            *(
+                [RandThickSlicesd(keys=IMAGE, prob=thick_slices_prob, thickness=thick_slices_vox)]
+                if thick_slices_prob > 0
+                else []
+            ),
             # Always in the pipeline, and last of the random ones: its seed from the Compose is drawn after
             # every other's, so recipes without dropout (for which it draws nothing) crop as they always did.
             RandModalityDropoutd(keys=IMAGE, rates=modality_dropout, inputs=inputs, channels=channels),

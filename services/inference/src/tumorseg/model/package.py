@@ -14,18 +14,22 @@ Manifest schema (``format_version`` 1)::
                 "min_enhancing_ml": 0.0},   # optional; a smaller enhancing region becomes necrotic core
      "labels": {"1": ..., "2": ..., "4": ...},
      "inference": {"roi_size": [z, y, x], "overlap": 0.25, "sw_batch_size": 1},
-     "inputs": {"required": [...], "optional": [...], "any_of": [[...]]},  # optional; default: all four
-                                                     # required (missing sequences: zero channels)
+     "inputs": {"required": [...], "optional": [...], "any_of": [[...]],  # optional; default: all four
+                "substitutes": {"t1": "t1ce"}},      # required (missing sequences: zero channels, or
+                                                     # the substitute's channel; InputPolicy)
      "norms": "norms.pt",   # optional: BatchNorm statistics per set of missing sequences, see below
      "fallback": {"weights": "fallback.pt", "norms": "fallback_norms.pt",  # optional, see below
+                  "serves": ["flair", "t2"],  # optional; default: every optional sequence
                   "training": {...}, "metrics": {...}},
      "training": {...free-form description...}, "metrics": {...}, "versions": {...}}
 
 A package whose ``inputs`` let a study lack a sequence may hold a second network of the same architecture
 and preprocessing, its ``fallback``, trained to do without the optional sequences (modality dropout). Then
 the main network (``weights``) segments every study that has all the channels, exactly as a package
-without the fallback would, and the fallback network every study that lacks one. Without a ``fallback`` the
-main network serves both (it was then trained with dropout itself).
+without the fallback would, and the fallback network every study that lacks one; with ``"serves": [...]``
+only a study lacking one of those, the main network the others (a missing sequence with a substitute in
+``inputs.substitutes``: T1 ← T1ce for a network trained on complete studies). Without a ``fallback`` the
+main network serves both (it was then trained with dropout itself, or relies on substitutes).
 
 The network that serves studies lacking a sequence (the fallback, or the main one without a fallback) may
 come with ``norms``: a torch file ``{"t1": {name: tensor}, "flair+t1": ...}`` of BatchNorm running
@@ -92,11 +96,15 @@ class FallbackNetwork:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     norms: str | None = None  # its BatchNorm statistics per set of missing sequences
+    # The sequences whose absence it serves (a study lacking none of them goes to the main network, which
+    # then needs a substitute for what is missing); empty: every optional sequence.
+    serves: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "weights": self.weights,
             **({"norms": self.norms} if self.norms else {}),
+            **({"serves": list(self.serves)} if self.serves else {}),
             "training": self.training,
             "metrics": self.metrics,
         }
@@ -108,6 +116,7 @@ class FallbackNetwork:
             training=dict(data.get("training", {})),
             metrics=dict(data.get("metrics", {})),
             norms=str(data["norms"]) if data.get("norms") else None,
+            serves=tuple(str(m) for m in data.get("serves", ())),
         )
 
 
@@ -137,9 +146,11 @@ class ModelManifest:
 
     def network_for(self, present: Iterable[str]) -> str:
         """Which network segments a study with the sequences ``present``: "main", or "fallback" when the
-        package has one and a channel is missing."""
-        complete = set(self.preprocessing.channels) <= set(present)
-        return "main" if complete or self.fallback is None else "fallback"
+        package has one and a sequence it serves is missing."""
+        lacking = set(self.preprocessing.channels) - set(present)
+        if not lacking or self.fallback is None:
+            return "main"
+        return "fallback" if lacking & set(self.fallback.serves or self.inputs.optional) else "main"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -219,6 +230,10 @@ class ModelManifest:
             raise refuse(
                 "it has a fallback network but its inputs require every sequence (it would never run)"
             )
+        if manifest.fallback is not None:
+            odd = [m for m in manifest.fallback.serves if m not in manifest.inputs.optional]
+            if odd:
+                raise refuse(f"its fallback serves {odd}, which the inputs do not let a study lack")
         if manifest.fallback is not None and manifest.fallback.weights == manifest.weights:
             raise refuse(f"the fallback network's weights are the main network's ({manifest.weights})")
         if manifest.norms and (manifest.fallback is not None or manifest.inputs == ALL_FOUR):

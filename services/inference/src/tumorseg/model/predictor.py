@@ -1,7 +1,8 @@
 """Configure → load → predict. The service builds one ``Predictor`` at start-up and reuses it.
 
 ``predict`` takes a ``ModelInput`` (float32 (4, I, J, K) on the cropped model grid, see
-``tumorseg.imaging.preprocess``) and returns region probabilities, float32 (3, I, J, K) in the order
+``tumorseg.imaging.preprocess``; a missing sequence's channel is its substitute's when the package's
+``inputs`` name one, see ``network_input``) and returns region probabilities, float32 (3, I, J, K) in the order
 TC, WT, ET, on the same grid; ``mask`` turns them into the package's BraTS label mask on a series' lattice.
 Inference runs under ``torch.inference_mode`` with MONAI sliding windows,
 with autocast on CUDA. It holds no lock of its own: ``Segmenter`` is the one place that decides
@@ -25,6 +26,7 @@ from tumorseg.imaging.postprocess import to_reference_mask
 from tumorseg.imaging.preprocess import ModelInput
 from tumorseg.model.network import for_inference, stride_product
 from tumorseg.model.package import ModelManifest, load_package, missing_key, norms_keys
+from tumorseg.sequences import fill_absent
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ class Predictor:
             for r, s in zip(config.roi_size, model_input.array.shape[1:], strict=True)
         )
         network = self._network(model_input)
-        tensor = torch.from_numpy(model_input.array[None]).to(self.device)
+        tensor = torch.from_numpy(self.network_input(model_input)[None]).to(self.device)
         if self.device == "cpu":
             tensor = tensor.contiguous(memory_format=torch.channels_last_3d)
         autocast = torch.autocast("cuda") if self.device == "cuda" else nullcontext()
@@ -96,6 +98,14 @@ class Predictor:
             assert isinstance(logits, torch.Tensor)
             probabilities = torch.sigmoid(logits.float())[0]
         return np.ascontiguousarray(probabilities.cpu().numpy(), dtype=np.float32)
+
+    def network_input(self, model_input: ModelInput) -> NDArray[np.float32]:
+        """``model_input.array`` with each missing sequence's channel as the package's ``inputs`` make it: its
+        substitute's channel where it has one (a copy then), zeros otherwise (``prepare`` wrote those)."""
+        stand_ins = self.manifest.inputs.stand_ins(self.manifest.preprocessing.channels, model_input.present)
+        if all(source is None for _, source in stand_ins):
+            return model_input.array
+        return fill_absent(model_input.array.copy(), stand_ins)
 
     def _network(self, model_input: ModelInput) -> Any:
         name = self.network_for(model_input)
