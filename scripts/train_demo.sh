@@ -13,8 +13,9 @@
 # network with one optional sequence missing in every sample, then packaged with it (FALLBACK_FOR), so a
 # complete study is segmented exactly as by the main network alone:
 #   RECIPE=training/recipes/phantom_fallback.json RUN=$WORK/model-fallback FALLBACK_FOR=models/default \
-#       FALLBACK_SERVES="flair t2" DEST=$WORK/candidate bash scripts/train_demo.sh
-# (T1 missing: the main network with T1ce in its place, the recipe's inputs.substitutes.)
+#       DEST=$WORK/candidate bash scripts/train_demo.sh
+# (a missing T1's channel holds T1ce, the recipe's inputs.substitutes; the fallback's studies are
+# bias-corrected by N4 first, FALLBACK_BIAS.)
 set -euo pipefail
 trap 'echo "train_demo.sh: failed (line $LINENO, exit $?); run it again to resume" >&2' ERR
 cd "$(dirname "$0")/.."
@@ -31,6 +32,7 @@ DEST=${DEST:-models/default}
 RUN=${RUN:-$WORK/model}  # the run's package, checkpoint and evaluation reports
 FALLBACK_FOR=${FALLBACK_FOR:-}  # a package needing all four: the run becomes its fallback network
 FALLBACK_SERVES=${FALLBACK_SERVES:-}  # e.g. "flair t2": the fallback serves only those (see fallback.py)
+FALLBACK_BIAS=${FALLBACK_BIAS:-n4}  # the fallback's studies bias-corrected first (none: not)
 PACKAGE=$RUN  # what is evaluated and shipped
 JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
 EXTRA_TRAIN_ARGS=()
@@ -82,7 +84,8 @@ if [[ -n "$FALLBACK_FOR" ]]; then
     rm -rf "$PACKAGE"
     serves=()
     for seq in $FALLBACK_SERVES; do serves+=(--serves "$seq"); done
-    "$BIN/python" -m tumorseg_training.fallback --main "$FALLBACK_FOR" --fallback "$RUN" --out "$PACKAGE" "${serves[@]}"
+    "$BIN/python" -m tumorseg_training.fallback --main "$FALLBACK_FOR" --fallback "$RUN" --out "$PACKAGE" \
+        "${serves[@]}" --bias-correction "$FALLBACK_BIAS"
 fi
 
 stage "held-out phantoms: run seeds $HELDOUT_SEEDS, $HELDOUT_PER_SEED each -> $WORK/phantoms/heldout"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,14 +17,16 @@ from fastapi.testclient import TestClient
 
 from tests.dicom_factory import unique_patient_id
 from tests.geometry import dice
-from tests.orthanc import OrthancEndpoint, cli_with_env, service_settings
-from tests.studies import CLINICAL, UploadedStudy
+from tests.orthanc import OrthancEndpoint, cli_with_env, service_settings, upload_folder
+from tests.studies import CLINICAL, UploadedStudy, clone_study
 from tumorseg.api.main import create_app
 from tumorseg.cli import app
 from tumorseg.config import DEFAULT_MODEL_PATH
 from tumorseg.imaging import grid as g
+from tumorseg.model.package import read_manifest
 from tumorseg.pacs.upload import upload_directory
 from tumorseg.schema import SegmentResult
+from tumorseg.sequences import SEQUENCES
 from tumorseg.synth.phantom_head import generate_head_case, write_head_case
 from tumorseg.synth.to_dicom import convert_case
 
@@ -61,25 +64,9 @@ def test_clinical_head_is_segmented_in_the_brain(
     response = client.post(f"/segment/{head_study.patient_id}", params={"reference": reference})
     assert response.status_code == 200, response.text
     result = response.json()
-    (tmp_path / "mask.nii.gz").write_bytes(client.get(result["mask_url"]).content)
-    mask = sitk.ReadImage(str(tmp_path / "mask.nii.gz"))
-    truth_dir = head_study.case_dir / "truth"
-    truth = g.resample_labels(sitk.ReadImage(str(truth_dir / f"seg_{reference}.nii.gz")), mask)
-    brain = sitk.Resample(
-        sitk.ReadImage(str(truth_dir / f"brain_{reference}.nii.gz")),
-        mask,
-        sitk.Transform(),
-        sitk.sitkNearestNeighbor,
-    )
-    predicted, expected = sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(truth)
-    in_brain = sitk.GetArrayFromImage(brain) > 0
-    scores = {
-        "wt": dice(predicted > 0, expected > 0),
-        "tc": dice(np.isin(predicted, (1, 4)), np.isin(expected, (1, 4))),
-        "et": dice(predicted == 4, expected == 4),
-    }
+    scores, outside = _scores(client, result, head_study, reference, tmp_path)
     assert scores["wt"] >= 0.85 and scores["tc"] >= 0.75 and scores["et"] >= 0.70, scores
-    assert np.count_nonzero((predicted > 0) & ~in_brain) < 0.01 * np.count_nonzero(predicted > 0)
+    assert outside < 0.01
 
     registration = result["registration"]
     assert registration["enabled"] is True
@@ -98,6 +85,62 @@ def test_clinical_head_is_segmented_in_the_brain(
     old = {k: v for k, v in result.items() if k not in ("registration", "brain_extraction", "warnings")}
     old["timings_s"] = {k: v for k, v in timings.items() if k not in ("registration", "brain_extraction")}
     assert SegmentResult.model_validate(old).registration.enabled is False
+
+
+def _scores(
+    client: TestClient, result: dict[str, Any], head: UploadedStudy, reference: str, tmp_path: Path
+) -> tuple[dict[str, float], float]:
+    """Dice WT/TC/ET of the result's mask against the head's truth in the reference series' frame, and the
+    fraction of the mask's voxels outside the true brain."""
+    (tmp_path / "mask.nii.gz").write_bytes(client.get(result["mask_url"]).content)
+    mask = sitk.ReadImage(str(tmp_path / "mask.nii.gz"))
+    truth_dir = head.case_dir / "truth"
+    truth = g.resample_labels(sitk.ReadImage(str(truth_dir / f"seg_{reference}.nii.gz")), mask)
+    brain = sitk.Resample(
+        sitk.ReadImage(str(truth_dir / f"brain_{reference}.nii.gz")),
+        mask,
+        sitk.Transform(),
+        sitk.sitkNearestNeighbor,
+    )
+    predicted, expected = sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(truth)
+    in_brain = sitk.GetArrayFromImage(brain) > 0
+    scores = {
+        "wt": dice(predicted > 0, expected > 0),
+        "tc": dice(np.isin(predicted, (1, 4)), np.isin(expected, (1, 4))),
+        "et": dice(predicted == 4, expected == 4),
+    }
+    outside = np.count_nonzero((predicted > 0) & ~in_brain) / max(np.count_nonzero(predicted > 0), 1)
+    return scores, float(outside)
+
+
+# Issue 19 with the shipped model: the head without one sequence. Measured on this head (reference T1ce,
+# all four: WT/TC/ET {ALL_FOUR}); the bounds are those less about 0.1.
+WITHOUT_MIN_DICE: dict[str, dict[str, float]] = {}
+
+
+@pytest.mark.parametrize("lacking", ["flair", "t1", "t2"])
+def test_the_shipped_model_segments_a_head_without_one_sequence(
+    lacking: str, head_study: UploadedStudy, client: TestClient, orthanc: OrthancEndpoint, tmp_path: Path
+) -> None:
+    inputs = read_manifest(DEFAULT_MODEL_PATH).inputs
+    patient_id = clone_study(
+        head_study.converted, tmp_path / "study", modalities=tuple(m for m in SEQUENCES if m != lacking)
+    )
+    upload_folder(orthanc, tmp_path / "study")
+    response = client.post(f"/segment/{patient_id}", params={"reference": "t1ce"})
+    if lacking not in inputs.optional:  # the package requires it: refused, naming it
+        assert response.status_code == 422 and response.json()["code"] == "modality_missing"
+        assert f"no usable series for {lacking}" in response.json()["detail"]
+        return
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["missing_sequences"] == [lacking] and lacking not in result["series"]
+    assert result["model"]["network"] == read_manifest(DEFAULT_MODEL_PATH).network_for(result["series"])
+    scores, outside = _scores(client, result, head_study, "t1ce", tmp_path)
+    print(lacking, scores, outside)
+    low = {r: round(v, 3) for r, v in scores.items() if v < WITHOUT_MIN_DICE.get(lacking, {}).get(r, 0.0)}
+    assert not low, f"without {lacking}: Dice {scores}, below {WITHOUT_MIN_DICE.get(lacking)}"
+    assert outside < 0.01
 
 
 def test_registration_can_be_turned_off_per_request(head_study: UploadedStudy, client: TestClient) -> None:

@@ -411,3 +411,66 @@ def test_a_fallback_that_serves_some_sequences_leaves_the_others_to_the_main_net
     (package / "model.json").write_text(json.dumps(data))
     with pytest.raises(ModelError, match="serves"):
         read_manifest(package)
+
+
+def test_n4_removes_a_smooth_bias_inside_the_brain_and_leaves_the_background() -> None:
+    from tumorseg.imaging.bias import correct_bias
+
+    rng = np.random.default_rng(0)
+    shape = (64, 72, 60)
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij")
+    inside = ((k - 32) / 28) ** 2 + ((j - 36) / 32) ** 2 + ((i - 30) / 26) ** 2 < 1  # an ellipsoid "brain"
+    tissue = np.where((k // 8 + j // 8 + i // 8) % 2 == 0, 100.0, 140.0).astype(np.float32)  # two tissues
+    tissue += rng.normal(0, 3, shape).astype(np.float32)
+    field = np.exp(0.18 * np.cos(2 * np.pi * (j + 0.5 * i) / 220 + 0.4)).astype(np.float32)  # up to ~20 %
+    channel = np.where(inside, tissue * field, 0).astype(np.float32)
+    corrected = correct_bias(channel.copy())
+    assert not corrected[~inside].any()  # the background stays 0
+
+    def spread(values: np.ndarray) -> float:
+        """How much the brighter tissue's level varies across the brain (front half against back)."""
+        bright = inside & (tissue > 120)
+        front, back = bright & (j < 36), bright & (j >= 36)
+        return abs(float(values[front].mean()) / float(values[back].mean()) - 1)
+
+    assert spread(channel) > 0.08 and spread(corrected) < 0.3 * spread(channel)
+    few = np.zeros(shape, np.float32)
+    few[:4, :4, :4] = 5.0  # too little to fit: left as it is
+    assert np.array_equal(correct_bias(few.copy()), few)
+
+
+def test_the_fallback_may_correct_the_bias_of_the_studies_it_segments(tmp_path: Path) -> None:
+    from tumorseg.imaging.preprocess import Preprocessing
+
+    assert "bias_correction" not in Preprocessing().to_json()  # older packages read the same
+    assert Preprocessing.from_json({"bias_correction": "n4"}).bias_correction == "n4"
+    with pytest.raises(ValueError, match="bias_correction"):
+        Preprocessing.from_json({"bias_correction": "n3"})
+    package = with_fallback(tiny_package(tmp_path / "pkg"))
+    data = json.loads((package / "model.json").read_text())
+    data["fallback"]["bias_correction"] = "n4"
+    (package / "model.json").write_text(json.dumps(data))
+    manifest = read_manifest(package)
+    assert ModelManifest.from_json(manifest.to_json(), package) == manifest
+    assert manifest.preprocessing_for(SEQUENCES).bias_correction == "none"  # complete: as before
+    assert manifest.preprocessing_for(("flair", "t1", "t1ce")).bias_correction == "n4"
+    data["fallback"]["bias_correction"] = "n3"
+    (package / "model.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="bias_correction"):
+        read_manifest(package)
+
+
+def test_warm_up_reaches_the_fallback_when_flair_is_required(tmp_path: Path) -> None:
+    # the shipped policy: FLAIR and T1ce required, so "all but the first channel" would go to the main one
+    inputs = {
+        "required": ["flair", "t1ce"],
+        "optional": ["t1", "t2"],
+        "any_of": [],
+        "substitutes": {"t1": "t1ce"},
+    }
+    predictor = Predictor.from_package(with_fallback(tiny_package(tmp_path / "pkg"), inputs=inputs))
+    calls: list[str] = []
+    for name, network in (("main", predictor.network), ("fallback", predictor.fallback)):
+        network.register_forward_hook(lambda *_, name=name: calls.append(name))
+    predictor.warm_up()
+    assert sorted(set(calls)) == ["fallback", "main"]

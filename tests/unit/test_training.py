@@ -828,3 +828,26 @@ def test_thick_slices_average_slabs_along_one_axis_and_keep_the_background() -> 
     assert off({"image": image})["image"] is image and np.array_equal(off.R.get_state()[1], state)
     with pytest.raises(ValueError, match="thick_slices"):
         TrainConfig.from_json({**TINY_RECIPE, "thick_slices_vox": [5, 2]})
+
+
+def test_the_bias_field_acts_as_before_normalisation_and_keeps_the_background() -> None:
+    from tumorseg_training.transforms import RandBiasFieldd
+
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randn(4, 16, 16, 16, generator=generator)
+    image[:, :3] = 0
+    transform = RandBiasFieldd(keys="image", prob=1.0, max_bias=0.2, ratio=(4.0, 4.0))
+    transform.set_random_state(seed=5)
+    out = transform({"image": image})["image"]
+    assert not out[:, :3].any()  # outside the brain: still 0
+    inside = image[:, 3:]
+    safe = (inside + 4.0).abs() > 0.5
+    field = ((out[:, 3:] + 4.0) / (inside + 4.0))[safe]  # z' = (z + k) b - k with k = 4: b back
+    assert float(field.min()) >= 1 / 1.2 - 1e-4 and float(field.max()) <= 1.2 + 1e-4
+    assert float(field.std()) > 0  # not a constant: a wave across the crop
+    transform.set_random_state(seed=5)
+    assert torch.equal(transform({"image": image})["image"], out)
+    off = RandBiasFieldd(keys="image", prob=0.0)
+    assert off({"image": image})["image"] is image
+    with pytest.raises(ValueError, match="bias_field"):
+        TrainConfig.from_json({**TINY_RECIPE, "bias_field_max": 1.5})

@@ -133,6 +133,12 @@ def _fallback_section(fallback: Mapping[str, Any]) -> list[str]:
             else ""
         )
         + (
+            f", each channel biased with probability {recipe['bias_field_prob']:g} (a smooth field of peak "
+            f"{recipe['bias_field_max']:g}, as it acts before z-scoring)"
+            if recipe.get("bias_field_prob")
+            else ""
+        )
+        + (
             f", fine-tuned from `{source['path']}` ({source.get('name', '?')} {source.get('version', '?')})"
             if source
             else ""

@@ -62,6 +62,10 @@ class TrainConfig:
     # stack of slabs of thick_slices_vox = (low, high) voxels along a random axis, resampled back; 0: off.
     thick_slices_prob: float = 0.0
     thick_slices_vox: tuple[float, float] = (2.0, 5.0)
+    # Bias field (transforms.RandBiasFieldd): each channel with probability bias_field_prob times a smooth
+    # field of peak |b - 1| up to bias_field_max, as it acts before z-scoring; 0: off.
+    bias_field_prob: float = 0.0
+    bias_field_max: float = 0.2
     # Cases without enhancing tumour (no label 4: a non-enhancing core, or oedema only) are visited this
     # many times per epoch. They are the rarer profile, and their core looks like neither necrosis nor
     # oedema, so the network sees too few of them otherwise.
@@ -123,6 +127,8 @@ class TrainConfig:
         low, high = self.thick_slices_vox
         if not 0.0 <= self.thick_slices_prob <= 1.0 or not 1.0 <= low <= high:
             problems.append("thick_slices_prob must be in [0, 1] and thick_slices_vox 1 <= low <= high")
+        if not 0.0 <= self.bias_field_prob <= 1.0 or not 0.0 <= self.bias_field_max < 1.0:
+            problems.append("bias_field_prob must be in [0, 1] and bias_field_max in [0, 1)")
         if self.min_enhancing_ml < 0:
             problems.append("min_enhancing_ml must be >= 0")
         if self.repeat_without_et < 1:

@@ -100,7 +100,7 @@ def evaluate_case(
     manifest = predictor.manifest
     start = time.perf_counter()
     volumes = {m: case.volume(m) for m in SEQUENCES if m != without}
-    model_input, _ = prepare(volumes, reference, manifest.preprocessing)
+    model_input, _ = prepare(volumes, reference, manifest.preprocessing_for(volumes))
     prepared = time.perf_counter()
     probabilities = predictor.predict(model_input)
     predicted = time.perf_counter()

@@ -17,8 +17,10 @@ without it: for a sequence whose absence measured too costly, a study lacking it
 it) rather than segmented badly; its norms are left out. With ``--serves SEQ`` (repeatable) the fallback
 segments only a study lacking one of those; a study lacking only others goes to the main network, each
 missing sequence through its substitute (``inputs.substitutes``, T1 <- T1ce: measured better than a
-fallback's zero channel on clinical heads). Run as
-``python -m tumorseg_training.fallback --main DIR --fallback DIR --out DIR [--require flair] [--serves flair --serves t2]``.
+fallback's zero channel on clinical heads). With ``--bias-correction n4`` the studies the fallback
+segments have each channel's bias field removed before normalisation (``tumorseg.imaging.bias``). Run as
+``python -m tumorseg_training.fallback --main DIR --fallback DIR --out DIR [--require flair] [--serves flair
+--serves t2] [--bias-correction n4]``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from tumorseg.imaging.bias import METHODS as BIAS_METHODS
 from tumorseg.model.package import (
     FALLBACK_NORMS,
     FALLBACK_WEIGHTS,
@@ -53,11 +56,14 @@ def attach_fallback(
     out_dir: Path,
     require: Sequence[str] = (),
     serves: Sequence[str] = (),
+    bias_correction: str | None = None,
 ) -> Path:
     """Write the combined package to ``out_dir`` (see the module docstring); return it. ``require``: optional
     sequences of the fallback that the package requires all the same; ``serves``: the sequences whose
     absence the fallback serves (default: every optional one), the main network the rest, each through
-    its substitute (``inputs.substitutes``). Refuses packages that do not fit together, saying why."""
+    its substitute (``inputs.substitutes``); ``bias_correction`` ("n4"): the preprocessing of the studies
+    the fallback segments removes each channel's bias field first. Refuses packages that do not fit
+    together, saying why."""
     main, fallback = read_manifest(main_dir), read_manifest(fallback_dir)
     problems = []
     unknown = [m for m in [*require, *serves] if m not in fallback.inputs.optional]
@@ -155,6 +161,7 @@ def attach_fallback(
             fallback.metrics,
             FALLBACK_NORMS if fallback.norms else None,
             serves=tuple(m for m in SEQUENCES if m in serves),
+            bias_correction=bias_correction if bias_correction not in (None, "none") else None,
         ),
         # the held-out and clinical figures of the combined package are measured again (``tumorseg evaluate
         # --record``, ``clinical_accuracy.py`` with ACC_RECORD)
@@ -185,9 +192,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="a sequence whose absence the fallback serves (repeatable; default: every optional one); the "
         "main network segments a study lacking only others, through their substitutes",
     )
+    parser.add_argument(
+        "--bias-correction",
+        choices=BIAS_METHODS,
+        default="none",
+        help="n4: remove each channel's bias field before normalisation in the studies the fallback segments",
+    )
     args = parser.parse_args(argv)
     try:
-        out = attach_fallback(args.main, args.fallback, args.out, args.require, args.serves)
+        out = attach_fallback(
+            args.main, args.fallback, args.out, args.require, args.serves, args.bias_correction
+        )
         sys.stdout.write(f"{out}\n")
     except ValueError as exc:
         raise SystemExit(str(exc)) from exc

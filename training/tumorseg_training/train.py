@@ -325,6 +325,8 @@ def train(
         channels=config.prep.channels,
         thick_slices_prob=config.thick_slices_prob,
         thick_slices_vox=config.thick_slices_vox,
+        bias_field_prob=config.bias_field_prob,
+        bias_field_max=config.bias_field_max,
     )
     batch_dropout = RandModalityDropoutd(
         keys="image",

@@ -276,7 +276,7 @@ class Segmenter:
             model_input, _ = prepare(
                 {m: v.image for m, v in loaded.items()},
                 request.reference,
-                manifest.preprocessing,
+                manifest.preprocessing_for(loaded),
                 registration=registration,
                 brain_extractor=self.brain_extractor,
             )
@@ -427,12 +427,14 @@ def _library_errors(stage: str, error: type[TumorsegError]) -> Iterator[None]:
         raise error(f"{stage} failed on this study: {type(exc).__name__}: {exc}") from exc
 
 
-def _missing_warning(missing: tuple[str, ...]) -> list[str]:
+def _missing_warning(missing: tuple[str, ...], substitutes: Mapping[str, str] | None = None) -> list[str]:
     if not missing:
         return []
+    stand_ins = [f"{substitutes[m]} in the place of {m}" for m in missing if substitutes and m in substitutes]
     return [
-        f"the study has no usable {', '.join(missing)} series: segmented without it (the model was trained "
-        "to do without it; expect lower accuracy, see the model card)"
+        f"the study has no usable {', '.join(missing)} series: segmented without it ("
+        + "".join(f"{s}; " for s in stand_ins)
+        + "the model package does without it; expect lower accuracy, see the model card)"
     ]
 
 
@@ -497,7 +499,8 @@ def _result_fields(
             "series": {m: r.to_json() for m, r in model_input.registrations.items()},
         },
         "brain_extraction": dict(model_input.brain_extraction),
-        "warnings": list(model_input.warnings) + _missing_warning(assembled.mapping.missing),
+        "warnings": list(model_input.warnings)
+        + _missing_warning(assembled.mapping.missing, dict(manifest.inputs.substitutes)),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "tumorseg_version": __version__,
     }

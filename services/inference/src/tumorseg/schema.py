@@ -42,6 +42,7 @@ class Timings(BaseModel):
     load: float
     registration: float = 0.0  # results stored before the clinical-input stages have neither
     brain_extraction: float = 0.0
+    bias_correction: float = 0.0  # only for a package (or its fallback) that corrects the bias field
     preprocess: float
     inference: float
     postprocess: float

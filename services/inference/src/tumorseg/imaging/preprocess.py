@@ -35,6 +35,8 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 
 from tumorseg.imaging import grid as g
+from tumorseg.imaging.bias import METHODS as BIAS_METHODS
+from tumorseg.imaging.bias import correct_bias
 from tumorseg.imaging.brain import (
     EXTRACTORS,
     PEEL_MM,
@@ -62,8 +64,12 @@ class Preprocessing:
     crop_foreground: bool = True
     crop_margin_vox: int = 8
     divisible_by: int = field(default=16)
+    # "n4": each channel's bias field removed inside the brain before normalisation (``imaging.bias``)
+    bias_correction: str = "none"
 
     def __post_init__(self) -> None:
+        if self.bias_correction not in BIAS_METHODS:
+            raise ValueError(f"unknown bias_correction {self.bias_correction!r}; one of {BIAS_METHODS}")
         if sorted(self.channels) != sorted(SEQUENCES):
             raise ValueError(f"channels must be a permutation of {SEQUENCES}, got {self.channels}")
         if self.normalisation != "zscore_nonzero_channelwise":
@@ -74,6 +80,8 @@ class Preprocessing:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["channels"] = list(self.channels)
+        if self.bias_correction == "none":  # packages written before the key read the same
+            del data["bias_correction"]
         return data
 
     @classmethod
@@ -267,9 +275,14 @@ def prepare(
     if extraction is None:  # skull-stripped input (or none wanted): its non-zero voxels are the brain
         brain = np.any(array != 0, axis=0)
     # Each channel normalised over the brain (for stripped input, its non-zero voxels, as BraTS models
-    # expect); the voxels outside it stay 0.
+    # expect); the voxels outside it stay 0. With bias correction, each present channel's field is removed
+    # first, inside the brain.
     workers = min(len(prep.channels), usable_cpus())
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # numpy releases the GIL
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # numpy and ITK release the GIL
+        if prep.bias_correction == "n4":
+            started = time.perf_counter()
+            list(pool.map(correct_bias, [array[c] for c in present]))
+            timings["bias_correction"] = time.perf_counter() - started
         list(pool.map(zscore_nonzero, array))
     label_array = None
     if labels is not None:

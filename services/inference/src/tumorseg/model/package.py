@@ -20,6 +20,7 @@ Manifest schema (``format_version`` 1)::
      "norms": "norms.pt",   # optional: BatchNorm statistics per set of missing sequences, see below
      "fallback": {"weights": "fallback.pt", "norms": "fallback_norms.pt",  # optional, see below
                   "serves": ["flair", "t2"],  # optional; default: every optional sequence
+                  "bias_correction": "n4",    # optional: its studies' preprocessing corrects the bias
                   "training": {...}, "metrics": {...}},
      "training": {...free-form description...}, "metrics": {...}, "versions": {...}}
 
@@ -51,6 +52,7 @@ from typing import Any
 
 from tumorseg import __version__
 from tumorseg.errors import ModelError
+from tumorseg.imaging.bias import METHODS as BIAS_METHODS
 from tumorseg.imaging.preprocess import Preprocessing
 from tumorseg.labels import LABEL_NAMES, REGIONS
 from tumorseg.model.network import build_network, stride_product
@@ -99,12 +101,16 @@ class FallbackNetwork:
     # The sequences whose absence it serves (a study lacking none of them goes to the main network, which
     # then needs a substitute for what is missing); empty: every optional sequence.
     serves: tuple[str, ...] = ()
+    # The bias-field correction of the studies it segments ("n4", ``Preprocessing.bias_correction``); None:
+    # the package's preprocessing as it is.
+    bias_correction: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "weights": self.weights,
             **({"norms": self.norms} if self.norms else {}),
             **({"serves": list(self.serves)} if self.serves else {}),
+            **({"bias_correction": self.bias_correction} if self.bias_correction else {}),
             "training": self.training,
             "metrics": self.metrics,
         }
@@ -117,6 +123,7 @@ class FallbackNetwork:
             metrics=dict(data.get("metrics", {})),
             norms=str(data["norms"]) if data.get("norms") else None,
             serves=tuple(str(m) for m in data.get("serves", ())),
+            bias_correction=str(data["bias_correction"]) if data.get("bias_correction") else None,
         )
 
 
@@ -151,6 +158,14 @@ class ModelManifest:
         if not lacking or self.fallback is None:
             return "main"
         return "fallback" if lacking & set(self.fallback.serves or self.inputs.optional) else "main"
+
+    def preprocessing_for(self, present: Iterable[str]) -> Preprocessing:
+        """The preprocessing of a study with the sequences ``present``: the package's, with the fallback's
+        bias correction when the fallback segments it and names one."""
+        fallback = self.fallback
+        if fallback is None or fallback.bias_correction is None or self.network_for(present) != "fallback":
+            return self.preprocessing
+        return replace(self.preprocessing, bias_correction=fallback.bias_correction)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -234,6 +249,11 @@ class ModelManifest:
             odd = [m for m in manifest.fallback.serves if m not in manifest.inputs.optional]
             if odd:
                 raise refuse(f"its fallback serves {odd}, which the inputs do not let a study lack")
+            if manifest.fallback.bias_correction not in (None, *BIAS_METHODS):
+                raise refuse(
+                    f"its fallback's bias_correction {manifest.fallback.bias_correction!r} is not one of "
+                    f"{BIAS_METHODS}"
+                )
         if manifest.fallback is not None and manifest.fallback.weights == manifest.weights:
             raise refuse(f"the fallback network's weights are the main network's ({manifest.weights})")
         if manifest.norms and (manifest.fallback is not None or manifest.inputs == ALL_FOUR):

@@ -152,7 +152,14 @@ class Predictor:
         window = tuple(
             min(int(n), m) for n, m in zip(self.manifest.inference.roi_size, WARM_UP_WINDOW, strict=True)
         )
-        inputs = [(channels, window)] + ([(channels[1:], window)] if self.fallback is not None else [])
+        served = [  # a set of sequences the fallback segments (FLAIR may be required, say)
+            tuple(c for c in channels if c not in lacking)
+            for lacking in self.manifest.inputs.missing_sets()
+            if self.manifest.network_for([c for c in channels if c not in lacking]) == "fallback"
+        ]
+        inputs = [(channels, window)] + (
+            [(served[0], window)] if self.fallback is not None and served else []
+        )
         lacking_of = norms_keys(channels, self.manifest.inputs)
         inputs += [
             (tuple(c for c in channels if c not in lacking_of[name.split("/", 1)[1]]), (32, 32, 32))
