@@ -224,7 +224,11 @@ class RandBiasFieldd(RandomizableTransform, MapTransform):
                 k = float(self.R.uniform(*self.ratio))
                 axes = [torch.arange(n, dtype=torch.float32) for n in image.shape[1:]]
                 grid = torch.meshgrid(*axes, indexing="ij")
-                along = sum(float(u) * g for u, g in zip(direction, grid, strict=True))
+                along = (
+                    grid[0] * float(direction[0])
+                    + grid[1] * float(direction[1])
+                    + grid[2] * float(direction[2])
+                )
                 field = torch.exp(amplitude * torch.cos(along * (2 * np.pi / wavelength) + phase))
                 out = image.clone() if out is None else out
                 out[c] = (image[c] + k) * field - k
