@@ -113,6 +113,7 @@ def test_volumes_agree_with_the_mask(
         "load",
         "registration",
         "brain_extraction",
+        "bias_correction",
         "preprocess",
         "inference",
         "postprocess",
