@@ -307,8 +307,13 @@ def render_card(
             else "."
         ),
         f"- Trained on {training['device']} in {training['duration_s'] / 60:.1f} min"
-        + (f" (whole `make train-demo`: {timing_text})" if timing_text else "")
-        + ".",
+        + (f" (whole `make train-demo`: {timing_text})" if timing_text and "fallback" not in manifest else "")
+        + "."
+        + (
+            f" The `make train-demo` run that made this package trained its fallback network: {timing_text}."
+            if timing_text and "fallback" in manifest
+            else ""
+        ),
         "",
         f"## Held-out evaluation ({n_cases} phantoms)",
         "",

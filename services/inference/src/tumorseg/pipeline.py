@@ -72,6 +72,7 @@ STAGES = (
     "load",
     "registration",
     "brain_extraction",
+    "bias_correction",
     "preprocess",
     "inference",
     "postprocess",
