@@ -176,7 +176,34 @@ class RandModalityDropoutd(RandomizableTransform, MapTransform):
         return fill_absent(images, self.inputs.stand_ins(self.channels, present), channel_axis)
 
 
-class RandBiasFieldd(RandomizableTransform, MapTransform):
+class _RandPerChanneld(RandomizableTransform, MapTransform):
+    """Each channel of each key, with probability ``prob``, replaced by ``_channel(channel)`` (which may
+    return None: unchanged); voxels that were 0 in every channel (outside the brain) stay 0. Off (``prob``
+    0) it draws nothing."""
+
+    def _channel(self, channel: torch.Tensor) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.prob <= 0:
+            return d
+        for key in self.key_iterator(d):
+            image = torch.as_tensor(d[key])
+            out = None
+            for c in range(image.shape[0]):
+                if self.R.rand() >= self.prob:
+                    continue
+                changed = self._channel(image[c])
+                if changed is not None:
+                    out = image.clone() if out is None else out
+                    out[c] = changed
+            if out is not None:
+                d[key] = out * (image != 0).any(dim=0)
+        return d
+
+
+class RandBiasFieldd(_RandPerChanneld):
     """Per channel, with probability ``prob``: a smooth multiplicative bias field, applied as it acts before
     normalisation. A z-scored channel is z = (x - m) / s; the acquisition x times a field b gives, with the
     same m and s, z' = (z + k) b - k, k = m / s (drawn from ``ratio``: 3-6 on the phantoms' brains). The
@@ -206,38 +233,21 @@ class RandBiasFieldd(RandomizableTransform, MapTransform):
         self.ratio = (float(ratio[0]), float(ratio[1]))
         self.wavelength = (float(wavelength_mm[0]), float(wavelength_mm[1]))
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        if self.prob <= 0:
-            return d
-        for key in self.key_iterator(d):
-            image = torch.as_tensor(d[key])
-            out = None
-            for c in range(image.shape[0]):
-                if self.R.rand() >= self.prob:
-                    continue
-                direction = self.R.normal(size=3)
-                direction /= max(float(np.linalg.norm(direction)), 1e-9)
-                wavelength = float(self.R.uniform(*self.wavelength))
-                phase = float(self.R.uniform(0.0, 2 * np.pi))
-                amplitude = float(self.R.uniform(0.0, np.log1p(self.max_bias)))
-                k = float(self.R.uniform(*self.ratio))
-                axes = [torch.arange(n, dtype=torch.float32) for n in image.shape[1:]]
-                grid = torch.meshgrid(*axes, indexing="ij")
-                along = (
-                    grid[0] * float(direction[0])
-                    + grid[1] * float(direction[1])
-                    + grid[2] * float(direction[2])
-                )
-                field = torch.exp(amplitude * torch.cos(along * (2 * np.pi / wavelength) + phase))
-                out = image.clone() if out is None else out
-                out[c] = (image[c] + k) * field - k
-            if out is not None:
-                d[key] = out * (image != 0).any(dim=0)
-        return d
+    def _channel(self, channel: torch.Tensor) -> torch.Tensor:
+        direction = self.R.normal(size=3)
+        direction /= max(float(np.linalg.norm(direction)), 1e-9)
+        wavelength = float(self.R.uniform(*self.wavelength))
+        phase = float(self.R.uniform(0.0, 2 * np.pi))
+        amplitude = float(self.R.uniform(0.0, np.log1p(self.max_bias)))
+        k = float(self.R.uniform(*self.ratio))
+        axes = [torch.arange(n, dtype=torch.float32) for n in channel.shape]
+        grid = torch.meshgrid(*axes, indexing="ij")
+        along = grid[0] * float(direction[0]) + grid[1] * float(direction[1]) + grid[2] * float(direction[2])
+        field = torch.exp(amplitude * torch.cos(along * (2 * np.pi / wavelength) + phase))
+        return (channel + k) * field - k
 
 
-class RandThickSlicesd(RandomizableTransform, MapTransform):
+class RandThickSlicesd(_RandPerChanneld):
     """Per channel, with probability ``prob``: the channel as a stack of thick slices along a random axis,
     resampled back onto the model grid, as a clinical 2D series (FLAIR 0.9 x 0.9 x 4 mm, T2 3 mm) reaches
     the network after ``prepare``: the mean over slabs of ``thickness`` voxels (drawn from ``thickness``
@@ -259,26 +269,11 @@ class RandThickSlicesd(RandomizableTransform, MapTransform):
         RandomizableTransform.__init__(self, prob)
         self.low, self.high = low, high
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        if self.prob <= 0:
-            return d
-        for key in self.key_iterator(d):
-            image = torch.as_tensor(d[key])
-            inside = (image != 0).any(dim=0)
-            out = None
-            for c in range(image.shape[0]):
-                if self.R.rand() >= self.prob:
-                    continue
-                axis = int(self.R.randint(3))
-                slab = max(1, round(float(self.R.uniform(self.low, self.high))))
-                phase = int(self.R.randint(slab))
-                if slab > 1:
-                    out = image.clone() if out is None else out
-                    out[c] = thick_slices(image[c], axis, slab, phase)
-            if out is not None:
-                d[key] = out * inside
-        return d
+    def _channel(self, channel: torch.Tensor) -> torch.Tensor | None:
+        axis = int(self.R.randint(3))
+        slab = max(1, round(float(self.R.uniform(self.low, self.high))))
+        phase = int(self.R.randint(slab))
+        return thick_slices(channel, axis, slab, phase) if slab > 1 else None
 
 
 def thick_slices(channel: torch.Tensor, axis: int, slab: int, phase: int = 0) -> torch.Tensor:
