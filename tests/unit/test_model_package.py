@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -327,17 +329,25 @@ def test_the_fast_path_gives_the_plain_networks_probabilities(tmp_path: Path) ->
     for network in networks.values():
         assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in network.modules())
     assert any(isinstance(m, torch.nn.BatchNorm3d) for m in plain.network.modules())
-    array = np.random.default_rng(3).normal(size=(4, 40, 36, 20)).astype(np.float32)
-    grid = sitk.Image([40, 36, 20], sitk.sitkUInt8)
-    for missing in ((), ("t2",), ("t1", "t2"), ("t1",)):
-        zeroed = array.copy()
-        zeroed[[SEQUENCES.index(m) for m in missing]] = 0
-        model_input = ModelInput(
-            array=zeroed, grid=grid, present=tuple(m for m in SEQUENCES if m not in missing)
-        )
-        expected = plain.predict(model_input)
-        assert np.ptp(expected) > 0.05
-        np.testing.assert_allclose(fast.predict(model_input), expected, atol=1e-4)
+    # 40x36x20 takes several 32^3 windows; 30x27x13 one, padded unevenly (32x28x16) as MONAI pads it, which
+    # the fast path runs without the sliding window (it would fail the test if it were called).
+    rng = np.random.default_rng(3)
+    for shape, windows in (((40, 36, 20), "several"), ((30, 27, 13), "one")):
+        array = rng.normal(size=(4, *shape)).astype(np.float32)
+        grid = sitk.Image(list(reversed(shape)), sitk.sitkUInt8)
+        for missing in ((), ("t2",), ("t1", "t2"), ("t1",)):
+            zeroed = array.copy()
+            zeroed[[SEQUENCES.index(m) for m in missing]] = 0
+            model_input = ModelInput(
+                array=zeroed, grid=grid, present=tuple(m for m in SEQUENCES if m not in missing)
+            )
+            expected = plain.predict(model_input)
+            assert np.ptp(expected) > 0.05
+            unwanted = mock.patch("monai.inferers.sliding_window_inference", side_effect=AssertionError)
+            with unwanted if windows == "one" else nullcontext():
+                found = fast.predict(model_input)
+            assert found.shape == expected.shape and found.flags.c_contiguous
+            np.testing.assert_allclose(found, expected, atol=1e-4)
 
 
 SUBSTITUTED = {**SHIPPED_INPUTS, "substitutes": {"t1": "t1ce"}}

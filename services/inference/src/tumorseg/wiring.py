@@ -1,5 +1,5 @@
 """What the API and ``tumorseg segment`` build from the settings, written once: the PACS client, the
-predictor (CPU threads, model package, warm-up, and the brain extractor the settings call for, warmed up
+predictor (allocator, CPU threads, model package, warm-up, and the brain extractor the settings call for, warmed up
 too) and the ``Segmenter`` with every pipeline setting (mapping rules, SEG, series cache, queue,
 registration, brain extraction). Both faces therefore run the same pipeline the same way.
 """
@@ -12,6 +12,7 @@ from tumorseg.config import Settings
 from tumorseg.imaging.brain import get_extractor
 from tumorseg.jobs import Jobs
 from tumorseg.jobstore import JobStore
+from tumorseg.memory import keep_freed_memory
 from tumorseg.model.device import configure_threads
 from tumorseg.model.predictor import Predictor
 from tumorseg.pacs import OrthancClient, Pacs
@@ -70,7 +71,9 @@ def open_queue(settings: Settings) -> JobQueue | None:
 def load_predictor(settings: Settings, device: str) -> Predictor:
     """The model package on ``device``, warmed up; and the brain extractor that
     ``TUMORSEG_BRAIN_EXTRACTOR`` can call for, loaded and warmed up too. ``ModelError`` when the package
-    cannot be used."""
+    cannot be used. First the process's allocator (``memory.keep_freed_memory``) and CPU threads."""
+    if keep_freed_memory():
+        log.info("allocator: freed blocks kept for the next request (glibc, one arena)")
     log.info("%d CPU thread(s) for torch and SimpleITK", configure_threads())
     predictor = Predictor.from_package(settings.model_path, device)
     predictor.warm_up()

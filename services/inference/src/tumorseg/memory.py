@@ -1,0 +1,51 @@
+"""The process's allocator set for a service that allocates the same large blocks request after request.
+
+glibc hands every block of 32 MiB or more back to the kernel when it is freed (``munmap``), and a thread
+other than the main one allocates from an arena of its own whose heaps cannot hold such blocks at all. So
+every activation of the network, every resampled volume, is fresh memory again on each use, and the
+kernel zero-fills it page by page: measured here, a third of the network's time on a whole-crop window
+(0.59 s per prediction in a request thread, 0.38 s with the allocator set). ``keep_freed_memory`` makes
+glibc serve those blocks from one heap and keep what is freed for the next request: the same arithmetic,
+no page faults after the first request; the resident memory stays near the peak of the largest request
+instead of falling back between requests.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import platform
+
+log = logging.getLogger(__name__)
+
+# mallopt(3) parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+MMAP_THRESHOLD_BYTES = 1 << 30  # blocks below this come from the heap, and go back to it when freed
+TRIM_THRESHOLD_BYTES = 2**31 - 1  # free memory kept at the top of the heap (mallopt takes an int)
+
+
+def keep_freed_memory() -> bool:
+    """Set glibc's allocator as the module docstring says, for the whole process; call it before threads
+    start allocating (arenas already made by a thread stay). False where the C library is not glibc
+    (nothing changes then)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    libc.mallopt.restype = ctypes.c_int
+    done = all(
+        libc.mallopt(parameter, value) == 1
+        for parameter, value in (
+            (_M_ARENA_MAX, 1),  # every thread allocates from the main heap, which large blocks fit
+            (_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
+            (_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES),
+        )
+    )
+    if not done:
+        log.warning("glibc refused an allocator setting; large blocks go back to the kernel when freed")
+    return done

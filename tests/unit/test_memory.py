@@ -1,0 +1,49 @@
+"""The allocator setting (tumorseg.memory): a large block freed in a request thread is reused by the next
+one instead of coming fresh (zero-filled, page by page) from the kernel. Each case runs in a fresh interpreter (the setting is for
+the whole process and cannot be undone)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import json, sys, threading
+import numpy as np
+from tumorseg.memory import keep_freed_memory
+
+tuned = keep_freed_memory() if sys.argv[1] == "tuned" else False
+reused = []
+
+def request():  # what a request thread does: a large array (64 MiB, above glibc's 32 MiB ceiling) filled
+    block = np.empty(16 * 2**20, np.float32)
+    # Fresh memory from the kernel reads 0; the block the previous request freed still holds its ones.
+    reused.append(bool((block[::4096] == 1.0).all()))
+    block.fill(1.0)
+    del block
+
+for _ in range(3):
+    thread = threading.Thread(target=request)
+    thread.start()
+    thread.join()
+print(json.dumps({"tuned": tuned, "reused": reused}))
+"""
+
+
+def _probe(mode: str) -> dict[str, object]:
+    done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
+    return dict(json.loads(done.stdout))
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")
+def test_a_freed_block_is_reused_without_page_faults() -> None:
+    plain, tuned = _probe("plain"), _probe("tuned")
+    assert plain["tuned"] is False and tuned["tuned"] is True
+    # Without the setting every request gets fresh pages from the kernel (zero-filled on first touch);
+    # with it the second and third reuse the block the first freed.
+    assert plain["reused"] == [False, False, False]
+    assert tuned["reused"] == [False, True, True]
