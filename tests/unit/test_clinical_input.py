@@ -5,6 +5,8 @@ normalisation over the brain, nothing outside it; and BraTS-style input left exa
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +28,10 @@ from tumorseg.imaging.brain import (
 from tumorseg.imaging.preprocess import ModelInput, Preprocessing, prepare
 from tumorseg.imaging.registration import (
     MAX_ROTATION_DEG,
+    REGISTRATION_WORKERS,
     SNAP_MM,
     Registration,
+    StudyRegistration,
     _implausible,
     prepare_fixed,
     register,
@@ -103,6 +107,37 @@ def test_registration_recovers_the_motion_within_a_millimetre(head: Head, refere
     assert set(errors) == set(SEQUENCES) - {reference}
     assert max(errors.values()) <= 1.0, f"TRE (mm) {errors}; without registration {unregistered}"
     assert max(unregistered.values()) > 1.0  # the motion is real: without the stage it would fail
+
+
+def test_series_registered_as_they_arrive_give_the_same_registrations(head: Head) -> None:
+    """The service registers each series the moment it is decoded (StudyRegistration.add from the download
+    threads, any order): the same transforms as registering the whole study at once; a series that never
+    arrives is an error at ``get``, not a hang."""
+    expected = register_study(head.volumes, "flair")
+    order = ["t2", "t1", "t1ce", "flair"]  # the reference and the hub last: every task waits
+    with (
+        ThreadPoolExecutor(max_workers=REGISTRATION_WORKERS) as pool,
+        StudyRegistration(SEQUENCES, "flair", pool) as study,
+    ):
+        arrivals = threading.Thread(target=lambda: [study.add(m, head.volumes[m]) for m in order])
+        arrivals.start()
+        found = study.all()
+        arrivals.join()
+    assert set(found) == {"t1", "t1ce", "t2"}
+    for m, registration in found.items():
+        assert registration.via == expected[m].via
+        # ITK's threads sum the metric in their own order: equal to rounding, not bit for bit
+        np.testing.assert_allclose(
+            registration.transform.GetParameters(), expected[m].transform.GetParameters(), atol=1e-6
+        )
+        assert registration.applied == expected[m].applied
+    with ThreadPoolExecutor(max_workers=REGISTRATION_WORKERS) as pool:
+        with StudyRegistration(SEQUENCES, "flair", pool) as study:
+            for m in ("flair", "t1ce", "t1"):
+                study.add(m, head.volumes[m])
+        assert study.get("t1").via == "t1ce"  # done before the study closed
+        with pytest.raises(RuntimeError, match="t2 volume never arrived"):
+            study.get("t2")
 
 
 def test_implausible_registration_is_a_warning_and_not_applied(head: Head) -> None:

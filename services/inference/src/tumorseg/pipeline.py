@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +49,7 @@ from tumorseg.export.preview import write_preview
 from tumorseg.imaging.cache import SeriesCache
 from tumorseg.imaging.postprocess import voxel_volume_mm3
 from tumorseg.imaging.preprocess import ModelInput, prepare
+from tumorseg.imaging.registration import HUBS, REGISTRATION_WORKERS, StudyRegistration
 from tumorseg.imaging.volume import SeriesVolume, check_overlap, load_series
 from tumorseg.labels import LABEL_NAMES, volumes_ml
 from tumorseg.limits import InputLimits
@@ -237,42 +238,28 @@ class Segmenter:
         store_seg = request.store_seg or self.store_seg
         with timer.stage("fetch"):
             assembled = self._assemble(request)
-            series = assembled.mapping.series
             present = assembled.mapping.present  # all four, unless the model does without one the study lacks
-            if request.reference not in series:
+            if request.reference not in assembled.mapping.series:
                 raise InvalidInput(
                     f"reference {request.reference} is not in the study (it has no usable "
                     f"{request.reference} series); choose one of {', '.join(present)}"
                 )
-            loaded = {m: v for m in present if (v := self.cache.get(series[m])) is not None}
-            # The SEG references every source instance: it needs the reference series' files for headers.
-            wanted = [m for m in present if m not in loaded or (store_seg and m == request.reference)]
-            self._check_sizes(assembled, [m for m in present if m not in loaded])
-            with ThreadPoolExecutor(max_workers=len(SEQUENCES)) as pool:
-                files = dict(
-                    zip(wanted, pool.map(lambda m: self._download(m, series[m]), wanted), strict=True)
-                )
-        with (
-            timer.stage("load"),
-            _library_errors("loading", BrokenSeries),
-            ThreadPoolExecutor(max_workers=len(SEQUENCES)) as pool,
-        ):
-            missing = [m for m in present if m not in loaded]
-            for m, volume in zip(
-                missing,
-                pool.map(
-                    lambda m: load_series(files[m], _series_label(m, series[m]), limits=self.limits), missing
-                ),
-                strict=True,
-            ):
-                self.cache.put(series[m], volume)
-                loaded[m] = volume
-            check_overlap(loaded, request.reference)
-        if not store_seg:
-            files.clear()  # the decoded volumes are all that is needed from here on
-        reference_series = loaded[request.reference]  # request.reference names it (flair, t1, ...)
         manifest = self.predictor.manifest
         registration = self.registration if request.registration is None else request.registration
+        # Each series is registered as soon as it (and the series it is registered to) is decoded, while
+        # the others still download: the registration stage is the wait that is left after loading.
+        with (
+            ThreadPoolExecutor(max_workers=REGISTRATION_WORKERS) as registering,
+            (
+                StudyRegistration(present, request.reference, registering) if registration else nullcontext()
+            ) as study_registration,
+        ):
+            loaded, files = self._fetch_and_load(request, assembled, timer, store_seg, study_registration)
+            registrations = None
+            if study_registration is not None:
+                with timer.stage("registration"), _library_errors("registration", BrokenSeries):
+                    registrations = study_registration.all()
+        reference_series = loaded[request.reference]  # request.reference names it (flair, t1, ...)
         with timer.stage("preprocess"), _library_errors("preprocessing", BrokenSeries):
             model_input, _ = prepare(
                 {m: v.image for m, v in loaded.items()},
@@ -280,6 +267,7 @@ class Segmenter:
                 manifest.preprocessing_for(loaded),
                 registration=registration,
                 brain_extractor=self.brain_extractor,
+                registrations=registrations,
             )
         # prepare() runs registration and brain extraction first: report them as their own stages.
         for stage, seconds in model_input.timings_s.items():
@@ -341,6 +329,60 @@ class Segmenter:
             extra={"fields": {"result_id": result_id, "timings_s": timings}},
         )
         return result
+
+    def _fetch_and_load(
+        self,
+        request: SegmentRequest,
+        assembled: AssembledStudy,
+        timer: StageTimer,
+        store_seg: bool,
+        study_registration: StudyRegistration | None,
+    ) -> tuple[dict[str, SeriesVolume], dict[str, list[bytes]]]:
+        """The present series as volumes (from the series cache, else downloaded and decoded, each series
+        decoded while the others still download, the reference and the hub first) and the downloaded
+        files the SEG needs (the reference series', when it is stored). Each volume goes to
+        ``study_registration`` the moment it is decoded. Times ``fetch`` (until the last download ended)
+        and ``load`` (the decoding the downloads did not hide, and the overlap check)."""
+        series = assembled.mapping.series
+        present = assembled.mapping.present
+        decoded = {m: v for m in present if (v := self.cache.get(series[m])) is not None}
+        for m, volume in decoded.items():
+            if study_registration is not None:
+                study_registration.add(m, volume.image)
+        # The SEG references every source instance: it needs the reference series' files for headers.
+        first = (request.reference, *HUBS)
+        wanted = sorted(
+            (m for m in present if m not in decoded or (store_seg and m == request.reference)),
+            key=lambda m: first.index(m) if m in first else len(first),
+        )
+        downloaded: list[float] = []  # when each series' download ended
+
+        def fetch(m: str) -> list[bytes]:
+            """One series downloaded, then decoded while the others still download."""
+            data = self._download(m, series[m])
+            downloaded.append(time.perf_counter())
+            if m not in decoded:
+                with _library_errors("loading", BrokenSeries):
+                    volume = load_series(data, _series_label(m, series[m]), limits=self.limits)
+                self.cache.put(series[m], volume)
+                decoded[m] = volume
+                if study_registration is not None:
+                    study_registration.add(m, volume.image)
+            # The SEG needs the reference series' files; the others end as their volume.
+            return data if store_seg and m == request.reference else []
+
+        with timer.stage("fetch"):
+            self._check_sizes(assembled, [m for m in present if m not in decoded])
+            with ThreadPoolExecutor(max_workers=len(SEQUENCES)) as pool:
+                files = dict(zip(wanted, pool.map(fetch, wanted), strict=True))
+        # ``load`` is the decoding the downloads did not hide: from the last download to the last volume.
+        after_downloads = time.perf_counter() - max(downloaded) if downloaded else 0.0
+        timer.timings["fetch"] = round(timer.timings["fetch"] - after_downloads, 4)
+        with timer.stage("load"), _library_errors("loading", BrokenSeries):
+            loaded = {m: decoded[m] for m in present}
+            check_overlap(loaded, request.reference)
+        timer.timings["load"] = round(timer.timings["load"] + after_downloads, 4)
+        return loaded, files
 
     @staticmethod
     def _timings(timer: StageTimer, started: float) -> dict[str, float]:

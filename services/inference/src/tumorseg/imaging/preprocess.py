@@ -191,11 +191,14 @@ def prepare(
     *,
     registration: bool = True,
     brain_extractor: str = "auto",
+    registrations: Mapping[str, Registration] | None = None,
 ) -> tuple[ModelInput, NDArray[np.uint8] | None]:
     """Volumes (and optionally a label map in the reference's frame, for training) → model input on the
     cropped model grid: co-registration to the reference, brain extraction, resampling, normalisation.
     A sequence without a volume (a study that lacks it, for a model trained to do without it) is a
-    channel of zeros, as modality dropout showed it in training."""
+    channel of zeros, as modality dropout showed it in training. ``registrations``: the co-registration
+    already done (``registration.StudyRegistration``, which the service runs while the series download),
+    one per volume but the reference; then no ``registration`` timing is reported."""
     unknown = [m for m in volumes if m not in prep.channels]
     if unknown or reference not in volumes:
         raise ValueError(f"volumes {sorted(volumes)} must be among {prep.channels} and hold {reference!r}")
@@ -205,10 +208,15 @@ def prepare(
     warnings: list[str] = []
     started = time.perf_counter()
     channels = {m: volumes[m] for m in prep.channels if m in volumes}
-    registrations = register_study(channels, reference) if registration else {}
+    if not registration:
+        registrations = {}
+    elif registrations is None:
+        registrations = register_study(channels, reference)
+        timings["registration"] = time.perf_counter() - started
+    elif set(registrations) != set(channels) - {reference}:
+        raise ValueError(f"registrations of {sorted(registrations)} for the volumes {sorted(channels)}")
     warnings += [r.warning for r in registrations.values() if r.warning]
     transforms = {m: r.transform if r.applied else None for m, r in registrations.items()}
-    timings["registration"] = time.perf_counter() - started
     full = g.model_grid(volumes[reference], prep.spacing_mm)
     stripped = brain_extractor == "auto" and is_skull_stripped(channels)
     extraction: BrainExtraction | None = None

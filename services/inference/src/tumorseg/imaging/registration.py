@@ -18,7 +18,8 @@ keeps its exact copy paths. An implausible solution (rotation over ``MAX_ROTATIO
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,10 @@ MAX_TRANSLATION_MM = 30.0
 _SAMPLES = 20_000  # metric samples per evaluation (random, fixed seed: reproducible)
 _SEED = 20211
 _BINS = 32
-HUBS = ("t1ce", "t1")  # see register_study
+HUBS = ("t1ce", "t1")  # see StudyRegistration
+# Registrations run side by side: one alone keeps about 1.5 of 2 cores busy (ITK's threads wait for each
+# other between iterations)
+REGISTRATION_WORKERS = 2
 PYRAMID_SHRINK = (2, 1)  # of the LOW_RES_MM image
 PYRAMID_SMOOTH_MM = (2.0, 0.0)
 
@@ -52,7 +56,7 @@ class Registration:
     max_displacement_mm: float  # of the solution, over the reference head's bounding box
     applied: bool
     warning: str | None = None
-    via: str | None = None  # the hub series when composed (see ``register_study``)
+    via: str | None = None  # the hub series when composed (see ``StudyRegistration``)
 
     @property
     def rotation_deg(self) -> float:
@@ -257,44 +261,99 @@ def _implausible(registration: Registration, label: str) -> str | None:
     )
 
 
-def register_study(
-    volumes: Mapping[str, sitk.Image], reference: str, *, threads: int | None = None
-) -> dict[str, Registration]:
-    """Every volume but ``reference`` registered to it, keyed like ``volumes``.
+class StudyRegistration:
+    """Every volume of ``names`` but ``reference`` registered to it, each registration submitted to ``pool``
+    as soon as the volumes it needs have arrived (``add``), so registration runs while later series are
+    still being downloaded and decoded; ``get`` waits for one, ``all`` for every one (keyed by name).
+    ``close`` (or leaving the ``with`` block) fails whatever still waits for a volume that never came.
 
     The post-contrast T1 (else the T1) is the hub, as in BraTS preprocessing: with another reference, the
     hub is registered to the reference and every other series to the hub, and the two transforms are
     composed. T1-weighted 3D series register reliably to every other contrast, while FLAIR and T2, whose
     CSF contrasts are opposite, can settle in a false optimum against each other (10 mm off on head phantom
     34, FLAIR reference). When the hub's own registration is implausible, every series goes straight to the
-    reference."""
-    fixed = prepare_fixed(volumes[reference])
-    hub = next((m for m in HUBS if m in volumes), None)
-    if hub is None or hub == reference:
-        return {
-            name: register(fixed, image, threads=threads, label=name)
-            for name, image in volumes.items()
-            if name != reference
-        }
-    to_hub = register(fixed, volumes[hub], threads=threads, label=hub)
-    if to_hub.warning is not None:
-        return {
-            name: to_hub if name == hub else register(fixed, image, threads=threads, label=name)
-            for name, image in volumes.items()
-            if name != reference
-        }
-    hub_fixed = prepare_fixed(volumes[hub])
-    registrations = {hub: to_hub}
-    for name, image in volumes.items():
-        if name not in (reference, hub):
-            via_hub = register(hub_fixed, image, threads=threads, label=name)
-            # A series the hub cannot take goes straight to the reference (never moved by the hub's motion).
-            registrations[name] = (
-                _compose(fixed, to_hub, via_hub, hub)
-                if via_hub.warning is None
-                else register(fixed, image, threads=threads, label=name)
-            )
-    return registrations
+    reference. The series are registered to the hub while the hub is registered to the reference (each
+    registration starts from the scanner's geometry with fixed samples, so running them together or in
+    another order changes no result beyond the rounding of ITK's threaded sums).
+
+    Tasks are submitted in the order they depend on each other and a task waits only for volumes (set by
+    the caller's threads) and for tasks submitted before it, which a worker has then already started: no
+    worker waits for a task that no worker will run."""
+
+    def __init__(
+        self, names: Iterable[str], reference: str, pool: Executor, *, threads: int | None = None
+    ) -> None:
+        names = list(names)
+        if reference not in names:
+            raise ValueError(f"the reference {reference!r} is not among {names}")
+        self._reference, self._threads = reference, threads
+        self._volumes: dict[str, Future[sitk.Image]] = {m: Future() for m in names}
+        self._straight: dict[str, Registration] = {}
+        hub = next((m for m in HUBS if m in names), None)
+        self._hub = None if hub == reference else hub
+        self._fixed = pool.submit(lambda: prepare_fixed(self._volumes[reference].result()))
+        others = [m for m in names if m not in (reference, self._hub)]
+        if self._hub is None:
+            self._to_hub = None
+            self._futures = {m: pool.submit(self._register, self._fixed, m) for m in others}
+            return
+        self._to_hub = pool.submit(self._register, self._fixed, self._hub)
+        hub_fixed = pool.submit(lambda: prepare_fixed(self._volumes[str(self._hub)].result()))
+        self._futures = {m: pool.submit(self._register, hub_fixed, m) for m in others}
+
+    def __enter__(self) -> StudyRegistration:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def add(self, name: str, image: sitk.Image) -> None:
+        """``name``'s volume has arrived: the registrations that need it may start."""
+        self._volumes[name].set_result(image)
+
+    def close(self) -> None:
+        """Every volume that has not arrived never will: the tasks waiting for one end (with an error)."""
+        for name, volume in self._volumes.items():
+            if not volume.done():
+                volume.set_exception(RuntimeError(f"the {name} volume never arrived"))
+
+    def _register(self, fixed: Future[Fixed], name: str) -> Registration:
+        return register(fixed.result(), self._volumes[name].result(), threads=self._threads, label=name)
+
+    def _to_reference(self, name: str) -> Registration:
+        if name not in self._straight:
+            self._straight[name] = self._register(self._fixed, name)
+        return self._straight[name]
+
+    def get(self, name: str) -> Registration:
+        """The registration of ``name`` (any volume but the reference), once it is done."""
+        if self._to_hub is None or self._hub is None:
+            return self._futures[name].result()
+        to_hub = self._to_hub.result()
+        if name == self._hub:
+            return to_hub
+        via_hub = self._futures[name].result()
+        if to_hub.warning is not None or via_hub.warning is not None:
+            # A series the hub cannot take, or every series when the hub is not in register, goes straight
+            # to the reference (never moved by the hub's motion).
+            return self._to_reference(name)
+        return _compose(self._fixed.result(), to_hub, via_hub, self._hub)
+
+    def all(self) -> dict[str, Registration]:
+        return {name: self.get(name) for name in self._volumes if name != self._reference}
+
+
+def register_study(
+    volumes: Mapping[str, sitk.Image], reference: str, *, threads: int | None = None
+) -> dict[str, Registration]:
+    """Every volume but ``reference`` registered to it, keyed like ``volumes`` (``StudyRegistration``)."""
+    with (
+        ThreadPoolExecutor(max_workers=REGISTRATION_WORKERS) as pool,
+        StudyRegistration(volumes, reference, pool, threads=threads) as study,
+    ):
+        for name, image in volumes.items():
+            study.add(name, image)
+        return study.all()
 
 
 def _compose(fixed: Fixed, first: Registration, second: Registration, via: str) -> Registration:
