@@ -22,8 +22,10 @@ resident memory grows.
 First the network alone (BENCH_NETWORK=0 skips it): the shipped model on the BraTS phantom's model input
 (the crop the service gives the network on that study), its FLOPs counted with torch's FlopCounterMode over
 one whole sliding-window prediction, the CPU's peak from a timed float32 matmul in the same run, so the
-floor is FLOPs / peak; the plain network and the predictor's fast path (BatchNorm folded, channels-last)
-timed against it, with their largest probability difference.
+floor is FLOPs / peak; the plain network under MONAI's sliding window and the predictor's fast path
+(BatchNorm folded, channels-last, activations and residual sums fused, one window without the sliding
+window's bookkeeping, the service's allocator setting) timed against it, with their largest probability
+difference and the region voxels (probability over the threshold) where they differ.
 
 Then distributed mode (issue 17), with a local Redis: for each count in BENCH_WORKERS (default 1,2), an API
 and that many `tumorseg worker` processes get BENCH_WORKER_STUDIES (default 6) new clinical-kind studies as
@@ -277,9 +279,11 @@ def bench_network() -> dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from tumorseg.imaging.preprocess import prepare
+    from tumorseg.memory import keep_freed_memory
     from tumorseg.model.device import configure_threads
     from tumorseg.model.predictor import Predictor
 
+    keep_freed_memory()  # as the service sets it (wiring.load_predictor)
     threads = configure_threads()
     case_dir = phantom("brats")
     volumes = {m: sitk.ReadImage(str(case_dir / f"{case_dir.name}_{m}.nii.gz")) for m in SEQUENCES}
@@ -306,6 +310,10 @@ def bench_network() -> dict[str, Any]:
         row[f"{name}_over_floor"] = round(seconds / floor, 2)
     row["fast_speedup"] = round(row["plain_s"] / row["fast_s"], 2)
     row["max_probability_difference"] = float(np.abs(outputs["fast"] - outputs["plain"]).max())
+    threshold = fast.manifest.threshold  # the regions' masks before postprocessing: where they differ
+    row["mask_voxels_changed"] = int(
+        np.count_nonzero((outputs["fast"] > threshold) != (outputs["plain"] > threshold))
+    )
     return row
 
 
@@ -499,7 +507,8 @@ def main() -> None:
             f"network on {n['model_input']} ({n['threads']} threads): {n['gflop']} GFLOP, matmul peak "
             f"{n['peak_gflops']} GFLOP/s, floor {n['floor_s']} s; plain {n['plain_s']} s "
             f"({n['plain_over_floor']}x floor), fast {n['fast_s']} s ({n['fast_over_floor']}x floor, "
-            f"{n['fast_speedup']}x plain, probabilities within {n['max_probability_difference']:.1e})\n"
+            f"{n['fast_speedup']}x plain, probabilities within {n['max_probability_difference']:.1e}, "
+            f"{n['mask_voxels_changed']} region voxels changed)\n"
         )
     print(table(rows) if rows else "(no kinds)")
     for row in distributed.get("throughput", []):

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from monai.networks.blocks import Convolution, ResidualUnit
 
 from tests.models import SHIPPED_INPUTS, TINY, tiny_package, with_fallback, with_norms
 from tumorseg.errors import ModelError
 from tumorseg.imaging.preprocess import ModelInput
 from tumorseg.labels import labels_to_regions, regions_to_labels, volumes_ml
+from tumorseg.model.fused import _FusedConvolution, _FusedResidualUnit, _SubPixel
 from tumorseg.model.network import build_network
 from tumorseg.model.package import ModelManifest, read_manifest
 from tumorseg.model.predictor import Predictor
@@ -328,6 +330,13 @@ def test_the_fast_path_gives_the_plain_networks_probabilities(tmp_path: Path) ->
     assert len(networks) == 4
     for network in networks.values():
         assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in network.modules())
+        # every block fused: convolutions with their PReLU, residual sums (convolution and identity)
+        blocks = [m for m in network.modules() if isinstance(m, Convolution | ResidualUnit)]
+        fused = [m for m in network.modules() if isinstance(m, _FusedConvolution | _FusedResidualUnit)]
+        assert len(fused) == len(blocks) > 0
+        # the top transposed convolution (3 channels) by its phases, the last convolution with its identity
+        assert sum(isinstance(m, _SubPixel) for m in network.modules()) == 2  # 8 -> 3 and 24 -> 4
+        assert sum(getattr(m, "_identity_folded", None) is not None for m in network.modules()) == 1
     assert any(isinstance(m, torch.nn.BatchNorm3d) for m in plain.network.modules())
     # 40x36x20 takes several 32^3 windows; 30x27x13 one, padded unevenly (32x28x16) as MONAI pads it, which
     # the fast path runs without the sliding window (it would fail the test if it were called).
@@ -484,3 +493,17 @@ def test_warm_up_reaches_the_fallback_when_flair_is_required(tmp_path: Path) -> 
         network.register_forward_hook(lambda *_, name=name: calls.append(name))
     predictor.warm_up()
     assert sorted(set(calls)) == ["fallback", "main"]
+
+
+def test_blocks_with_a_norm_of_their_own_are_not_fused(tmp_path: Path) -> None:
+    """Instance norm (statistics of each input) cannot be folded, so its block keeps its own layers."""
+    predictor = Predictor.from_package(tiny_package(tmp_path / "pkg", norm="INSTANCE"))
+    modules = list(predictor.network.modules())
+    fused = [m.block for m in modules if isinstance(m, _FusedConvolution)]
+    normed = [m for m in modules if isinstance(m, Convolution) and hasattr(m, "adn") and hasattr(m.adn, "N")]
+    assert normed and all(isinstance(m.adn.N, torch.nn.InstanceNorm3d) for m in normed)
+    assert not any(m in fused for m in normed)  # only the last, a bare convolution, is fused
+    plain = Predictor.from_package(tmp_path / "pkg", fast=False)
+    array = np.random.default_rng(5).normal(size=(4, 20, 24, 16)).astype(np.float32)
+    model_input = ModelInput(array=array, grid=sitk.Image([16, 24, 20], sitk.sitkUInt8))
+    np.testing.assert_allclose(predictor.predict(model_input), plain.predict(model_input), atol=1e-5)
