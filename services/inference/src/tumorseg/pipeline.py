@@ -66,6 +66,7 @@ from tumorseg.validation import check_patient_id, check_uid
 log = logging.getLogger(__name__)
 
 STABLE_POLL_S = 1.0
+DECODE_WORKERS = 2  # series decoded side by side while the next one downloads
 STABLE_RETRY_AFTER_S = 10
 
 STAGES = (
@@ -339,7 +340,7 @@ class Segmenter:
         study_registration: StudyRegistration | None,
     ) -> tuple[dict[str, SeriesVolume], dict[str, list[bytes]]]:
         """The present series as volumes (from the series cache, else downloaded and decoded, each series
-        decoded while the others still download, the reference and the hub first) and the downloaded
+        decoded while the next one downloads, the reference and the hub first) and the downloaded
         files the SEG needs (the reference series', when it is stored). Each volume goes to
         ``study_registration`` the moment it is decoded. Times ``fetch`` (until the last download ended)
         and ``load`` (the decoding the downloads did not hide, and the overlap check)."""
@@ -357,10 +358,8 @@ class Segmenter:
         )
         downloaded: list[float] = []  # when each series' download ended
 
-        def fetch(m: str) -> list[bytes]:
-            """One series downloaded, then decoded while the others still download."""
-            data = self._download(m, series[m])
-            downloaded.append(time.perf_counter())
+        def decode(m: str, data: list[bytes]) -> list[bytes]:
+            """One downloaded series decoded (while the next downloads) and handed to registration."""
             if m not in decoded:
                 with _library_errors("loading", BrokenSeries):
                     volume = load_series(data, _series_label(m, series[m]), limits=self.limits)
@@ -373,8 +372,15 @@ class Segmenter:
 
         with timer.stage("fetch"):
             self._check_sizes(assembled, [m for m in present if m not in decoded])
-            with ThreadPoolExecutor(max_workers=len(SEQUENCES)) as pool:
-                files = dict(zip(wanted, pool.map(fetch, wanted), strict=True))
+            # One series at a time, each with all of the client's parallel downloads, so that the first
+            # (the reference) arrives after a quarter of the time and not with the others at the end.
+            with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as decoding:
+                pending = []
+                for m in wanted:
+                    data = self._download(m, series[m])
+                    downloaded.append(time.perf_counter())
+                    pending.append((m, decoding.submit(decode, m, data)))
+                files = {m: future.result() for m, future in pending}
         # ``load`` is the decoding the downloads did not hide: from the last download to the last volume.
         after_downloads = time.perf_counter() - max(downloaded) if downloaded else 0.0
         timer.timings["fetch"] = round(timer.timings["fetch"] - after_downloads, 4)
