@@ -8,6 +8,7 @@ import json
 import platform
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 
@@ -47,3 +48,11 @@ def test_a_freed_block_is_reused_without_page_faults() -> None:
     # with it the second and third reuse the block the first freed.
     assert plain["reused"] == [False, False, False]
     assert tuned["reused"] == [False, True, True]
+
+
+def test_the_api_sets_the_allocator_before_the_server_starts_its_threads() -> None:
+    from tumorseg.api import main
+
+    with mock.patch.object(main, "keep_freed_memory") as setting:
+        main.create_app()
+    setting.assert_called_once_with()

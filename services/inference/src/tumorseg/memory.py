@@ -28,8 +28,9 @@ TRIM_THRESHOLD_BYTES = 2**31 - 1  # free memory kept at the top of the heap (mal
 
 def keep_freed_memory() -> bool:
     """Set glibc's allocator as the module docstring says, for the whole process; call it before threads
-    start allocating (arenas already made by a thread stay). False where the C library is not glibc
-    (nothing changes then)."""
+    start allocating (a thread that has allocated keeps its own arena: the API calls it in ``create_app``,
+    before the server's threads exist, and ``wiring.load_predictor`` for the CLI). False where the C library
+    is not glibc (nothing changes then). Calling it again changes nothing."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:

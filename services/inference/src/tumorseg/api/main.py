@@ -22,6 +22,7 @@ from tumorseg.errors import ModelError
 from tumorseg.export.dicom_seg import algorithm_tag
 from tumorseg.jobs import Jobs
 from tumorseg.logs import request_id_var
+from tumorseg.memory import keep_freed_memory
 from tumorseg.model.device import resolve_device
 from tumorseg.model.package import read_manifest
 from tumorseg.queue import redacted
@@ -67,6 +68,9 @@ def _host_port(authority: str, default_port: int) -> tuple[str, int] | None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    # Before the server starts its threads: a thread keeps the allocator arena it had (tumorseg.memory),
+    # and the model is loaded, and requests run, in the server's worker threads.
+    keep_freed_memory()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
