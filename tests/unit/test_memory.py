@@ -56,3 +56,39 @@ def test_the_api_sets_the_allocator_before_the_server_starts_its_threads() -> No
     with mock.patch.object(main, "keep_freed_memory") as setting:
         main.create_app()
     setting.assert_called_once_with()
+
+
+RESERVE_PROBE = """
+import json, resource, sys, threading
+import numpy as np
+from tumorseg.memory import keep_freed_memory, reserve_heap
+
+keep_freed_memory()
+if sys.argv[1] == "reserved":
+    reserve_heap(512 * 2**20)
+faults = []
+
+def request():  # a first request's large arrays (2 x 128 MiB), filled
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    blocks = [np.ones(32 * 2**20, np.float32) for _ in range(2)]
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    del blocks
+
+thread = threading.Thread(target=request)
+thread.start()
+thread.join()
+print(json.dumps(faults[0]))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")
+def test_a_reserved_heap_serves_the_first_request_without_page_faults() -> None:
+    def faults(mode: str) -> int:
+        done = subprocess.run(
+            [sys.executable, "-c", RESERVE_PROBE, mode], capture_output=True, text=True, check=True
+        )
+        return int(json.loads(done.stdout))
+
+    # 256 MiB is 128 huge pages or 65536 small ones: fresh memory faults at least 128 times
+    assert faults("plain") >= 128
+    assert faults("reserved") < 16

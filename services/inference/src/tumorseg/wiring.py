@@ -12,7 +12,7 @@ from tumorseg.config import Settings
 from tumorseg.imaging.brain import get_extractor
 from tumorseg.jobs import Jobs
 from tumorseg.jobstore import JobStore
-from tumorseg.memory import keep_freed_memory
+from tumorseg.memory import keep_freed_memory, reserve_heap
 from tumorseg.model.device import configure_threads
 from tumorseg.model.predictor import Predictor
 from tumorseg.pacs import OrthancClient, Pacs
@@ -23,6 +23,10 @@ from tumorseg.results import ResultStore
 from tumorseg.trigger import AutoTrigger, DicomwebTrigger, OrthancTrigger
 
 log = logging.getLogger(__name__)
+
+# A request's working set beyond the network's (downloaded files, volumes, model input): with the
+# allocator set, kept mapped from the start (``memory.reserve_heap``)
+HEAP_RESERVE_BYTES = 2**30
 
 
 def open_pacs(settings: Settings) -> Pacs:
@@ -72,11 +76,14 @@ def load_predictor(settings: Settings, device: str) -> Predictor:
     """The model package on ``device``, warmed up; and the brain extractor that
     ``TUMORSEG_BRAIN_EXTRACTOR`` can call for, loaded and warmed up too. ``ModelError`` when the package
     cannot be used. First the process's allocator (``memory.keep_freed_memory``) and CPU threads."""
-    if keep_freed_memory():
+    allocator = keep_freed_memory()
+    if allocator:
         log.info("allocator: freed blocks kept for the next request (glibc, one arena)")
     log.info("%d CPU thread(s) for torch and SimpleITK", configure_threads())
     predictor = Predictor.from_package(settings.model_path, device)
     predictor.warm_up()
+    if allocator:
+        reserve_heap(HEAP_RESERVE_BYTES)
     if settings.brain_extractor != "none":
         get_extractor("deepbet").warm_up()
     return predictor
