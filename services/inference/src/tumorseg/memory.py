@@ -36,14 +36,16 @@ def keep_freed_memory() -> bool:
     libc = _libc()
     if libc is None:
         return False
+    # The thresholds first: a glibc that refuses one (older ones cap the mmap threshold at 32 MiB) gets no
+    # single arena either, which without them would only make its threads share one lock.
     done = all(
         libc.mallopt(parameter, value) == 1
         for parameter, value in (
-            (_M_ARENA_MAX, 1),  # every thread allocates from the main heap, which large blocks fit
             (_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
             (_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES),
         )
     )
+    done = done and libc.mallopt(_M_ARENA_MAX, 1) == 1  # every thread allocates from the main heap
     if not done:
         log.warning("glibc refused an allocator setting; large blocks go back to the kernel when freed")
     return done

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -375,8 +375,11 @@ class Segmenter:
             # One series at a time, each with all of the client's parallel downloads, so that the first
             # (the reference) arrives after a quarter of the time and not with the others at the end.
             with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as decoding:
-                pending = []
+                pending: list[tuple[str, Future[list[bytes]]]] = []
                 for m in wanted:
+                    for _, decoding_done in pending:  # a series that failed to decode ends the request now
+                        if decoding_done.done() and decoding_done.exception() is not None:
+                            decoding_done.result()
                     data = self._download(m, series[m])
                     downloaded.append(time.perf_counter())
                     pending.append((m, decoding.submit(decode, m, data)))
