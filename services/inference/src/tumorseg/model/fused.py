@@ -46,11 +46,16 @@ class _FusedConvolution(nn.Module):
         act = getattr(getattr(block, "adn", None), "A", None)
         self._slope = None if act is None else float(act.weight.reshape(()).item())
 
+    @property
+    def post_op(self) -> tuple[str, list[float]]:
+        """oneDNN's unary post-op (name, scalars) for this block's activation."""
+        return ("none", []) if self._slope is None else ("leaky_relu", [self._slope])
+
     def forward(self, x: Any) -> Any:
         if x.device.type != "cpu" or x.requires_grad:
             return self.block(x)
         conv = self.conv
-        attr, scalars = ("none", []) if self._slope is None else ("leaky_relu", [self._slope])
+        attr, scalars = self.post_op
         if isinstance(conv, nn.ConvTranspose3d):
             return self._ops._convolution_transpose_pointwise(
                 x, conv.weight, conv.bias, conv.padding, conv.output_padding, conv.stride, conv.dilation,
@@ -101,7 +106,7 @@ class _SubPixel(nn.Module):
 
     def __init__(self, fused: _FusedConvolution) -> None:
         super().__init__()
-        self.fused, self._ops, self._slope = fused, fused._ops, fused._slope
+        self.fused, self._ops = fused, fused._ops
         conv = fused.conv
         self.out_channels = int(conv.out_channels)
         self.register_buffer("weight", _sub_pixel_weight(conv.weight.detach()), persistent=False)
@@ -115,7 +120,7 @@ class _SubPixel(nn.Module):
             or not x.is_contiguous(memory_format=torch.channels_last_3d)
         ):
             return self.fused(x)
-        attr, scalars = ("none", []) if self._slope is None else ("leaky_relu", [self._slope])
+        attr, scalars = self.fused.post_op
         # Padding 1 on each side: output voxel j + 1 reads input voxels j and j + 1 (j = 0 .. n - 1).
         phases = self._ops._convolution_pointwise(
             x, self.weight, self.bias, [1, 1, 1], [1, 1, 1], [1, 1, 1], 1, attr, scalars, ""
@@ -219,6 +224,8 @@ def fuse_pointwise(network: nn.Module) -> nn.Module:
             getattr(module, "conv", None), nn.Conv3d | nn.ConvTranspose3d
         ):
             return False
+        if getattr(module.conv, "padding_mode", "zeros") != "zeros":
+            return False
         if adn is None:
             return True
         parts = dict(adn.named_children())
@@ -240,7 +247,7 @@ def fuse_pointwise(network: nn.Module) -> nn.Module:
     def replace(parent: nn.Module) -> None:
         for name, child in parent.named_children():
             replace(child)
-            if fusable_block(child) and getattr(child.conv, "padding_mode", "zeros") == "zeros":
+            if fusable_block(child):
                 fused = _FusedConvolution(child, ops)
                 setattr(parent, name, _SubPixel(fused) if _sub_pixel_fits(fused.conv) else fused)
             elif fusable_unit(child):
