@@ -29,8 +29,12 @@ def make_series(
     pixel: tuple[float, float] | None = (0.9, 0.9),
     number: str | None = None,
     uid: str | None = None,
+    series_time: str = "101500",
+    acquired: str = "",
+    acquisition_time: str = "",
 ) -> SeriesInfo:
-    """A SeriesInfo as Orthanc's client would build it; unique UIDs and series numbers by default."""
+    """A SeriesInfo as Orthanc's client would build it; unique UIDs and series numbers by default.
+    ``acquired``: its AcquisitionDateTime (DT)."""
     n = next(_counter)
     return SeriesInfo(
         key=f"orthanc-{n}",
@@ -52,8 +56,10 @@ def make_series(
         rows=256,
         columns=256,
         series_date="20240102",
-        series_time="101500",
+        series_time=series_time,
         instance_count=slices,
+        acquisition_datetime=acquired,
+        acquisition_time=acquisition_time,
     )
 
 

@@ -377,7 +377,7 @@ def test_mapping_does_not_depend_on_series_order(order: list[int]) -> None:
 
 def test_shipped_rules_load_through_importlib_resources() -> None:
     text = resources.files("tumorseg.study").joinpath("rules.json").read_text(encoding="utf-8")
-    assert json.loads(text)["version"] == 1
+    assert json.loads(text)["version"] == 2  # 2: tool_markers and min_margin (defaults for a version-1 file)
     assert load_rules(None) is default_rules()
 
 

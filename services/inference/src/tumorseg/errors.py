@@ -12,6 +12,7 @@
     │   ├── StudyNotFound            no such StudyInstanceUID for this patient          → 404
     │   ├── ModalityMissing          FLAIR/T1/T1ce/T2 not all present                   → 422
     │   ├── AmbiguousSeries          two series fit one modality equally well           → 422
+    │   ├── ContrastContradiction    a pre/post pair's agent tags and names disagree    → 422
     │   ├── BrokenSeries             a series cannot become a volume                    → 422
     │   │   └── SeriesTooLarge       over a size/extent limit (checked before decoding) → 422
     │   ├── SeriesApart              the series do not overlap the reference's volume   → 422
@@ -94,6 +95,13 @@ class ModalityMissing(StudyError):
 
 class AmbiguousSeries(StudyError):
     code = "ambiguous_series"
+
+
+class ContrastContradiction(StudyError):
+    """Two series of one protocol whose contrast agent tags and names say opposite things: which is T1 and
+    which T1ce cannot be decided without guessing (``tumorseg.study.evidence``)."""
+
+    code = "contrast_contradiction"
 
 
 class BrokenSeries(StudyError):

@@ -121,3 +121,25 @@ def contrast_agent(ds: Any) -> str:
             return str(meaning)
     administered = find(ds, "ContrastBolusAgentAdministered", top_level=False)
     return "YES" if str(administered or "").strip().upper() == "YES" else ""
+
+
+def acquisition_datetime(ds: Any) -> str:
+    """When the series was acquired, as a DICOM DT string: ``AcquisitionDateTime``, else the earliest
+    ``FrameAcquisitionDateTime`` of its frames (an enhanced object's Frame Content macro), else
+    ``AcquisitionDate`` with ``AcquisitionTime``; "" when none is known. Study mapping orders a pre- and
+    a post-contrast series that nothing else tells apart by it."""
+    value = _get(ds, "AcquisitionDateTime")
+    if _present(value):
+        return str(value).strip()
+    frames = [
+        str(stamp).strip()
+        for group in per_frame_groups(ds)
+        for macro in _macros(group)
+        if _present(stamp := _get(macro, "FrameAcquisitionDateTime"))
+    ]
+    if frames:
+        return min(frames)
+    date, time = _get(ds, "AcquisitionDate"), _get(ds, "AcquisitionTime")
+    if _present(date) and _present(time):
+        return f"{str(date).strip()}{str(time).strip()}"
+    return ""

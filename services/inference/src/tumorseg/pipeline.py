@@ -551,7 +551,8 @@ def _result_fields(
             "series": {m: r.to_json() for m, r in model_input.registrations.items()},
         },
         "brain_extraction": dict(model_input.brain_extraction),
-        "warnings": list(model_input.warnings)
+        "warnings": list(assembled.mapping.warnings)  # choices to check (tumorseg.study.outcome)
+        + list(model_input.warnings)
         + _missing_warning(assembled.mapping.missing, dict(manifest.inputs.substitutes)),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "tumorseg_version": __version__,

@@ -56,6 +56,8 @@ class SeriesInfo:
     version: str = ""  # Orthanc's LastUpdate: changes whenever an instance is added or replaced
     is_stable: bool = True  # no new instance for the PACS's StableAge (DICOMweb cannot tell: always True)
     frames_per_instance: int = 1  # NumberOfFrames of the instance read: > 1 for a multi-frame series
+    acquisition_datetime: str = ""  # DT: AcquisitionDateTime, a frame's, or AcquisitionDate+Time ("" unknown)
+    acquisition_time: str = ""  # TM: AcquisitionTime ("" unknown)
 
     @property
     def slice_count(self) -> int:

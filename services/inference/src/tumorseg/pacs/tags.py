@@ -110,6 +110,8 @@ def describe_series(
         series_time=str(tag("SeriesTime") or ""),
         instance_count=instance_count,
         frames_per_instance=fg.frame_count(instance_tags),
+        acquisition_datetime=fg.acquisition_datetime(instance_tags),
+        acquisition_time=str(tag("AcquisitionTime") or "").strip(),
         version=version,
         is_stable=is_stable,
     )

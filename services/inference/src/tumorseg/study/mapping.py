@@ -39,10 +39,11 @@ from pathlib import Path
 from tumorseg.errors import InvalidInput
 from tumorseg.records import SeriesInfo
 from tumorseg.sequences import SEQUENCES
+from tumorseg.study.evidence import read_contrast
 from tumorseg.study.outcome import MappingProposal, SeriesMapping
 from tumorseg.study.ranking import describe, rank, why_better
 from tumorseg.study.rules import Rules, resolve_rules
-from tumorseg.study.scoring import evaluate, reject_reason
+from tumorseg.study.scoring import SeriesEvaluation, evaluate, reject_reason
 
 __all__ = ["MappingProposal", "SeriesMapping", "describe", "map_series", "propose_mapping"]
 
@@ -96,12 +97,23 @@ def propose_mapping(
         notes.append(f"{modality}: {describe(picked)} given explicitly{caveat}")
 
     used = {s.series_instance_uid for s in chosen.values()}
-    evaluations = [evaluate(s, rules) for s in series if s.series_instance_uid not in used]
+    rest = [s for s in series if s.series_instance_uid not in used]
+    contrast = read_contrast(rest, rules)
+    open_modalities = [m for m in SEQUENCES if m not in chosen and m not in explicit_missing]
+    # A contradiction matters while T1 or T1ce is left to the rules; pinning them settles it.
+    conflicts = contrast.conflicts if {"t1", "t1ce"} & set(open_modalities) else []
+    excluded = {s.series_instance_uid for c in conflicts for s in (c.post, c.pre)}
+    notes.extend(contrast.notes)
+    warnings = list(contrast.warnings)
+    evaluations = [evaluate(s, rules, contrast.calls.get(s.series_instance_uid)) for s in rest]
     reasons: dict[str, list[str]] = {
         e.series.series_instance_uid: [e.reject_reason] for e in evaluations if e.reject_reason is not None
     }
-    pool = [e for e in evaluations if e.reject_reason is None]
-    open_modalities = [m for m in SEQUENCES if m not in chosen and m not in explicit_missing]
+    for uid in excluded:
+        reasons[uid] = ["t1/t1ce: its contrast tags and names contradict each other (see the error)"]
+    pool = [
+        e for e in evaluations if e.reject_reason is None and e.series.series_instance_uid not in excluded
+    ]
     ambiguous: dict[str, tuple[SeriesInfo, ...]] = {}
     threshold = rules.threshold
 
@@ -134,15 +146,20 @@ def propose_mapping(
         winner = candidates[0]
         chosen[modality] = winner.series
         pool.remove(winner)
+        narrow = _narrow_margin(winner, candidates[1:] or pool, modality, rules)
+        if narrow:
+            warnings.append(narrow)
         if len(candidates) > 1:
             notes.append(
                 f"{modality}: chose {describe(winner.series)} over {describe(candidates[1].series)} "
-                f"({why_better(winner, candidates[1], modality, rules)})"
+                f"({why_better(winner, candidates[1], modality, rules)})" + (f"; {narrow}" if narrow else "")
             )
             for e in candidates[1:]:
                 reasons.setdefault(e.series.series_instance_uid, []).append(
                     f"{modality}: {describe(winner.series)} preferred ({why_better(winner, e, modality, rules)})"
                 )
+        elif narrow:
+            notes.append(narrow)
         if winner.scores[modality].physics_contradiction:
             notes.append(
                 f"{modality}: {describe(winner.series)} chosen although its physics contradict it: "
@@ -178,6 +195,11 @@ def propose_mapping(
                 f"< {threshold:g} ({'; '.join(ev.evidence) or 'no evidence'})"
             )
 
+    for m in missing:
+        for text in _passed_over(m, evaluations, used_as, ambiguous, threshold):
+            notes.append(text)
+            warnings.append(text)
+
     rejected = [
         (s, "; ".join(reasons.get(s.series_instance_uid, ["not used"])))
         for s in series
@@ -193,6 +215,8 @@ def propose_mapping(
         ambiguous=ambiguous,
         explicit_missing=explicit_missing,
         near_misses=near_misses,
+        warnings=warnings,
+        conflicts=tuple(conflicts),
         modality_counts=dict(modality_counts),
         has_mr=any(mod in accepted for mod in modality_counts),
         threshold=threshold,
@@ -206,6 +230,50 @@ def propose_mapping(
         list(ambiguous),
     )
     return proposal
+
+
+def _narrow_margin(
+    winner: SeriesEvaluation, others: Sequence[SeriesEvaluation], modality: str, rules: Rules
+) -> str | None:
+    """Words for a modality won by a score margin below ``min_margin`` over the next best series."""
+    if not others:
+        return None
+    runner = max(others, key=lambda e: e.scores[modality].score)
+    margin = round(winner.scores[modality].score - runner.scores[modality].score, 3)
+    if margin >= rules.min_margin:
+        return None
+    return (
+        f"{modality}: {describe(winner.series)} won over {describe(runner.series)} by a score margin of "
+        f"{margin:g}, below min_margin {rules.min_margin:g} "
+        f"(decided by {why_better(winner, runner, modality, rules)}); pass the series explicitly if wrong"
+    )
+
+
+def _passed_over(
+    modality: str,
+    evaluations: Sequence[SeriesEvaluation],
+    used_as: Mapping[str, str],
+    ambiguous: Mapping[str, tuple[SeriesInfo, ...]],
+    threshold: float,
+) -> list[str]:
+    """Why each series whose name and physics fit ``modality`` did not fill it (it stays missing)."""
+    texts = []
+    for e in evaluations:
+        if not e.scores or e.scores[modality].fit_without_contrast < threshold:
+            continue
+        uid = e.series.series_instance_uid
+        score = e.scores[modality]
+        if uid in used_as:
+            why = f"used as {used_as[uid]}"
+        elif any(e.series in tied for tied in ambiguous.values()):
+            why = "ambiguous"
+        else:
+            why = f"scored {score.score:g} < {threshold:g}"
+        texts.append(
+            f"{modality}: missing although {describe(e.series)} was a candidate: {why}; "
+            f"its contrast reading: {e.contrast_call.describe()}"
+        )
+    return texts
 
 
 def map_series(

@@ -4,7 +4,10 @@
 ``SeriesMapping.to_json()`` gives the CONTRACT ``series`` shape
 ``{"study_instance_uid"?, "series": {modality: {"series_instance_uid", "series_description",
 "orthanc_id"}}, "rejected": [{"series_instance_uid", "series_description", "series_number", "reason"}],
-"notes": [str]}``; ``MappingProposal.to_json()`` adds ``"missing"`` and ``"ambiguous"``.
+"notes": [str], "warnings": [str]}``; ``MappingProposal.to_json()`` adds ``"missing"``, ``"ambiguous"`` and
+``"contradictions"``. ``warnings`` are the choices the user should check (a modality won by a narrow
+margin, a pre/post pair told apart by acquisition order, a sequence missing although a series was a
+candidate); each is also among the notes.
 Messages name series as ``series 5 "AX T2 FLAIR" (UID 1.2.3)`` and never carry patient names or dates
 of birth.
 """
@@ -17,9 +20,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tumorseg.errors import AmbiguousSeries, ModalityMissing, StudyError
+from tumorseg.errors import AmbiguousSeries, ContrastContradiction, ModalityMissing, StudyError
 from tumorseg.records import SeriesInfo
 from tumorseg.sequences import ALL_FOUR, SEQUENCES, InputPolicy
+from tumorseg.study.evidence import ContrastConflict
 from tumorseg.study.ranking import describe
 
 _MAX_LISTED = 30
@@ -35,6 +39,7 @@ class SeriesMapping:
     rejected: list[tuple[SeriesInfo, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     study_instance_uid: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.series or not set(self.series) <= set(SEQUENCES):
@@ -58,7 +63,7 @@ class SeriesMapping:
 
     def to_json(self) -> dict[str, Any]:
         """The CONTRACT shape: ``series`` as in the result JSON, plus ``rejected`` and ``notes``."""
-        return _mapping_json(self.study_instance_uid, self.series, self.rejected, self.notes)
+        return _mapping_json(self.study_instance_uid, self.series, self.rejected, self.notes, self.warnings)
 
 
 def _mapping_json(
@@ -66,6 +71,7 @@ def _mapping_json(
     series: Mapping[str, SeriesInfo],
     rejected: Sequence[tuple[SeriesInfo, str]],
     notes: Sequence[str],
+    warnings: Sequence[str],
 ) -> dict[str, Any]:
     data: dict[str, Any] = {}
     if study_instance_uid is not None:
@@ -73,6 +79,7 @@ def _mapping_json(
     data["series"] = _series_json(series)
     data["rejected"] = _rejected_json(rejected)
     data["notes"] = list(notes)
+    data["warnings"] = list(warnings)
     return data
 
 
@@ -104,7 +111,9 @@ def _rejected_json(rejected: Sequence[tuple[SeriesInfo, str]]) -> list[dict[str,
 class MappingProposal:
     """The best mapping the rules allow, complete or not. ``missing``: modalities nothing fits;
     ``ambiguous``: modality → the equally good candidates; ``explicit_missing``: modality → an explicit
-    UID that is not among the series; ``near_misses``: modality → the best candidate below threshold."""
+    UID that is not among the series; ``near_misses``: modality → the best candidate below threshold;
+    ``warnings``: see the module docstring; ``conflicts``: twins whose contrast tags and names contradict
+    each other (``tumorseg.study.evidence``): T1 and T1ce cannot be told, the study is refused."""
 
     series: dict[str, SeriesInfo]
     rejected: list[tuple[SeriesInfo, str]]
@@ -117,20 +126,29 @@ class MappingProposal:
     has_mr: bool
     threshold: float
     study_instance_uid: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    conflicts: tuple[ContrastConflict, ...] = ()
 
     @property
     def complete(self) -> bool:
-        return not self.missing and not self.ambiguous and not self.explicit_missing
+        return not self.missing and not self.ambiguous and not self.explicit_missing and not self.conflicts
 
     def usable(self, policy: InputPolicy = ALL_FOUR) -> bool:
         """Complete enough for a model with this ``policy``: nothing ambiguous, no explicit UID unknown,
         and what is missing the model can do without."""
-        return not self.ambiguous and not self.explicit_missing and policy.problem(self.series) is None
+        return (
+            not self.ambiguous
+            and not self.explicit_missing
+            and not self.conflicts
+            and policy.problem(self.series) is None
+        )
 
     @property
     def found(self) -> tuple[str, ...]:
-        """Modalities with at least one fitting series (ambiguous ones count: the data is there)."""
-        return (*self.series, *self.ambiguous)
+        """Modalities with at least one fitting series (ambiguous and contradictory ones count: the data
+        is there)."""
+        contested = ("t1", "t1ce") if self.conflicts else ()
+        return tuple(dict.fromkeys((*self.series, *self.ambiguous, *contested)))
 
     def error(self, study_label: str | None = None, policy: InputPolicy = ALL_FOUR) -> StudyError | None:
         """The error that makes this proposal unusable for a model with ``policy``, or ``None``. Missing
@@ -144,6 +162,12 @@ class MappingProposal:
             return ModalityMissing(
                 f"{label} has no series with the SeriesInstanceUID given for {wanted}; "
                 f"its series are: {self._listing()}"
+            )
+        if self.conflicts:
+            return ContrastContradiction(
+                f"{label}: the contrast evidence contradicts itself, so T1 and T1ce cannot be told apart: "
+                + "; ".join(c.describe() for c in self.conflicts)
+                + "; pass the SeriesInstanceUIDs for t1 and t1ce explicitly"
             )
         if not self.has_mr:
             found = ", ".join(
@@ -191,12 +215,14 @@ class MappingProposal:
             rejected=list(self.rejected),
             notes=notes,
             study_instance_uid=self.study_instance_uid,
+            warnings=list(self.warnings),
         )
 
     def to_json(self) -> dict[str, Any]:
         """Like ``SeriesMapping.to_json`` plus ``missing`` and ``ambiguous`` (for ``tumorseg inspect``)."""
-        data = _mapping_json(self.study_instance_uid, self.series, self.rejected, self.notes)
+        data = _mapping_json(self.study_instance_uid, self.series, self.rejected, self.notes, self.warnings)
         data["missing"] = list(self.missing) + list(self.explicit_missing)
+        data["contradictions"] = [c.describe() for c in self.conflicts]
         data["ambiguous"] = {m: [s.series_instance_uid for s in c] for m, c in self.ambiguous.items()}
         return data
 

@@ -4,14 +4,17 @@ The shipped file is ``tumorseg/study/rules.json`` (read with ``importlib.resourc
 named by ``TUMORSEG_MAPPING_RULES`` replaces it whole (copy the shipped one and edit it). The code in
 ``scoring``/``mapping`` only interprets these values; site-specific names belong in the file.
 
-Schema (version 1); every object may carry a free-text ``"comment"``; unknown keys are refused so
-that a typo cannot silently disable a rule:
+Schema (version 2; a version-1 file still loads, its missing keys taking the defaults below); every
+object may carry a free-text ``"comment"``; unknown keys are refused so that a typo cannot silently
+disable a rule:
 
-``version``                 1.
+``version``                 1 or 2.
 ``accepted_modalities``     DICOM Modality values that may be mapped (default ``["MR"]``).
 ``min_instances``           a series with fewer instances is rejected as "too few slices" (default 20:
                             localizers and single-slab test images have 1–15, a brain volume ≥ 20).
 ``threshold``               the lowest score a series may be mapped with.
+``min_margin``              a modality won by a score margin below this over the next series is named in
+                            the mapping's warnings (default 0.5; 0 turns the warning off).
 ``physics_mismatch_weight`` added to a modality's score when TR/TE/TI are known but fit none of its
                             physics profiles (negative: a contradiction lowers the confidence).
 ``tie_break``               after the score, the order in which candidates for one modality are
@@ -19,9 +22,14 @@ that a typo cannot silently disable a rule:
                             ``acquisition_3d`` (MRAcquisitionType 3D before 2D), ``instance_count``
                             (more slices first), ``pixel_area`` (finer in-plane pixels first).
 ``name_adjustments``        name patterns (see below) whose weights are added to every modality.
+``tool_markers``            regexes for what tools add to names (a converter's " (enhanced conversion)", copy
+                            and reformat markers): removed from the name before the modality and contrast
+                            patterns read it, so they never count as evidence (the reject rules still see
+                            them: a reformat stays rejected). Default ``DEFAULT_TOOL_MARKERS``.
 ``contrast``                ``post_patterns`` / ``pre_patterns`` (regexes) and ``agent_tag`` (bool: a
                             non-empty ContrastBolusAgent counts as post-contrast). A pre pattern wins
-                            over both, because some scanners copy the agent into every later series.
+                            over both, because some scanners copy the agent into every later series;
+                            between same-protocol twins the agent decides first (``tumorseg.study.evidence``).
 ``reject``                  list of ``{"reason", "name_patterns": [regex], "image_type_any": [token],
                             "image_type_at": {"index": [token]}}``; the first rule that matches a
                             series rejects it with its reason. ImageType tokens are compared upper-case,
@@ -53,6 +61,16 @@ from tumorseg.sequences import SEQUENCES
 
 TieBreakKey = Literal["slice_spacing", "acquisition_3d", "instance_count", "pixel_area"]
 RULES_RESOURCE = "rules.json"
+# What tools append to SeriesDescription (matched on the normalised name, see above): highdicom's legacy
+# converter adds " (enhanced conversion)" when the result fits 64 characters; PACS and viewers add copy
+# markers; reformats carry "MPR"/"reformatted" (rejected by the reject rules all the same).
+DEFAULT_TOOL_MARKERS: tuple[str, ...] = (
+    r"\(?\benhanced conversion\b\)?",
+    r"\(?\bcopy( of)?\b( \d+)?\)?",
+    r"\bmpr\b",
+    r"\breformat\w*",
+)
+DEFAULT_MIN_MARGIN = 0.5
 
 
 def _compile(value: object) -> object:
@@ -132,13 +150,17 @@ class ContrastRules(_Strict):
 class Rules(_Strict):
     """The validated rules file. Build with ``load_rules``; immutable, safe to share between threads."""
 
-    version: Literal[1]
+    version: Literal[1, 2]
     accepted_modalities: list[str] = Field(default_factory=lambda: ["MR"])
     min_instances: int = Field(default=20, ge=1)
     threshold: float
+    min_margin: float = Field(default=DEFAULT_MIN_MARGIN, ge=0)
     physics_mismatch_weight: float = Field(le=0)
     tie_break: list[TieBreakKey]
     name_adjustments: list[NamePattern] = Field(default_factory=list)
+    tool_markers: list[Regex] = Field(
+        default_factory=lambda: [re.compile(p, re.IGNORECASE) for p in DEFAULT_TOOL_MARKERS]
+    )
     contrast: ContrastRules
     reject: list[RejectRule] = Field(default_factory=list)
     modalities: dict[str, ModalityRules]

@@ -9,7 +9,12 @@ score of modality *m* is the sum of three parts, each written to ``ModalityScore
   constrained values are partly unknown scores ``weight × known/constrained``. When TR, TE or TI is
   known and no profile is compatible, ``physics_mismatch_weight`` (a penalty) is used instead; when
   none is known, 0;
-* contrast: *m*'s weight for the series' contrast state (post, pre or unknown; see ``contrast_state``).
+* contrast: *m*'s weight for the series' contrast state (post, pre or unknown; see ``contrast_reading``,
+  or the study-level reading of ``tumorseg.study.evidence`` that the mapping passes in).
+
+Name patterns read the name without what tools add to it (``tool_markers``: a converter's
+" (enhanced conversion)", copy and reformat markers), so those words are never evidence; the reject rules
+read the whole name.
 
 Values ≤ 0 in TR/TE/TI are read as absent (some writers store 0 for "not applicable").
 """
@@ -37,6 +42,14 @@ def normalised_name(series: SeriesInfo) -> str:
     return _SPACES.sub(" ", _SEPARATORS.sub(" ", text.lower())).strip()
 
 
+def evidence_name(series: SeriesInfo, rules: Rules) -> str:
+    """``normalised_name`` without the ``tool_markers`` (what modality and contrast patterns read)."""
+    name = normalised_name(series)
+    for marker in rules.tool_markers:
+        name = marker.sub(" ", name)
+    return _SPACES.sub(" ", name).strip()
+
+
 def _positive(value: float | None) -> float | None:
     return value if value is not None and value > 0 else None
 
@@ -49,6 +62,23 @@ class ModalityScore:
     score: float
     evidence: tuple[str, ...]
     physics_contradiction: bool
+    contrast_part: float = 0.0  # the contrast weight inside ``score`` (what the score is without it)
+
+    @property
+    def fit_without_contrast(self) -> float:
+        """Name and physics alone: whether the series is this modality's kind, pre or post."""
+        return round(self.score - self.contrast_part, 3)
+
+
+@dataclass(frozen=True)
+class ContrastCall:
+    """A series' contrast state and the evidence for it, in words (for notes and reasons)."""
+
+    state: ContrastState
+    because: str = ""
+
+    def describe(self) -> str:
+        return f"{self.state} ({self.because})" if self.because else self.state
 
 
 @dataclass(frozen=True)
@@ -59,6 +89,7 @@ class SeriesEvaluation:
     reject_reason: str | None
     contrast: ContrastState
     scores: dict[str, ModalityScore]
+    contrast_call: ContrastCall = ContrastCall("unknown")
 
     def best(self) -> ModalityScore | None:
         """The highest-scoring modality (earlier in ``SEQUENCES`` on a tie), ``None`` if rejected."""
@@ -87,18 +118,38 @@ def reject_reason(series: SeriesInfo, rules: Rules) -> str | None:
     return None
 
 
+def name_contrast(series: SeriesInfo, rules: Rules) -> ContrastCall:
+    """What the name alone says: ``pre`` on a pre pattern (checked first: "non contrast" also holds a
+    post word), else ``post`` on a post pattern, else ``unknown``."""
+    name = evidence_name(series, rules)
+    for state, patterns in (("pre", rules.contrast.pre_patterns), ("post", rules.contrast.post_patterns)):
+        hit = next((p for p in patterns if p.search(name)), None)
+        if hit is not None:
+            return ContrastCall(state, f"name /{hit.pattern}/")  # type: ignore[arg-type]
+    return ContrastCall("unknown")
+
+
+def agent_of(series: SeriesInfo, rules: Rules) -> str:
+    """The contrast agent the series names ("" when none, or when ``agent_tag`` is off)."""
+    return series.contrast_bolus_agent.strip() if rules.contrast.agent_tag else ""
+
+
+def contrast_reading(series: SeriesInfo, rules: Rules) -> ContrastCall:
+    """One series on its own: ``pre`` when a pre pattern matches the name (it wins: some scanners copy
+    ContrastBolusAgent into every series after the agent is registered); else ``post`` on a non-empty
+    ContrastBolusAgent (with ``agent_tag``) or a post pattern; else ``unknown``."""
+    named = name_contrast(series, rules)
+    if named.state == "pre":
+        return named
+    agent = agent_of(series, rules)
+    if agent:
+        return ContrastCall("post", f"ContrastBolusAgent {agent!r}")
+    return named
+
+
 def contrast_state(series: SeriesInfo, rules: Rules) -> ContrastState:
-    """``pre`` when a pre pattern matches the name (it wins: some scanners copy ContrastBolusAgent into
-    every series after the agent is registered); else ``post`` on a post pattern or, with
-    ``agent_tag``, a non-empty ContrastBolusAgent; else ``unknown``."""
-    name = normalised_name(series)
-    if any(p.search(name) for p in rules.contrast.pre_patterns):
-        return "pre"
-    if rules.contrast.agent_tag and series.contrast_bolus_agent.strip():
-        return "post"
-    if any(p.search(name) for p in rules.contrast.post_patterns):
-        return "post"
-    return "unknown"
+    """``contrast_reading``'s state."""
+    return contrast_reading(series, rules).state
 
 
 def _name_part(
@@ -171,12 +222,15 @@ def _physics_part(
 
 
 def score_modality(
-    series: SeriesInfo, modality: str, rules: Rules, contrast: ContrastState | None = None
+    series: SeriesInfo, modality: str, rules: Rules, contrast: ContrastCall | None = None
 ) -> ModalityScore:
     """The score of one modality for a series that passed ``reject_reason``."""
     spec: ModalityRules = rules.modalities[modality]
-    state = contrast if contrast is not None else contrast_state(series, rules)
-    name_score, evidence = _name_part(normalised_name(series), spec.name_patterns, rules.name_adjustments)
+    call = contrast if contrast is not None else contrast_reading(series, rules)
+    state = call.state
+    name_score, evidence = _name_part(
+        evidence_name(series, rules), spec.name_patterns, rules.name_adjustments
+    )
     physics_score, physics_note, contradiction = _physics_part(
         series, spec.physics, rules.physics_mismatch_weight
     )
@@ -184,16 +238,17 @@ def score_modality(
     if physics_note:
         evidence.append(physics_note)
     if contrast_score:
-        evidence.append(f"contrast {state} {contrast_score:+g}")
+        evidence.append(f"contrast {call.describe()} {contrast_score:+g}")
     total = round(name_score + physics_score + contrast_score, 3)
-    return ModalityScore(modality, total, tuple(evidence), contradiction)
+    return ModalityScore(modality, total, tuple(evidence), contradiction, contrast_score)
 
 
-def evaluate(series: SeriesInfo, rules: Rules) -> SeriesEvaluation:
-    """Reject the series, or score it for every modality."""
+def evaluate(series: SeriesInfo, rules: Rules, contrast: ContrastCall | None = None) -> SeriesEvaluation:
+    """Reject the series, or score it for every modality; ``contrast``: the study-level reading of its
+    contrast state (``tumorseg.study.evidence``), else its own (``contrast_reading``)."""
     reason = reject_reason(series, rules)
-    state = contrast_state(series, rules)
+    call = contrast if contrast is not None else contrast_reading(series, rules)
     if reason is not None:
-        return SeriesEvaluation(series, reason, state, {})
-    scores = {m: score_modality(series, m, rules, state) for m in SEQUENCES}
-    return SeriesEvaluation(series, None, state, scores)
+        return SeriesEvaluation(series, reason, call.state, {}, call)
+    scores = {m: score_modality(series, m, rules, call) for m in SEQUENCES}
+    return SeriesEvaluation(series, None, call.state, scores, call)
