@@ -8,7 +8,7 @@ APT_PACKAGES := orthanc orthanc-dicomweb dcm2niix dcmtk dicom3tools redis-server
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup system-packages test test-unit lint format demo bench accuracy-clinical train-demo vendor-niivue clean
+.PHONY: setup system-packages test test-unit lint format demo bench accuracy-clinical train-demo vendor-niivue vendor-swagger clean
 
 setup: system-packages $(STAMP)
 
@@ -66,6 +66,11 @@ accuracy-clinical: setup
 NIIVUE_VERSION ?= 0.69.0
 vendor-niivue:
 	NIIVUE_VERSION=$(NIIVUE_VERSION) bash scripts/vendor_niivue.sh
+
+# Swagger UI for /docs, vendored the same way (FastAPI's own page loads it from a CDN: blank offline).
+SWAGGER_UI_VERSION ?= 5.36.0
+vendor-swagger:
+	SWAGGER_UI_VERSION=$(SWAGGER_UI_VERSION) bash scripts/vendor_swagger.sh
 
 clean:
 	rm -rf $(VENV) out results .pytest_cache .mypy_cache .ruff_cache

@@ -125,6 +125,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Brain-tumour segmentation (BraTS 2021 labels) of MRI studies stored in Orthanc.",
         lifespan=lifespan,
+        # /docs is served by pages.router from vendored files (FastAPI's loads a CDN); no ReDoc, no OAuth2.
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     install_error_handlers(app)
 

@@ -5,6 +5,11 @@ scripts ask for the key once per tab when the service has one (a 401 answer), ke
 ``sessionStorage``, and send it as the ``X-API-Key`` header with every data request (result JSON,
 volumes, thumbnails), never in a URL. NiiVue is vendored under ``/static/vendor`` (see its NIIVUE.md):
 nothing is loaded from another host, and the Content-Security-Policy below forbids it.
+
+``GET /docs`` is Swagger UI, vendored the same way (``/static/vendor/swagger-ui``, see its SWAGGER.md) and
+started by ``static/docs.js``: FastAPI's own page loads it from a CDN (blank on a closed hospital network)
+with an inline script. ReDoc is switched off (``redoc_url=None`` in main.py): it loads web fonts from
+another host, and one API page is enough.
 """
 
 from __future__ import annotations
@@ -32,11 +37,20 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-cache",
 }
 
+# The same for Swagger UI, except that it writes style attributes (e.g. the alignment of a Markdown table in
+# a description): allowed for attributes only, not for <style> elements nor for scripts.
+DOCS_SECURITY_HEADERS = {
+    **SECURITY_HEADERS,
+    "Content-Security-Policy": SECURITY_HEADERS["Content-Security-Policy"].replace(
+        "style-src 'self';", "style-src 'self'; style-src-attr 'unsafe-inline';"
+    ),
+}
+
 router = APIRouter(tags=["pages"])
 
 
-def _page(name: str) -> HTMLResponse:
-    return HTMLResponse((STATIC_DIR / name).read_text(encoding="utf-8"), headers=SECURITY_HEADERS)
+def _page(name: str, headers: dict[str, str] = SECURITY_HEADERS) -> HTMLResponse:
+    return HTMLResponse((STATIC_DIR / name).read_text(encoding="utf-8"), headers=headers)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -53,3 +67,9 @@ def viewer_page(
     overlay opacity, the volumes, series and model of the result."""
     check_result_id(result_id)  # a malformed id is a 404 here too; an unknown one is the script's 404
     return _page("viewer.html")
+
+
+@router.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+def docs_page() -> HTMLResponse:
+    """Swagger UI on ``/openapi.json``, from this service alone ("Authorize" takes the X-API-Key)."""
+    return _page("docs.html", DOCS_SECURITY_HEADERS)
