@@ -17,11 +17,15 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.valuerep import DSfloat
 
 
-def legacy_converted(files: Sequence[bytes], *, shuffle_seed: int | None = None) -> Dataset:
+def legacy_converted(
+    files: Sequence[bytes], *, shuffle_seed: int | None = None, keep_description: bool = True
+) -> Dataset:
     """One Legacy Converted Enhanced MR instance holding every slice of the classic series ``files`` (its
     SeriesInstanceUID and SeriesNumber kept). With ``shuffle_seed`` the frames (pixels and per-frame
     functional groups together) are put in a random order: a valid object whose frame order says nothing
-    about the slice order (each frame keeps its own functional groups, dimension index included)."""
+    about the slice order (each frame keeps its own functional groups, dimension index included). With
+    ``keep_description=False`` the converter's own description stays (the source's plus " (enhanced
+    conversion)" where that fits 64 characters)."""
     datasets = [pydicom.dcmread(DicomBytesIO(data)) for data in files]
     first = datasets[0]
     converted = LegacyConvertedEnhancedMRImage(
@@ -31,9 +35,10 @@ def legacy_converted(files: Sequence[bytes], *, shuffle_seed: int | None = None)
         sop_instance_uid=hd.UID(),
         instance_number=1,
     )
-    # highdicom appends " (enhanced conversion)" to the description; scanners and PACS converters keep
-    # it (and "enhanced" reads as post-contrast to the mapping's name rules).
-    if "SeriesDescription" in first:
+    # highdicom appends " (enhanced conversion)" to the description; PACS converters keep it (the mapping
+    # must not read that "enhanced" as contrast: tests/integration/test_mapping_evidence.py). Kept here so
+    # that the classic and the converted study have the same notes.
+    if keep_description and "SeriesDescription" in first:
         converted.SeriesDescription = first.SeriesDescription
     # It replaces the classic series (same SeriesInstanceUID), so it does not reference those instances as
     # another series of the study (dciodvfy: "ReferencedSeriesSequence present but ... does not reference").

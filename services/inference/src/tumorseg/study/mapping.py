@@ -4,16 +4,20 @@ Contract: ``map_series(series, explicit=None, rules=None)`` returns a ``SeriesMa
 one series per modality, or raises a ``StudyError``: ``ModalityMissing`` (a modality has no series, the
 study has no MR series at all, or an explicit SeriesInstanceUID is not in the study; the message says
 which), ``AmbiguousSeries`` (two series fit one modality equally well; the message names both by series
-number, description and UID), ``InvalidInput`` (an explicit mapping with an unknown modality or one UID
-given twice). ``propose_mapping`` does the same work without raising, for ``tumorseg inspect`` and for
+number, description and UID), ``ContrastContradiction`` (two series of one protocol whose contrast agent
+tags and names say opposite things, while T1 or T1ce is left to the rules; the message names both series and
+both pieces of evidence), ``InvalidInput`` (an explicit mapping with an unknown modality or one UID given
+twice). ``propose_mapping`` does the same work without raising, for ``tumorseg inspect`` and for
 study choice.
 
 How series are assigned (the rules themselves are data, see ``tumorseg.study.rules``):
 
 1. Explicit UIDs win: each given series is used as is (a note says so, and says if the rules would have
    rejected it); a modality whose explicit UID is not in the study is reported, never guessed.
-2. Every other series is rejected with a reason (not MR, localizer, diffusion, derived, too few slices...)
-   or scored for every modality (``tumorseg.study.scoring``).
+2. The contrast evidence of the other series is weighed across the study (``tumorseg.study.evidence``:
+   twins told apart by an agent on one only, then by names, then by acquisition order; contradictions).
+   Every other series is rejected with a reason (not MR, localizer, diffusion, derived, too few slices...)
+   or scored for every modality with that contrast reading (``tumorseg.study.scoring``).
 3. Greedy assignment, best first: the (series, modality) pair with the highest score at or above
    ``threshold`` decides which modality is filled next; every series at or above the threshold for that
    modality is a candidate, ranked by the **tie-break rule**: higher score, then the ``tie_break`` keys
@@ -24,6 +28,9 @@ How series are assigned (the rules themselves are data, see ``tumorseg.study.rul
    candidates ("flair: chose ... over ... (thinner slices 1 mm vs 5 mm)"). Candidates equal on the
    whole key make the modality ambiguous: it stays unfilled and the candidates leave the pool.
 4. Every series not used is listed in ``rejected`` with why.
+5. Never silent: a modality won by a score margin below ``min_margin`` over the next series, and a
+   modality left missing although a series' name and physics fit it (used elsewhere, or ruled out by its
+   contrast reading), are named with the series and why in ``warnings`` and in the notes.
 
 A T1 without any contrast evidence is never taken as T1ce (the shipped rules penalise "unknown"), since
 guessing wrong silently corrupts the enhancing-tumour label; the user can pass the UID instead.
@@ -196,7 +203,7 @@ def propose_mapping(
             )
 
     for m in missing:
-        for text in _passed_over(m, evaluations, used_as, ambiguous, threshold):
+        for text in _passed_over(m, evaluations, used_as, ambiguous, excluded, threshold):
             notes.append(text)
             warnings.append(text)
 
@@ -254,6 +261,7 @@ def _passed_over(
     evaluations: Sequence[SeriesEvaluation],
     used_as: Mapping[str, str],
     ambiguous: Mapping[str, tuple[SeriesInfo, ...]],
+    excluded: set[str],
     threshold: float,
 ) -> list[str]:
     """Why each series whose name and physics fit ``modality`` did not fill it (it stays missing)."""
@@ -265,6 +273,8 @@ def _passed_over(
         score = e.scores[modality]
         if uid in used_as:
             why = f"used as {used_as[uid]}"
+        elif uid in excluded:
+            why = "its contrast tags and names contradict each other"
         elif any(e.series in tied for tied in ambiguous.values()):
             why = "ambiguous"
         else:
