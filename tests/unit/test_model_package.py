@@ -76,7 +76,7 @@ def test_the_enhancing_minimum_travels_in_the_manifest(tmp_path: Path) -> None:
         ({"output": {"activation": "softmax", "regions": ["tc", "wt", "et"]}}, "sigmoid"),
         ({"labels": {"1": "a", "2": "b", "3": "c"}}, "BraTS"),
         ({"architecture": {"name": "os.system", "args": TINY}}, "unknown architecture"),
-        ({"preprocessing": {"channels": ["flair", "t1"]}}, "permutation"),
+        ({"preprocessing": {"channels": ["flair", "t1"]}}, "inputs name"),
         ({"inference": {"roi_size": [33, 32, 32]}}, "divide"),
     ],
 )

@@ -409,3 +409,11 @@ _add_plugin_commands()
 
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
+def _add_model_commands() -> None:
+    """``tumorseg model ...`` (``tumorseg.model_cli``): import MONAI bundles and nnU-Net models, describe one."""
+    from tumorseg.model_cli import app as model_app
+
+    app.add_typer(model_app, name="model")
+
+
+_add_model_commands()

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 
 STABLE_POLL_S = 1.0
 DECODE_WORKERS = 2  # series decoded side by side while the next one downloads
+from tumorseg.study.outcome import SeriesMapping
 STABLE_RETRY_AFTER_S = 10
 
 STAGES = (
@@ -199,7 +200,7 @@ class Segmenter:
                 mapping = assembled.mapping
                 listed = [*mapping.series.values(), *(info for info, _ in mapping.rejected)]
                 if assembled.study.is_stable or all(s.is_stable or s.modality != "MR" for s in listed):
-                    return assembled
+                    return _used_by(assembled, self.predictor.manifest.inputs.named)
                 arriving = assembled.study.study_instance_uid
             except (ModalityMissing, AmbiguousSeries) as exc:
                 unstable = [
@@ -286,7 +287,7 @@ class Segmenter:
                 with _library_errors("export", BrokenSeries):
                     write_mask(mask, staging / "mask.nii.gz")
                     write_reference(reference_series.image, staging / "reference.nii.gz")
-                    absent = assembled.mapping.missing
+                    absent = _missing(assembled, manifest)
                     note = f"inputs: {', '.join(present)} (no {', '.join(absent)})" if absent else None
                     write_preview(reference_series.image, mask, staging / "preview.png", note)
                 fields = _result_fields(
@@ -523,9 +524,30 @@ def _result_fields(
             }
             for m in assembled.mapping.present
         },
-        "missing_sequences": list(assembled.mapping.missing),
+        "missing_sequences": list(_missing(assembled, manifest)),
         "reference": {
             "modality": reference_modality,
+def _used_by(assembled: AssembledStudy, named: tuple[str, ...]) -> AssembledStudy:
+    """``assembled`` with only the sequences the model has channels for (``InputPolicy.named``: a published
+    model without T1, say); a series mapped to another is listed as not used, with the reason."""
+    mapping = assembled.mapping
+    unused = [m for m in mapping.series if m not in named]
+    if not unused:
+        return assembled
+    kept = SeriesMapping(
+        series={m: info for m, info in mapping.series.items() if m in named},
+        rejected=[*mapping.rejected, *((mapping.series[m], f"the model has no {m} channel") for m in unused)],
+        notes=mapping.notes,
+        study_instance_uid=mapping.study_instance_uid,
+    )
+    return replace(assembled, mapping=kept)
+
+
+def _missing(assembled: AssembledStudy, manifest: ModelManifest) -> tuple[str, ...]:
+    """The sequences the model has a channel for that the study lacks."""
+    return tuple(m for m in assembled.mapping.missing if m in manifest.inputs.named)
+
+
             "series_instance_uid": reference_series.series_instance_uid,
         },
         "labels": dict(LABEL_NAMES),
@@ -541,8 +563,7 @@ def _result_fields(
             "direction": list(mask.GetDirection()),
         },
         "model": {
-            "name": manifest.name,
-            "version": manifest.version,
+            **manifest.describe(),  # name, version, backend, provenance
             "network": network,  # the one Predictor.predict ran
         },
         "mapping_notes": list(assembled.mapping.notes),
@@ -553,7 +574,7 @@ def _result_fields(
         "brain_extraction": dict(model_input.brain_extraction),
         "warnings": list(assembled.mapping.warnings)  # choices to check (tumorseg.study.outcome)
         + list(model_input.warnings)
-        + _missing_warning(assembled.mapping.missing, dict(manifest.inputs.substitutes)),
+        + _missing_warning(_missing(assembled, manifest), dict(manifest.inputs.substitutes)),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "tumorseg_version": __version__,
     }

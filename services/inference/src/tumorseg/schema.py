@@ -6,7 +6,7 @@ the API returns it (and OpenAPI documents it), the CLI writes it to ``result.jso
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -111,6 +111,15 @@ class SegmentResult(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     result_id: str
+    backend: Literal["monai-unet", "monai-bundle", "nnunet-v2"] = Field(
+        "monai-unet",
+        description="what runs the network: tumorseg's own MONAI UNet, an imported MONAI bundle or nnU-Net v2",
+    )
+    provenance: dict[str, Any] = Field(
+        default_factory=dict,
+        description="where an imported model came from (bundle name and version; nnU-Net dataset, trainer, "
+        "plans, configuration, folds, checkpoint)",
+    )
     patient_id: str
     study_instance_uid: str
     series: dict[SequenceName, SeriesRef] = Field(description="the series used, by sequence")

@@ -27,6 +27,9 @@ class InputPolicy:
     for T1 ← T1ce on clinical heads: a network trained on complete studies only segments a study without
     T1 within 0.02 Dice of the complete one (the two differ only where contrast enhances), while a zero T1
     channel or FLAIR ↔ T2 in each other's place lose most of the whole tumour (see the README).
+
+    A model with fewer input channels (a published model without T1, say) names only its channels; a
+    sequence it does not name is not used at all (``named``).
     """
 
     required: tuple[str, ...] = SEQUENCES
@@ -36,10 +39,10 @@ class InputPolicy:
 
     def __post_init__(self) -> None:
         named = [*self.required, *self.optional]
-        if sorted(named) != sorted(SEQUENCES):
+        if len(set(named)) != len(named) or not set(named) <= set(SEQUENCES):
             raise ValueError(
-                f"inputs: required {list(self.required)} and optional {list(self.optional)} must name each of "
-                f"{list(SEQUENCES)} once"
+                f"inputs: required {list(self.required)} and optional {list(self.optional)} must name "
+                f"sequences of {list(SEQUENCES)}, each once"
             )
         if not self.required and not self.any_of:
             raise ValueError("inputs: at least one sequence must be required (or one of a group)")
@@ -55,6 +58,16 @@ class InputPolicy:
                 )
         if len(set(missing)) != len(missing):
             raise ValueError(f"inputs: substitutes name a sequence twice ({missing})")
+
+    @classmethod
+    def for_channels(cls, channels: Iterable[str]) -> InputPolicy:
+        """Every one of ``channels`` required (a package that does not say otherwise)."""
+        return cls(required=tuple(m for m in SEQUENCES if m in set(channels)))
+
+    @property
+    def named(self) -> tuple[str, ...]:
+        """The sequences the model uses (required or optional), in ``SEQUENCES`` order."""
+        return tuple(m for m in SEQUENCES if m in self.required or m in self.optional)
 
     def problem(self, present: Iterable[str]) -> str | None:
         """Why a study with only the ``present`` sequences cannot be segmented (``None``: it can)."""

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
@@ -26,6 +26,9 @@ class ModelState:
 
     name: str
     loaded: bool = False
+    version: str | None = None
+    backend: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

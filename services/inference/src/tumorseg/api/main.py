@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 manifest = state.predictor.manifest
             else:  # the workers load the weights; the API needs the package's name and version
                 manifest = read_manifest(settings.model_path)
-            state.model = ModelState(name=manifest.name, loaded=True)
+            state.model = ModelState(**manifest.describe(), loaded=True)
         except ModelError as exc:
             # The service still starts: /health says degraded and /segment answers 503 with the reason.
             log.error("model not loaded: %s", exc.detail)

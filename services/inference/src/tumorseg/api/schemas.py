@@ -3,7 +3,7 @@ exactly the shapes of CONTRACT.md, and the error responses the routes declare in
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -20,6 +20,9 @@ class OrthancHealth(BaseModel):
 
 class ModelHealth(BaseModel):
     name: str
+    version: str | None = None
+    backend: str | None = Field(None, description="monai-unet, monai-bundle or nnunet-v2")
+    provenance: dict[str, Any] = Field(default_factory=dict, description="where an imported model came from")
     loaded: bool = Field(
         description="the package is loaded (distributed mode: readable; the workers load the weights)"
     )

@@ -53,6 +53,10 @@ from tumorseg.imaging.registration import Registration, register_study
 from tumorseg.sequences import SEQUENCES
 from tumorseg.threads import usable_cpus
 
+# "none": the volumes as resampled (zero outside the brain), for a model that normalises them itself (a
+# MONAI bundle's or nnU-Net's own preprocessing, ``tumorseg.model.foreign``)
+NORMALISATIONS = ("zscore_nonzero_channelwise", "none")
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -70,10 +74,12 @@ class Preprocessing:
     def __post_init__(self) -> None:
         if self.bias_correction not in BIAS_METHODS:
             raise ValueError(f"unknown bias_correction {self.bias_correction!r}; one of {BIAS_METHODS}")
-        if sorted(self.channels) != sorted(SEQUENCES):
-            raise ValueError(f"channels must be a permutation of {SEQUENCES}, got {self.channels}")
-        if self.normalisation != "zscore_nonzero_channelwise":
-            raise ValueError(f"unknown normalisation {self.normalisation!r}")
+        if not self.channels or len(set(self.channels)) != len(self.channels):
+            raise ValueError(f"channels must name sequences of {SEQUENCES}, each once, got {self.channels}")
+        if not set(self.channels) <= set(SEQUENCES):
+            raise ValueError(f"channels must name sequences of {SEQUENCES}, got {self.channels}")
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(f"unknown normalisation {self.normalisation!r}; one of {NORMALISATIONS}")
         if not 0.25 <= self.spacing_mm <= 4:
             raise ValueError(f"spacing_mm {self.spacing_mm} is outside 0.25–4 mm")
 
@@ -291,7 +297,8 @@ def prepare(
             started = time.perf_counter()
             list(pool.map(correct_bias, [array[c] for c in present]))
             timings["bias_correction"] = time.perf_counter() - started
-        list(pool.map(zscore_nonzero, array))
+        if prep.normalisation == "zscore_nonzero_channelwise":
+            list(pool.map(zscore_nonzero, array))
     label_array = None
     if labels is not None:
         label_array = g.to_array(g.resample_labels(labels, cropped)).astype(np.uint8, copy=False)

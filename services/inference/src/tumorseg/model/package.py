@@ -8,6 +8,7 @@ refuses a package it cannot honour with a message that says why.
 Manifest schema (``format_version`` 1)::
 
     {"format_version": 1, "name": str, "version": str, "weights": "model.pt",
+     "backend": "monai-unet",   # optional (the default); "monai-bundle" or "nnunet-v2": see below
      "architecture": {"name": "monai.UNet", "args": {...}},
      "preprocessing": {...Preprocessing...},
      "output": {"activation": "sigmoid", "regions": ["tc", "wt", "et"], "threshold": 0.5,
@@ -22,7 +23,18 @@ Manifest schema (``format_version`` 1)::
                   "serves": ["flair", "t2"],  # optional; default: every optional sequence
                   "bias_correction": "n4",    # optional: its studies' preprocessing corrects the bias
                   "training": {...}, "metrics": {...}},
-     "training": {...free-form description...}, "metrics": {...}, "versions": {...}}
+     "training": {...free-form description...}, "metrics": {...}, "versions": {...},
+     "provenance": {...},       # optional: where a foreign model came from (bundle name and version, nnU-Net
+                                # dataset, trainer, plans, configuration, folds, checkpoint)
+     "backend_config": {...}}   # a foreign backend's own settings, written by its importer
+
+Backends. ``monai-unet`` is tumorseg's own network (``architecture``, ``weights``, and everything below).
+``monai-bundle`` and ``nnunet-v2`` are models from those frameworks, imported by ``tumorseg model
+import-bundle`` / ``import-nnunet`` (``tumorseg.model.bundle``, ``tumorseg.model.nnunet``): their packages
+have no ``architecture`` (the backend builds its network from its own files in the package), their
+``preprocessing.normalisation`` is "none" (each applies its own, see ``tumorseg.model.foreign``), their
+``channels`` may be any of the four sequences (``inputs`` default: all of them required), and they have no
+``fallback`` or ``norms``.
 
 A package whose ``inputs`` let a study lack a sequence may hold a second network of the same architecture
 and preprocessing, its ``fallback``, trained to do without the optional sequences (modality dropout). Then
@@ -55,8 +67,9 @@ from tumorseg.errors import ModelError
 from tumorseg.imaging.bias import METHODS as BIAS_METHODS
 from tumorseg.imaging.preprocess import Preprocessing
 from tumorseg.labels import LABEL_NAMES, REGIONS
+from tumorseg.model.foreign import BACKENDS
 from tumorseg.model.network import build_network, stride_product
-from tumorseg.sequences import ALL_FOUR, InputPolicy
+from tumorseg.sequences import ALL_FOUR, SEQUENCES, InputPolicy
 
 FORMAT_VERSION = 1
 MANIFEST = "model.json"
@@ -150,6 +163,24 @@ class ModelManifest:
     fallback: FallbackNetwork | None = None
     # The main network's BatchNorm statistics per set of missing sequences (only without a fallback)
     norms: str | None = None
+    backend: str = "monai-unet"  # see the module docstring
+    provenance: dict[str, Any] = field(default_factory=dict)
+    backend_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def foreign(self) -> bool:
+        """Whether another framework's code runs the network (``tumorseg.model.foreign``)."""
+        return self.backend != "monai-unet"
+
+    def describe(self) -> dict[str, Any]:
+        """Name, version, backend and provenance: what ``tumorseg model info``, ``/health`` and every
+        result say of the model."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "backend": self.backend,
+            "provenance": dict(self.provenance),
+        }
 
     def network_for(self, present: Iterable[str]) -> str:
         """Which network segments a study with the sequences ``present``: "main", or "fallback" when the
@@ -172,6 +203,7 @@ class ModelManifest:
             "format_version": FORMAT_VERSION,
             "name": self.name,
             "version": self.version,
+            **({"backend": self.backend} if self.foreign else {}),
             "weights": self.weights,
             "architecture": {"name": self.architecture, "args": self.architecture_args},
             "preprocessing": self.preprocessing.to_json(),
@@ -193,6 +225,8 @@ class ModelManifest:
             "training": self.training,
             "metrics": self.metrics,
             "versions": self.versions or current_versions(),
+            **({"provenance": self.provenance} if self.provenance else {}),
+            **({"backend_config": self.backend_config} if self.backend_config else {}),
         }
 
     @classmethod
@@ -209,15 +243,25 @@ class ModelManifest:
             raise refuse(f"output must be sigmoid regions {list(REGIONS)}, got {output}")
         if {str(k) for k in data.get("labels", {})} != set(LABEL_NAMES):
             raise refuse(f"labels must be BraTS {sorted(LABEL_NAMES)}")
+        backend = str(data.get("backend", "monai-unet"))
+        if backend not in BACKENDS:
+            raise refuse(f"backend {backend!r} is not one of {list(BACKENDS)}")
         try:
-            arch = data["architecture"]
+            arch = data["architecture"] if backend == "monai-unet" else data.get("architecture") or {}
             preprocessing = Preprocessing.from_json(data["preprocessing"])
             inference = data.get("inference", {})
+            inputs = (
+                InputPolicy.from_json(data["inputs"])
+                if data.get("inputs")
+                else InputPolicy.for_channels(preprocessing.channels)
+            )
             manifest = cls(
                 name=str(data["name"]),
                 version=str(data.get("version", "0")),
-                architecture=str(arch["name"]),
-                architecture_args=dict(arch["args"]),
+                architecture=str(arch.get("name", "")) if backend != "monai-unet" else str(arch["name"]),
+                architecture_args=dict(arch.get("args", {}))
+                if backend != "monai-unet"
+                else dict(arch["args"]),
                 preprocessing=preprocessing,
                 inference=InferenceConfig(
                     roi_size=tuple(int(v) for v in inference.get("roi_size", (128, 128, 128))),  # type: ignore[arg-type]
@@ -230,12 +274,31 @@ class ModelManifest:
                 metrics=dict(data.get("metrics", {})),
                 versions=dict(data.get("versions", {})),
                 weights=str(data.get("weights", WEIGHTS)),
-                inputs=InputPolicy.from_json(data.get("inputs")),
+                inputs=inputs,
                 fallback=FallbackNetwork.from_json(data["fallback"]) if "fallback" in data else None,
                 norms=str(data["norms"]) if data.get("norms") else None,
+                backend=backend,
+                provenance=dict(data.get("provenance", {})),
+                backend_config=dict(data.get("backend_config", {})),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise refuse(f"manifest is incomplete or wrong ({exc})") from exc
+        if set(manifest.inputs.named) != set(manifest.preprocessing.channels):
+            raise refuse(
+                f"its inputs name {list(manifest.inputs.named)}, its channels are "
+                f"{list(manifest.preprocessing.channels)}: they must be the same sequences"
+            )
+        if manifest.foreign:
+            if manifest.fallback is not None or manifest.norms:
+                raise refuse(f"a {backend} package has no fallback network or norms")
+            return manifest
+        if sorted(manifest.preprocessing.channels) != sorted(SEQUENCES):
+            raise refuse(
+                f"a monai-unet package's channels must be a permutation of {list(SEQUENCES)}, "
+                f"got {list(manifest.preprocessing.channels)}"
+            )
+        if manifest.preprocessing.normalisation == "none":
+            raise refuse("a monai-unet package's network expects normalised input (normalisation 'none')")
         factor = stride_product(manifest.architecture_args)
         if any(side % factor for side in manifest.inference.roi_size):
             raise refuse(f"roi_size {manifest.inference.roi_size} must divide by {factor} (the strides)")
@@ -264,6 +327,48 @@ class ModelManifest:
                 + ")"
             )
         return manifest
+
+
+def foreign_manifest(
+    *,
+    name: str,
+    version: str,
+    backend: str,
+    channels: Sequence[str],
+    backend_config: dict[str, Any],
+    provenance: dict[str, Any],
+    spacing_mm: float = 1.0,
+    training: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    inputs: InputPolicy | None = None,
+    threshold: float = 0.5,
+    inference: InferenceConfig | None = None,
+) -> ModelManifest:
+    """The manifest of an imported model (``backend`` "monai-bundle" or "nnunet-v2"): the volumes handed to
+    it unnormalised on a ``spacing_mm`` grid cropped to the brain (``divisible_by`` 1: the backend pads as
+    it needs), every channel required unless ``inputs`` say otherwise. Checked as a read manifest is."""
+    if backend not in BACKENDS or backend == "monai-unet":
+        raise ModelError(
+            f"{backend!r} is not a foreign backend ({[b for b in BACKENDS if b != 'monai-unet']})"
+        )
+    manifest = ModelManifest(
+        name=name,
+        version=version,
+        architecture="",
+        architecture_args={},
+        preprocessing=Preprocessing(
+            channels=tuple(channels), spacing_mm=spacing_mm, normalisation="none", divisible_by=1
+        ),
+        inference=inference or InferenceConfig(),
+        threshold=threshold,
+        training=dict(training or {}),
+        metrics=dict(metrics or {}),
+        inputs=inputs or InputPolicy.for_channels(channels),
+        backend=backend,
+        provenance=provenance,
+        backend_config=backend_config,
+    )
+    return ModelManifest.from_json(manifest.to_json(), Path(name))
 
 
 def current_versions() -> dict[str, str]:
@@ -321,6 +426,8 @@ def load_package(
     ``"<network>/<missing_key>"`` (``"fallback/t1"``): the same weights with those BatchNorm statistics
     (``norms=False``: without them, for measuring them anew)."""
     manifest = read_manifest(directory)
+    if manifest.foreign:
+        return manifest, {"main": load_foreign(directory, manifest, device)}
     files = {"main": (manifest.weights, manifest.norms)}
     if manifest.fallback is not None:
         files["fallback"] = (manifest.fallback.weights, manifest.fallback.norms)
@@ -331,6 +438,21 @@ def load_package(
             for key, variant in _load_norms(directory, manifest, statistics, networks[name], device).items():
                 networks[f"{name}/{key}"] = variant
     return manifest, networks
+
+
+def load_foreign(directory: Path, manifest: ModelManifest, device: str) -> Any:
+    """The ``ForeignNetwork`` of a foreign package, loaded by its backend's module."""
+    import importlib
+
+    module = {"monai-bundle": "tumorseg.model.bundle", "nnunet-v2": "tumorseg.model.nnunet"}[manifest.backend]
+    try:
+        backend = importlib.import_module(module)
+    except ImportError as exc:  # nnU-Net is an optional extra
+        raise ModelError(
+            f"model package {directory} needs the {manifest.backend} backend, which is not installed "
+            f"(pip install 'tumorseg[nnunet]' for nnU-Net): {exc}"
+        ) from exc
+    return backend.load(directory, manifest, device)
 
 
 def _load_norms(

@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from tumorseg.imaging.brain import confine_to_brain
 from tumorseg.imaging.postprocess import to_reference_mask
 from tumorseg.imaging.preprocess import ModelInput
+from tumorseg.model.foreign import check_probabilities
 from tumorseg.model.network import for_inference, stride_product
 from tumorseg.model.package import ModelManifest, load_package, missing_key, norms_keys
 from tumorseg.sequences import fill_absent
@@ -59,6 +60,11 @@ class Predictor:
         window covers predicted in that window directly (``_one_window``). ``fast=False`` is the plain
         network under MONAI's sliding window, the reference the fast path is tested against."""
         manifest, networks = load_package(directory, device)
+        if manifest.foreign:
+            log.info(
+                "model %s %s (%s) loaded on %s", manifest.name, manifest.version, manifest.backend, device
+            )
+            return ForeignPredictor(manifest, networks["main"], device)
         if fast:
             networks = {name: for_inference(network, device) for name, network in networks.items()}
         log.info(
@@ -182,6 +188,24 @@ class Predictor:
             grid = sitk.Image(list(reversed(shape)), sitk.sitkUInt8)  # sitk sizes are (x, y, z)
             array = np.zeros((len(channels), *shape), np.float32)
             self.predict(ModelInput(array=array, grid=grid, present=present))
+
+
+class ForeignPredictor(Predictor):
+    """A MONAI bundle's or an nnU-Net model's network (``tumorseg.model.foreign``) in the Predictor's place:
+    it gets the unnormalised volumes (the package's preprocessing says "none"; a missing optional
+    sequence's channel as ``network_input`` makes it) and does its own preprocessing and tiling; masks,
+    warm-up and the rest are the service's."""
+
+    def predict(self, model_input: ModelInput) -> NDArray[np.float32]:
+        probabilities = self.network.predict(self.network_input(model_input), model_input.grid)
+        check_probabilities(probabilities, model_input.array.shape[1:], f"the {self.manifest.backend} model")
+        return np.asarray(probabilities, dtype=np.float32)
+
+    def network_for(self, model_input: ModelInput) -> str:
+        return "main"
+
+    def warm_up(self) -> None:
+        self.network.warm_up()
 
 
 def _one_window(

@@ -30,6 +30,12 @@ def health(state: StateDep) -> Health:
         else "degraded",
         orthanc=OrthancHealth(reachable=reachable, version=version),
         queue=queue_health,
-        model=ModelHealth(name=state.model.name, loaded=state.model.loaded),
+        model=ModelHealth(
+            name=state.model.name,
+            loaded=state.model.loaded,
+            version=state.model.version,
+            backend=state.model.backend,
+            provenance=state.model.provenance,
+        ),
         device=state.device,
     )
