@@ -21,7 +21,10 @@ from tumorseg.pacs.local import LocalOrthanc
 
 pytestmark = pytest.mark.integration
 
-MODEL_LOADED = {**read_manifest(DEFAULT_MODEL_PATH).describe(), "loaded": True}  # name, version, backend, provenance
+MODEL_LOADED = {
+    **read_manifest(DEFAULT_MODEL_PATH).describe(),
+    "loaded": True,
+}  # name, version, backend, provenance
 
 
 def test_health_reports_orthanc_version(orthanc: OrthancEndpoint) -> None:

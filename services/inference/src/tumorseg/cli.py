@@ -404,11 +404,6 @@ def _add_plugin_commands() -> None:
         entry_point.load()(app)
 
 
-_add_plugin_commands()
-
-
-def main() -> None:  # pragma: no cover - console entry point alias
-    app()
 def _add_model_commands() -> None:
     """``tumorseg model ...`` (``tumorseg.model_cli``): import MONAI bundles and nnU-Net models, describe one."""
     from tumorseg.model_cli import app as model_app
@@ -417,3 +412,8 @@ def _add_model_commands() -> None:
 
 
 _add_model_commands()
+_add_plugin_commands()
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    app()

@@ -123,7 +123,9 @@ def import_nnunet(
     folds: Annotated[
         list[str] | None, typer.Option("--folds", help="Folds to use (repeatable; 'all' for fold_all).")
     ] = None,
-    checkpoint: Annotated[str, typer.Option(help="The checkpoint file in each fold.")] = "checkpoint_final.pth",
+    checkpoint: Annotated[
+        str, typer.Option(help="The checkpoint file in each fold.")
+    ] = "checkpoint_final.pth",
     channel: ChannelOption = None,
     label: Annotated[
         list[str] | None,
@@ -135,7 +137,9 @@ def import_nnunet(
     ] = None,
     regions_from: Annotated[
         str,
-        typer.Option(help="Label-based models: TC/WT/ET from summed 'probabilities' or from nnU-Net's 'labels' map."),
+        typer.Option(
+            help="Label-based models: TC/WT/ET from summed 'probabilities' or from nnU-Net's 'labels' map."
+        ),
     ] = "probabilities",
     mirroring: Annotated[
         str, typer.Option(help="Test-time mirroring: 'cuda' (on CUDA only), 'always' or 'never'.")

@@ -67,7 +67,6 @@ log = logging.getLogger(__name__)
 
 STABLE_POLL_S = 1.0
 DECODE_WORKERS = 2  # series decoded side by side while the next one downloads
-from tumorseg.study.outcome import SeriesMapping
 STABLE_RETRY_AFTER_S = 10
 
 STAGES = (
@@ -491,6 +490,26 @@ def _missing_warning(missing: tuple[str, ...], substitutes: Mapping[str, str] | 
     ]
 
 
+def _used_by(assembled: AssembledStudy, named: tuple[str, ...]) -> AssembledStudy:
+    """``assembled`` with only the sequences the model has channels for (``InputPolicy.named``: a published
+    model without T1, say); a series mapped to another is listed as not used, with the reason."""
+    mapping = assembled.mapping
+    unused = [m for m in mapping.series if m not in named]
+    if not unused:
+        return assembled
+    kept = replace(
+        mapping,
+        series={m: info for m, info in mapping.series.items() if m in named},
+        rejected=[*mapping.rejected, *((mapping.series[m], f"the model has no {m} channel") for m in unused)],
+    )
+    return replace(assembled, mapping=kept)
+
+
+def _missing(assembled: AssembledStudy, manifest: ModelManifest) -> tuple[str, ...]:
+    """The sequences the model has a channel for that the study lacks."""
+    return tuple(m for m in assembled.mapping.missing if m in manifest.inputs.named)
+
+
 def _result_fields(
     result_id: str,
     patient_id: str,
@@ -527,27 +546,6 @@ def _result_fields(
         "missing_sequences": list(_missing(assembled, manifest)),
         "reference": {
             "modality": reference_modality,
-def _used_by(assembled: AssembledStudy, named: tuple[str, ...]) -> AssembledStudy:
-    """``assembled`` with only the sequences the model has channels for (``InputPolicy.named``: a published
-    model without T1, say); a series mapped to another is listed as not used, with the reason."""
-    mapping = assembled.mapping
-    unused = [m for m in mapping.series if m not in named]
-    if not unused:
-        return assembled
-    kept = SeriesMapping(
-        series={m: info for m, info in mapping.series.items() if m in named},
-        rejected=[*mapping.rejected, *((mapping.series[m], f"the model has no {m} channel") for m in unused)],
-        notes=mapping.notes,
-        study_instance_uid=mapping.study_instance_uid,
-    )
-    return replace(assembled, mapping=kept)
-
-
-def _missing(assembled: AssembledStudy, manifest: ModelManifest) -> tuple[str, ...]:
-    """The sequences the model has a channel for that the study lacks."""
-    return tuple(m for m in assembled.mapping.missing if m in manifest.inputs.named)
-
-
             "series_instance_uid": reference_series.series_instance_uid,
         },
         "labels": dict(LABEL_NAMES),
