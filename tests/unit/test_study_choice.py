@@ -258,12 +258,16 @@ def test_a_study_missing_a_required_sequence_is_refused_naming_it() -> None:
         )
 
 
-def test_an_input_policy_names_every_sequence_once_and_round_trips() -> None:
+def test_an_input_policy_names_its_sequences_once_and_round_trips() -> None:
     policy = WITHOUT_T1_OR_ONE_OF_FLAIR_T2
     assert InputPolicy.from_json(policy.to_json()) == policy
     assert InputPolicy.from_json(None) == ALL_FOUR and ALL_FOUR.problem(["flair", "t1", "t1ce", "t2"]) is None
+    # A model with fewer channels names only those: the others are not used, never a reason to refuse
+    fewer = InputPolicy.from_json({"required": ["t1ce"], "optional": ["flair"]})
+    assert fewer.named == ("flair", "t1ce") and fewer.problem(["t1ce"]) is None
+    assert fewer.missing_sets() == (("flair",),)
     for wrong in (
-        {"required": ["t1ce"], "optional": ["flair"]},  # t1 and t2 named nowhere
+        {"required": ["t1ce"], "optional": ["dwi"]},  # not one of the four
         {"required": ["t1ce", "t1"], "optional": ["flair", "t2", "t1"]},  # t1 twice
         {"required": [], "optional": ["flair", "t1", "t1ce", "t2"]},  # nothing required
         {
