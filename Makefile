@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml training/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[test]" -e ./training
+	$(BIN)/pip install -q "$(TORCH_SPEC)" -e ".[test,nnunet]" -e ./training
 	touch $(STAMP)
 
 test: setup
