@@ -108,7 +108,7 @@ def nnunet_results(
     ``root/results`` (see the module docstring), fold 0 with ``checkpoint_final.pth``."""
     import torch
 
-    with nnunet_environment(root), contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115
+    with nnunet_environment(root), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import (
             DatasetFingerprintExtractor,
         )
@@ -183,7 +183,11 @@ def nnunet_results(
 
 def export_zip(folder: Path, results: Path, out: Path) -> Path:
     """``folder`` as ``nnUNetv2_export_model_to_zip`` packs it (nnU-Net's own export, fold 0)."""
-    with nnunet_environment(results.parent), contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115
+    with (
+        nnunet_environment(results.parent),
+        open(os.devnull, "w") as devnull,
+        contextlib.redirect_stdout(devnull),
+    ):
         from nnunetv2.model_sharing.model_export import export_pretrained_model
 
         # The export insists on the training curve and the validation summary, which nnU-Net writes at the
