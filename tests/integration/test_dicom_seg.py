@@ -316,7 +316,7 @@ def test_study_gains_exactly_one_seg_and_its_sources_are_unchanged(
         assert [(s.series_instance_uid, s.instance_count) for s in segs] == [
             (case.result["dicom_seg"]["series_instance_uid"], 1)  # type: ignore[index]
         ]
-        assert sum(s.instance_count for s in series) == case.study_files_before + 1
+        assert sum(s.instance_count for s in series) == case.study_files_before + 2  # the SEG and its SR
         (source_series,) = [
             s for s in series if s.series_instance_uid == case.result["reference"]["series_instance_uid"]
         ]  # type: ignore[index]

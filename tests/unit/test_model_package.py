@@ -115,7 +115,7 @@ def test_labels_and_regions_round_trip() -> None:
     # ET outside WT is still tumour; TC outside WT likewise.
     odd = np.array([[False, True], [False, False], [True, False]])
     assert regions_to_labels(odd).tolist() == [4, 1]
-    assert volumes_ml(labels, 2.0) == {"tc": 0.006, "wt": 0.008, "et": 0.004}
+    assert volumes_ml(labels, 2.0) == {"tc": 0.006, "wt": 0.008, "et": 0.004, "ncr": 0.002, "ed": 0.002}
 
 
 def test_threads_follow_the_cpus_the_process_may_use() -> None:

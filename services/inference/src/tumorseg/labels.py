@@ -41,9 +41,13 @@ def regions_to_labels(regions: NDArray[np.bool_]) -> NDArray[np.uint8]:
 
 
 def volumes_ml(labels: NDArray[np.integer], voxel_volume_mm3: float) -> dict[str, float]:
-    """ET, TC and WT volumes in millilitres for a label map whose voxels are ``voxel_volume_mm3`` each."""
+    """ET, TC and WT volumes, and NCR and ED (the labels the SR reports with ET), in millilitres for a
+    label map whose voxels are ``voxel_volume_mm3`` each."""
     regions = labels_to_regions(labels)
-    return {
+    volumes = {
         name: float(np.count_nonzero(regions[i])) * voxel_volume_mm3 / 1000.0
         for i, name in enumerate(REGIONS)
     }
+    for name, label in (("ncr", NCR), ("ed", ED)):
+        volumes[name] = float(np.count_nonzero(labels == label)) * voxel_volume_mm3 / 1000.0
+    return volumes

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+from pydicom.dataset import Dataset
 
 from tumorseg import __version__
 from tumorseg.errors import (
@@ -62,6 +63,7 @@ from tumorseg.schema import DicomSegRef, SegmentResult, Timings
 from tumorseg.sequences import SEQUENCES
 from tumorseg.study.assemble import AssembledStudy, assemble
 from tumorseg.validation import check_patient_id, check_uid
+from tumorseg.volumetry import store_report
 
 log = logging.getLogger(__name__)
 
@@ -315,12 +317,29 @@ class Segmenter:
             # The SEG goes to the PACS only once the result is saved (no SEG without a result), and only
             # when the study does not hold one of this model version for this series yet (no duplicates
             # from a retry or a second request): then the result names the one already there.
+            # The SR of the volumes goes next to it, one per SEG (tumorseg.volumetry).
             with timer.stage("export"):
-                dicom_seg = self._existing_seg(assembled, reference_series) or self._store_seg(
-                    mask, reference_series, files[request.reference], assembled
-                )
+                segmentation = None
+                dicom_seg = self._existing_seg(assembled, reference_series)
+                if dicom_seg is None:
+                    dicom_seg, segmentation = self._store_seg(
+                        mask, reference_series, files[request.reference], assembled
+                    )
+                listed = [*assembled.mapping.series.values(), *(s for s, _ in assembled.mapping.rejected)]
+                with _library_errors("the DICOM SR", BrokenSeries):
+                    dicom_sr = store_report(
+                        self.pacs,
+                        result,
+                        self.store.root / result_id,
+                        manifest,
+                        listed,
+                        dicom_seg,
+                        segmentation,
+                    )
             final = Timings.model_validate(self._timings(timer, started))
-            result = result.model_copy(update={"dicom_seg": dicom_seg, "timings_s": final})
+            result = result.model_copy(
+                update={"dicom_seg": dicom_seg, "dicom_sr": dicom_sr, "timings_s": final}
+            )
             self.store.update(result)
         timings = result.timings_s.model_dump()
         log.info(
@@ -440,9 +459,9 @@ class Segmenter:
         reference_series: SeriesVolume,
         source_files: list[bytes],
         assembled: AssembledStudy,
-    ) -> DicomSegRef:
+    ) -> tuple[DicomSegRef, Dataset]:
         """The SEG of ``mask``, built from the reference series' downloaded instances, uploaded to the
-        source study as a new series."""
+        source study as a new series; and its dataset (the SR references it)."""
         mapping = assembled.mapping
         numbers = [s.series_number for s in mapping.series.values()] + [
             s.series_number for s, _ in mapping.rejected
@@ -464,7 +483,7 @@ class Segmenter:
             series_instance_uid=str(segmentation.SeriesInstanceUID),
             sop_instance_uid=str(segmentation.SOPInstanceUID),
             orthanc_id=stored.instance_id if self.pacs.orthanc_ids else None,
-        )
+        ), segmentation
 
 
 @contextmanager

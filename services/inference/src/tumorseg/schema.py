@@ -29,11 +29,22 @@ class VolumesMl(BaseModel):
     et: float
     tc: float
     wt: float
+    ncr: float | None = Field(default=None, description="necrotic core (label 1); null in older results")
+    ed: float | None = Field(default=None, description="oedema (label 2); null in older results")
 
 
 class DicomSegRef(BaseModel):
     series_instance_uid: str
     sop_instance_uid: str
+    orthanc_id: str | None = Field(default=None, description="Orthanc's instance id; null over DICOMweb")
+
+
+class DicomSrRef(BaseModel):
+    """The DICOM SR (TID 1500 volumetry report) stored next to the SEG, and the SEG instance it measures."""
+
+    series_instance_uid: str
+    sop_instance_uid: str
+    seg_sop_instance_uid: str
     orthanc_id: str | None = Field(default=None, description="Orthanc's instance id; null over DICOMweb")
 
 
@@ -139,6 +150,9 @@ class SegmentResult(BaseModel):
         default=None, description="an HTML page showing the mask over the reference series (NiiVue)"
     )
     dicom_seg: DicomSegRef | None = None
+    dicom_sr: DicomSrRef | None = Field(
+        default=None, description="the DICOM SR of the volumes, stored next to the SEG (null without a SEG)"
+    )
     registration: Registration = Field(default_factory=lambda: Registration(enabled=False, series={}))
     brain_extraction: BrainExtractionRef | None = None  # None: a result stored before the stage existed
     warnings: list[str] = Field(
