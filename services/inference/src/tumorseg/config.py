@@ -132,8 +132,15 @@ class Settings(BaseSettings):
         le=600,
         description="Distributed mode: a worker silent for this long is dead, and its job goes to another.",
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="`tumorseg worker` serves Prometheus metrics at http://<host>:<port>/metrics (0: a free "
+        "port, logged); unset: none. The API serves GET /metrics on its own port and ignores this.",
+    )
     api_key: SecretStr | None = Field(
-        default=None, description="When set, every route but /health needs header X-API-Key."
+        default=None, description="When set, every route but /health and /metrics needs header X-API-Key."
     )
     environment: Literal["development", "production"] = Field(
         default="development",

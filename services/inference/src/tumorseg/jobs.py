@@ -23,9 +23,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import get_args
 
 import redis
 
+from tumorseg import metrics
 from tumorseg.errors import (
     Busy,
     ModalityMissing,
@@ -38,7 +40,7 @@ from tumorseg.jobstore import JobStore
 from tumorseg.pipeline import Segmenter, SegmentRequest
 from tumorseg.queue import JobQueue
 from tumorseg.results import ResultStore, new_result_id
-from tumorseg.schema import Job, JobOrigin, JobRequest, SegmentResult
+from tumorseg.schema import Job, JobOrigin, JobRequest, JobState, SegmentResult
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +109,9 @@ class Jobs:
 
     def start(self) -> None:
         """Embedded: start the runner thread. Distributed: start the sweep (``sweep``, now and every
-        ``stale_s``)."""
+        ``stale_s``). Either way this process exports the store's jobs by state (``tumorseg_jobs``)."""
         self._stop.clear()
+        metrics.watch_jobs(self.counts)
         if self.queue is not None:
             self._thread = threading.Thread(target=self._sweep_loop, name="tumorseg-sweep", daemon=True)
         else:
@@ -144,9 +147,14 @@ class Jobs:
         thread until the process exits, and a job cut off that way is queued again at the next start."""
         self._stop.set()
         self._wake.set()
+        metrics.unwatch_jobs(self.counts)
         if self._thread is not None:
             self._thread.join(timeout)
         return self._thread is None or not self._thread.is_alive()
+
+    def counts(self) -> dict[str, int]:
+        """How many jobs the store has in each state."""
+        return {state: self.store.list(state=state, limit=1)[1] for state in get_args(JobState)}
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -206,8 +214,8 @@ class Jobs:
             self._waiting.release()
         if ended is None:
             raise error_from_code("internal_error", f"job {job.job_id} vanished from the job store")
-        if ended.state != "done":
-            raise error_from_code(ended.code, ended.reason)
+        if ended.state != "done":  # the worker that ran it counted the error (tumorseg_errors_total)
+            raise metrics.counted_elsewhere(error_from_code(ended.code, ended.reason))
         assert self.results is not None, "distributed mode reads results from the shared store"
         return self.results.read(ended.result_id)
 
@@ -224,15 +232,18 @@ class Jobs:
                     result_id=job.result_id,
                 )
         except SKIPPED_ERRORS as exc:
+            _ended("skipped", exc.code, exc)
             self.store.finish(job.job_id, "skipped", attempt=attempt, code=exc.code, reason=exc.detail)
             log.info("job %s skipped: %s", job.job_id, exc.code, extra={"fields": fields})
             raise
         except TumorsegError as exc:
+            _ended("failed", exc.code, exc)
             self.store.finish(job.job_id, "failed", attempt=attempt, code=exc.code, reason=exc.detail)
             log.warning("job %s failed: %s", job.job_id, exc.code, extra={"fields": fields})
             raise
         except Exception as exc:  # a bug: the job fails, the runner goes on with the next
             log.exception("job %s failed unexpectedly", job.job_id, extra={"fields": fields})
+            _ended("failed", "internal_error", exc)
             self.store.finish(
                 job.job_id,
                 "failed",
@@ -241,6 +252,7 @@ class Jobs:
                 reason=f"internal error ({type(exc).__name__})",
             )
             raise
+        metrics.segmentation_ended("done", None if result.model is None else result.model.network)
         if self.store.finish(
             job.job_id, "done", attempt=attempt, study_instance_uid=result.study_instance_uid
         ):
@@ -272,3 +284,10 @@ class Jobs:
         finally:
             done.set()
             thread.join()
+
+
+def _ended(state: str, code: str, exc: BaseException) -> None:
+    """A job's end in the metrics: its outcome, and its error, counted here once (``metrics.error_ended``);
+    before the store has it, so that whoever sees the job ended sees it counted."""
+    metrics.segmentation_ended(state)
+    metrics.error_ended(code, exc)

@@ -25,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
-from tumorseg import __version__
+from tumorseg import __version__, metrics
 from tumorseg.errors import (
     AmbiguousSeries,
     BrokenSeries,
@@ -178,7 +178,9 @@ class Segmenter:
         given when it was created) or a new one. Callers that must not wait without bound take a place in
         line first (``admitted``)."""
         with self._running:
-            return self._run(request, StageTimer(progress=progress), result_id or new_result_id())
+            timer = StageTimer(progress=progress)
+            with metrics.segmentation(timer.timings):  # each stage's seconds, also of a run that failed
+                return self._run(request, timer, result_id or new_result_id())
 
     def _assemble(self, request: SegmentRequest) -> AssembledStudy:
         """The study and its mapping, once no MR series of it is still receiving instances (Orthanc marks a

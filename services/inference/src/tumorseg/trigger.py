@@ -26,6 +26,7 @@ import threading
 import time
 from datetime import date, timedelta
 
+from tumorseg import metrics
 from tumorseg.errors import InvalidInput, PacsNotFound, TumorsegError
 from tumorseg.jobs import Jobs
 from tumorseg.pacs import OrthancClient
@@ -59,11 +60,13 @@ class AutoTrigger:
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="tumorseg-auto", daemon=True)
         self._thread.start()
+        metrics.trigger_leader(True)
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        metrics.trigger_leader(False)
 
     def _loop(self) -> None:
         started = False

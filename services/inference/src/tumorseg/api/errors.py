@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tumorseg import errors
+from tumorseg import errors, metrics
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ async def _tumorseg_error(request: Request, exc: Exception) -> JSONResponse:
         detail,
         extra={"fields": {"code": exc.code, "status": status}},
     )
+    metrics.error_ended(exc.code, exc)  # not again for a job's error: the job's end counted it
     headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
     return error_response(status, exc.detail, exc.code, headers=headers)
 
@@ -76,6 +77,7 @@ async def _tumorseg_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _CODE_BY_STATUS.get(exc.status_code, f"http_{exc.status_code}")
+    metrics.error_ended(code)
     return error_response(exc.status_code, str(exc.detail), code, headers=getattr(exc, "headers", None))
 
 
@@ -85,6 +87,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     for item in exc.errors():
         where = ".".join(str(p) for p in item.get("loc", ()))
         parts.append(f"{where}: {item.get('msg', 'invalid')}")
+    metrics.error_ended("invalid_input")
     return error_response(422, "; ".join(parts) or "invalid request", "invalid_input")
 
 

@@ -1,5 +1,6 @@
 """Local server processes for tests, ``make demo`` and ``make bench``: an Orthanc (the Debian
-``/usr/sbin/Orthanc``) and a Redis (the Debian ``redis-server``, for distributed mode's queue).
+``/usr/sbin/Orthanc``), a Redis (the Debian ``redis-server``, for distributed mode's queue) and a
+Prometheus (the Debian ``prometheus``, scraping the service's metrics).
 
 It runs with the project's ``services/orthanc/orthanc.json``, changing only what must differ per run:
 free HTTP/DICOM ports, storage in a private folder, the plugin folder of the Debian package, and one
@@ -206,6 +207,103 @@ class LocalRedis:
         self._process = None
 
     def __enter__(self) -> LocalRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+DEBIAN_PROMETHEUS = "/usr/bin/prometheus"
+
+
+class LocalPrometheus:
+    """One Prometheus server (the Debian ``prometheus``) on 127.0.0.1 and a free port, scraping
+    ``targets`` (job name → ``host:port`` list) every ``interval_s``; its data in ``workdir``."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        targets: dict[str, list[str]],
+        *,
+        interval_s: float = 1.0,
+        executable: str = DEBIAN_PROMETHEUS,
+    ) -> None:
+        resolved = shutil.which(executable) or executable
+        if not Path(resolved).exists():
+            raise FileNotFoundError(
+                f"prometheus ({executable}) not found; run `make setup` (installs the Debian package)"
+            )
+        self.executable = resolved
+        self.workdir = Path(workdir).resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.log_path = self.workdir / "prometheus.log"
+        self.config_path = self.workdir / "prometheus.yml"
+        interval = f"{max(1, round(interval_s * 1000))}ms"
+        config = {  # JSON is YAML: no YAML writer needed
+            "global": {"scrape_interval": interval, "evaluation_interval": interval},
+            "scrape_configs": [
+                {"job_name": job, "static_configs": [{"targets": list(hosts)}]}
+                for job, hosts in targets.items()
+            ],
+        }
+        self.config_path.write_text(json.dumps(config, indent=2))
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> LocalPrometheus:
+        if self._process is not None and self._process.poll() is None:
+            return self
+        self._log = self.log_path.open("ab")
+        self._process = subprocess.Popen(
+            [
+                self.executable,
+                f"--config.file={self.config_path}",
+                f"--storage.tsdb.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+        )
+        wait_until_ready(self._process, self._answers, timeout, "prometheus", self.log_path, self.stop)
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/-/ready", timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """The instant vector of PromQL ``expr`` now: ``[{"metric": {labels}, "value": [t, "v"]}]``."""
+        return self._get("/api/v1/query", {"query": expr})
+
+    def series(self, match: str = '{__name__=~".+"}') -> list[dict[str, str]]:
+        """The label sets of every series ``match`` selects that Prometheus holds."""
+        return self._get("/api/v1/series", {"match[]": match})
+
+    def _get(self, path: str, params: dict[str, str]) -> Any:
+        answer = httpx.get(f"{self.url}{path}", params=params, timeout=10.0)
+        answer.raise_for_status()
+        body = answer.json()
+        if body.get("status") != "success":
+            raise RuntimeError(f"prometheus {path}: {body}")
+        data = body["data"]
+        return data["result"] if isinstance(data, dict) else data
+
+    def stop(self) -> None:
+        terminate(self._process, 15.0)
+        self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> LocalPrometheus:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
