@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from tumorseg import __version__, metrics
 from tumorseg.api.deps import AppState, ModelState, require_api_key
 from tumorseg.api.errors import error_response, install_error_handlers
-from tumorseg.api.routes import health, jobs, pages, results, segment, timeline
+from tumorseg.api.routes import health, jobs, pages, results, segment
 from tumorseg.config import Settings, get_settings
 from tumorseg.errors import ModelError
 from tumorseg.export.dicom_seg import algorithm_tag
@@ -213,7 +213,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(segment.router, dependencies=[Depends(require_api_key)])
     app.include_router(jobs.router, dependencies=[Depends(require_api_key)])
     app.include_router(results.router, dependencies=[Depends(require_api_key)])
-    app.include_router(timeline.router, dependencies=[Depends(require_api_key)])
     # The HTML shells and their scripts: no data in them, so no key (the scripts send it for the data).
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
