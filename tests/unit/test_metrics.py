@@ -221,3 +221,20 @@ def test_the_dashboard_and_the_scrape_config_use_only_exported_names() -> None:
         pytest.skip("promtool (Debian package prometheus, `make setup`) is not installed")
     check = subprocess.run([promtool, "check", "config", str(PROMETHEUS_YML)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_the_compose_stack_scrapes_the_workers_metrics_port_with_prometheus_on_localhost() -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    prometheus, worker = compose["services"]["prometheus"], compose["services"]["worker"]
+    name, _, tag = str(prometheus["image"]).partition(":")
+    assert name == "prom/prometheus" and re.fullmatch(r"v\d+\.\d+\.\d+", tag), prometheus["image"]
+    assert prometheus["profiles"] == ["scale"]
+    assert all(str(port).startswith("127.0.0.1:") for port in prometheus["ports"])
+    assert "./services/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    port = worker["environment"]["TUMORSEG_METRICS_PORT"]
+    scrape = yaml.safe_load(PROMETHEUS_YML.read_text())["scrape_configs"]
+    jobs = {job["job_name"]: job for job in scrape}
+    assert jobs["tumorseg-worker"]["dns_sd_configs"][0]["port"] == int(port)
+    assert jobs["tumorseg-api"]["static_configs"][0]["targets"] == ["inference:8000"]
