@@ -55,7 +55,7 @@ train-demo: setup
 	bash scripts/train_demo.sh
 
 bench: setup
-	$(BIN)/python scripts/bench.py
+	PYTHONPATH=. $(BIN)/python scripts/bench.py  # PYTHONPATH: its backends part writes test-format models (tests/)
 
 # Issue 15's acceptance: Dice and brain containment on clinical-head phantoms through POST /segment
 # (ACC_SEEDS picks seeds, default 50-57; ~1 min a seed on 2 CPU cores). Writes out/accuracy/clinical.json.

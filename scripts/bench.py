@@ -33,8 +33,13 @@ jobs at once: studies per hour. And in auto mode (TUMORSEG_AUTO_SEGMENT, default
 count, BENCH_LATENCY_STUDIES (default 3) studies uploaded one after the other: the seconds from Orthanc
 marking each stable to its DICOM SEG being in Orthanc. BENCH_KINDS= (empty) runs only this part, and
 BENCH_WORKERS= (empty) skips it. On the clinical kind a third service talks DICOMweb only (Orthanc's
-plugin; BENCH_DICOMWEB=0 skips it): its fetch stage against Orthanc REST's. Results go to
-bench/results.json.
+plugin; BENCH_DICOMWEB=0 skips it): its fetch stage against Orthanc REST's.
+
+Then the model backends (BENCH_BACKENDS, default monai-unet,monai-bundle,nnunet-v2; empty skips): a service
+per backend on the clinical study, no series cache (every request fetches and decodes anew): the shipped
+model, the MONAI model zoo's BraTS bundle architecture (SegResNet, 16 initial filters, its 240x240x160
+window) and nnU-Net's BraTS-like 3d_fullres plans, both with random weights; e2e, inference and peak RSS,
+medians of BENCH_RUNS after a warm-up request. Results go to bench/results.json.
 """
 
 from __future__ import annotations
@@ -97,6 +102,11 @@ NETWORK = os.environ.get("BENCH_NETWORK", "1") != "0"
 DICOMWEB = os.environ.get("BENCH_DICOMWEB", "1") != "0"
 NOWHERE = "http://127.0.0.1:9"
 MODEL = Path(os.environ.get("TUMORSEG_MODEL_PATH", "models/default"))
+BACKENDS = [
+    b.strip()
+    for b in os.environ.get("BENCH_BACKENDS", "monai-unet,monai-bundle,nnunet-v2").split(",")
+    if b.strip()
+]
 
 
 def say(message: str) -> None:
@@ -139,9 +149,17 @@ class Service(LocalService):
     """`tumorseg serve` on ``orthanc``, with a series cache of ``cache_mb`` MiB (0: off), started at once."""
 
     def __init__(
-        self, orthanc: LocalOrthanc, results: Path, log: Path, cache_mb: int, dicomweb: bool = False
+        self,
+        orthanc: LocalOrthanc,
+        results: Path,
+        log: Path,
+        cache_mb: int,
+        dicomweb: bool = False,
+        model: Path | None = None,
     ) -> None:
         env = service_env(orthanc, results, TUMORSEG_SERIES_CACHE_MB=str(cache_mb))
+        if model is not None:
+            env["TUMORSEG_MODEL_PATH"] = str(model)
         if dicomweb:  # QIDO/WADO-RS through Orthanc's DICOMweb plugin; the REST URL points nowhere
             env |= {"TUMORSEG_DICOMWEB_URL": f"{orthanc.url}/dicom-web", "TUMORSEG_ORTHANC_URL": NOWHERE}
         super().__init__(env, log, timeout=300.0, stop_timeout=60.0)
@@ -210,15 +228,81 @@ def phantom(name: str) -> Path:
     return case_dir
 
 
-def bench_kind(kind: str, orthanc: LocalOrthanc) -> list[dict[str, Any]]:
-    """Two fresh services on one study: without the series cache (every request fetches and decodes:
-    the load stage against dcm2niix), and with it (repeated requests skip fetch and decode)."""
+def uploaded(kind: str, orthanc: LocalOrthanc) -> tuple[str, Any]:
+    """The phantom study of ``kind`` in Orthanc: its patient id and the converted study."""
     patient_id = f"BENCH-{kind.upper()}"
     source, options = KINDS[kind]
     converted = convert_case(phantom(source), patient_id, WORK / "dicom" / kind, options)
     with OrthancClient(orthanc.url, orthanc.auth) as pacs:
         report = upload_directory(pacs, converted.out, workers=4, stable_timeout=120.0)
     say(f"{kind}: {report.stored + report.already_stored} instances in Orthanc")
+    return patient_id, converted
+
+
+def backend_package(backend: str) -> Path:
+    """The package of ``backend`` at its published architecture with random weights (monai-unet: the
+    shipped model). Real formats, imported as a user would (``tumorseg model import-...``)."""
+    if backend == "monai-unet":
+        return MODEL
+    out = WORK / "models" / backend
+    if (out / "model.json").is_file():
+        return out
+    if backend == "monai-bundle":
+        from tests.bundles import ZOO_SEGRESNET, write_bundle
+        from tumorseg.model.bundle import import_bundle
+
+        source = write_bundle(
+            WORK / "models" / "zoo-bundle",
+            network_def=ZOO_SEGRESNET,
+            roi_size=(240, 240, 160),
+            name="zoo_brats",
+        )
+        return import_bundle(source, out)
+    if backend == "nnunet-v2":
+        from tests.nnunet_fixture import nnunet_results
+        from tumorseg.model.import_nnunet import import_nnunet
+
+        # nnU-Net's own planning on 1 mm phantoms (BraTS-like: its patch size and topology), random weights
+        folders = nnunet_results(WORK / "models" / "nnunet-src", spacing_mm=1.0, iterations=0, features=None)
+        return import_nnunet(folders["regions"], out)
+    sys.exit(f"BENCH_BACKENDS: unknown backend {backend!r} (monai-unet, monai-bundle, nnunet-v2)")
+
+
+def bench_backends(orthanc: LocalOrthanc) -> list[dict[str, Any]]:
+    """Each backend on the clinical study, no series cache: e2e, inference and peak RSS (same run)."""
+    patient_id, _ = uploaded("clinical", orthanc)
+    rows = []
+    for backend in BACKENDS:
+        package = backend_package(backend)
+        log = WORK / f"service-backend-{backend}.log"
+        service = Service(orthanc, WORK / "results", log, 0, model=package)
+        try:
+            service.segment(patient_id)  # warm-up request
+            runs = []
+            for _ in range(RUNS):
+                result, e2e = service.segment(patient_id)
+                runs.append({"e2e": e2e, "inference": result["timings_s"]["inference"]})
+            peak = rss_mib(service.process.pid, "VmHWM")
+        finally:
+            service.stop()
+        row = {
+            "backend": backend,
+            "model": result["model"]["name"],
+            "e2e_s": round(statistics.median(r["e2e"] for r in runs), 3),
+            "inference_s": round(statistics.median(r["inference"] for r in runs), 3),
+            "peak_rss_mib": round(peak, 1),
+        }
+        say(
+            f"backend {backend}: e2e {row['e2e_s']} s, inference {row['inference_s']} s, peak {row['peak_rss_mib']} MiB"
+        )
+        rows.append(row)
+    return rows
+
+
+def bench_kind(kind: str, orthanc: LocalOrthanc) -> list[dict[str, Any]]:
+    """Two fresh services on one study: without the series cache (every request fetches and decodes:
+    the load stage against dcm2niix), and with it (repeated requests skip fetch and decode)."""
+    patient_id, converted = uploaded(kind, orthanc)
     folders = [converted.get(m).folder for m in SEQUENCES]
     shapes = {m: converted.get(m).n_files for m in SEQUENCES}
     rows = []
@@ -461,23 +545,27 @@ def main() -> None:
     if not shutil.which("dcm2niix"):
         sys.exit("dcm2niix is missing; run make setup")
     unknown = sorted(set(KINDS_WANTED) - set(KINDS))
-    if unknown or not (KINDS_WANTED or WORKER_COUNTS or NETWORK):
+    if unknown or not (KINDS_WANTED or WORKER_COUNTS or NETWORK or BACKENDS):
         sys.exit(f"BENCH_KINDS={','.join(KINDS_WANTED)!r}: the kinds are {', '.join(KINDS)}")
     WORK.mkdir(parents=True, exist_ok=True)
     orthanc = LocalOrthanc(WORK / "orthanc")
     rows = []
     distributed: dict[str, Any] = {}
+    backends: list[dict[str, Any]] = []
     started = time.perf_counter()
     network: dict[str, Any] = {}
     if NETWORK:
         say(f"network: FLOPs, the matmul peak, plain and fast predictors ({RUNS} runs each)")
         network = bench_network()
     try:
-        if KINDS_WANTED or WORKER_COUNTS:
+        if KINDS_WANTED or WORKER_COUNTS or BACKENDS:
             orthanc.start()
         for kind in KINDS_WANTED:
             say(f"{kind}: converting, uploading, {RUNS} timed runs after a warm-up")
             rows.extend(bench_kind(kind, orthanc))
+        if BACKENDS:
+            say(f"model backends {BACKENDS} on the clinical study ({RUNS} runs each after a warm-up)")
+            backends = bench_backends(orthanc)
         if WORKER_COUNTS:
             with LocalRedis(WORK / "redis") as queue:
                 say(f"distributed mode: {WORKER_STUDIES} studies with {WORKER_COUNTS} worker(s)")
@@ -494,6 +582,7 @@ def main() -> None:
         "kinds": rows,
         "table": table(rows) if rows else "",
         "distributed": distributed,
+        "backends": backends,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
@@ -542,6 +631,11 @@ def main() -> None:
             print(
                 f"\nleak check ({LEAK_RUNS} requests, clinical): RSS growth after the 5th request {row['leak_growth_mib']} MiB"
             )
+    for row in backends:
+        print(
+            f"\nbackend {row['backend']} ({row['model']}), clinical study, no cache: e2e {row['e2e_s']} s, "
+            f"inference {row['inference_s']} s, peak RSS {row['peak_rss_mib']:.0f} MiB"
+        )
     print(f"\nwrote {RESULTS}")
 
 
