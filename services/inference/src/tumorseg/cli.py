@@ -55,7 +55,7 @@ def worker() -> None:
     import signal
     import threading
 
-    from tumorseg import logs, metrics
+    from tumorseg import logs
     from tumorseg.jobs import Jobs
     from tumorseg.model.device import resolve_device
     from tumorseg.queue import redacted
@@ -84,16 +84,6 @@ def worker() -> None:
         predictor = load_predictor(settings, resolve_device(settings.device))
     except TumorsegError as exc:
         _fail(exc)
-    metrics.model_loaded(predictor)
-    if settings.metrics_port is not None:  # before the first job: Prometheus sees it idle
-        try:
-            metrics.serve(settings.metrics_port)
-        except OSError as exc:
-            err_console.print(
-                f"[red]error[/red]: TUMORSEG_METRICS_PORT={settings.metrics_port}: {exc.strerror}; "
-                "choose a free port, or 0 for any"
-            )
-            raise typer.Exit(code=2) from exc
     job_store = open_jobs(settings)
     with _pacs() as pacs:
         store = open_store(settings, job_store)
@@ -176,6 +166,45 @@ def _print_inspection(report: dict[str, Any]) -> None:
     console.print(table)
     for note in report.get("notes", []):
         console.print(f"note: {note}")
+
+
+@app.command()
+def timeline(
+    patient_id: Annotated[str, typer.Argument(help="the DICOM PatientID")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the timeline JSON")] = False,
+) -> None:
+    """A patient's studies over time: volumes per region and change against the baseline and the nadir
+    (research use only; the job store and results of this service's TUMORSEG_RESULTS_DIR)."""
+    from rich.table import Table
+
+    from tumorseg.model.package import read_manifest
+    from tumorseg.timeline import TABLE_COLUMNS, ModelTag, build_timeline, table_rows
+    from tumorseg.wiring import open_jobs, open_store
+
+    settings = get_settings()
+    manifest = read_manifest(settings.model_path)
+    jobs = open_jobs(settings)
+    try:
+        with _pacs() as pacs:
+            found = build_timeline(
+                pacs,
+                jobs,
+                open_store(settings, jobs),
+                patient_id,
+                ModelTag(name=manifest.name, version=manifest.version),
+            )
+    except TumorsegError as exc:
+        _fail(exc)
+    finally:
+        jobs.close()
+    if as_json:
+        console.print_json(found.model_dump_json())
+        return
+    table = Table(*TABLE_COLUMNS, title=f"patient {patient_id}: model {manifest.name} {manifest.version}")
+    for row in table_rows(found):
+        table.add_row(*row)
+    console.print(table)
+    console.print(found.research_note)
 
 
 @app.command()
