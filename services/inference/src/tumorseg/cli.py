@@ -55,7 +55,7 @@ def worker() -> None:
     import signal
     import threading
 
-    from tumorseg import logs
+    from tumorseg import logs, metrics
     from tumorseg.jobs import Jobs
     from tumorseg.model.device import resolve_device
     from tumorseg.queue import redacted
@@ -84,6 +84,16 @@ def worker() -> None:
         predictor = load_predictor(settings, resolve_device(settings.device))
     except TumorsegError as exc:
         _fail(exc)
+    metrics.model_loaded(predictor)
+    if settings.metrics_port is not None:  # before the first job: Prometheus sees it idle
+        try:
+            metrics.serve(settings.metrics_port)
+        except OSError as exc:
+            err_console.print(
+                f"[red]error[/red]: TUMORSEG_METRICS_PORT={settings.metrics_port}: {exc.strerror}; "
+                "choose a free port, or 0 for any"
+            )
+            raise typer.Exit(code=2) from exc
     job_store = open_jobs(settings)
     with _pacs() as pacs:
         store = open_store(settings, job_store)

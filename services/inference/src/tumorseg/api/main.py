@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.staticfiles import StaticFiles
 
-from tumorseg import __version__
+from tumorseg import __version__, metrics
 from tumorseg.api.deps import AppState, ModelState, require_api_key
 from tumorseg.api.errors import error_response, install_error_handlers
 from tumorseg.api.routes import health, jobs, pages, results, segment, timeline
@@ -66,6 +66,21 @@ def _host_port(authority: str, default_port: int) -> tuple[str, int] | None:
     return (name, int(port)) if port.isdigit() else None
 
 
+def route_template(request: Request) -> str | None:
+    """The template of the route that answered (``/jobs/{job_id}``; ``/static/{path}`` for a mount), never
+    the path itself, which may hold a PatientID; ``None`` when nothing matched."""
+    route = request.scope.get("route")
+    if route is not None:
+        return getattr(route, "path", None)
+    mounted = request.scope.get("root_path", "")  # a mount (StaticFiles) sets its prefix and endpoint
+    return f"{mounted}/{{path}}" if mounted and request.scope.get("endpoint") is not None else None
+
+
+def serve_metrics() -> Response:
+    """``GET /metrics``: this process's Prometheus metrics (text format)."""
+    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     # Before the server starts its threads: a thread keeps the allocator arena it had (tumorseg.memory),
@@ -90,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if queue is None:
                 state.predictor = await run_in_threadpool(load_predictor, settings, device)
                 manifest = state.predictor.manifest
+                metrics.model_loaded(state.predictor)
             else:  # the workers load the weights; the API needs the package's name and version
                 manifest = read_manifest(settings.model_path)
             state.model = ModelState(**manifest.describe(), loaded=True)
@@ -147,6 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             and not same_origin(origin, request.headers.get("Host", ""))
         ):
             log.warning("refused a cross-site %s request", request.method)
+            metrics.error_ended("cross_site_request")
             return error_response(
                 403,
                 "cross-site request refused: the Origin header does not match this service's host; "
@@ -163,9 +180,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         started = time.perf_counter()
         try:
             response = await call_next(request)
-        except Exception:
+        except Exception as exc:
             # Answered here rather than by Starlette's outermost handler so that it carries the id too.
             log.exception("unexpected error")
+            metrics.error_ended("internal_error", exc)
             response = error_response(
                 500, "internal error; the service log has the details", "internal_error"
             )
@@ -184,11 +202,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 }
             },
         )
+        metrics.request_answered(route_template(request), response.status_code)
         request_id_var.reset(token)
         response.headers["X-Request-ID"] = rid
         return response
 
     app.include_router(health.router)
+    # Open like /health: counts and durations, no patient data (tumorseg.metrics); not in the OpenAPI.
+    app.add_api_route("/metrics", serve_metrics, methods=["GET"], include_in_schema=False)
     app.include_router(segment.router, dependencies=[Depends(require_api_key)])
     app.include_router(jobs.router, dependencies=[Depends(require_api_key)])
     app.include_router(results.router, dependencies=[Depends(require_api_key)])
