@@ -50,7 +50,13 @@ from tumorseg.export.preview import write_preview
 from tumorseg.imaging.cache import SeriesCache
 from tumorseg.imaging.postprocess import voxel_volume_mm3
 from tumorseg.imaging.preprocess import ModelInput, prepare
-from tumorseg.imaging.registration import HUBS, REGISTRATION_WORKERS, StudyRegistration
+from tumorseg.imaging.registration import (
+    HUBS,
+    NO_REFERENCE_HEAD,
+    REGISTRATION_WORKERS,
+    Registration,
+    StudyRegistration,
+)
 from tumorseg.imaging.volume import SeriesVolume, check_overlap, load_series
 from tumorseg.labels import LABEL_NAMES, volumes_ml
 from tumorseg.limits import InputLimits
@@ -60,7 +66,7 @@ from tumorseg.pacs import Pacs
 from tumorseg.records import SeriesInfo
 from tumorseg.results import ResultStore, new_result_id
 from tumorseg.schema import DicomSegRef, SegmentResult, Timings
-from tumorseg.sequences import SEQUENCES
+from tumorseg.sequences import SEQUENCES, InputPolicy
 from tumorseg.study.assemble import AssembledStudy, assemble
 from tumorseg.validation import check_patient_id, check_uid
 from tumorseg.volumetry import store_report
@@ -264,6 +270,11 @@ class Segmenter:
             if study_registration is not None:
                 with timer.stage("registration"), _library_errors("registration", BrokenSeries):
                     registrations = study_registration.all()
+        # A series whose registration failed is missing under the package's input policy (or a 422)
+        failed = _failed_registrations(registrations, manifest.inputs, list(loaded))
+        loaded = {m: v for m, v in loaded.items() if m not in failed}
+        if registrations is not None:
+            registrations = {m: r for m, r in registrations.items() if m not in failed}
         reference_series = loaded[request.reference]  # request.reference names it (flair, t1, ...)
         with timer.stage("preprocess"), _library_errors("preprocessing", BrokenSeries):
             model_input, _ = prepare(
@@ -273,6 +284,12 @@ class Segmenter:
                 registration=registration,
                 brain_extractor=self.brain_extractor,
                 registrations=registrations,
+            )
+        if failed:  # the result shows their registrations and says why they were left out
+            model_input = replace(
+                model_input,
+                registrations={**model_input.registrations, **failed},
+                warnings=(*(str(r.warning) for r in failed.values()), *model_input.warnings),
             )
         # prepare() runs registration and brain extraction first: report them as their own stages.
         for stage, seconds in model_input.timings_s.items():
@@ -500,6 +517,25 @@ def _library_errors(stage: str, error: type[TumorsegError]) -> Iterator[None]:
         raise error(f"{stage} failed on this study: {type(exc).__name__}: {exc}") from exc
 
 
+def _failed_registrations(
+    registrations: Mapping[str, Registration] | None, inputs: InputPolicy, present: list[str]
+) -> dict[str, Registration]:
+    """The registrations that failed (their series are then missing), or ``ModalityMissing`` (422) naming
+    the series when the package cannot do without it, or the reference when it showed no head."""
+    failed = {m: r for m, r in (registrations or {}).items() if r.failed}
+    if not failed:
+        return {}
+    why = "; ".join(str(r.warning) for r in failed.values())
+    if any(NO_REFERENCE_HEAD in str(r.warning) for r in failed.values()):
+        raise ModalityMissing(
+            f"the reference series shows no head, so no series can be registered to it: {why}"
+        )
+    problem = inputs.problem([m for m in present if m not in failed])
+    if problem is not None:
+        raise ModalityMissing(f"{why}; without it the model cannot segment the study: {problem}")
+    return failed
+
+
 def _missing_warning(missing: tuple[str, ...], substitutes: Mapping[str, str] | None = None) -> list[str]:
     if not missing:
         return []
@@ -564,7 +600,8 @@ def _result_fields(
             }
             for m in assembled.mapping.present
         },
-        "missing_sequences": list(_missing(assembled, manifest)),
+        "missing_sequences": list(_missing(assembled, manifest))
+        + [m for m, r in model_input.registrations.items() if r.failed],  # left out: see warnings
         "reference": {
             "modality": reference_modality,
             "series_instance_uid": reference_series.series_instance_uid,

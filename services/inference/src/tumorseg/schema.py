@@ -70,11 +70,28 @@ class SeriesRegistration(BaseModel):
     metric_initial: float = Field(description="the same in the scanner's geometry, before registration")
     iterations: int
     applied: bool = Field(
-        description="false when the series was already in register (identity kept) or the solution was "
-        "implausible (see warnings)"
+        description="false when the series was already in register (identity kept) or the registration "
+        "failed (see failed and warnings)"
     )
     via: SequenceName | None = Field(
         default=None, description="the hub series the transform was composed through, if any"
+    )
+    matrix: list[list[float]] | None = Field(
+        default=None,
+        description="4x4 matrix of the transform applied (its centre of rotation folded in): maps a point of "
+        "the reference series (LPS mm, homogeneous) to the same anatomy in this series; identity when not "
+        "applied (null in results stored before it existed)",
+    )
+    overlap: float | None = Field(
+        default=None, description="head masks' Dice after the transform, within the fields of view both cover"
+    )
+    coverage: float | None = Field(
+        default=None,
+        description="share of the reference's cranium (its head's top 150 mm) inside this series' field of view",
+    )
+    failed: bool = Field(
+        default=False,
+        description="the registration failed (see warnings): the series was not used, treated as missing",
     )
 
 

@@ -45,7 +45,13 @@ ExtractorName = Literal["auto", "deepbet", "none"]
 PREFERENCE = ("t1ce", "t1", "flair", "t2")
 STRIPPED_ZERO_FRACTION = 0.25  # a skull-stripped series is at least this much exact zero ...
 STRIPPED_MAX_ML = 2500.0  # ... around a non-zero region no larger than a brain
-PLAUSIBLE_ML = (700.0, 2500.0)
+# An extracted brain outside this range is reported as a warning. Adult brains measure 975-1499 mL (Allen,
+# Damasio & Grabowski 2002, Am J Phys Anthropol 118:341, MRI, 46 adults aged 22-49) and 1173-1626 mL
+# (Filipek et al. 1994, Cereb Cortex 4:344, 20 young adults); 1245 +- 125 mL at 41-77 years, intracranial
+# volume 1397 +- 133 mL (Ahmad et al., J Biomed Clin Sci, 58 adults). 750 mL is that mean less 4 SD (the
+# atrophy of old age); 1850 mL leaves the ventricles and the CSF an extraction keeps at the surface above
+# the largest brain, near the largest intracranial volumes (+3.5 SD). The phantom brains: 1.19-1.82 L.
+PLAUSIBLE_ML = (750.0, 1850.0)
 RIM_MM = 3.0  # see confine_to_brain
 PEEL_MM = 10.0  # how deep ``peel`` may take the extractor's mask
 # not_brain_like's thresholds, in robust z (median, IQR over the extracted brain)
@@ -54,7 +60,7 @@ DARK_FLAIR_Z, DARK_T2_Z = -1.2, -1.0
 # CSF without FLAIR (bright on T2 as above, and dark on T1ce): on the clinical head phantoms of seeds 3 and
 # 22 the peeled brain's Dice went from 0.971 / 0.967 (T2 alone) to 0.983 / 0.987, no tumour voxel lost.
 CSF_T1CE_Z = -1.0
-FAT_T1_Z = 1.6  # an extracted brain outside this range is reported as a warning
+FAT_T1_Z = 1.6
 DEEPBET_SHAPE = 192  # the box is resampled to this cube (the weights were trained on 256³; 192³ is 3x faster)
 _BBOX_SHAPE = 128
 

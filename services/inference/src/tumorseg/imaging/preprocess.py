@@ -2,7 +2,7 @@
 
 ``prepare`` takes the four volumes of a study (``SimpleITK.Image``, any lattices, LPS geometry) and
 1. co-registers every series rigidly to the reference (``registration.register_study``; off with
-   ``registration=False``),
+   ``registration=False``); a series whose registration failed is left out (a zero channel, as missing),
 2. finds the brain (``brain``: skull-stripped input keeps its non-zero voxels, anything else goes to the
    extractor on the model grid, then ``brain.peel``),
 3. resamples each volume in physical space onto the model grid of the reference volume (``grid.model_grid``),
@@ -222,6 +222,8 @@ def prepare(
     elif set(registrations) != set(channels) - {reference}:
         raise ValueError(f"registrations of {sorted(registrations)} for the volumes {sorted(channels)}")
     warnings += [r.warning for r in registrations.values() if r.warning]
+    # A series whose registration failed is never used as acquired: its channel is that of a missing one
+    channels = {m: v for m, v in channels.items() if not (m in registrations and registrations[m].failed)}
     transforms = {m: r.transform if r.applied else None for m, r in registrations.items()}
     full = g.model_grid(volumes[reference], prep.spacing_mm)
     stripped = brain_extractor == "auto" and is_skull_stripped(channels)
