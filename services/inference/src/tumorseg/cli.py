@@ -50,7 +50,8 @@ def serve(
 @app.command()
 def worker() -> None:
     """Take jobs from the Redis queue (TUMORSEG_QUEUE_URL) one at a time; the model is loaded once. Run one
-    per GPU, on the host whose results directory the API uses. SIGTERM finishes the job in hand first."""
+    per GPU, on the host whose results directory the API uses. SIGTERM finishes the job in hand first.
+    With TUMORSEG_METRICS_PORT, Prometheus metrics at http://host:PORT/metrics (0: a free port, logged)."""
     import os
     import signal
     import threading
