@@ -122,8 +122,13 @@ def test_prepare_normalises_channels_on_the_cropped_grid() -> None:
     for channel in model_input.array:
         values = channel[channel != 0]
         assert abs(values.mean()) < 1e-3
-    with pytest.raises(ValueError, match="permutation"):
-        Preprocessing(channels=("flair", "t1", "t2"))
+    # A model may use fewer than the four sequences (an imported one without T1), never one twice or another
+    assert Preprocessing(channels=("flair", "t1ce", "t2")).channels == ("flair", "t1ce", "t2")
+    for wrong in (("flair", "flair"), ("flair", "dwi"), ()):
+        with pytest.raises(ValueError, match="each once|must name"):
+            Preprocessing(channels=wrong)
+    with pytest.raises(ValueError, match="normalisation"):
+        Preprocessing(normalisation="minmax")
     assert Preprocessing.from_json(Preprocessing().to_json()) == Preprocessing()
 
 
