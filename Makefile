@@ -59,6 +59,9 @@ bench: setup
 
 # Issue 15's acceptance: Dice and brain containment on clinical-head phantoms through POST /segment
 # (ACC_SEEDS picks seeds, default 50-57; ~1 min a seed on 2 CPU cores). Writes out/accuracy/clinical.json.
+# ACC_MOTION: each series' motion from rest, DEG,MM (default 5,5); several ranges separated by ';' (issue
+# 45: ACC_MOTION='5,5;7.5,15') measure each seed at each, with each request's registration error and the
+# paired Dice differences against the first range. ACC_TWIN=0 skips the skull-stripped twins.
 accuracy-clinical: setup
 	$(BIN)/python scripts/clinical_accuracy.py
 

@@ -26,6 +26,13 @@ the full study's T1ce scores. ACC_MODEL points at another model package (default
 ACC_RECORD=1 writes that summary into its manifest (``metrics.clinical_heads``) for its model card.
 ACC_REFERENCES (default `flair,t1ce`) and ACC_TWIN=0 (no twins) shorten a run that only compares inputs.
 
+ACC_MOTION (default `5,5`, the generator's default) is how far each series' patient moves from rest, `DEG,MM`
+(`tumorseg phantom --motion`); several ranges separated by `;` (`5,5;7.5,15`) measure every seed at each,
+and the summary gives the paired per-seed Dice difference of each range against the first (issue 45).
+Each request's registration error is computed from its result alone: the RMS distance, over the reference
+series' true brain, between where each series' 4 x 4 matrix (`registration.series[m].matrix`) and the
+phantom's motion put each point (a series whose registration failed, and so was not used, is counted apart).
+
 The result JSON's registration (per series rotation, translation, applied), brain extraction volume,
 warnings and stage timings are recorded with the scores. Prints a markdown table (means over all seeds,
 and over the seeds whose profile is not no_et, where ET is absent and scores only 0 or 1) and writes
@@ -60,7 +67,7 @@ from tumorseg.pacs.local import LocalOrthanc
 from tumorseg.pacs.upload import upload_directory
 from tumorseg.synth.dicom_options import CLINICAL_GEOMETRY, ConversionOptions
 from tumorseg.synth.phantom import generate_case, plan_case, write_case
-from tumorseg.synth.phantom_head import generate_head_case, write_head_case
+from tumorseg.synth.phantom_head import MotionRange, generate_head_case, write_head_case
 from tumorseg.synth.to_dicom import convert_case
 
 SEEDS = [int(s) for s in os.environ.get("ACC_SEEDS", "50,51,52,53,54,55,56,57").split(",") if s.strip()]
@@ -72,6 +79,7 @@ MASKS = RESULTS.parent / "masks"  # every returned mask, kept for a look at the 
 # ACC_REFERENCES=t1ce ACC_TWIN=0: only what the missing-sequence comparison needs (half the time)
 REFERENCES = tuple(m.strip() for m in os.environ.get("ACC_REFERENCES", "flair,t1ce").split(",") if m.strip())
 TWIN = os.environ.get("ACC_TWIN", "1") not in ("", "0")
+MOTIONS = [m.strip() for m in os.environ.get("ACC_MOTION", "5,5").split(";") if m.strip()]
 REGIONS = ("wt", "tc", "et")
 TARGET = {"wt": 0.90, "tc": 0.80, "et": 0.75}
 MAX_OUTSIDE = 0.01  # fraction of mask voxels outside the true brain
@@ -153,10 +161,11 @@ def service_record(result: dict[str, Any], e2e: float) -> dict[str, Any]:
     timings = result["timings_s"]
     return {
         "registration": {
-            m: {k: entry[k] for k in ("rotation_deg", "translation_mm", "applied")}
+            m: {k: entry.get(k) for k in ("rotation_deg", "translation_mm", "applied", "failed", "overlap")}
             for m, entry in result["registration"]["series"].items()
         },
-        "brain_extraction": {k: result["brain_extraction"][k] for k in ("method", "series", "volume_ml")},
+        "brain_extraction": {k: result["brain_extraction"].get(k) for k in ("method", "series", "volume_ml")},
+        "missing_sequences": result["missing_sequences"],
         "warnings": result["warnings"],
         "volumes_ml": result["volumes_ml"],
         "timings_s": {k: timings[k] for k in ("registration", "brain_extraction", "inference", "total")},
@@ -164,13 +173,43 @@ def service_record(result: dict[str, Any], e2e: float) -> dict[str, Any]:
     }
 
 
-def measure_seed(seed: int, segmenter: Segmenter, work: Path) -> dict[str, Any]:
-    head_id, twin_id = f"HEAD_{seed:05d}", f"BraTS2021_{seed:05d}"
-    head_dir = write_head_case(generate_head_case(seed), work / "phantoms", head_id)
+def registration_errors(result: dict[str, Any], truth_dir: Path, reference: str) -> dict[str, float | None]:
+    """Per series: the RMS distance (mm) over the reference's true brain between the result's matrix and
+    the phantom's motion (None: the registration failed and the series was not used)."""
+    motion = json.loads((truth_dir / "motion.json").read_text())
+    brain = sitk.ReadImage(str(truth_dir / f"brain_{reference}.nii.gz"))
+    index = np.argwhere(sitk.GetArrayFromImage(brain).transpose(2, 1, 0) > 0)[::97]
+    points = np.asarray([brain.TransformIndexToPhysicalPoint([int(v) for v in i]) for i in index])
+    homogeneous = np.c_[points, np.ones(len(points))]
+    errors: dict[str, float | None] = {}
+    for m, entry in result["registration"]["series"].items():
+        if entry.get("failed"):
+            errors[m] = None
+            continue
+        truth = np.asarray(motion[m]) @ np.linalg.inv(np.asarray(motion[reference]))
+        found = np.asarray(entry["matrix"])
+        distance = (homogeneous @ (found - truth).T)[:, :3]
+        errors[m] = round(float(np.sqrt((distance**2).sum(axis=1).mean())), 4)
+    return errors
+
+
+def measure_seed(seed: int, segmenter: Segmenter, work: Path, motion: str = MOTIONS[0]) -> dict[str, Any]:
+    limits = MotionRange.parse(motion)
+    tag = "" if motion == "5,5" else "_M" + motion.replace(",", "_").replace(".", "p").replace("-", "to")
+    head_id, twin_id = f"HEAD_{seed:05d}{tag}", f"BraTS2021_{seed:05d}"
+    head = generate_head_case(
+        seed,
+        max_rotation_deg=limits.max_rotation_deg,
+        max_translation_mm=limits.max_translation_mm,
+        min_rotation_deg=limits.min_rotation_deg,
+        min_translation_mm=limits.min_translation_mm,
+    )
+    head_dir = write_head_case(head, work / "phantoms", head_id)
     segmenter.upload(head_dir, head_id)
     truth_dir = head_dir / "truth"
     row: dict[str, Any] = {
         "seed": seed,
+        "motion": motion,
         "profile": plan_case(seed).profile,
         "truth_wt_ml": round(wt_ml(sitk.ReadImage(str(truth_dir / "seg_flair.nii.gz"))), 1),
     }
@@ -179,11 +218,13 @@ def measure_seed(seed: int, segmenter: Segmenter, work: Path) -> dict[str, Any]:
         brain = on_lattice(sitk.ReadImage(str(truth_dir / f"brain_{reference}.nii.gz")), mask) > 0
         truth = sitk.ReadImage(str(truth_dir / f"seg_{reference}.nii.gz"))
         row[reference] = {**score(mask, truth, brain), **service_record(result, e2e)}
+        row[reference]["registration_error_mm"] = registration_errors(result, truth_dir, reference)
         brain_ml = row[reference]["brain_extraction"]["volume_ml"]
         say(
-            f"seed {seed}, reference {reference}: {scores_text(row[reference])}, extracted brain {brain_ml} mL"
+            f"seed {seed}, motion {motion}, reference {reference}: {scores_text(row[reference])}, "
+            f"extracted brain {brain_ml} mL, registration error (mm) {row[reference]['registration_error_mm']}"
         )
-    for absent in WITHOUT:
+    for absent in WITHOUT if motion == MOTIONS[0] else []:
         patient_id = f"{head_id}_NO_{absent.upper()}"
         segmenter.upload(head_dir, patient_id, without=absent)
         result, mask, e2e = segmenter.segment(patient_id, "t1ce")
@@ -192,7 +233,7 @@ def measure_seed(seed: int, segmenter: Segmenter, work: Path) -> dict[str, Any]:
         row[f"without_{absent}"] = {**score(mask, truth, brain), **service_record(result, e2e)}
         row[f"without_{absent}"]["missing_sequences"] = result["missing_sequences"]
         say(f"seed {seed}, without {absent} (t1ce): {scores_text(row[f'without_{absent}'])}")
-    if not TWIN:
+    if not TWIN or motion != MOTIONS[0]:
         return row
     twin_dir = write_case(generate_case(seed), work / "phantoms", twin_id)
     segmenter.upload(twin_dir, twin_id)
@@ -293,6 +334,74 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def registration_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per reference: the worst and mean registration error over every series of every seed, and the
+    series whose registration failed (seed: [series])."""
+    out: dict[str, dict[str, Any]] = {}
+    for ref in REFERENCES:
+        errors = [e for r in rows for e in r[ref]["registration_error_mm"].values() if e is not None]
+        failed = {
+            r["seed"]: [m for m, e in r[ref]["registration_error_mm"].items() if e is None]
+            for r in rows
+            if None in r[ref]["registration_error_mm"].values()
+        }
+        out[ref] = {
+            "max_mm": max(errors, default=0.0),
+            "mean_mm": round(statistics.fmean(errors), 4) if errors else 0.0,
+            "over_1mm": sum(e > 1.0 for e in errors),
+            "failed": failed,
+        }
+    return out
+
+
+def paired(rows: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per reference, the mean per-seed Dice difference (``rows`` minus ``baseline``, same seeds) of WT and
+    TC over every seed and of ET over the seeds with enhancing tumour."""
+    base = {r["seed"]: r for r in baseline}
+    pairs = [(r, base[r["seed"]]) for r in rows if r["seed"] in base]
+    out: dict[str, dict[str, Any]] = {}
+    for ref in REFERENCES:
+        entry: dict[str, Any] = {"seeds": len(pairs)}
+        for key in REGIONS:
+            subset = [(a, b) for a, b in pairs if key != "et" or a["profile"] != "no_et"]
+            if subset:
+                entry[key] = round(statistics.fmean(a[ref][key] - b[ref][key] for a, b in subset), 4)
+        out[ref] = entry
+    return out
+
+
+def write_results(by_motion: dict[str, list[dict[str, Any]]], wall: float, partial: bool) -> dict[str, Any]:
+    """Everything measured so far into ``RESULTS`` (the first motion range's rows at the top, as before
+    ranges existed); returns it."""
+    rows = by_motion[MOTIONS[0]]
+    results: dict[str, Any] = {
+        "partial": partial,
+        "seeds": [r["seed"] for r in rows],
+        "model": str(MODEL),
+        "without": WITHOUT,
+        "missing_sequences": missing_summary(rows) if rows else {},
+        "machine": machine(),
+        "wall_s": round(wall, 1),
+        "conversion": CLINICAL.to_json(),
+        "verdict": verdict(rows) if rows else {},
+        "cases": rows,
+        "table": table(rows) if rows else "",
+        "motions": {
+            motion: {
+                "verdict": verdict(r) if r else {},
+                "registration": registration_summary(r),
+                "table": table(r) if r else "",
+                **({"cases": r} if motion != MOTIONS[0] else {}),
+            }
+            for motion, r in by_motion.items()
+        },
+        "paired": {motion: paired(r, rows) for motion, r in by_motion.items() if motion != MOTIONS[0]},
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
 def machine() -> dict[str, Any]:
     import torch
 
@@ -313,7 +422,7 @@ def main() -> None:
     if not set(REFERENCES) <= {"flair", "t1ce"} or (WITHOUT and "t1ce" not in REFERENCES):
         sys.exit("ACC_REFERENCES: flair and/or t1ce (t1ce with ACC_WITHOUT, the full study it compares with)")
     started = time.perf_counter()
-    rows = []
+    by_motion: dict[str, list[dict[str, Any]]] = {motion: [] for motion in MOTIONS}
     with tempfile.TemporaryDirectory(prefix="tumorseg-accuracy-") as tmp:
         work = Path(tmp)
         with LocalOrthanc(work / "orthanc") as orthanc:
@@ -328,24 +437,16 @@ def main() -> None:
             with TestClient(create_app(settings)) as client:
                 segmenter = Segmenter(orthanc, client, work)
                 for n, seed in enumerate(SEEDS, 1):
-                    say(f"seed {seed} ({n}/{len(SEEDS)}): phantoms, DICOM, upload, three requests")
-                    rows.append(measure_seed(seed, segmenter, work))
+                    for motion in MOTIONS:
+                        say(
+                            f"seed {seed} ({n}/{len(SEEDS)}), motion {motion}: phantoms, DICOM, upload, requests"
+                        )
+                        by_motion[motion].append(measure_seed(seed, segmenter, work, motion))
+                    # What is done so far, in case the run is cut short
+                    write_results(by_motion, time.perf_counter() - started, partial=True)
     wall = time.perf_counter() - started
-    text = table(rows)
-    results: dict[str, Any] = {
-        "seeds": SEEDS,
-        "model": str(MODEL),
-        "without": WITHOUT,
-        "missing_sequences": missing_summary(rows),
-        "machine": machine(),
-        "wall_s": round(wall, 1),
-        "conversion": CLINICAL.to_json(),
-        "verdict": verdict(rows),
-        "cases": rows,
-        "table": text,
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    results = write_results(by_motion, wall, partial=False)
+    text = results["table"]
     print(f"\nclinical-head accuracy, seeds {','.join(map(str, SEEDS))} ({wall:.0f} s)\n")
     print(text)
     print()
@@ -369,6 +470,10 @@ def main() -> None:
                 for k in REGIONS
             )
             print(f"  {label}: {cells}")
+    for motion, entry in results["motions"].items():
+        print(f"\nmotion {motion}: registration error (mm) per reference: {entry['registration']}")
+        if motion in results["paired"]:
+            print(f"  paired Dice difference against {MOTIONS[0]}: {results['paired'][motion]}")
     print(f"\nwrote {RESULTS}")
     if RECORD and WITHOUT:
         record_in_package(MODEL, results)

@@ -404,3 +404,58 @@ def test_cli_kind_picks_the_generator(kind: str, monkeypatch: pytest.MonkeyPatch
     assert list(called) == [kind]
     assert called[kind]["seed"] == 2 and called[kind]["start_index"] == 5 and called[kind]["cases"] == 1
     assert CliRunner().invoke(app, [*args[:-1], "ct"]).exit_code != 0
+
+
+def test_motion_range_option_parses_and_bounds_the_draws() -> None:
+    """Issue 45: ``--motion DEG,MM`` or ``DEG0-DEG1,MM0-MM1``; draws within [min, max] of each; a motion that
+    would carry the brain out of the lattice (every series' field of view) is drawn again."""
+    assert phantom_head.MotionRange.parse("7.5,15") == phantom_head.MotionRange(7.5, 15.0)
+    assert phantom_head.MotionRange.parse("3-8, 2-8") == phantom_head.MotionRange(8.0, 8.0, 3.0, 2.0)
+    for bad in ("7.5", "8-3,2", "a,b", "-1,5"):
+        with pytest.raises(ValueError):
+            phantom_head.MotionRange.parse(bad)
+    centre = np.array([-1.0, -150.0, 70.0])  # the head's centroid, about where it is in LPS
+    for seed in range(100):
+        acq = phantom_head._draw_acquisition(
+            np.random.default_rng(seed), centre, 8.0, 8.0, 0.15, min_rotation_deg=3.0, min_translation_mm=2.0
+        )
+        assert 3.0 - 1e-9 <= _angle_deg(acq.motion) <= 8.0 + 1e-9
+        shift = np.linalg.norm((acq.motion @ np.append(centre, 1))[:3] - centre)
+        assert 2.0 - 1e-9 <= shift <= 8.0 + 1e-9
+    # Corners of a box that any turn moves out of the lattice: no draw keeps them in
+    corners = np.array([[0.0, 0.0, 0.0], [239.0, 255.0, 255.0]])
+    with pytest.raises(ValueError, match="keeps the brain inside"):
+        phantom_head._draw_acquisition(
+            np.random.default_rng(0), centre, 10.0, 10.0, 0.1, brain_corners=corners
+        )
+
+
+@SLOW
+def test_the_brain_stays_inside_every_series_at_a_wide_motion_range() -> None:
+    case = generate_head_case(51, max_rotation_deg=7.5, max_translation_mm=15.0)
+    rest = int(
+        np.count_nonzero(generate_head_case(51, max_rotation_deg=0.0, max_translation_mm=0.0).brain["t1"])
+    )
+    for m in SEQUENCES:
+        brain = case.brain[m]
+        assert not (brain[0].any() or brain[-1].any() or brain[:, 0].any() or brain[:, -1].any())
+        assert not (brain[:, :, 0].any() or brain[:, :, -1].any())
+        assert abs(int(np.count_nonzero(brain)) - rest) < 0.01 * rest  # all of it, not cut off
+        assert _angle_deg(case.motion[m]) <= 7.5 + 1e-9
+
+
+def test_cli_motion_option_reaches_the_generator(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    called: dict[str, Any] = {}
+
+    def write(out: Path, **kwargs: Any) -> list[Path]:
+        called.update(kwargs)
+        return []
+
+    monkeypatch.setattr(phantom_head, "write_head_cases", write)
+    args = ["phantom", "--out", str(tmp_path), "--kind", "clinical-head", "--motion", "7.5,15"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert called["max_rotation_deg"] == 7.5 and called["max_translation_mm"] == 15.0
+    assert called["min_rotation_deg"] == 0.0 and called["min_translation_mm"] == 0.0
+    assert CliRunner().invoke(app, [*args[:-1], "lots"]).exit_code == 2
+    assert CliRunner().invoke(app, [*args[:3], "--motion", "7.5,15"]).exit_code == 2  # brats has no motion

@@ -423,11 +423,22 @@ def phantom(
             "motion.json."
         ),
     ] = "brats",
+    motion: Annotated[
+        str | None,
+        typer.Option(
+            help="clinical-head only: how far each series' patient moves from rest, DEG,MM (up to DEG degrees "
+            "and MM millimetres, e.g. 7.5,15) or DEG0-DEG1,MM0-MM1 (within ranges); default 5,5. The brain "
+            "stays inside every series' field of view."
+        ),
+    ] = None,
 ) -> None:
     """Write synthetic BraTS-2021-layout cases (FLAIR, T1, T1ce, T2, seg; 1 mm): skull-stripped BraTS-like
     volumes, or with --kind clinical-head whole-head series as a scanner delivers them."""
     if start_index + cases > 100_000:
         err_console.print("[red]error[/red] case ids have five digits: start-index + cases must be <= 100000")
+        raise typer.Exit(code=2)
+    if motion is not None and kind != "clinical-head":
+        err_console.print("[red]error[/red] --motion applies to --kind clinical-head only")
         raise typer.Exit(code=2)
 
     def report(index: int, folder: Path) -> None:
@@ -438,9 +449,18 @@ def phantom(
 
         folders = write_cases(out, cases=cases, seed=seed, start_index=start_index, progress=report)
     else:
-        from tumorseg.synth.phantom_head import write_head_cases
+        from dataclasses import asdict
 
-        folders = write_head_cases(out, cases=cases, seed=seed, start_index=start_index, progress=report)
+        from tumorseg.synth.phantom_head import MotionRange, write_head_cases
+
+        try:
+            limits = asdict(MotionRange.parse(motion)) if motion is not None else {}
+        except ValueError as exc:
+            err_console.print(f"[red]error[/red] --motion: {exc}")
+            raise typer.Exit(code=2) from exc
+        folders = write_head_cases(
+            out, cases=cases, seed=seed, start_index=start_index, progress=report, **limits
+        )
     console.print(f"{len(folders)} case(s) written under {out}")
 
 

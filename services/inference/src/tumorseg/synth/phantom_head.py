@@ -9,7 +9,9 @@ Contract
   the BraTS lattice sits in the head lattice at ``BRAIN_OFFSET`` = (0, 14, 60) voxels, same RAS positions.
   Around the brain: CSF, dura, skull, scalp, eyes, face and upper neck (``phantom_head_tissue``).
 - Each series is acquired independently: the patient moves rigidly (rotation up to ``max_rotation_deg``
-  about a random axis through the head's centroid, translation up to ``max_translation_mm``), the noiseless
+  about a random axis through the head's centroid, translation up to ``max_translation_mm``; from
+  ``min_rotation_deg`` / ``min_translation_mm``, default 0; a draw that would carry part of the brain out
+  of the lattice, every series' field of view, is drawn again: never at the default 5 deg / 5 mm), the noiseless
   head is sampled trilinearly in the moved pose, times a smooth bias field (peak |bias - 1| up to
   ``max_bias``), times a scanner scale (log-uniform 100-3000), then Rician noise everywhere (the air
   background is Rayleigh noise), rounded to int16 >= 0.
@@ -69,6 +71,7 @@ __all__ = [
     "HEAD_SHAPE",
     "MOTION_CONVENTION",
     "HeadCase",
+    "MotionRange",
     "Tissue",
     "bias_field",
     "generate_head_case",
@@ -130,23 +133,91 @@ class _Acquisition:
     noise: float
 
 
+@dataclass(frozen=True)
+class MotionRange:
+    """How far each series' patient moves from rest: a rotation angle in [``min_rotation_deg``,
+    ``max_rotation_deg``] about a random axis through the head's centroid and a translation of length in
+    [``min_translation_mm``, ``max_translation_mm``] in a random direction (uniform within each range)."""
+
+    max_rotation_deg: float = 5.0
+    max_translation_mm: float = 5.0
+    min_rotation_deg: float = 0.0
+    min_translation_mm: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.min_rotation_deg <= self.max_rotation_deg <= 90):
+            raise ValueError("rotation range must satisfy 0 <= min <= max <= 90 degrees")
+        if not (0 <= self.min_translation_mm <= self.max_translation_mm <= 100):
+            raise ValueError("translation range must satisfy 0 <= min <= max <= 100 mm")
+
+    @classmethod
+    def parse(cls, text: str) -> MotionRange:
+        """``DEG,MM`` (up to DEG degrees and MM millimetres) or ``DEG0-DEG1,MM0-MM1`` (within ranges)."""
+        try:
+            rotation, translation = (part.strip() for part in text.split(","))
+            r0, r1 = (float(v) for v in rotation.split("-")) if "-" in rotation else (0.0, float(rotation))
+            t0, t1 = (
+                (float(v) for v in translation.split("-"))
+                if "-" in translation
+                else (0.0, float(translation))
+            )
+        except ValueError as exc:
+            raise ValueError(f"motion {text!r}: expected DEG,MM or DEG0-DEG1,MM0-MM1 (e.g. 7.5,15)") from exc
+        return cls(r1, t1, r0, t0)
+
+
+# Redraws of one series' motion that would carry part of the brain out of the lattice (the field of view)
+_MAX_REDRAWS = 100
+
+
+def _draw_motion(
+    rng: np.random.Generator, centre_lps: F64, motion_range: MotionRange, brain_corners: F64
+) -> F64:
+    """A rigid motion (4 x 4, LPS mm) within ``motion_range`` that keeps ``brain_corners`` (head voxel
+    coordinates, (8, 3)) inside the head lattice; drawn again while it does not (never at the default range,
+    whose draws are those of before the range existed)."""
+    for _ in range(_MAX_REDRAWS):
+        motion = _motion_draw(rng, centre_lps, motion_range)
+        to_lps = _voxel_lps(HEAD_AFFINE)
+        moved = np.linalg.inv(to_lps) @ motion @ to_lps @ np.c_[brain_corners, np.ones(len(brain_corners))].T
+        if np.all(moved[:3] >= 0) and np.all(moved[:3].T <= np.asarray(HEAD_SHAPE) - 1):
+            return motion
+    raise ValueError(f"no motion within {motion_range} keeps the brain inside the head lattice")
+
+
+def _motion_draw(rng: np.random.Generator, centre_lps: F64, motion_range: MotionRange) -> F64:
+    axis = rng.standard_normal(3)
+    axis /= np.linalg.norm(axis)
+    r0, r1 = motion_range.min_rotation_deg, motion_range.max_rotation_deg
+    angle = np.deg2rad(r0) + np.deg2rad(r1 - r0) * rng.uniform()
+    direction = rng.standard_normal(3)
+    t0, t1 = motion_range.min_translation_mm, motion_range.max_translation_mm
+    translation = direction / np.linalg.norm(direction) * (t0 + (t1 - t0) * rng.uniform())
+    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rotation = np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
+    motion = np.eye(4)
+    motion[:3, :3] = rotation
+    motion[:3, 3] = centre_lps + translation - rotation @ centre_lps
+    return motion
+
+
 def _draw_acquisition(
     rng: np.random.Generator,
     centre_lps: F64,
     max_rotation_deg: float,
     max_translation_mm: float,
     max_bias: float,
+    *,
+    min_rotation_deg: float = 0.0,
+    min_translation_mm: float = 0.0,
+    brain_corners: F64 | None = None,
 ) -> _Acquisition:
-    axis = rng.standard_normal(3)
-    axis /= np.linalg.norm(axis)
-    angle = np.deg2rad(max_rotation_deg) * rng.uniform()
-    direction = rng.standard_normal(3)
-    translation = direction / np.linalg.norm(direction) * max_translation_mm * rng.uniform()
-    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    rotation = np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
-    motion = np.eye(4)
-    motion[:3, :3] = rotation
-    motion[:3, 3] = centre_lps + translation - rotation @ centre_lps
+    """One series' draws; with ``brain_corners``, a motion that keeps them inside the lattice."""
+    motion_range = MotionRange(max_rotation_deg, max_translation_mm, min_rotation_deg, min_translation_mm)
+    if brain_corners is None:
+        motion = _motion_draw(rng, centre_lps, motion_range)
+    else:
+        motion = _draw_motion(rng, centre_lps, motion_range, brain_corners)
     waves = np.zeros((3, 5))
     for w in waves:
         k = rng.standard_normal(3)
@@ -256,11 +327,19 @@ def _acquire(
 
 
 def generate_head_case(
-    seed: int, *, max_rotation_deg: float = 5.0, max_translation_mm: float = 5.0, max_bias: float = 0.2
+    seed: int,
+    *,
+    max_rotation_deg: float = 5.0,
+    max_translation_mm: float = 5.0,
+    max_bias: float = 0.2,
+    min_rotation_deg: float = 0.0,
+    min_translation_mm: float = 0.0,
 ) -> HeadCase:
-    """Make the clinical-head case of ``seed`` (>= 0) in memory; see the module docstring."""
+    """Make the clinical-head case of ``seed`` (>= 0) in memory; see the module docstring. The motion of
+    each series from rest lies within the ``min_``/``max_`` limits (``MotionRange``)."""
     if not (max_rotation_deg >= 0 and max_translation_mm >= 0 and 0 <= max_bias < 1):
         raise ValueError("limits must be >= 0 (max_bias below 1)")
+    MotionRange(max_rotation_deg, max_translation_mm, min_rotation_deg, min_translation_mm)  # validates
     start = time.perf_counter()
     plan = plan_case(seed)
     children = np.random.SeedSequence(seed).spawn(6)
@@ -282,10 +361,20 @@ def generate_head_case(
     boxes = (head.box, label_box)
     labels = np.ascontiguousarray(labels[label_box])
     centre_lps = (_voxel_lps(HEAD_AFFINE) @ np.append(centroid, 1.0))[:3]
+    brain_corners = _box_corners(even_box(embed(anatomy.brain.astype(np.uint8)) > 0, 0))
 
     images, seg, brain, motion = {}, {}, {}, {}
     for modality, rng in zip(SEQUENCES, series_rngs, strict=True):
-        acq = _draw_acquisition(rng, centre_lps, max_rotation_deg, max_translation_mm, max_bias)
+        acq = _draw_acquisition(
+            rng,
+            centre_lps,
+            max_rotation_deg,
+            max_translation_mm,
+            max_bias,
+            min_rotation_deg=min_rotation_deg,
+            min_translation_mm=min_translation_mm,
+            brain_corners=brain_corners,
+        )
         signal = head_signal(head, contrast[modality], luts[modality], thetas[modality])
         images[modality], moved = _acquire(signal, labels, boxes, acq, rng)
         seg[modality] = moved & np.uint8(_SEG_BITS)
@@ -301,6 +390,12 @@ def generate_head_case(
         plan=plan,
         tissue=head.tissue,
     )
+
+
+def _box_corners(box: Box) -> F64:
+    """The 8 corner voxels (head voxel coordinates) of ``box``."""
+    ends = [(float(b.start), float(b.stop - 1)) for b in box]
+    return np.array(np.meshgrid(*ends, indexing="ij"), dtype=np.float64).reshape(3, -1).T
 
 
 def _head_centroid(head: Head) -> F64:
