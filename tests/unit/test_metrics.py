@@ -117,6 +117,23 @@ def test_get_metrics_is_open_and_labels_requests_by_route_template(client: TestC
     assert "/metrics" not in client.get("/openapi.json").json()["paths"]
 
 
+def test_metrics_can_need_the_api_key_which_prometheus_sends_as_a_bearer_token(tmp_path: Path) -> None:
+    settings = service_settings(
+        "http://127.0.0.1:9",
+        None,
+        model_path=tmp_path / "no-model",
+        results_dir=tmp_path / "results",
+        api_key=KEY,
+        metrics_need_key=True,
+    )
+    with TestClient(create_app(settings)) as api:
+        assert api.get("/metrics").status_code == 401
+        assert api.get("/metrics", headers={"Authorization": "Bearer wrong-key"}).status_code == 401
+        assert api.get("/metrics", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+        assert api.get("/metrics", headers={"X-API-Key": KEY}).status_code == 200
+        assert api.get("/health").status_code == 200  # /health stays open
+
+
 def test_a_failed_job_counts_one_error_and_one_failed_segmentation(client: TestClient) -> None:
     code = ModelError.code
     errors, failed = (

@@ -139,6 +139,11 @@ class Settings(BaseSettings):
         description="`tumorseg worker` serves Prometheus metrics at http://<host>:<port>/metrics (0: a free "
         "port, logged); unset: none. The API serves GET /metrics on its own port and ignores this.",
     )
+    metrics_need_key: bool = Field(
+        default=False,
+        description="GET /metrics needs the API key too: header X-API-Key, or Authorization: Bearer <key> "
+        "(what Prometheus sends with `authorization: {credentials_file: ...}`). Default: open, like /health.",
+    )
     api_key: SecretStr | None = Field(
         default=None, description="When set, every route but /health and /metrics needs header X-API-Key."
     )

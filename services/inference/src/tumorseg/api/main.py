@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.staticfiles import StaticFiles
 
 from tumorseg import __version__, metrics
-from tumorseg.api.deps import AppState, ModelState, require_api_key
+from tumorseg.api.deps import AppState, ModelState, StateDep, require_api_key
 from tumorseg.api.errors import error_response, install_error_handlers
 from tumorseg.api.routes import health, jobs, pages, results, segment, timeline
 from tumorseg.config import Settings, get_settings
@@ -74,6 +74,16 @@ def route_template(request: Request) -> str | None:
         return getattr(route, "path", None)
     mounted = request.scope.get("root_path", "")  # a mount (StaticFiles) sets its prefix and endpoint
     return f"{mounted}/{{path}}" if mounted and request.scope.get("endpoint") is not None else None
+
+
+def metrics_key(state: StateDep, request: Request) -> None:
+    """With ``TUMORSEG_METRICS_NEED_KEY``, the API key as X-API-Key or as a bearer token: Prometheus can
+    send the latter (``authorization``), not a header of another name."""
+    if not state.settings.metrics_need_key:
+        return
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    bearer = token.strip() if scheme.lower() == "bearer" else None
+    require_api_key(state, request.headers.get("X-API-Key") or bearer)
 
 
 def serve_metrics() -> Response:
@@ -208,8 +218,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return response
 
     app.include_router(health.router)
-    # Open like /health: counts and durations, no patient data (tumorseg.metrics); not in the OpenAPI.
-    app.add_api_route("/metrics", serve_metrics, methods=["GET"], include_in_schema=False)
+    # Open like /health (counts and durations, no patient data: tumorseg.metrics) unless
+    # TUMORSEG_METRICS_NEED_KEY; not in the OpenAPI.
+    app.add_api_route(
+        "/metrics",
+        serve_metrics,
+        methods=["GET"],
+        dependencies=[Depends(metrics_key)],
+        include_in_schema=False,
+    )
     app.include_router(segment.router, dependencies=[Depends(require_api_key)])
     app.include_router(jobs.router, dependencies=[Depends(require_api_key)])
     app.include_router(results.router, dependencies=[Depends(require_api_key)])
