@@ -205,6 +205,7 @@ def _import_folder(
         "checkpoint": checkpoint,
         "source": source.name,
         "outputs": outputs.kind,
+        **({"regions_from": outputs.regions_from} if outputs.kind == "labels" else {}),
         **({"dropped_outputs": list(outputs.dropped)} if outputs.dropped else {}),
     }
     backend_config = {

@@ -295,7 +295,7 @@ def find_trainer(name: str) -> Any:
             found = recursive_find_trainer_class_by_name(name)
         if found is not None:
             return found
-    except Exception as exc:  # noqa: BLE001 - any import failure of an unrelated trainer module
+    except Exception as exc:  # any import failure of an unrelated trainer module
         log.debug("nnU-Net's trainer lookup failed (%s); searching module by module", exc)
     root = Path(nnunetv2.__path__[0]) / "training" / "nnUNetTrainer"
     skipped = []
@@ -305,7 +305,7 @@ def find_trainer(name: str) -> Any:
         try:
             with quiet():
                 module = importlib.import_module(info.name)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # a module that cannot be imported here is not the one
             skipped.append(f"{info.name} ({type(exc).__name__})")
             continue
         if isinstance(getattr(module, name, None), type):
