@@ -332,6 +332,34 @@ def upload(
         raise typer.Exit(code=1)
 
 
+@app.command("phantom-followup")
+def phantom_followup(
+    out: Annotated[
+        Path, typer.Option(help="Folder for the visits (BraTS layout) and, with --patient-id, DICOM.")
+    ],
+    seed: Annotated[int, typer.Option(min=0, help="The patient: the same seed is the same head.")] = 0,
+    factors: Annotated[
+        str,
+        typer.Option(help="tumour volume of each visit relative to the phantom of the seed, comma-separated"),
+    ] = "1.0,1.6,0.3",
+    patient_id: Annotated[
+        str | None, typer.Option(help="also write each visit as a DICOM study of this patient")
+    ] = None,
+) -> None:
+    """Follow-up phantoms of one patient: the same head, the tumour scaled by a known factor at each
+    visit, three months apart, positioned differently; truth.json per visit holds the truth volumes."""
+    from tumorseg.synth.followup import write_followups
+
+    try:
+        scale = tuple(float(f) for f in factors.split(","))
+        folders = write_followups(out, seed, scale, patient_id=patient_id)
+    except ValueError as exc:
+        err_console.print(f"[red]error[/red] --factors: {exc}")
+        raise typer.Exit(code=2) from exc
+    for folder in folders:
+        console.print(f"visit: {folder}")
+
+
 @app.command("to-dicom")
 def to_dicom(
     case_dir: Annotated[Path, typer.Argument(help="BraTS case folder: <case>_{flair,t1,t1ce,t2}.nii.gz.")],
