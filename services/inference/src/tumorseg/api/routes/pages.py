@@ -1,6 +1,7 @@
-"""The browser pages: ``GET /`` (the recent results) and ``GET /results/{result_id}/viewer`` (NiiVue).
+"""The browser pages: ``GET /`` (the recent results), ``GET /results/{result_id}/viewer`` (NiiVue) and
+``GET /patients/{patient_id}/timeline/view`` (volumes over time, plain SVG).
 
-Both are static shells, the same bytes for every caller: no patient data, so they need no API key. Their
+All are static shells, the same bytes for every caller: no patient data, so they need no API key. Their
 scripts ask for the key once per tab when the service has one (a 401 answer), keep it in
 ``sessionStorage``, and send it as the ``X-API-Key`` header with every data request (result JSON,
 volumes, thumbnails), never in a URL. NiiVue is vendored under ``/static/vendor`` (see its NIIVUE.md):
@@ -67,6 +68,15 @@ def viewer_page(
     overlay opacity, the volumes, series and model of the result."""
     check_result_id(result_id)  # a malformed id is a 404 here too; an unknown one is the script's 404
     return _page("viewer.html")
+
+
+@router.get("/patients/{patient_id}/timeline/view", response_class=HTMLResponse)
+def timeline_page(
+    patient_id: Annotated[str, PathParam(description="the DICOM PatientID; the page's script reads it")],
+) -> HTMLResponse:
+    """The patient's tumour volumes over time (a chart, each point linking to its viewer) and their change
+    as a table, research use only. The same shell for every patient: the script asks for the data."""
+    return _page("timeline.html")
 
 
 @router.get("/docs", response_class=HTMLResponse, include_in_schema=False)

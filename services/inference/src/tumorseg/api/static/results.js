@@ -25,7 +25,9 @@ async function main() {
   const body = document.querySelector("#results tbody");
   for (const result of page.results) {
     const who = element("td");
-    who.append(element("div", result.patient_id), element("div", result.study_instance_uid, "muted"));
+    const timeline = element("a", "timeline");
+    timeline.href = `/patients/${encodeURIComponent(result.patient_id)}/timeline/view`;
+    who.append(element("div", result.patient_id), element("div", result.study_instance_uid, "muted"), timeline);
     const v = result.volumes_ml;
     const link = element("td");
     if (result.viewer_url) {

@@ -109,6 +109,33 @@ function fillTables(result) {
     : "(not recorded)";
 }
 
+// The change of each region since the patient's previous study with a result of the same model (from the
+// timeline); the link to the timeline page. Shown when there is a prior study; the viewer does not wait.
+async function priorChange(result) {
+  const patient = encodeURIComponent(result.patient_id);
+  document.getElementById("timeline-link").href = `/patients/${patient}/timeline/view`;
+  const timeline = await tumorseg.json(await tumorseg.authorisedFetch(`/patients/${patient}/timeline`));
+  const compared = timeline.studies.filter((s) => s.current_model && s.volumes_ml);
+  const here = compared.findIndex((s) => s.result_id === result.result_id);
+  if (here > 0) {
+    const { element, row } = tumorseg;
+    const prior = compared[here - 1];
+    document.getElementById("prior-date").textContent = `against ${prior.study_date || "an undated study"}; ${timeline.research_note}`;
+    for (const [key, name] of REGIONS) {
+      const now = result.volumes_ml[key];
+      const before = prior.volumes_ml[key];
+      if (now === null || now === undefined || before === null || before === undefined) continue;
+      const delta = now - before;
+      const relative = before >= 1.0 ? ` (${delta >= 0 ? "+" : ""}${((100 * delta) / before).toFixed(0)} %)` : "";
+      const cell = element("td", `${delta >= 0 ? "+" : ""}${delta.toFixed(2)} mL${relative}`, "num");
+      cell.dataset.region = key;
+      document.getElementById("prior").append(row(element("th", name), cell));
+    }
+    document.getElementById("prior-box").hidden = false;
+  }
+  document.documentElement.dataset.priorReady = "true";
+}
+
 function labelToggles(nv, mask, counts) {
   const visible = new Set(Object.keys(LABELS).map(Number));
   const box = document.getElementById("labels");
@@ -166,6 +193,7 @@ async function main() {
   tumorseg.status("loading the volumes…");
   document.getElementById("viewer").hidden = false;
   fillTables(result);
+  priorChange(result).catch(() => { document.documentElement.dataset.priorReady = "false"; });
   const nv = new niivue.Niivue({
     backColor: [0.07, 0.075, 0.09, 1],
     crosshairColor: [0.3, 0.6, 1.0, 1],
