@@ -177,9 +177,15 @@ class TrainConfig:
             values["preprocessing"] = Preprocessing.from_json(values["preprocessing"]).to_json()
         if isinstance(values.get("inputs"), Mapping):
             try:
-                values["inputs"] = InputPolicy.from_json(values["inputs"]).to_json()
+                policy = InputPolicy.from_json(values["inputs"])
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"invalid training config: {exc}") from exc
+            if sorted(policy.named) != sorted(SEQUENCES):  # tumorseg's network takes all four channels
+                raise ValueError(
+                    f"invalid training config: inputs must name each of {list(SEQUENCES)} (required or "
+                    f"optional), got {list(policy.named)}"
+                )
+            values["inputs"] = policy.to_json()
         if isinstance(values.get("modality_dropout"), Mapping):
             values["modality_dropout"] = dict(values["modality_dropout"])
         return cls(**values)
