@@ -78,3 +78,31 @@ def test_one_sr_per_seg_read_back_to_the_json_volumes(
         path.write_bytes(pacs.download_instance(new_sr["orthanc_id"]))
         assert dciodvfy_errors(path) == []
         assert read_report(hd.sr.srread(path)).volumes_ml == pytest.approx(volumes, abs=0.01)
+
+
+def test_one_sr_per_seg_over_dicomweb(
+    orthanc: OrthancEndpoint, plain_study: ConvertedStudy, random_model: Path, tmp_path: Path
+) -> None:
+    """The same over DICOMweb only (STOW-RS, QIDO-RS, WADO-RS): the SR found again by its evidence, and a
+    lost one stored again on the SEG downloaded over WADO-RS."""
+    patient_id = clone_study(plain_study, tmp_path / "clone")
+    upload_folder(orthanc, tmp_path / "clone")
+    settings = segment_settings(
+        "http://127.0.0.1:9",
+        orthanc.auth,
+        random_model,
+        tmp_path / "results",
+        dicomweb_url=f"{orthanc.url}/dicom-web",
+    )
+    with TestClient(create_app(settings)) as web, orthanc.client() as pacs:
+        first = web.post(f"/segment/{patient_id}", params={"store_seg": "true"}).json()
+        again = web.post(f"/segment/{patient_id}", params={"store_seg": "true"}).json()
+        assert first["dicom_sr"]["orthanc_id"] is None and again["dicom_sr"] == first["dicom_sr"]
+        assert _series(pacs, patient_id, "SR") == [(first["dicom_sr"]["series_instance_uid"], 1)]
+        (study,) = pacs.find_studies(patient_id)
+        (sr_series,) = [s for s in pacs.list_series(study.key) if s.modality == "SR"]
+        pacs.delete("series", sr_series.key)
+        retried = web.post(f"/segment/{patient_id}", params={"store_seg": "true"}).json()
+        assert retried["dicom_sr"]["seg_sop_instance_uid"] == first["dicom_seg"]["sop_instance_uid"]
+        assert _series(pacs, patient_id, "SEG") == [(first["dicom_seg"]["series_instance_uid"], 1)]
+        assert _series(pacs, patient_id, "SR") == [(retried["dicom_sr"]["series_instance_uid"], 1)]
