@@ -25,9 +25,7 @@ async function main() {
   const body = document.querySelector("#results tbody");
   for (const result of page.results) {
     const who = element("td");
-    const timeline = element("a", "timeline");
-    timeline.href = `/patients/${encodeURIComponent(result.patient_id)}/timeline/view`;
-    who.append(element("div", result.patient_id), element("div", result.study_instance_uid, "muted"), timeline);
+    who.append(element("div", result.patient_id), element("div", result.study_instance_uid, "muted"));
     const v = result.volumes_ml;
     const link = element("td");
     if (result.viewer_url) {
@@ -37,6 +35,10 @@ async function main() {
     } else {
       link.append(element("span", "(made before the viewer)", "muted"));
     }
+    const timeline = element("a", "patient timeline");
+    timeline.href = `/patients/${encodeURIComponent(result.patient_id)}/timeline/view`;
+    timeline.className = "timeline";
+    link.append(element("br"), timeline);
     const image = element("td");
     image.append(await thumbnail(result.preview_url));
     const tr = row(
