@@ -125,6 +125,10 @@ def wt_ml(labels: sitk.Image) -> float:
     )
 
 
+class Refused(Exception):
+    """The service refused the study (422 modality_missing): no mask, scored as Dice 0."""
+
+
 class Segmenter:
     """The service in-process against one Orthanc: upload a converted case, POST /segment, fetch the mask."""
 
@@ -145,6 +149,8 @@ class Segmenter:
         started = time.perf_counter()
         response = self.client.post(f"/segment/{patient_id}", params={"reference": reference})
         elapsed = time.perf_counter() - started
+        if response.status_code == 422 and response.json().get("code") == "modality_missing":
+            raise Refused(response.json()["detail"])  # e.g. a required series whose registration failed
         if response.status_code != 200:
             sys.exit(
                 f"POST /segment/{patient_id}?reference={reference}: HTTP {response.status_code} {response.text}"
@@ -214,7 +220,13 @@ def measure_seed(seed: int, segmenter: Segmenter, work: Path, motion: str = MOTI
         "truth_wt_ml": round(wt_ml(sitk.ReadImage(str(truth_dir / "seg_flair.nii.gz"))), 1),
     }
     for reference in REFERENCES:
-        result, mask, e2e = segmenter.segment(head_id, reference)
+        try:
+            result, mask, e2e = segmenter.segment(head_id, reference)
+        except Refused as exc:
+            row[reference] = {**dict.fromkeys((*REGIONS, "outside"), 0.0), "refused": str(exc)}
+            row[reference]["registration_error_mm"] = {}
+            say(f"seed {seed}, motion {motion}, reference {reference}: REFUSED (Dice 0): {exc}")
+            continue
         brain = on_lattice(sitk.ReadImage(str(truth_dir / f"brain_{reference}.nii.gz")), mask) > 0
         truth = sitk.ReadImage(str(truth_dir / f"seg_{reference}.nii.gz"))
         row[reference] = {**score(mask, truth, brain), **service_record(result, e2e)}
@@ -346,6 +358,7 @@ def registration_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]
             if None in r[ref]["registration_error_mm"].values()
         }
         out[ref] = {
+            "refused": [r["seed"] for r in rows if "refused" in r[ref]],
             "max_mm": max(errors, default=0.0),
             "mean_mm": round(statistics.fmean(errors), 4) if errors else 0.0,
             "over_1mm": sum(e > 1.0 for e in errors),
