@@ -478,6 +478,11 @@ def register(
         log.warning("registration of %s failed: %s", label, exc)
         reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else "no overlap"
         return _failed(fixed, 0.0, 0.0, 0, identity, label, [reason], moving_head)
+    if after >= before:
+        # The scanner's geometry is itself a start: when no solution beats it by the metric it is the best
+        # one (aligned input whose search wandered off, as small BraTS-like crops do at the coarse level),
+        # kept as identity and judged by the same overlap and coverage as any solution
+        found, after = sitk.Euler3DTransform(identity), before
     overlap, coverage = quality(fixed, moving_head, found)
     registration = Registration(
         found,
