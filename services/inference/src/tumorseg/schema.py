@@ -123,6 +123,15 @@ class MaskGeometry(BaseModel):
 class ModelRef(BaseModel):
     name: str
     version: str
+    backend: Literal["monai-unet", "monai-bundle", "nnunet-v2"] = Field(
+        "monai-unet",
+        description="what runs the network: tumorseg's own MONAI UNet, an imported MONAI bundle or nnU-Net v2",
+    )
+    provenance: dict[str, Any] = Field(
+        default_factory=dict,
+        description="where an imported model came from (bundle name and version; nnU-Net dataset, trainer, "
+        "plans, configuration, folds, checkpoint)",
+    )
     network: Literal["main", "fallback"] = Field(
         "main",
         description="the package's network that segmented the study: 'fallback' (trained to do without the "
@@ -139,15 +148,6 @@ class SegmentResult(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     result_id: str
-    backend: Literal["monai-unet", "monai-bundle", "nnunet-v2"] = Field(
-        "monai-unet",
-        description="what runs the network: tumorseg's own MONAI UNet, an imported MONAI bundle or nnU-Net v2",
-    )
-    provenance: dict[str, Any] = Field(
-        default_factory=dict,
-        description="where an imported model came from (bundle name and version; nnU-Net dataset, trainer, "
-        "plans, configuration, folds, checkpoint)",
-    )
     patient_id: str
     study_instance_uid: str
     series: dict[SequenceName, SeriesRef] = Field(description="the series used, by sequence")
