@@ -1,7 +1,7 @@
 """The one settings object. Nothing else in tumorseg reads ``os.environ``.
 
 Values come from environment variables prefixed ``TUMORSEG_`` and an optional ``.env`` file
-(see CONTRACT.md, "Configuration"). Unusable values are refused when the object is built, with a
+(see docs/contract.md, "Configuration"). Unusable values are refused when the object is built, with a
 message that says how to fix them, so the service fails at start-up rather than on the first request.
 """
 

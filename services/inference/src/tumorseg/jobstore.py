@@ -1,6 +1,6 @@
 """The persistent job store: one SQLite file, ``<results_dir>/jobs.sqlite3``, next to the results.
 
-A job is a segmentation asked for and not necessarily done yet (CONTRACT.md "Jobs"): its request, its
+A job is a segmentation asked for and not necessarily done yet (docs/contract.md "Jobs"): its request, its
 state (``queued`` → ``running`` → ``done`` | ``failed`` | ``skipped``), the stage it is in, the result id it
 was given when it was created, and, once it ended badly, the error ``code`` and ``reason``. Every
 transition is one SQL statement in its own transaction, so a crash leaves each job in a state it was

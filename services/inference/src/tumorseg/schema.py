@@ -1,4 +1,4 @@
-"""The result JSON (CONTRACT.md "Result JSON") as one pydantic model, ``SegmentResult``.
+"""The result JSON (docs/contract.md "Result JSON") as one pydantic model, ``SegmentResult``.
 
 It is the one shape of a result everywhere: the pipeline builds it, ``ResultStore`` writes and reads it,
 the API returns it (and OpenAPI documents it), the CLI writes it to ``result.json``.

@@ -1,5 +1,5 @@
 """Response bodies of the HTTP API that are not the result JSON (``tumorseg.schema``): errors and health,
-exactly the shapes of CONTRACT.md, and the error responses the routes declare in the OpenAPI document."""
+exactly the shapes of docs/contract.md, and the error responses the routes declare in the OpenAPI document."""
 
 from __future__ import annotations
 
