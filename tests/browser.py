@@ -18,6 +18,8 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 # Every host name but 127.0.0.1 fails to resolve: the browser cannot reach another origin, as on a
 # hospital network without internet.
 OFFLINE = "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"
+# WebGL2 without a GPU: ANGLE's software rasteriser (SwiftShader), which NiiVue needs.
+WEBGL = ("--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist")
 
 
 @contextmanager

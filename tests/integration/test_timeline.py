@@ -31,7 +31,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.browser import OFFLINE, chromium, console, requests_sent
+from tests.browser import OFFLINE, WEBGL, chromium, console, requests_sent
 from tests.dicom_factory import unique_patient_id
 from tests.orthanc import OrthancEndpoint, cli_with_env, service_env, upload_folder
 from tests.service import running_service
@@ -171,9 +171,7 @@ def test_timeline_page_in_a_browser(served: Served) -> None:
     page = f"{served.url}/patients/{served.patient_id}/timeline/view"
     assert httpx.get(page).status_code == 200  # the shell is public; its data is not
     assert httpx.get(f"{served.url}/patients/{served.patient_id}/timeline").status_code == 401
-    with chromium(
-        OFFLINE, "--use-angle=swiftshader", "--enable-unsafe-swiftshader", network_log=True
-    ) as driver:
+    with chromium(OFFLINE, *WEBGL, network_log=True) as driver:
         driver.get(page)
         _enter_key(driver)
         WebDriverWait(driver, 60).until(

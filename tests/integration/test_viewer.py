@@ -8,7 +8,6 @@ The screenshots are kept under ``out/test-artifacts/`` (or ``$TUMORSEG_TEST_ARTI
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
@@ -20,12 +19,11 @@ import pytest
 import SimpleITK as sitk
 from numpy.typing import NDArray
 from PIL import Image
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.browser import WEBGL, chromium
 from tests.orthanc import OrthancEndpoint
 from tests.service import running_service
 from tests.studies import UploadedStudy
@@ -39,8 +37,6 @@ KEY = {"X-API-Key": API_KEY}
 ARTIFACTS = Path(
     os.environ.get("TUMORSEG_TEST_ARTIFACTS", Path(__file__).parents[2] / "out" / "test-artifacts")
 )
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 # A label colour on the screenshot: each channel within this of the label's RGB (the overlay at opacity 1
 # over the slices shows the colour itself; anti-aliased edges and the 3D view's shading do not count).
 TOLERANCE = 6
@@ -81,28 +77,8 @@ def served(
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail("Chromium and its driver are missing: `make setup` installs chromium and chromium-driver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",  # root in CI containers
-        "--disable-dev-shm-usage",
-        "--window-size=1400,900",
-        # WebGL2 without a GPU: ANGLE's software rasteriser (SwiftShader), which NiiVue needs.
-        "--use-angle=swiftshader",
-        "--enable-unsafe-swiftshader",
-        "--ignore-gpu-blocklist",
-    ):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=ChromeService(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    try:
+    with chromium(*WEBGL) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _fresh_tab(driver: WebDriver, url: str) -> None:
