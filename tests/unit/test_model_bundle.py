@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import torch
 from typer.testing import CliRunner
 
-from tests.bundles import REGION_OUTPUTS, reference_probabilities, write_bundle, write_channels
+from tests.bundles import reference_probabilities, write_bundle, write_channels
 from tumorseg.cli import app
 from tumorseg.errors import ModelError
 from tumorseg.imaging.preprocess import ModelInput, prepare, zscore_nonzero
@@ -155,6 +155,51 @@ def test_label_map_outputs_become_regions_from_summed_probabilities(case: Path, 
     assert import_bundle(odd, tmp_path / "dropped", labels={"2": "drop"}).is_dir()
 
 
+def test_label_names_are_read_whole(tmp_path: Path) -> None:
+    # BraTS 2023's names spelled out: "non-enhancing" contains "enhancing", and is necrotic core
+    outputs = {
+        "0": "background",
+        "1": "Non-enhancing tumor core",
+        "2": "Surrounding non-enhancing FLAIR hyperintensity",
+        "3": "Enhancing tumor",
+    }
+    network = {"_target_": "torch.nn.Conv3d", "in_channels": 4, "out_channels": 4, "kernel_size": 1}
+    bundle = write_bundle(tmp_path / "bundle", network_def=network, output_def=outputs, activation="softmax")
+    mapped = read_manifest(import_bundle(bundle, tmp_path / "package")).backend_config["outputs"]["labels"]
+    assert mapped == {"0": "background", "1": "ncr", "2": "ed", "3": "et"}
+    renamed = write_bundle(
+        tmp_path / "b2",
+        network_def=network,
+        output_def={**outputs, "1": "non-enhancing lesion"},
+        activation="softmax",
+    )
+    with pytest.raises(ModelError, match="'non-enhancing lesion' has no BraTS label"):
+        import_bundle(renamed, tmp_path / "p2")
+    with pytest.raises(ModelError, match=r"--label names output class\(es\) \['7'\]"):
+        import_bundle(bundle, tmp_path / "p3", labels={"7": "et"})
+
+
+def test_a_package_builds_monai_and_torch_objects_only(tmp_path: Path) -> None:
+    hostile = write_bundle(
+        tmp_path / "a",
+        extra_preprocessing=({"_target_": "subprocess.run", "args": ["touch", str(tmp_path / "ran")]},),
+    )
+    with pytest.raises(ModelError, match="'subprocess.run'.*MONAI and torch.nn objects only"):
+        import_bundle(hostile, tmp_path / "a-out")
+    # A package whose bundle.json was edited after import is refused when it loads, before anything runs
+    package = import_bundle(write_bundle(tmp_path / "b"), tmp_path / "b-out")
+    config = json.loads((package / "bundle.json").read_text())
+    config["preprocessing"].append({"_target_": "subprocess.run", "args": ["touch", str(tmp_path / "ran")]})
+    (package / "bundle.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="'subprocess.run'"):
+        Predictor.from_package(package)
+    config["preprocessing"][-1] = {"_target_": "Identityd", "keys": "image", "_requires_": "$print(1)"}
+    (package / "bundle.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="_requires_"):
+        Predictor.from_package(package)
+    assert not (tmp_path / "ran").exists()
+
+
 def test_bundles_that_cannot_be_honoured_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="not a MONAI bundle"):
         import_bundle(tmp_path, tmp_path / "out")
@@ -193,4 +238,4 @@ def test_import_and_info_from_the_cli(tmp_path: Path) -> None:
         app, ["model", "import-bundle", str(bundle), "--out", str(tmp_path / "x"), "--channel", "T1c=dwi"]
     )
     assert refused.exit_code == 2 and "dwi" in refused.output
-    assert sorted(SEQUENCES) == sorted(info["channels"]) and REGION_OUTPUTS
+    assert sorted(SEQUENCES) == sorted(info["channels"])

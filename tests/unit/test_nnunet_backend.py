@@ -144,3 +144,20 @@ def test_an_existing_package_directory_is_not_overwritten(tmp_path: Path) -> Non
     (tmp_path / "package" / "model.json").write_text("{}")
     with pytest.raises(ModelError, match="not an empty directory"):
         import_nnunet(tmp_path, tmp_path / "package")
+
+
+@pytest.mark.parametrize("reader", ["NibabelIOWithReorient", "SimpleITKIOWithReorient"])
+def test_a_model_trained_through_a_reorienting_reader_is_refused(tmp_path: Path, reader: str) -> None:
+    from tumorseg.model.import_nnunet import import_nnunet
+
+    folder = tmp_path / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    folder.mkdir()
+    dataset = {"channel_names": {"0": "T1"}, "labels": BRATS_2023, "overwrite_image_reader_writer": reader}
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    (folder / "plans.json").write_text("{}")
+    with pytest.raises(ModelError, match=f"{reader}.*cannot run this model as trained"):
+        import_nnunet(folder, tmp_path / "package")
+    dataset["overwrite_image_reader_writer"] = "NibabelIO"  # the same arrays as SimpleITKIO: on to the folds
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    with pytest.raises(ModelError, match=r"fold_0/checkpoint_final.pth is missing"):
+        import_nnunet(folder, tmp_path / "package")

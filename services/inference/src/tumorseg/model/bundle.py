@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 
 from tumorseg.errors import ModelError
 from tumorseg.labels import REGIONS
-from tumorseg.model.foreign import map_channels, region_of_name
+from tumorseg.model.foreign import label_of_name, map_channels, region_of_name
 from tumorseg.model.package import InferenceConfig, ModelManifest, foreign_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,7 @@ def load(directory: Path, manifest: ModelManifest, device: str) -> BundleNetwork
     settings = manifest.backend_config
     try:
         config = json.loads((directory / settings.get("config", CONFIG)).read_text())
+        _refuse_expressions(directory, config)
         weights = directory / settings["weights"]
         if weights.suffix == ".ts":
             network = torch.jit.load(str(weights), map_location=device)
@@ -143,7 +144,7 @@ def load(directory: Path, manifest: ModelManifest, device: str) -> BundleNetwork
             network.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
         config["in_channels"] = len(manifest.preprocessing.channels)
         return BundleNetwork(config, network.to(device).eval(), settings["outputs"], device)
-    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError, ImportError) as exc:
         raise ModelError(f"model package {directory}: the MONAI bundle cannot be loaded ({exc})") from exc
 
 
@@ -253,17 +254,20 @@ def _outputs(
         wrong = {k: v for k, v in chosen.items() if v not in LABEL_PARTS}
         if wrong:
             raise ModelError(f"label mapping {wrong}: each must be one of {list(LABEL_PARTS)}")
-        names = {"necrotic": "ncr", "ncr": "ncr", "netc": "ncr", "edema": "ed", "oedema": "ed", "ed": "ed",
-                 "snfh": "ed", "enhancing": "et", "et": "et", "background": "background"}  # fmt: skip
+        outside = sorted(k for k in chosen if k not in channel_def)
+        if outside:
+            raise ModelError(
+                f"bundle {source}: --label names output class(es) {outside}, the model's are {sorted(channel_def)}"
+            )
         for index, text in channel_def.items():
             if index not in chosen:
-                found = [v for k, v in names.items() if k in text.lower()]
-                if not found:
+                found = label_of_name(text)
+                if found is None:
                     raise ModelError(
                         f"bundle {source}: output class {index} {text!r} has no BraTS label; map it with "
                         "--label INDEX=ncr|ed|et|background|drop"
                     )
-                chosen[index] = found[0]
+                chosen[index] = found
         if not any(v == "et" for v in chosen.values()) or not chosen:
             raise ModelError(f"bundle {source}: the label mapping {chosen} has no enhancing tumour class")
         return {"activation": "softmax", "labels": chosen}
@@ -316,9 +320,23 @@ def _has_target(value: Any) -> bool:
 
 
 def _refuse_expressions(source: Path, kept: Any, where: str = "") -> None:
+    """``ModelError`` unless ``kept`` is plain configuration that builds MONAI or torch objects only: no
+    ``$`` expression, ``@`` reference or ``%`` macro, no ``_requires_``/``_mode_``-style keys, and every
+    ``_target_`` a MONAI name (short names are looked up in MONAI) or under ``monai.`` or ``torch.nn.``.
+    Checked on import and again on every load (a package's ``bundle.json`` may have been edited)."""
     if isinstance(kept, dict):
         for k, v in kept.items():
-            _refuse_expressions(source, v, f"{where}.{k}" if where else str(k))
+            here = f"{where}.{k}" if where else str(k)
+            if str(k).startswith("_") and k != "_target_":
+                raise ModelError(f"bundle {source}: {here}: the key {k!r} is not kept (it can run code)")
+            if k == "_target_" and not (
+                isinstance(v, str) and ("." not in v or v.startswith(("monai.", "torch.nn.")))
+            ):
+                raise ModelError(
+                    f"bundle {source}: {here} is {v!r}; tumorseg builds MONAI and torch.nn objects only, so "
+                    "that loading the package runs no other code"
+                )
+            _refuse_expressions(source, v, here)
     elif isinstance(kept, list):
         for i, v in enumerate(kept):
             _refuse_expressions(source, v, f"{where}[{i}]")

@@ -51,6 +51,47 @@ _REGION_NAMES: dict[str, tuple[str, ...]] = {
 _REGION_BY_NAME = {alias: region for region, aliases in _REGION_NAMES.items() for alias in aliases}
 
 
+# Label-map class names (bundles' output ``channel_def``, nnU-Net's label-based ``labels``) → BraTS class,
+# looked up whole: "non-enhancing tumor core" is NCR, never ET because it contains "enhancing".
+_LABEL_NAMES: dict[str, tuple[str, ...]] = {
+    "background": ("background", "bg"),
+    "ncr": (
+        "ncr",
+        "netc",
+        "ncrnet",
+        "necrosis",
+        "necrotic",
+        "necroticcore",
+        "necrotictumorcore",
+        "necrotictumourcore",
+        "nonenhancingtumor",
+        "nonenhancingtumour",
+        "nonenhancingtumorcore",
+        "nonenhancingtumourcore",
+        "necroticnonenhancingtumorcore",
+    ),
+    "ed": (
+        "ed",
+        "snfh",
+        "edema",
+        "oedema",
+        "peritumoraledema",
+        "peritumouraledema",
+        "peritumouraloedema",
+        "peritumoraloedema",
+        "surroundingnonenhancingflairhyperintensity",
+    ),
+    "et": ("et", "enhancing", "enhancingtumor", "enhancingtumour", "gdenhancingtumor"),
+}
+LABEL_BY_NAME = {alias: role for role, aliases in _LABEL_NAMES.items() for alias in aliases}
+
+
+def label_of_name(name: str) -> str | None:
+    """The BraTS class ("background", "ncr", "ed", "et") a label-map class name stands for, or ``None``;
+    the whole name is looked up (case, spaces and punctuation ignored), never a part of it."""
+    return LABEL_BY_NAME.get(_key(name))
+
+
 def _key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 

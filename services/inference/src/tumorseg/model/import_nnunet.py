@@ -113,6 +113,10 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+# nnU-Net's image readers whose arrays are the ones the backend feeds (SimpleITK's (z, y, x) view)
+READERS = ("None", "SimpleITKIO", "NibabelIO")
+
+
 def _import_folder(
     folder: Path,
     out: Path,
@@ -139,6 +143,14 @@ def _import_folder(
             raise ModelError(f"{source} is not an nnU-Net v2 result folder: {needed} is missing")
     dataset_json = _read_json(folder / "dataset.json")
     plans = _read_json(folder / "plans.json")
+    reader = str(dataset_json.get("overwrite_image_reader_writer") or "SimpleITKIO")
+    if reader not in READERS:
+        # The backend feeds arrays as SimpleITKIO (and NibabelIO, which transposes to match) read them; a
+        # reorienting reader showed the network other axes: it would run, mirrored
+        raise ModelError(
+            f"{source}: dataset.json's overwrite_image_reader_writer is {reader!r}; tumorseg feeds the "
+            f"volumes as {' or '.join(READERS[1:])} read them, so it cannot run this model as trained"
+        )
     parts = folder.name.split("__")
     fold_names = [f"fold_{f}" for f in folds]
     saved: dict[str, dict[str, Any]] = {}

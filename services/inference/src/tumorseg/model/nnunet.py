@@ -59,7 +59,7 @@ from numpy.typing import NDArray
 
 from tumorseg.errors import ModelError
 from tumorseg.labels import REGIONS
-from tumorseg.model.foreign import check_probabilities, region_of_name
+from tumorseg.model.foreign import LABEL_BY_NAME, check_probabilities, region_of_name
 from tumorseg.threads import usable_cpus
 
 log = logging.getLogger(__name__)
@@ -71,37 +71,7 @@ REGION_ROLES = (*REGIONS, DROP)
 REGIONS_FROM = ("probabilities", "labels")
 MIRRORING = ("cuda", "always", "never")
 
-# Label names (dataset.json ``labels`` of label-based models) → BraTS class, keys as ``foreign._key``.
-_LABEL_NAMES: dict[str, tuple[str, ...]] = {
-    "background": ("background", "bg"),
-    "ncr": (
-        "ncr",
-        "netc",
-        "ncrnet",
-        "necrosis",
-        "necrotic",
-        "necroticcore",
-        "necrotictumorcore",
-        "necrotictumourcore",
-        "nonenhancingtumor",
-        "nonenhancingtumour",
-        "nonenhancingtumorcore",
-        "nonenhancingtumourcore",
-        "necroticnonenhancingtumorcore",
-    ),
-    "ed": (
-        "ed",
-        "snfh",
-        "edema",
-        "oedema",
-        "peritumoraledema",
-        "peritumouraloedema",
-        "peritumoraloedema",
-        "surroundingnonenhancingflairhyperintensity",
-    ),
-    "et": ("et", "enhancing", "enhancingtumor", "enhancingtumour", "gdenhancingtumor"),
-}
-_LABEL_BY_NAME = {alias: role for role, aliases in _LABEL_NAMES.items() for alias in aliases}
+_LABEL_BY_NAME = LABEL_BY_NAME  # label-map class names, shared with the bundle importer
 
 
 def _key(name: str) -> str:
