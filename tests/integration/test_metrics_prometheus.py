@@ -87,7 +87,8 @@ def test_prometheus_scrapes_the_api_and_a_worker_through_a_queued_segmentation(
         assert "total" not in stages
         # the API reads the job store: the done job, whatever the worker did
         assert _by_job(_until(prometheus, 'tumorseg_jobs{state="done"} >= 1')) == {"tumorseg-api": 1.0}
-        assert _by_job(prometheus.query('tumorseg_jobs{state="skipped"}')) == {"tumorseg-api": 1.0}
+        # (the skipped job ended just before the 422: wait for a scrape that saw it, as for the done one)
+        assert _by_job(_until(prometheus, 'tumorseg_jobs{state="skipped"} >= 1')) == {"tumorseg-api": 1.0}
         (model,) = _until(prometheus, "tumorseg_model_info == 1")
         labels = model["metric"]
         assert labels["job"] == "tumorseg-worker" and labels["device"] == "cpu"  # type: ignore[index]
