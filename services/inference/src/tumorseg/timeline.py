@@ -20,7 +20,6 @@ response assessment (confirmation scans, steroids, clinical state and new lesion
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,10 +30,11 @@ from tumorseg.jobs import Jobs
 from tumorseg.jobstore import JobStore
 from tumorseg.pacs import Pacs
 from tumorseg.pacs.client import OrthancClient
+from tumorseg.pacs.dicomweb import DicomwebClient
 from tumorseg.records import StudyInfo
 from tumorseg.results import ResultStore
 from tumorseg.schema import Job, JobRequest, SegmentResult
-from tumorseg.trigger import NOT_IMAGES, job_key
+from tumorseg.trigger import images_version, job_key
 
 TIMELINE_REGIONS = ("et", "tc", "wt", "ncr", "ed")
 MIN_REFERENCE_ML = 1.0
@@ -254,18 +254,12 @@ def _compare(entries: list[TimelineEntry]) -> None:
             entry.note = "; ".join(said).capitalize() + ". " + RESEARCH_NOTE
 
 
-def images_version(pacs: Pacs, study: StudyInfo) -> str | None:
-    """What the auto-trigger keys a study's images with (``tumorseg.trigger``): the newest LastUpdate of
-    its image series over Orthanc REST, a hash of the series UIDs and counts over DICOMweb; None for a
-    study without image series."""
-    if isinstance(pacs, OrthancClient):
-        versions = [v for modality, v in pacs.series_versions(study.key) if modality not in NOT_IMAGES]
-        return max(versions) if versions else None
-    series_versions = getattr(pacs, "series_versions", None)
-    if series_versions is None:
+def _images_version(pacs: Pacs, study: StudyInfo) -> str | None:
+    """The auto-trigger's version of the study's images (``trigger.images_version``); None for a PACS
+    client without series versions."""
+    if not isinstance(pacs, OrthancClient | DicomwebClient):
         return None
-    versions = sorted(v for modality, v in series_versions(study.key) if modality not in NOT_IMAGES)
-    return hashlib.sha256("|".join(versions).encode()).hexdigest()[:16] if versions else None
+    return images_version(pacs, study.key)
 
 
 def segment_history(
@@ -282,7 +276,7 @@ def segment_history(
             answer.append(HistoryStudy(study_instance_uid=uid, action="has_result", job_id=entry.job_id))
             continue
         try:
-            version = images_version(pacs, infos[uid])
+            version = _images_version(pacs, infos[uid])
         except PacsNotFound:  # deleted meanwhile
             version = None
         if version is None:

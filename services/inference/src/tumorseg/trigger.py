@@ -40,6 +40,20 @@ SEQ_KEY = "orthanc_changes_seq"
 NOT_IMAGES = frozenset({"SEG", "SR", "PR", "KO", "RTSTRUCT"})  # series that add no image to segment
 
 
+def images_version(pacs: OrthancClient | DicomwebClient, study_key: str) -> str | None:
+    """What a job key holds of a study's images (``study_key``: the client's id of the study): over Orthanc
+    REST the newest LastUpdate of its image series, over DICOMweb a hash of its image series' UIDs and
+    instance counts (what QIDO-RS shows changing while instances arrive); None without image series.
+    The auto-trigger and the timeline's history both key jobs with it, so neither makes a job the other
+    made. ``PacsNotFound`` when the study is gone."""
+    versions = sorted(v for modality, v in pacs.series_versions(study_key) if modality not in NOT_IMAGES)
+    if not versions:
+        return None
+    if isinstance(pacs, DicomwebClient):
+        return hashlib.sha256("|".join(versions).encode()).hexdigest()[:16]
+    return versions[-1]
+
+
 def job_key(study_instance_uid: str, images_version: str, model_tag: str, request: JobRequest) -> str:
     options = request.model_dump_json(exclude={"patient_id", "study"})
     text = "|".join((study_instance_uid, images_version, model_tag, options))
@@ -133,13 +147,11 @@ class OrthancTrigger(AutoTrigger):
         """A job for the study with this Orthanc id, unless one with the same key exists."""
         try:
             study = self.pacs.get_study(study_id)
-            versions = [
-                v for modality, v in self.pacs.series_versions(study_id) if modality not in NOT_IMAGES
-            ]
+            version = images_version(self.pacs, study_id)
         except PacsNotFound:  # deleted since the event
             return
-        if versions:
-            self.submit(study, max(versions))
+        if version is not None:
+            self.submit(study, version)
 
 
 class DicomwebTrigger(AutoTrigger):
@@ -167,14 +179,11 @@ class DicomwebTrigger(AutoTrigger):
         seen: dict[str, tuple[str, float]] = {}  # only the studies still in the window are remembered
         for study in self.pacs.recent_studies(since):
             try:
-                versions = sorted(
-                    v for modality, v in self.pacs.series_versions(study.key) if modality not in NOT_IMAGES
-                )
+                version = images_version(self.pacs, study.key)
             except PacsNotFound:  # deleted since the search
                 continue
-            if not versions:
+            if version is None:
                 continue
-            version = hashlib.sha256("|".join(versions).encode()).hexdigest()[:16]
             before = self._seen.get(study.study_instance_uid)
             if before is None or before[0] != version:  # new, or still receiving instances
                 seen[study.study_instance_uid] = (version, now)
