@@ -8,7 +8,7 @@ APT_PACKAGES := orthanc orthanc-dicomweb dcm2niix dcmtk dicom3tools redis-server
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup system-packages test test-unit lint format demo bench accuracy-clinical train-demo vendor-niivue vendor-swagger clean
+.PHONY: setup system-packages test test-unit lint format demo bench accuracy-clinical train-demo vendor-niivue vendor-swagger clean pin-masks
 
 setup: system-packages $(STAMP)
 
@@ -77,3 +77,8 @@ vendor-swagger:
 
 clean:
 	rm -rf $(VENV) out results .pytest_cache .mypy_cache .ruff_cache
+
+# The bench studies' masks voxel for voxel (scripts/pin_masks.py): run before a refactor, then again with
+# PIN_CHECK=out/pins.json PIN_OUT=out/after.json; fails on any changed voxel.
+pin-masks: setup
+	$(BIN)/python scripts/pin_masks.py
