@@ -41,12 +41,13 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tumorseg.errors import InvalidInput
 from tumorseg.records import SeriesInfo
 from tumorseg.sequences import SEQUENCES
-from tumorseg.study.evidence import read_contrast
+from tumorseg.study.evidence import ContrastConflict, read_contrast
 from tumorseg.study.outcome import MappingProposal, SeriesMapping
 from tumorseg.study.ranking import describe, rank, why_better
 from tumorseg.study.rules import Rules, resolve_rules
@@ -86,10 +87,107 @@ def propose_mapping(
     """Assign series to modalities as far as the rules allow (see the module docstring); never raises
     a ``StudyError``. ``explicit`` maps modality → SeriesInstanceUID and overrides the rules."""
     rules = resolve_rules(rules)
-    wanted = _checked_explicit(explicit)
+    draft = _Draft(rules)
+    explicit_missing = _take_explicit(draft, series, _checked_explicit(explicit))
+    used = {s.series_instance_uid for s in draft.chosen.values()}
+    rest = [s for s in series if s.series_instance_uid not in used]
+    contrast = read_contrast(rest, rules)
+    open_modalities = [m for m in SEQUENCES if m not in draft.chosen and m not in explicit_missing]
+    # A contradiction matters while T1 or T1ce is left to the rules; pinning them settles it.
+    conflicts = contrast.conflicts if {"t1", "t1ce"} & set(open_modalities) else []
+    excluded = {s.series_instance_uid for c in conflicts for s in (c.post, c.pre)}
+    draft.notes.extend(contrast.notes)
+    draft.warnings.extend(contrast.warnings)
+    evaluations = [evaluate(s, rules, contrast.calls.get(s.series_instance_uid)) for s in rest]
+    pool = _assign(draft, _initial_pool(draft, evaluations, excluded), open_modalities)
+    missing = tuple(
+        m
+        for m in SEQUENCES
+        if m not in draft.chosen and m not in draft.ambiguous and m not in explicit_missing
+    )
+    _explain_unfit(draft, pool)
+    near_misses = _near_misses(missing, evaluations, draft)
+    for m in missing:
+        for text in _passed_over(m, evaluations, draft.used_as(), draft.ambiguous, excluded, rules.threshold):
+            draft.notes.append(text)
+            draft.warnings.append(text)
+    proposal = draft.proposal(
+        series,
+        missing=missing,
+        explicit_missing=explicit_missing,
+        near_misses=near_misses,
+        conflicts=tuple(conflicts),
+        study_instance_uid=study_instance_uid,
+    )
+    log.debug(  # sequence names and counts only: no UID or description reaches the log
+        "mapping of %d series: found %s; missing %s; ambiguous %s",
+        len(series),
+        list(proposal.series),
+        list(missing),
+        list(draft.ambiguous),
+    )
+    return proposal
+
+
+@dataclass
+class _Draft:
+    """The mapping being built: series chosen per modality, ambiguous modalities, notes and warnings in
+    the order they arose, and why each series was not used (by SeriesInstanceUID)."""
+
+    rules: Rules
+    chosen: dict[str, SeriesInfo] = field(default_factory=dict)
+    ambiguous: dict[str, tuple[SeriesInfo, ...]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    reasons: dict[str, list[str]] = field(default_factory=dict)
+
+    def add_reason(self, series: SeriesInfo, text: str) -> None:
+        self.reasons.setdefault(series.series_instance_uid, []).append(text)
+
+    def used_as(self) -> dict[str, str]:
+        """SeriesInstanceUID → the modality it was chosen for."""
+        return {s.series_instance_uid: m for m, s in self.chosen.items()}
+
+    def proposal(
+        self,
+        series: Sequence[SeriesInfo],
+        *,
+        missing: tuple[str, ...],
+        explicit_missing: dict[str, str],
+        near_misses: dict[str, str],
+        conflicts: tuple[ContrastConflict, ...],
+        study_instance_uid: str | None,
+    ) -> MappingProposal:
+        """The finished proposal; every series not chosen is listed as rejected with its reasons."""
+        chosen_uids = {s.series_instance_uid for s in self.chosen.values()}
+        rejected = [
+            (s, "; ".join(self.reasons.get(s.series_instance_uid, ["not used"])))
+            for s in series
+            if s.series_instance_uid not in chosen_uids
+        ]
+        modality_counts = Counter(s.modality.upper() for s in series)
+        accepted = {m.upper() for m in self.rules.accepted_modalities}
+        return MappingProposal(
+            series={m: self.chosen[m] for m in SEQUENCES if m in self.chosen},
+            rejected=rejected,
+            notes=self.notes,
+            missing=missing,
+            ambiguous=self.ambiguous,
+            explicit_missing=explicit_missing,
+            near_misses=near_misses,
+            warnings=self.warnings,
+            conflicts=conflicts,
+            modality_counts=dict(modality_counts),
+            has_mr=any(mod in accepted for mod in modality_counts),
+            threshold=self.rules.threshold,
+            study_instance_uid=study_instance_uid,
+        )
+
+
+def _take_explicit(draft: _Draft, series: Sequence[SeriesInfo], wanted: Mapping[str, str]) -> dict[str, str]:
+    """Choose the explicitly given series (rule 1) with a note each; returns the modalities whose
+    explicit UID is not in the study (modality → UID)."""
     by_uid = {s.series_instance_uid: s for s in series}
-    chosen: dict[str, SeriesInfo] = {}
-    notes: list[str] = []
     explicit_missing: dict[str, str] = {}
     for modality in SEQUENCES:
         if modality not in wanted:
@@ -98,32 +196,34 @@ def propose_mapping(
         if picked is None:
             explicit_missing[modality] = wanted[modality]
             continue
-        chosen[modality] = picked
-        why_not = reject_reason(picked, rules)
+        draft.chosen[modality] = picked
+        why_not = reject_reason(picked, draft.rules)
         caveat = f" although the rules would reject it ({why_not})" if why_not else ""
-        notes.append(f"{modality}: {describe(picked)} given explicitly{caveat}")
+        draft.notes.append(f"{modality}: {describe(picked)} given explicitly{caveat}")
+    return explicit_missing
 
-    used = {s.series_instance_uid for s in chosen.values()}
-    rest = [s for s in series if s.series_instance_uid not in used]
-    contrast = read_contrast(rest, rules)
-    open_modalities = [m for m in SEQUENCES if m not in chosen and m not in explicit_missing]
-    # A contradiction matters while T1 or T1ce is left to the rules; pinning them settles it.
-    conflicts = contrast.conflicts if {"t1", "t1ce"} & set(open_modalities) else []
-    excluded = {s.series_instance_uid for c in conflicts for s in (c.post, c.pre)}
-    notes.extend(contrast.notes)
-    warnings = list(contrast.warnings)
-    evaluations = [evaluate(s, rules, contrast.calls.get(s.series_instance_uid)) for s in rest]
-    reasons: dict[str, list[str]] = {
-        e.series.series_instance_uid: [e.reject_reason] for e in evaluations if e.reject_reason is not None
-    }
+
+def _initial_pool(
+    draft: _Draft, evaluations: Sequence[SeriesEvaluation], excluded: set[str]
+) -> list[SeriesEvaluation]:
+    """The series the rules may assign: neither rejected by a rule nor part of a contrast contradiction
+    (``excluded``); the others get their reason."""
+    for e in evaluations:
+        if e.reject_reason is not None:
+            draft.reasons[e.series.series_instance_uid] = [e.reject_reason]
     for uid in excluded:
-        reasons[uid] = ["t1/t1ce: its contrast tags and names contradict each other (see the error)"]
-    pool = [
+        draft.reasons[uid] = ["t1/t1ce: its contrast tags and names contradict each other (see the error)"]
+    return [
         e for e in evaluations if e.reject_reason is None and e.series.series_instance_uid not in excluded
     ]
-    ambiguous: dict[str, tuple[SeriesInfo, ...]] = {}
-    threshold = rules.threshold
 
+
+def _assign(
+    draft: _Draft, pool: list[SeriesEvaluation], open_modalities: Sequence[str]
+) -> list[SeriesEvaluation]:
+    """Greedy assignment, best first (rule 3) of the open modalities; returns the series left unused."""
+    open_modalities = list(open_modalities)
+    threshold = draft.rules.threshold
     while open_modalities:
         pairs = [(e, m) for e in pool for m in open_modalities if e.scores[m].score >= threshold]
         if not pairs:
@@ -132,67 +232,89 @@ def propose_mapping(
         open_modalities.remove(modality)
         candidates = sorted(
             (e for e in pool if e.scores[modality].score >= threshold),
-            key=lambda e: rank(e, modality, rules),
+            key=lambda e: rank(e, modality, draft.rules),
             reverse=True,
         )
-        best_rank = rank(candidates[0], modality, rules)
-        tied = [e for e in candidates if rank(e, modality, rules) == best_rank]
+        best_rank = rank(candidates[0], modality, draft.rules)
+        tied = [e for e in candidates if rank(e, modality, draft.rules) == best_rank]
         if len(tied) > 1:
-            ambiguous[modality] = tuple(e.series for e in tied)
-            for e in tied:
-                others = " and ".join(describe(o.series) for o in tied if o is not e)
-                reasons.setdefault(e.series.series_instance_uid, []).append(
-                    f"{modality}: ambiguous, fits exactly as well as {others}"
-                )
-            for e in candidates[len(tied) :]:
-                reasons.setdefault(e.series.series_instance_uid, []).append(
-                    f"{modality}: ranked below the ambiguous candidates"
-                )
+            _mark_ambiguous(draft, modality, tied, candidates[len(tied) :])
             pool = [e for e in pool if e not in tied]
-            continue
-        winner = candidates[0]
-        chosen[modality] = winner.series
-        pool.remove(winner)
-        narrow = _narrow_margin(winner, candidates[1:] or pool, modality, rules)
-        if narrow:
-            warnings.append(narrow)
-        if len(candidates) > 1:
-            notes.append(
-                f"{modality}: chose {describe(winner.series)} over {describe(candidates[1].series)} "
-                f"({why_better(winner, candidates[1], modality, rules)})" + (f"; {narrow}" if narrow else "")
-            )
-            for e in candidates[1:]:
-                reasons.setdefault(e.series.series_instance_uid, []).append(
-                    f"{modality}: {describe(winner.series)} preferred ({why_better(winner, e, modality, rules)})"
-                )
-        elif narrow:
-            notes.append(narrow)
-        if winner.scores[modality].physics_contradiction:
-            notes.append(
-                f"{modality}: {describe(winner.series)} chosen although its physics contradict it: "
-                + "; ".join(winner.scores[modality].evidence)
-            )
+        else:
+            pool.remove(candidates[0])
+            _take_winner(draft, modality, candidates, pool)
+    return pool
 
-    chosen_uids = {s.series_instance_uid for s in chosen.values()}
-    near_misses: dict[str, str] = {}
-    missing = tuple(
-        m for m in SEQUENCES if m not in chosen and m not in ambiguous and m not in explicit_missing
-    )
+
+def _mark_ambiguous(
+    draft: _Draft, modality: str, tied: Sequence[SeriesEvaluation], below: Sequence[SeriesEvaluation]
+) -> None:
+    """Leave ``modality`` unfilled: its best candidates are equal on the whole tie-break key."""
+    draft.ambiguous[modality] = tuple(e.series for e in tied)
+    for e in tied:
+        others = " and ".join(describe(o.series) for o in tied if o is not e)
+        draft.add_reason(e.series, f"{modality}: ambiguous, fits exactly as well as {others}")
+    for e in below:
+        draft.add_reason(e.series, f"{modality}: ranked below the ambiguous candidates")
+
+
+def _take_winner(
+    draft: _Draft, modality: str, candidates: Sequence[SeriesEvaluation], pool: Sequence[SeriesEvaluation]
+) -> None:
+    """Fill ``modality`` with the first of the ranked ``candidates`` (already out of ``pool``), with the
+    notes on the choice, a narrow margin and physics that contradict it."""
+    winner = candidates[0]
+    draft.chosen[modality] = winner.series
+    narrow = _narrow_margin(winner, candidates[1:] or pool, modality, draft.rules)
+    if narrow:
+        draft.warnings.append(narrow)
+    if len(candidates) > 1:
+        draft.notes.append(
+            f"{modality}: chose {describe(winner.series)} over {describe(candidates[1].series)} "
+            f"({why_better(winner, candidates[1], modality, draft.rules)})"
+            + (f"; {narrow}" if narrow else "")
+        )
+        for e in candidates[1:]:
+            draft.add_reason(
+                e.series,
+                f"{modality}: {describe(winner.series)} preferred ({why_better(winner, e, modality, draft.rules)})",
+            )
+    elif narrow:
+        draft.notes.append(narrow)
+    if winner.scores[modality].physics_contradiction:
+        draft.notes.append(
+            f"{modality}: {describe(winner.series)} chosen although its physics contradict it: "
+            + "; ".join(winner.scores[modality].evidence)
+        )
+
+
+def _explain_unfit(draft: _Draft, pool: Sequence[SeriesEvaluation]) -> None:
+    """A reason for each series left in the pool without one: no modality reached the threshold."""
+    chosen_uids = {s.series_instance_uid for s in draft.chosen.values()}
+    threshold = draft.rules.threshold
     for e in pool:
         uid = e.series.series_instance_uid
-        if uid in chosen_uids or uid in reasons:
+        if uid in chosen_uids or uid in draft.reasons:
             continue
         best = e.best()
         if best is not None:
-            reasons[uid] = [
+            draft.reasons[uid] = [
                 f"no modality fits: best {best.modality} scored {best.score:g} < threshold {threshold:g} "
                 f"({'; '.join(best.evidence) or 'no evidence'})"
             ]
-    used_as = {s.series_instance_uid: m for m, s in chosen.items()}
+
+
+def _near_misses(
+    missing: Sequence[str], evaluations: Sequence[SeriesEvaluation], draft: _Draft
+) -> dict[str, str]:
+    """For each missing modality, the best-scoring series, used elsewhere or not: "t1ce: series 7 (used
+    as t1) scored 2 (contrast unknown -5)" tells the user why a post-contrast T1 without contrast
+    evidence was not taken."""
+    used_as = draft.used_as()
+    threshold = draft.rules.threshold
+    near_misses: dict[str, str] = {}
+    scored = [e for e in evaluations if e.scores]
     for m in missing:
-        # The best-scoring series, used elsewhere or not: "t1ce: series 7 (used as t1) scored 2 (contrast
-        # unknown -5)" tells the user why a post-contrast T1 without contrast evidence was not taken.
-        scored = [e for e in evaluations if e.scores]
         if scored:
             top = max(scored, key=lambda e: e.scores[m].score)
             ev = top.scores[m]
@@ -201,42 +323,7 @@ def propose_mapping(
                 f"{describe(top.series)}{f' (used as {role})' if role else ''} scored {ev.score:g} "
                 f"< {threshold:g} ({'; '.join(ev.evidence) or 'no evidence'})"
             )
-
-    for m in missing:
-        for text in _passed_over(m, evaluations, used_as, ambiguous, excluded, threshold):
-            notes.append(text)
-            warnings.append(text)
-
-    rejected = [
-        (s, "; ".join(reasons.get(s.series_instance_uid, ["not used"])))
-        for s in series
-        if s.series_instance_uid not in chosen_uids
-    ]
-    modality_counts = Counter(s.modality.upper() for s in series)
-    accepted = {m.upper() for m in rules.accepted_modalities}
-    proposal = MappingProposal(
-        series={m: chosen[m] for m in SEQUENCES if m in chosen},
-        rejected=rejected,
-        notes=notes,
-        missing=missing,
-        ambiguous=ambiguous,
-        explicit_missing=explicit_missing,
-        near_misses=near_misses,
-        warnings=warnings,
-        conflicts=tuple(conflicts),
-        modality_counts=dict(modality_counts),
-        has_mr=any(mod in accepted for mod in modality_counts),
-        threshold=threshold,
-        study_instance_uid=study_instance_uid,
-    )
-    log.debug(  # sequence names and counts only: no UID or description reaches the log
-        "mapping of %d series: found %s; missing %s; ambiguous %s",
-        len(series),
-        list(proposal.series),
-        list(missing),
-        list(ambiguous),
-    )
-    return proposal
+    return near_misses
 
 
 def _narrow_margin(
