@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := orthanc orthanc-dicomweb dcm2niix dcmtk dicom3tools redis-server chromium chromium-driver prometheus
+APT_PACKAGES := orthanc orthanc-dicomweb dcm2niix dcmtk dicom3tools redis-server chromium chromium-driver prometheus postgresql
 # torch is pinned for the CPU machines this is developed on; the Docker image brings its own build.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.setup-stamp

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.orthanc import TEST_ORTHANC, OrthancEndpoint
+from tests.postgres import LocalPostgres
 from tumorseg.pacs import OrthancClient
 from tumorseg.pacs.local import LocalOrthanc, LocalRedis
 
@@ -54,4 +55,26 @@ def own_orthanc(tmp_path: Path) -> Iterator[LocalOrthanc]:
 def redis_server(tmp_path: Path) -> Iterator[LocalRedis]:
     """A private Redis (the Debian ``redis-server``, installed by ``make setup``) for one test."""
     with LocalRedis(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[LocalPostgres]:
+    """One PostgreSQL server (Debian's ``postgresql``) for the whole run; tests take databases from it."""
+    with LocalPostgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres(postgres_server: LocalPostgres) -> Iterator[str]:
+    """The URL of a fresh, empty database on the session's server, dropped after the test."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url.rsplit("/", 1)[1])
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[LocalPostgres]:
+    """A private PostgreSQL server that a test may stop and restart (fault tests)."""
+    with LocalPostgres() as server:
         yield server
