@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tumorseg.config import Settings
-from tumorseg.queue import STOP_TIMEOUT_S
+from tumorseg.jobs.queue import STOP_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"

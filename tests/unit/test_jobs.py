@@ -21,7 +21,7 @@ from tumorseg.errors import (
     error_classes,
     error_from_code,
 )
-from tumorseg.jobs import Jobs
+from tumorseg.jobs import EmbeddedRunner
 from tumorseg.jobstore import _SCHEMA, ACTIVE, JOBS_DB, JobStore
 from tumorseg.results import ResultStore, new_result_id
 from tumorseg.schema import JobRequest
@@ -98,7 +98,7 @@ def test_the_runner_records_how_a_job_ended(tmp_path: Path, error: Exception, st
     store = JobStore(tmp_path)
     results = ResultStore(tmp_path, jobs=store)
     segmenter = _Segmenter(error)
-    jobs = Jobs(store, lambda: segmenter)  # type: ignore[arg-type,return-value]
+    jobs = EmbeddedRunner(store, lambda: segmenter)  # type: ignore[arg-type,return-value]
     job = jobs.submit(JobRequest(patient_id="P1"))
     with pytest.raises(ResultPending):
         results.read(job.result_id)
@@ -117,7 +117,7 @@ def test_the_runner_records_how_a_job_ended(tmp_path: Path, error: Exception, st
 
 def test_a_malformed_request_is_refused_before_a_job_exists(tmp_path: Path) -> None:
     store = JobStore(tmp_path)
-    jobs = Jobs(store, lambda: None)  # type: ignore[arg-type,return-value]
+    jobs = EmbeddedRunner(store, lambda: None)  # type: ignore[arg-type,return-value]
     with pytest.raises(InvalidInput):
         jobs.submit(JobRequest(patient_id="P1", study="1.2.x"))
     assert store.list()[1] == 0

@@ -23,12 +23,12 @@ from tests.orthanc import service_settings
 from tumorseg import metrics
 from tumorseg.api.main import create_app
 from tumorseg.errors import ModalityMissing, ModelError
-from tumorseg.jobs import Jobs
+from tumorseg.jobs import EmbeddedRunner
 from tumorseg.jobstore import JobStore
 from tumorseg.model import fused
 from tumorseg.model.predictor import Predictor
 from tumorseg.pacs import OrthancClient
-from tumorseg.trigger import OrthancTrigger
+from tumorseg.trigger import AutoTrigger
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_YML = ROOT / "services" / "prometheus" / "prometheus.yml"
@@ -185,7 +185,7 @@ def test_the_stages_of_a_run_are_observed_also_when_it_fails() -> None:
 def test_the_auto_trigger_sets_the_leader_gauge_while_it_runs(tmp_path: Path) -> None:
     store = JobStore(tmp_path)
     with OrthancClient("http://127.0.0.1:9", None, 1.0) as pacs:  # nobody there: it retries meanwhile
-        trigger = OrthancTrigger(pacs, Jobs(store, lambda: None), "tiny 0", poll_s=0.1)  # type: ignore[arg-type,return-value]
+        trigger = AutoTrigger(pacs, EmbeddedRunner(store, lambda: None), "tiny 0", poll_s=0.1)  # type: ignore[arg-type,return-value]
         trigger.start()
         assert value("tumorseg_trigger_leader") == 1
         trigger.stop()

@@ -57,9 +57,9 @@ def worker() -> None:
     import threading
 
     from tumorseg import logs, metrics
-    from tumorseg.jobs import Jobs
+    from tumorseg.jobs import QueuedRunner
+    from tumorseg.jobs.queue import redacted
     from tumorseg.model.device import resolve_device
-    from tumorseg.queue import redacted
     from tumorseg.wiring import build_segmenter, load_predictor, open_jobs, open_queue, open_store
 
     settings = get_settings()
@@ -99,7 +99,7 @@ def worker() -> None:
     with _pacs() as pacs:
         store = open_store(settings, job_store)
         segmenter = build_segmenter(settings, pacs, predictor, store)
-        queue.work(Jobs(job_store, lambda: segmenter, queue, store).work, stop)
+        queue.work(QueuedRunner(job_store, lambda: segmenter, queue, store).work, stop)
     job_store.close()
     queue.close()
 

@@ -7,10 +7,12 @@ registration, brain extraction). Both faces therefore run the same pipeline the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from tumorseg.config import Settings
 from tumorseg.imaging.brain import get_extractor
-from tumorseg.jobs import Jobs
+from tumorseg.jobs import EmbeddedRunner, Jobs, QueuedRunner
+from tumorseg.jobs.queue import JobQueue
 from tumorseg.jobstore import JobStore
 from tumorseg.memory import keep_freed_memory, reserve_heap
 from tumorseg.model.device import configure_threads
@@ -18,7 +20,6 @@ from tumorseg.model.predictor import Predictor
 from tumorseg.pacs import OrthancClient, Pacs
 from tumorseg.pacs.dicomweb import DicomwebClient
 from tumorseg.pipeline import Segmenter
-from tumorseg.queue import JobQueue
 from tumorseg.results import ResultStore
 from tumorseg.trigger import AutoTrigger, DicomwebTrigger, OrthancTrigger
 
@@ -70,6 +71,19 @@ def open_queue(settings: Settings) -> JobQueue | None:
     if settings.queue_url is None:
         return None
     return JobQueue(settings.queue_url, settings.queue_heartbeat_s)
+
+
+def open_runner(
+    settings: Settings,
+    store: JobStore,
+    segmenter: Callable[[], Segmenter],
+    results: ResultStore,
+    queue: JobQueue | None,
+) -> Jobs:
+    """The job runner of the mode in use: jobs run in this process, or through ``queue`` by workers."""
+    if queue is None:
+        return EmbeddedRunner(store, segmenter)
+    return QueuedRunner(store, segmenter, queue, results, settings.queue_size)
 
 
 def load_predictor(settings: Settings, device: str) -> Predictor:

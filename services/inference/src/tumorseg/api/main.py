@@ -20,13 +20,20 @@ from tumorseg.api.routes import health, jobs, pages, results, segment, timeline
 from tumorseg.config import Settings, get_settings
 from tumorseg.errors import ModelError
 from tumorseg.export.dicom_seg import algorithm_tag
-from tumorseg.jobs import Jobs
+from tumorseg.jobs.queue import redacted
 from tumorseg.logs import request_id_var
 from tumorseg.memory import keep_freed_memory
 from tumorseg.model.device import resolve_device
 from tumorseg.model.package import read_manifest
-from tumorseg.queue import redacted
-from tumorseg.wiring import load_predictor, open_jobs, open_pacs, open_queue, open_store, open_trigger
+from tumorseg.wiring import (
+    load_predictor,
+    open_jobs,
+    open_pacs,
+    open_queue,
+    open_runner,
+    open_store,
+    open_trigger,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # The service still starts: /health says degraded and /segment answers 503 with the reason.
             log.error("model not loaded: %s", exc.detail)
             state.model_error = exc.detail
-        state.jobs = Jobs(job_store, state.segmenter, queue, state.store, settings.queue_size)
+        state.jobs = open_runner(settings, job_store, state.segmenter, state.store, queue)
         state.jobs.start()
         trigger = None
         if settings.auto_segment and manifest is not None:

@@ -22,8 +22,8 @@ def health(state: StateDep) -> Health:
         reachable, version = True, None if answer.get("Version") is None else str(answer["Version"])
     except PacsError:
         reachable, version = False, None  # over DICOMweb a reachable PACS has no version either
-    queue = state.job_runner().queue
-    queue_health = None if queue is None else QueueHealth(reachable=queue.reachable(HEALTH_PACS_TIMEOUT_S))
+    queue = state.job_runner().queue_reachable(HEALTH_PACS_TIMEOUT_S)
+    queue_health = None if queue is None else QueueHealth(reachable=queue)
     return Health(
         status="ok"
         if reachable and state.model.loaded and (queue_health is None or queue_health.reachable)

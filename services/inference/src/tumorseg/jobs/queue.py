@@ -7,9 +7,9 @@ own set until the worker acknowledges it; every worker writes a heartbeat to Red
 to it (its delay-queue consumer polls about once a second, also while the one job thread is busy), and a
 worker that has sent none for ``heartbeat_s`` (SIGKILL, power loss, a lost network) is dead: the next
 maintenance pass, which runs with every command an idle worker sends for the queue, puts its messages
-back, and another worker takes the job. Delivery is therefore at least once; ``Jobs.work`` makes a
-second delivery of a job that is done, or that a live worker is running, a no-op, and the API's sweep
-(``Jobs.sweep``) sends again a job that no message stands for any more (``pending``).
+back, and another worker takes the job. Delivery is therefore at least once; ``QueuedRunner.work`` makes
+a second delivery of a job that is done, or that a live worker is running, a no-op, and the API's sweep
+(``QueuedRunner.sweep``) sends again a job that no message stands for any more (``pending``).
 
 dramatiq's TimeLimit middleware is not used: it works only in dramatiq's own worker command, and a
 segmentation is bounded by its own limits (input sizes, Orthanc timeouts, the stable wait).

@@ -1,0 +1,60 @@
+"""The embedded runner (the default, no ``TUMORSEG_QUEUE_URL``): jobs run in the API process itself.
+
+A runner thread takes the oldest queued job from the store, one at a time; jobs that a crashed process
+was running are queued again when the runner starts, since it is the only process that runs this
+store's jobs. ``POST /segment`` runs in the request's own thread after taking a place in the
+``Segmenter``'s line (``Busy`` when it is full).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from tumorseg.jobs.runner import Jobs, segment_request
+from tumorseg.jobstore import JobStore
+from tumorseg.pipeline import Segmenter
+from tumorseg.results import new_result_id
+from tumorseg.schema import Job, JobRequest, SegmentResult
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_S = 5.0  # the runner also looks for queued jobs this often (one queued by another process)
+STALE_S = 60.0  # only the unlikely second runner on a store would read a heartbeat
+
+
+class EmbeddedRunner(Jobs):
+    def __init__(self, store: JobStore, segmenter: Callable[[], Segmenter]) -> None:
+        super().__init__(store, segmenter, STALE_S)
+        self._wake = threading.Event()
+
+    def _dispatch(self, job: Job) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        requeued = self.store.requeue_running()
+        if requeued:
+            log.warning("%d job(s) left running by a previous process queued again", requeued)
+        super().start()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        self._stop.set()
+        self._wake.set()
+        return super().stop(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            job = self.store.claim_next()
+            if job is None:
+                self._wake.wait(IDLE_POLL_S)
+                self._wake.clear()
+                continue
+            self.run(job)
+
+    def segment(self, request: JobRequest) -> SegmentResult:
+        segment_request(request)  # InvalidInput before any job exists
+        segmenter = self._segmenter()  # ModelError before any job exists
+        with segmenter.admitted():  # Busy when the line is full
+            job = self.store.create(request, "segment", new_result_id(), running=True)
+            return self._execute(job, lambda: segmenter)
