@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := orthanc orthanc-dicomweb dcm2niix dcmtk dicom3tools redis-server chromium chromium-driver prometheus postgresql
-# torch is pinned for the CPU machines this is developed on; the Docker image brings its own build.
+# The torch every test runs on; the Docker image installs this version too, as a CUDA build
+# (services/inference/Dockerfile's TORCH_VERSION; tests/unit/test_image_pins.py keeps the two equal).
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.setup-stamp
 

@@ -238,31 +238,7 @@ def test_orthanc_image_is_the_official_one_pinned_and_the_same_in_ci(
     assert set(ci_images) == {image}, f"ci.yml tests against {ci_images}, compose deploys {image}"
 
 
-def test_inference_base_image_is_pinned_with_cuda() -> None:
-    args = {
-        name: value
-        for keyword, rest in dockerfile_instructions()
-        if keyword == "ARG"
-        for name, _, value in [rest.partition("=")]
-    }
-    froms = [rest.split()[0] for keyword, rest in dockerfile_instructions() if keyword == "FROM"]
-    assert len(froms) >= 2, "build the wheel in one stage and run it in another"
-    for base in froms:
-        resolved = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), base)
-        repository, _, tag = resolved.partition(":")
-        assert repository == "pytorch/pytorch", resolved
-        assert re.match(r"\d+\.\d+\.\d+-cuda", tag), f"pin a CUDA build of torch, not {resolved!r}"
-
-
-def test_pip_keeps_the_torch_of_the_base_image() -> None:
-    runs = " ".join(rest for keyword, rest in dockerfile_instructions() if keyword == "RUN")
-    installs = re.findall(r"pip install [^&;]*", runs)
-    assert installs, "the Dockerfile installs nothing with pip"
-    for command in installs:
-        assert "--constraint" in command or "--no-deps" in command, (
-            f"`{command}` may let pip replace the image's torch; install under a torch constraint"
-        )
-        assert not re.search(r"\btorch\b", command), f"`{command}` installs torch itself"
+# The base image and the torch it installs: tests/unit/test_image_pins.py
 
 
 # ---- healthchecks, start order, GPU ---------------------------------------------------------------
