@@ -32,8 +32,13 @@ def is_weak_key(key: str) -> bool:
 class Settings(BaseSettings):
     """Validated configuration; build it once (``get_settings()``) and pass it down."""
 
+    # hide_input_in_errors: a refused value is not echoed back (a database URL or key carries a secret)
     model_config = SettingsConfigDict(
-        env_prefix="TUMORSEG_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="TUMORSEG_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        hide_input_in_errors=True,
     )
 
     orthanc_url: str = Field(default="http://localhost:8042", description="Base URL of Orthanc's REST API.")
@@ -126,6 +131,12 @@ class Settings(BaseSettings):
         description="Distributed mode: redis://host:port/db of the Redis that carries jobs to `tumorseg "
         "worker` processes (unset: jobs run in the API process).",
     )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="postgresql://user:password@host:port/db: jobs, the auto-trigger's cursors and the "
+        "results (JSON and files) live in this PostgreSQL, and no results directory is used; its schema is "
+        "migrated at start-up (or by `tumorseg db upgrade`). Unset: SQLite and TUMORSEG_RESULTS_DIR.",
+    )
     queue_heartbeat_s: float = Field(
         default=60.0,
         ge=10,
@@ -188,6 +199,20 @@ class Settings(BaseSettings):
         if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
             raise ValueError(
                 f"TUMORSEG_QUEUE_URL must be a Redis URL like redis://redis:6379/0, not {parts.scheme!r}://…"
+            )
+        return value
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _check_database_url(cls, value: object) -> object:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return None
+        parts = urlsplit(str(raw))
+        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname or not parts.path.strip("/"):
+            raise ValueError(
+                f"TUMORSEG_DATABASE_URL must be a PostgreSQL URL like postgresql://user:password@host:5432/"
+                f"tumorseg, not {parts.scheme!r}://… (host and database name are needed)"
             )
         return value
 

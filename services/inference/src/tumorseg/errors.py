@@ -23,7 +23,9 @@
     ├── InvalidInput                 a value the caller sent is malformed               → 422
     ├── ModelError                   the model package cannot be loaded or run          → 503
     ├── Busy                         the inference queue is full (Retry-After)          → 503
-    └── QueueUnavailable             Redis (TUMORSEG_QUEUE_URL) not reachable            → 503
+    ├── QueueUnavailable             Redis (TUMORSEG_QUEUE_URL) not reachable            → 503
+    ├── DatabaseUnavailable          PostgreSQL (TUMORSEG_DATABASE_URL) not reachable    → 503
+    └── DatabaseSchemaError          the database's schema is newer than this code (start-up)
 
 Library errors are wrapped where they enter (``raise PacsTimeout(...) from exc``). The HTTP status of
 each class is decided in one place only: ``tumorseg.api.errors``. Messages are written for the user
@@ -148,6 +150,14 @@ class Busy(_RetryLater):
 
 class QueueUnavailable(_RetryLater):
     code = "queue_unavailable"
+
+
+class DatabaseUnavailable(_RetryLater):
+    code = "database_unavailable"
+
+
+class DatabaseSchemaError(TumorsegError):
+    code = "database_schema"
 
 
 def error_classes(cls: type[TumorsegError] = TumorsegError) -> list[type[TumorsegError]]:

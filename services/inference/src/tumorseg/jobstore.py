@@ -10,23 +10,34 @@ A process running a job writes ``heartbeat_at`` every few seconds (``beat``). In
 whose heartbeat is older than half the queue's heartbeat timeout belongs to a dead worker, and the
 worker that the queue redelivers it to may claim it (``claim``).
 
-SQLite in WAL mode serves the processes of one host (the API, its runner thread, workers sharing the
-results volume). WAL needs shared memory, so the file must not be on a network filesystem; across
-hosts a server database (PostgreSQL) would replace it behind the same methods.
+``JobStore`` is the interface; two engines implement it with the same methods and one shared test suite:
+``SqliteJobStore`` here, and ``tumorseg.db.jobs.PgJobStore`` (``TUMORSEG_DATABASE_URL``). SQLite in WAL
+mode serves the processes of one host (the API, its runner thread, workers sharing the results volume).
+WAL needs shared memory, so the file must not be on a network filesystem; across hosts, PostgreSQL.
+
+The auto-trigger's idempotency key is UNIQUE (an index), and ``create`` relies on it: of two processes
+creating a job for one key, one inserts and the other gets that job back. A store written before the index
+existed may hold duplicate keys (two API processes racing): opening it keeps every job and clears the key
+of all but the oldest job of each key (that one still marks the study as done), then builds the index.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from tumorseg.errors import InvalidInput
 from tumorseg.schema import Job, JobOrigin, JobRequest, JobState
+
+log = logging.getLogger(__name__)
 
 JOBS_DB = "jobs.sqlite3"
 MAX_OFFSET = 2**31  # SQLite integers are 64-bit; no job list is longer than this
@@ -53,19 +64,18 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
-CREATE INDEX IF NOT EXISTS jobs_key ON jobs (key);
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_instance_uid);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-_COLUMNS = (
+COLUMNS = (
     "job_id, state, stage, origin, request, patient_id, study_instance_uid, result_id, code, reason, "
     "attempts, created_at, started_at, finished_at"
 )
 
 
 # What claiming a job sets; the two parameters are the time, for started_at and heartbeat_at.
-_CLAIM = "state = 'running', stage = NULL, attempts = attempts + 1, started_at = ?, heartbeat_at = ?"
+CLAIM = "state = 'running', stage = NULL, attempts = attempts + 1, started_at = ?, heartbeat_at = ?"
 
 
 def _iso(seconds: float | None) -> str | None:
@@ -74,7 +84,13 @@ def _iso(seconds: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def _job(row: sqlite3.Row) -> Job:
+def check_page(limit: int, offset: int) -> None:
+    if not 1 <= limit <= 1000 or not 0 <= offset <= MAX_OFFSET:
+        raise InvalidInput(f"limit must be 1..1000 and offset 0..{MAX_OFFSET}")
+
+
+def job_from_row(row: Mapping[str, Any] | sqlite3.Row) -> Job:
+    """A job from a row of ``_COLUMNS`` (either engine's)."""
     return Job(
         job_id=row["job_id"],
         state=row["state"],
@@ -94,7 +110,117 @@ def _job(row: sqlite3.Row) -> Job:
     )
 
 
-class JobStore:
+class JobStore(ABC):
+    """The job store's interface (see the module docstring); ``JobStore(root)`` still builds the SQLite
+    store, as it did before there were two engines."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> JobStore:
+        return super().__new__(SqliteJobStore if cls is JobStore else cls)
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def create(
+        self,
+        request: JobRequest,
+        origin: JobOrigin,
+        result_id: str,
+        key: str | None = None,
+        *,
+        running: bool = False,
+    ) -> Job:
+        """A new ``queued`` job, or with ``running`` one already claimed by the caller (a synchronous
+        request run in its own thread); ``key`` (the auto-trigger's idempotency key) marks what it
+        segments. When a job with ``key`` exists already (another process created it first), that job,
+        unchanged: its ``result_id`` is not the one given, which tells the caller it created nothing."""
+
+    @abstractmethod
+    def get(self, job_id: str) -> Job | None: ...
+
+    @abstractmethod
+    def by_result(self, result_id: str) -> Job | None: ...
+
+    @abstractmethod
+    def list(
+        self,
+        *,
+        state: JobState | None = None,
+        patient_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[Job], int]:
+        """A page of jobs, newest first, and how many match in all."""
+
+    @abstractmethod
+    def claim_next(self) -> Job | None:
+        """The oldest queued job, now ``running``; ``None`` when none is queued."""
+
+    @abstractmethod
+    def claim(self, job_id: str, stale_s: float) -> Job | None:
+        """Job ``job_id``, now ``running`` for the caller, if it is queued or its runner's heartbeat is
+        older than ``stale_s`` (a dead worker's job, redelivered); ``None`` if it has ended or a live
+        process runs it (a duplicate delivery), or if there is no such job."""
+
+    @abstractmethod
+    def beat(self, job_id: str, attempt: int) -> bool:
+        """The process running attempt ``attempt`` of the job is alive; ``False`` when that attempt no
+        longer holds the job (another process took it over, or it ended)."""
+
+    @abstractmethod
+    def unfinished(self, stale_s: float) -> tuple[str, ...]:
+        """Ids of the jobs no live process has in hand for ``stale_s``: queued at least that long ago
+        (a job just created is being sent), or running with a heartbeat older than that; oldest first.
+        The API's sweep sends those that no message in Redis stands for again."""
+
+    @abstractmethod
+    def set_stage(self, job_id: str, stage: str, attempt: int) -> None: ...
+
+    @abstractmethod
+    def finish(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        attempt: int | None = None,
+        study_instance_uid: str | None = None,
+        code: str | None = None,
+        reason: str | None = None,
+    ) -> bool:
+        """Record how the job ended; with ``attempt``, only if that attempt still holds it (a worker that
+        was taken for dead does not overwrite the run that took its job over). Whether it was recorded."""
+
+    @abstractmethod
+    def delete(self, job_id: str) -> None: ...
+
+    @abstractmethod
+    def requeue_running(self) -> int:
+        """Put back the jobs a process that died was running (the embedded runner calls this at start,
+        as the only process that runs jobs from this store). Returns how many. A synchronous request's
+        job (origin ``segment``) is not run again, since nobody waits for it any more: it fails
+        ``interrupted``, and its caller, who got no answer, asks again."""
+
+    @abstractmethod
+    def has_key(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def has_study(self, study_instance_uid: str) -> bool: ...
+
+    @abstractmethod
+    def get_meta(self, name: str) -> str | None:
+        """A named value of the store (the auto-trigger's cursor), ``None`` if never set."""
+
+    @abstractmethod
+    def set_meta(self, name: str, value: str) -> None: ...
+
+
+# What a requeue of a dead process's synchronous request records.
+INTERRUPTED_REASON = "the service stopped while this request ran; ask again"
+
+
+class SqliteJobStore(JobStore):
+    """The job store in ``<root>/jobs.sqlite3`` (the embedded default)."""
+
     def __init__(self, root: Path) -> None:
         self.path = Path(root) / JOBS_DB
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +237,30 @@ class JobStore:
             except sqlite3.OperationalError as exc:  # another process starting at once added it first
                 if "duplicate column" not in str(exc):
                     raise
+        self._unique_keys()
+
+    def _unique_keys(self) -> None:
+        """The UNIQUE index of job keys, built on a store from before it (see the module docstring)."""
+        if any(row["name"] == "jobs_key_unique" for row in self._db.execute("PRAGMA index_list(jobs)")):
+            return
+        self._db.execute("BEGIN IMMEDIATE")  # one process at a time; the others then find the index
+        try:
+            cleared = self._db.execute(
+                "UPDATE jobs SET key = NULL WHERE key IS NOT NULL AND rowid NOT IN "
+                "(SELECT MIN(rowid) FROM jobs WHERE key IS NOT NULL GROUP BY key)"
+            ).rowcount
+            self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS jobs_key_unique ON jobs (key)")
+            self._db.execute("DROP INDEX IF EXISTS jobs_key")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        if cleared:
+            log.warning(
+                "job store %s: %d job(s) shared a key with an older job; their key is cleared",
+                self.path,
+                cleared,
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -130,16 +280,13 @@ class JobStore:
         *,
         running: bool = False,
     ) -> Job:
-        """A new ``queued`` job, or with ``running`` one already claimed by the caller (a synchronous
-        request run in its own thread); ``key`` (the auto-trigger's idempotency key) marks what it
-        segments."""
         job_id = uuid.uuid4().hex
         now = time.time()
         with self._sql() as db:
-            db.execute(
+            row = db.execute(
                 "INSERT INTO jobs (job_id, state, origin, request, patient_id, study_instance_uid, "
                 "result_id, key, attempts, created_at, started_at, heartbeat_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING RETURNING job_id",
                 (
                     job_id,
                     "running" if running else "queued",
@@ -154,20 +301,22 @@ class JobStore:
                     now if running else None,
                     now if running else None,
                 ),
-            )
-        job = self.get(job_id)
+            ).fetchone()
+            if row is None:  # the key's job exists: created by another process first
+                row = db.execute("SELECT job_id FROM jobs WHERE key = ?", (key,)).fetchone()
+        job = self.get(row["job_id"])
         assert job is not None
         return job
 
     def get(self, job_id: str) -> Job | None:
         with self._sql() as db:
-            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        return None if row is None else _job(row)
+            row = db.execute(f"SELECT {COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else job_from_row(row)
 
     def by_result(self, result_id: str) -> Job | None:
         with self._sql() as db:
-            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE result_id = ?", (result_id,)).fetchone()
-        return None if row is None else _job(row)
+            row = db.execute(f"SELECT {COLUMNS} FROM jobs WHERE result_id = ?", (result_id,)).fetchone()
+        return None if row is None else job_from_row(row)
 
     def list(
         self,
@@ -178,8 +327,7 @@ class JobStore:
         offset: int = 0,
     ) -> tuple[list[Job], int]:
         """A page of jobs, newest first, and how many match in all."""
-        if not 1 <= limit <= 1000 or not 0 <= offset <= MAX_OFFSET:
-            raise InvalidInput(f"limit must be 1..1000 and offset 0..{MAX_OFFSET}")
+        check_page(limit, offset)
         where: list[str] = []
         args: list[object] = []
         if state is not None:
@@ -192,38 +340,32 @@ class JobStore:
         with self._sql() as db:
             total = db.execute(f"SELECT COUNT(*) FROM jobs{clause}", args).fetchone()[0]
             rows = db.execute(
-                f"SELECT {_COLUMNS} FROM jobs{clause} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
+                f"SELECT {COLUMNS} FROM jobs{clause} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
                 [*args, limit, offset],
             ).fetchall()
-        return [_job(r) for r in rows], int(total)
+        return [job_from_row(r) for r in rows], int(total)
 
     def claim_next(self) -> Job | None:
-        """The oldest queued job, now ``running``; ``None`` when none is queued."""
         with self._sql() as db:
             now = time.time()
             row = db.execute(
-                f"UPDATE jobs SET {_CLAIM} WHERE job_id = (SELECT job_id FROM jobs WHERE state = 'queued' "
+                f"UPDATE jobs SET {CLAIM} WHERE job_id = (SELECT job_id FROM jobs WHERE state = 'queued' "
                 "ORDER BY created_at, rowid LIMIT 1) AND state = 'queued' RETURNING job_id",
                 (now, now),
             ).fetchone()
         return None if row is None else self.get(row["job_id"])
 
     def claim(self, job_id: str, stale_s: float) -> Job | None:
-        """Job ``job_id``, now ``running`` for the caller, if it is queued or its runner's heartbeat is
-        older than ``stale_s`` (a dead worker's job, redelivered); ``None`` if it has ended or a live
-        process runs it (a duplicate delivery), or if there is no such job."""
         with self._sql() as db:
             now = time.time()
             row = db.execute(
-                f"UPDATE jobs SET {_CLAIM} WHERE job_id = ? AND (state = 'queued' OR "
+                f"UPDATE jobs SET {CLAIM} WHERE job_id = ? AND (state = 'queued' OR "
                 "(state = 'running' AND COALESCE(heartbeat_at, started_at, 0) < ?)) RETURNING job_id",
                 (now, now, job_id, now - stale_s),
             ).fetchone()
         return None if row is None else self.get(row["job_id"])
 
     def beat(self, job_id: str, attempt: int) -> bool:
-        """The process running attempt ``attempt`` of the job is alive; ``False`` when that attempt no
-        longer holds the job (another process took it over, or it ended)."""
         with self._sql() as db:
             cursor = db.execute(
                 "UPDATE jobs SET heartbeat_at = ? WHERE job_id = ? AND state = 'running' AND attempts = ?",
@@ -232,9 +374,6 @@ class JobStore:
             return cursor.rowcount == 1
 
     def unfinished(self, stale_s: float) -> tuple[str, ...]:
-        """Ids of the jobs no live process has in hand for ``stale_s``: queued at least that long ago
-        (a job just created is being sent), or running with a heartbeat older than that; oldest first.
-        The API's sweep sends those that no message in Redis stands for again."""
         with self._sql() as db:
             before = time.time() - stale_s
             rows = db.execute(
@@ -287,16 +426,11 @@ class JobStore:
             db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
 
     def requeue_running(self) -> int:
-        """Put back the jobs a process that died was running (the embedded runner calls this at start,
-        as the only process that runs jobs from this store). Returns how many. A synchronous request's
-        job (origin ``segment``) is not run again, since nobody waits for it any more: it fails
-        ``interrupted``, and its caller, who got no answer, asks again."""
         with self._sql() as db:
             db.execute(
                 "UPDATE jobs SET state = 'failed', stage = NULL, code = 'interrupted', finished_at = ?, "
-                "reason = 'the service stopped while this request ran; ask again' "
-                "WHERE state = 'running' AND origin = 'segment'",
-                (time.time(),),
+                "reason = ? WHERE state = 'running' AND origin = 'segment'",
+                (time.time(), INTERRUPTED_REASON),
             )
             return db.execute(
                 "UPDATE jobs SET state = 'queued', stage = NULL WHERE state = 'running'"

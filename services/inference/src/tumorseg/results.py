@@ -1,4 +1,10 @@
-"""The persisted result store: ``<results_dir>/<result_id>/`` with ``result.json`` and the files it names.
+"""The persisted result store. ``ResultStore`` is its interface, with two engines behind the same methods
+and one shared test suite: ``DirResultStore`` here, ``<results_dir>/<result_id>/`` with ``result.json``
+and the files it names, and ``tumorseg.db.results.PgResultStore`` (``TUMORSEG_DATABASE_URL``). Either way
+a result is written into a private staging folder (``staging``), then ``commit`` makes it visible whole;
+``read_file`` returns a file's bytes (what the API serves), and retention bounds both the same way.
+
+The rest of this docstring is about the directory.
 
 Result ids are random UUIDs (32 lowercase hex digits) and are validated before any path is built, so a
 caller cannot reach outside the store. A result is written into a hidden temporary folder and renamed
@@ -36,8 +42,11 @@ import shutil
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from tumorseg.errors import ResultFailed, ResultNotFound, ResultPending
 from tumorseg.jobstore import ACTIVE, JobStore
@@ -105,7 +114,81 @@ def _tree(path: Path) -> tuple[int, float]:
     return size, newest
 
 
-class ResultStore:
+class ResultStore(ABC):
+    """The result store's interface (see the module docstring); ``ResultStore(root, ...)`` still builds
+    the directory store, as it did before there were two engines. ``jobs``: where a result id not in the
+    store yet may be a job's (pending or failed)."""
+
+    jobs: JobStore | None
+    max_age_days: float | None
+    max_bytes: int | None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> ResultStore:
+        return super().__new__(DirResultStore if cls is ResultStore else cls)
+
+    @abstractmethod
+    def staging(self, result_id: str) -> Path:
+        """A fresh private local folder in which a result's files are written before ``commit``."""
+
+    @abstractmethod
+    def commit(self, staging: Path, result: SegmentResult) -> None:
+        """Store ``result`` and the files in ``staging`` as ``result.result_id``, atomically (visible whole
+        or not at all) and durably; then apply the retention bounds (sparing this result)."""
+
+    @abstractmethod
+    def discard(self, staging: Path) -> None: ...
+
+    @abstractmethod
+    def update(self, result: SegmentResult) -> None:
+        """Replace a committed result's JSON (the pipeline adds the stored SEG and the final timings),
+        atomically: a reader sees the old or the new JSON, never half of one."""
+
+    @abstractmethod
+    def extra_files(self, result_id: str) -> AbstractContextManager[Path]:
+        """A local folder in which files are written for the committed result ``result_id`` (the SR,
+        after the SEG): once the block ends they belong to the result."""
+
+    @abstractmethod
+    def read(self, result_id: str) -> SegmentResult: ...
+
+    @abstractmethod
+    def read_file(self, result_id: str, name: str) -> bytes:
+        """The bytes of one of a result's files (``FILES``), read at once: retention may delete a result
+        at any time, and a file opened later (a lazy file response) would then fail mid-answer instead of
+        a 404."""
+
+    @abstractmethod
+    def recent(self, limit: int, offset: int = 0) -> tuple[int, list[SegmentResult]]:
+        """How many results the store holds, and ``limit`` of them from ``offset`` on, newest first (by
+        the last write; ties by id)."""
+
+    @abstractmethod
+    def enforce_retention(self, keep: str | None = None) -> int:
+        """Delete the results older than ``max_age_days``, then the oldest while the results take more
+        than ``max_bytes``; never ``keep``. Returns how many were deleted."""
+
+    def _not_here(self, result_id: str, what: str = "") -> NoReturn:
+        """Why ``result_id`` is not in the store: its job is still queued or running (``ResultPending``),
+        it ended without a result (``ResultFailed``, with the job's code and reason), or it is unknown or
+        deleted (``ResultNotFound``)."""
+        job = self.jobs.by_result(result_id) if self.jobs is not None else None
+        if job is not None and job.state in ACTIVE:
+            raise ResultPending(
+                f"result {result_id} is not ready: job {job.job_id} is {job.state}"
+                + (f" ({job.stage})" if job.stage else "")
+                + f"; follow GET /jobs/{job.job_id}",
+                retry_after_s=10,
+            )
+        if job is not None and job.state != "done":
+            raise ResultFailed(
+                f"result {result_id} was not made: job {job.job_id} {job.state} ({job.code}): {job.reason}"
+            )
+        raise ResultNotFound(f"result {result_id} has no {what}" if what else f"no result {result_id}")
+
+
+class DirResultStore(ResultStore):
+    """The results directory (the embedded default)."""
+
     def __init__(
         self,
         root: Path,
@@ -165,6 +248,13 @@ class ResultStore:
     def discard(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
+    @contextmanager
+    def extra_files(self, result_id: str) -> Iterator[Path]:
+        folder = self._folder(result_id)
+        if not (folder / RESULT_JSON).is_file():
+            raise ResultNotFound(f"no result {result_id}")
+        yield folder  # the writer renames each file into place
+
     def read(self, result_id: str) -> SegmentResult:
         path = self._folder(result_id) / RESULT_JSON
         try:
@@ -173,27 +263,7 @@ class ResultStore:
             self._not_here(result_id)
         return SegmentResult.model_validate_json(data)
 
-    def _not_here(self, result_id: str, what: str = "") -> NoReturn:
-        """Why ``result_id`` has no folder: its job is still queued or running (``ResultPending``), it
-        ended without a result (``ResultFailed``, with the job's code and reason), or it is unknown or
-        deleted (``ResultNotFound``)."""
-        job = self.jobs.by_result(result_id) if self.jobs is not None else None
-        if job is not None and job.state in ACTIVE:
-            raise ResultPending(
-                f"result {result_id} is not ready: job {job.job_id} is {job.state}"
-                + (f" ({job.stage})" if job.stage else "")
-                + f"; follow GET /jobs/{job.job_id}",
-                retry_after_s=10,
-            )
-        if job is not None and job.state != "done":
-            raise ResultFailed(
-                f"result {result_id} was not made: job {job.job_id} {job.state} ({job.code}): {job.reason}"
-            )
-        raise ResultNotFound(f"result {result_id} has no {what}" if what else f"no result {result_id}")
-
     def read_file(self, result_id: str, name: str) -> bytes:
-        """The bytes of one of a result's files, read at once: retention may delete a result at any time,
-        and a file opened later (a lazy file response) would then fail mid-answer instead of a 404."""
         path = self.file(result_id, name)
         try:
             return path.read_bytes()

@@ -1,0 +1,218 @@
+"""The job store in PostgreSQL: ``tumorseg.jobstore.JobStore``'s methods over the ``jobs`` and ``meta``
+tables (schema: ``migrations/versions``), for API replicas and workers on different hosts.
+
+The semantics are the SQLite store's, statement for statement: every transition is one statement in its
+own transaction, claims are conditional updates (``FOR UPDATE SKIP LOCKED`` picks the next queued job, so
+two runners never take the same one), and ``create`` relies on the UNIQUE job key
+(``INSERT ... ON CONFLICT (key) DO NOTHING``) rather than a check before the insert. ``seq`` breaks ties
+between jobs created in the same instant, as SQLite's rowid does.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from tumorseg.db.pool import Database
+from tumorseg.jobstore import CLAIM, COLUMNS, INTERRUPTED_REASON, JobStore, check_page, job_from_row
+from tumorseg.schema import Job, JobOrigin, JobRequest, JobState
+
+_CLAIM_PG = CLAIM.replace("?", "%s")
+
+
+class PgJobStore(JobStore):
+    """The job store in the PostgreSQL database behind ``db`` (its pool, shared with the result store)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def close(self) -> None:
+        self.db.close()
+
+    def create(
+        self,
+        request: JobRequest,
+        origin: JobOrigin,
+        result_id: str,
+        key: str | None = None,
+        *,
+        running: bool = False,
+    ) -> Job:
+        now = time.time()
+        with self.db.connection() as conn:
+            row = conn.execute(
+                "INSERT INTO jobs (job_id, state, origin, request, patient_id, study_instance_uid, "
+                "result_id, key, attempts, created_at, started_at, heartbeat_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                f"ON CONFLICT (key) DO NOTHING RETURNING {COLUMNS}",
+                (
+                    uuid.uuid4().hex,
+                    "running" if running else "queued",
+                    origin,
+                    request.model_dump_json(),
+                    request.patient_id,
+                    request.study,
+                    result_id,
+                    key,
+                    int(running),
+                    now,
+                    now if running else None,
+                    now if running else None,
+                ),
+            ).fetchone()
+            if row is None:  # the key's job exists: created by another process first
+                row = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE key = %s", (key,)).fetchone()
+        assert row is not None
+        return job_from_row(row)
+
+    def _one(self, where: str, value: str) -> Job | None:
+        with self.db.connection() as conn:
+            row = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE {where} = %s", (value,)).fetchone()
+        return None if row is None else job_from_row(row)
+
+    def get(self, job_id: str) -> Job | None:
+        return self._one("job_id", job_id)
+
+    def by_result(self, result_id: str) -> Job | None:
+        return self._one("result_id", result_id)
+
+    def list(
+        self,
+        *,
+        state: JobState | None = None,
+        patient_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[Job], int]:
+        check_page(limit, offset)
+        where: list[str] = []
+        args: list[object] = []
+        if state is not None:
+            where.append("state = %s")
+            args.append(state)
+        if patient_id is not None:
+            where.append("patient_id = %s")
+            args.append(patient_id)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        with self.db.transaction() as conn:
+            count = conn.execute(f"SELECT COUNT(*) AS n FROM jobs{clause}", args).fetchone()
+            rows = conn.execute(
+                f"SELECT {COLUMNS} FROM jobs{clause} ORDER BY created_at DESC, seq DESC LIMIT %s OFFSET %s",
+                [*args, limit, offset],
+            ).fetchall()
+        return [job_from_row(r) for r in rows], int(count["n"] if count else 0)
+
+    def _claimed(self, sql: str, args: tuple[object, ...]) -> Job | None:
+        with self.db.connection() as conn:
+            row = conn.execute(sql, args).fetchone()
+        return None if row is None else job_from_row(row)
+
+    def claim_next(self) -> Job | None:
+        now = time.time()
+        return self._claimed(
+            f"UPDATE jobs SET {_CLAIM_PG} WHERE job_id = (SELECT job_id FROM jobs WHERE state = 'queued' "
+            "ORDER BY created_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED) AND state = 'queued' "
+            f"RETURNING {COLUMNS}",
+            (now, now),
+        )
+
+    def claim(self, job_id: str, stale_s: float) -> Job | None:
+        now = time.time()
+        return self._claimed(
+            f"UPDATE jobs SET {_CLAIM_PG} WHERE job_id = %s AND (state = 'queued' OR "
+            "(state = 'running' AND COALESCE(heartbeat_at, started_at, 0) < %s)) "
+            f"RETURNING {COLUMNS}",
+            (now, now, job_id, now - stale_s),
+        )
+
+    def beat(self, job_id: str, attempt: int) -> bool:
+        with self.db.connection() as conn:
+            cursor = conn.execute(
+                "UPDATE jobs SET heartbeat_at = %s WHERE job_id = %s AND state = 'running' AND attempts = %s",
+                (time.time(), job_id, attempt),
+            )
+            return cursor.rowcount == 1
+
+    def unfinished(self, stale_s: float) -> tuple[str, ...]:
+        before = time.time() - stale_s
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                "SELECT job_id FROM jobs WHERE (state = 'queued' AND created_at < %s) OR (state = 'running' "
+                "AND COALESCE(heartbeat_at, started_at, 0) < %s) ORDER BY created_at, seq",
+                (before, before),
+            ).fetchall()
+        return tuple(r["job_id"] for r in rows)
+
+    def set_stage(self, job_id: str, stage: str, attempt: int) -> None:
+        with self.db.connection() as conn:
+            conn.execute(
+                "UPDATE jobs SET stage = %s WHERE job_id = %s AND state = 'running' AND attempts = %s",
+                (stage, job_id, attempt),
+            )
+
+    def finish(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        attempt: int | None = None,
+        study_instance_uid: str | None = None,
+        code: str | None = None,
+        reason: str | None = None,
+    ) -> bool:
+        fence = "" if attempt is None else " AND state = 'running' AND attempts = %s"
+        with self.db.connection() as conn:
+            cursor = conn.execute(
+                "UPDATE jobs SET state = %s, stage = NULL, code = %s, reason = %s, finished_at = %s, "
+                f"study_instance_uid = COALESCE(%s, study_instance_uid) WHERE job_id = %s{fence}",
+                (
+                    state,
+                    code,
+                    reason,
+                    time.time(),
+                    study_instance_uid,
+                    job_id,
+                    *(() if attempt is None else (attempt,)),
+                ),
+            )
+            return cursor.rowcount == 1
+
+    def delete(self, job_id: str) -> None:
+        with self.db.connection() as conn:
+            conn.execute("DELETE FROM jobs WHERE job_id = %s", (job_id,))
+
+    def requeue_running(self) -> int:
+        with self.db.transaction() as conn:
+            conn.execute(
+                "UPDATE jobs SET state = 'failed', stage = NULL, code = 'interrupted', finished_at = %s, "
+                "reason = %s WHERE state = 'running' AND origin = 'segment'",
+                (time.time(), INTERRUPTED_REASON),
+            )
+            return conn.execute(
+                "UPDATE jobs SET state = 'queued', stage = NULL WHERE state = 'running'"
+            ).rowcount
+
+    def _exists(self, column: str, value: str) -> bool:
+        with self.db.connection() as conn:
+            return (
+                conn.execute(f"SELECT 1 FROM jobs WHERE {column} = %s LIMIT 1", (value,)).fetchone()
+                is not None
+            )
+
+    def has_key(self, key: str) -> bool:
+        return self._exists("key", key)
+
+    def has_study(self, study_instance_uid: str) -> bool:
+        return self._exists("study_instance_uid", study_instance_uid)
+
+    def get_meta(self, name: str) -> str | None:
+        with self.db.connection() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE name = %s", (name,)).fetchone()
+        return None if row is None else str(row["value"])
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self.db.connection() as conn:
+            conn.execute(
+                "INSERT INTO meta (name, value) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                (name, value),
+            )

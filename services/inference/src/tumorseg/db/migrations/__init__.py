@@ -1,0 +1,1 @@
+"""Alembic's migration scripts of the PostgreSQL schema (package data, run by ``tumorseg.db.migrate``)."""

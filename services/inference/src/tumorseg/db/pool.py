@@ -1,0 +1,96 @@
+"""One psycopg 3 connection pool per process, and the boundary where the driver's errors become
+tumorseg's.
+
+Every store call takes a connection from the pool for one statement or one transaction. A connection is
+checked before it is handed out (a server restart leaves dead ones in the pool; they are replaced, not
+used), TCP keepalives notice a vanished host within about half a minute, and a caller waits at most
+``WAIT_S`` for a connection. When the server cannot be reached, the call raises ``DatabaseUnavailable``
+(503 with Retry-After); the pool keeps reconnecting in the background and the next call after the server
+is back succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from tumorseg.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+WAIT_S = 5.0  # a request waits this long for a connection before its 503
+RETRY_AFTER_S = 5
+# libpq options: fail a connection attempt after 5 s, and drop a silent peer after ~25 s of TCP keepalive
+CONNECT_OPTIONS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "application_name": "tumorseg",
+}
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
+class Database:
+    """The pool of connections to one PostgreSQL database (``url``: ``postgresql://...``). Connections
+    are in autocommit mode: a store opens ``transaction()`` where several statements must be atomic."""
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        self.url = url
+        self.pool: ConnectionPool[psycopg.Connection[DictRow]] = ConnectionPool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=WAIT_S,
+            open=False,
+            check=ConnectionPool.check_connection,
+            kwargs={"autocommit": True, "row_factory": dict_row, **CONNECT_OPTIONS},
+            name="tumorseg",
+        )
+        self.pool.open(wait=False)  # a database still starting is waited for call by call, not here
+
+    def __repr__(self) -> str:
+        return f"Database({redacted(self.url)!r})"
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[DictRow]]:
+        """A pooled connection; ``DatabaseUnavailable`` when the server cannot be reached or drops the
+        connection mid-call (a statement that had not committed has no effect)."""
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise unavailable(self.url, exc) from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection[DictRow]]:
+        """A pooled connection inside one transaction, committed when the block ends without error."""
+        with self.connection() as conn, conn.transaction():
+            yield conn
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def unavailable(url: str, exc: BaseException) -> DatabaseUnavailable:
+    log.warning("database %s unavailable: %s", redacted(url), type(exc).__name__)
+    return DatabaseUnavailable(
+        f"the database ({urlsplit(url).hostname}) is not reachable; retry in a few seconds",
+        retry_after_s=RETRY_AFTER_S,
+    )
