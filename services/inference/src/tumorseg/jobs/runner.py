@@ -66,9 +66,13 @@ class Jobs(ABC):
         self._thread: threading.Thread | None = None
 
     def submit(self, request: JobRequest, origin: JobOrigin = "api", key: str | None = None) -> Job:
-        """A new ``queued`` job on its way to a runner (with ``key``, the auto-trigger's idempotency key)."""
+        """A new ``queued`` job on its way to a runner; with ``key`` (the auto-trigger's idempotency key,
+        UNIQUE in the store), the job that already has it if another process created it first."""
         segment_request(request)  # refuse a malformed request now, not when it runs
-        job = self.store.create(request, origin, new_result_id(), key)
+        result_id = new_result_id()
+        job = self.store.create(request, origin, result_id, key)
+        if job.result_id != result_id:  # the key's job, created elsewhere: already on its way
+            return job
         self._dispatch(job)
         log.info("job %s queued", job.job_id, extra={"fields": {"job_id": job.job_id}})
         return job
