@@ -205,102 +205,29 @@ def prepare(
     channel of zeros, as modality dropout showed it in training. ``registrations``: the co-registration
     already done (``registration.StudyRegistration``, which the service runs while the series download),
     one per volume but the reference; then no ``registration`` timing is reported."""
-    unknown = [m for m in volumes if m not in prep.channels]
-    if unknown or reference not in volumes:
-        raise ValueError(f"volumes {sorted(volumes)} must be among {prep.channels} and hold {reference!r}")
-    if brain_extractor not in EXTRACTORS:
-        raise ValueError(f"unknown brain extractor {brain_extractor!r}; choose one of {EXTRACTORS}")
+    _check_arguments(volumes, reference, prep, brain_extractor)
     timings: dict[str, float] = {}
-    warnings: list[str] = []
-    started = time.perf_counter()
     channels = {m: volumes[m] for m in prep.channels if m in volumes}
-    if not registration:
-        registrations = {}
-    elif registrations is None:
-        registrations = register_study(channels, reference)
-        timings["registration"] = time.perf_counter() - started
-    elif set(registrations) != set(channels) - {reference}:
-        raise ValueError(f"registrations of {sorted(registrations)} for the volumes {sorted(channels)}")
-    warnings += [r.warning for r in registrations.values() if r.warning]
+    registrations = _co_registration(channels, reference, registration, registrations, timings)
+    warnings: list[str] = [r.warning for r in registrations.values() if r.warning]
     # A series whose registration failed is never used as acquired: its channel is that of a missing one
     channels = {m: v for m, v in channels.items() if not (m in registrations and registrations[m].failed)}
     transforms = {m: r.transform if r.applied else None for m, r in registrations.items()}
     full = g.model_grid(volumes[reference], prep.spacing_mm)
     stripped = brain_extractor == "auto" and is_skull_stripped(channels)
-    extraction: BrainExtraction | None = None
-    if stripped or brain_extractor == "none":
-        start, size = _nonzero_box(channels, transforms, full, prep)
-        block = None
-    else:
-        started = time.perf_counter()
-        extraction, block = _extract_brain(
-            channels,
-            transforms,
-            full,
-            prep,
-            get_extractor("deepbet" if brain_extractor == "auto" else brain_extractor),
-        )
-        timings["brain_extraction"] = time.perf_counter() - started
-        start, size = extraction.box
+    extractor = None if stripped or brain_extractor == "none" else brain_extractor
+    (start, size), extraction = _crop_box(channels, transforms, full, prep, extractor, timings)
     cropped = g.crop(full, (start[0], start[1], start[2]), (size[0], size[1], size[2]))
     in_crop = tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))  # ``cropped`` on ``full``
-    # One resampling pass per volume, straight into the (C, I, J, K) array, each volume's co-registration
-    # composed in: voxels outside the volume's field of view (the same inside test for every interpolator)
-    # come out NaN, never a real intensity.
-    array = np.empty((len(prep.channels), *cropped.GetSize()), dtype=np.float32)
-    present = [c for c, m in enumerate(prep.channels) if m in channels]  # the others stay zero channels
-    array[[c for c in range(len(prep.channels)) if c not in present]] = 0.0
-    todo = list(present)
-    if extraction is not None and block is not None:  # the extraction's channel is resampled already
-        done = prep.channels.index(extraction.series)
-        array[done] = block[in_crop]
-        todo.remove(done)
-    _resample_channels(
-        [channels[prep.channels[c]] for c in todo],
-        [transforms.get(prep.channels[c]) for c in todo],
-        cropped,
-        [array[c] for c in todo],
-    )
-    covered = np.ones(array.shape[1:], dtype=bool)
-    outside = np.empty(array.shape[1:], dtype=bool)
-    for c in present:
-        covered &= np.logical_not(np.isnan(array[c], out=outside), out=outside)
-    # Where one sequence's field of view ends (a thick oblique slab that misses the vertex, say) the others
-    # still show brain; the model was never shown a head with one channel cut off, so the voxels outside
-    # any field of view are made background in every channel. Full-coverage data (BraTS) is unchanged.
-    summary: dict[str, Any] = {"method": "stripped-input" if stripped else "none"}
+    done = {} if extraction is None else {extraction.series: extraction.block[in_crop]}
+    array, present = _resampled(channels, transforms, cropped, prep, done)
+    covered = _covered(array, present)
     if extraction is None:
-        brain = covered
+        brain, summary = _stripped_brain(array, covered, stripped)
     else:
-        started = time.perf_counter()
-        found = extraction.mask[in_crop]
-        # The extractor's mask is intracranial rather than brain: what it kept of CSF, dura, bone and fat
-        # at its surface is peeled off by the contrasts of all four sequences.
-        channel_arrays = {m: array[c] for c, m in enumerate(prep.channels) if m in channels}
-        brain = covered & peel(found, not_brain_like(channel_arrays, found), PEEL_MM, prep.spacing_mm)
-        timings["brain_extraction"] += time.perf_counter() - started
-        summary = {
-            "method": extraction.method,
-            "series": extraction.series,
-            "volume_ml": round(float(np.count_nonzero(brain)) * prep.spacing_mm**3 / 1000.0, 1),
-        }
-        warning = implausible_brain(summary["volume_ml"], extraction.method, extraction.series)
-        if warning:
-            warnings.append(warning)
-    np.copyto(array, np.float32(0.0), where=~brain)
-    if extraction is None:  # skull-stripped input (or none wanted): its non-zero voxels are the brain
-        brain = np.any(array != 0, axis=0)
-    # Each channel normalised over the brain (for stripped input, its non-zero voxels, as BraTS models
-    # expect); the voxels outside it stay 0. With bias correction, each present channel's field is removed
-    # first, inside the brain.
-    workers = min(len(prep.channels), usable_cpus())
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # numpy and ITK release the GIL
-        if prep.bias_correction == "n4":
-            started = time.perf_counter()
-            list(pool.map(correct_bias, [array[c] for c in present]))
-            timings["bias_correction"] = time.perf_counter() - started
-        if prep.normalisation == "zscore_nonzero_channelwise":
-            list(pool.map(zscore_nonzero, array))
+        brain, summary, warning = _peeled_brain(array, covered, present, extraction, in_crop, prep, timings)
+        warnings += [warning] if warning else []
+    _normalise(array, present, prep, timings)
     label_array = None
     if labels is not None:
         label_array = g.to_array(g.resample_labels(labels, cropped)).astype(np.uint8, copy=False)
@@ -318,14 +245,164 @@ def prepare(
     return model_input, label_array
 
 
+def _check_arguments(
+    volumes: Mapping[str, sitk.Image], reference: str, prep: Preprocessing, brain_extractor: str
+) -> None:
+    unknown = [m for m in volumes if m not in prep.channels]
+    if unknown or reference not in volumes:
+        raise ValueError(f"volumes {sorted(volumes)} must be among {prep.channels} and hold {reference!r}")
+    if brain_extractor not in EXTRACTORS:
+        raise ValueError(f"unknown brain extractor {brain_extractor!r}; choose one of {EXTRACTORS}")
+
+
+def _crop_box(
+    channels: Mapping[str, sitk.Image],
+    transforms: Mapping[str, sitk.Transform | None],
+    full: sitk.Image,
+    prep: Preprocessing,
+    brain_extractor: str | None,
+    timings: dict[str, float],
+) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], BrainExtraction | None]:
+    """The crop box (start, size) on ``full``: around the non-zero voxels when ``brain_extractor`` is None
+    (skull-stripped input, or none wanted), else around the brain that extractor ("auto": deepbet) finds,
+    timed as ``brain_extraction``, with the extraction."""
+    if brain_extractor is None:
+        return _nonzero_box(channels, transforms, full, prep), None
+    started = time.perf_counter()
+    extractor = get_extractor("deepbet" if brain_extractor == "auto" else brain_extractor)
+    extraction = _extract_brain(channels, transforms, full, prep, extractor)
+    timings["brain_extraction"] = time.perf_counter() - started
+    return extraction.box, extraction
+
+
+def _co_registration(
+    channels: Mapping[str, sitk.Image],
+    reference: str,
+    registration: bool,
+    registrations: Mapping[str, Registration] | None,
+    timings: dict[str, float],
+) -> Mapping[str, Registration]:
+    """The one way into co-registration: none when ``registration`` is off, the ``registrations`` given
+    (one per channel but the reference, done while the series downloaded), or ``register_study`` run
+    here, then timed as ``registration`` in ``timings``."""
+    if not registration:
+        return {}
+    if registrations is None:
+        started = time.perf_counter()
+        registrations = register_study(channels, reference)
+        timings["registration"] = time.perf_counter() - started
+        return registrations
+    if set(registrations) != set(channels) - {reference}:
+        raise ValueError(f"registrations of {sorted(registrations)} for the volumes {sorted(channels)}")
+    return registrations
+
+
+def _resampled(
+    channels: Mapping[str, sitk.Image],
+    transforms: Mapping[str, sitk.Transform | None],
+    cropped: sitk.Image,
+    prep: Preprocessing,
+    done: Mapping[str, NDArray[np.float32]],
+) -> tuple[NDArray[np.float32], list[int]]:
+    """The (C, I, J, K) float32 array on ``cropped`` (axes its i, j, k) and the indices of the channels
+    that hold a volume; the others are zeros. One resampling pass per volume, straight into the array,
+    each volume's co-registration composed in: voxels outside the volume's field of view (the same inside
+    test for every interpolator) come out NaN, never a real intensity. ``done``: channels resampled
+    already (the brain extraction's), copied in."""
+    array = np.empty((len(prep.channels), *cropped.GetSize()), dtype=np.float32)
+    present = [c for c, m in enumerate(prep.channels) if m in channels]  # the others stay zero channels
+    array[[c for c in range(len(prep.channels)) if c not in present]] = 0.0
+    todo = list(present)
+    for series, block in done.items():
+        array[prep.channels.index(series)] = block
+        todo.remove(prep.channels.index(series))
+    _resample_channels(
+        [channels[prep.channels[c]] for c in todo],
+        [transforms.get(prep.channels[c]) for c in todo],
+        cropped,
+        [array[c] for c in todo],
+    )
+    return array, present
+
+
+def _covered(array: NDArray[np.float32], present: Sequence[int]) -> NDArray[np.bool_]:
+    """(I, J, K): the voxels inside the field of view of every present channel (none NaN).
+
+    Where one sequence's field of view ends (a thick oblique slab that misses the vertex, say) the others
+    still show brain; the model was never shown a head with one channel cut off, so the voxels outside
+    any field of view are made background in every channel. Full-coverage data (BraTS) is unchanged."""
+    covered = np.ones(array.shape[1:], dtype=bool)
+    outside = np.empty(array.shape[1:], dtype=bool)
+    for c in present:
+        covered &= np.logical_not(np.isnan(array[c], out=outside), out=outside)
+    return covered
+
+
+def _stripped_brain(
+    array: NDArray[np.float32], covered: NDArray[np.bool_], stripped: bool
+) -> tuple[NDArray[np.bool_], dict[str, Any]]:
+    """Skull-stripped input (or no extraction wanted): background outside ``covered`` in every channel
+    (in place), then the non-zero voxels are the brain. Returns the brain (I, J, K) and its summary."""
+    np.copyto(array, np.float32(0.0), where=~covered)
+    brain: NDArray[np.bool_] = np.any(array != 0, axis=0)
+    return brain, {"method": "stripped-input" if stripped else "none"}
+
+
+def _peeled_brain(
+    array: NDArray[np.float32],
+    covered: NDArray[np.bool_],
+    present: Sequence[int],
+    extraction: BrainExtraction,
+    in_crop: tuple[slice, ...],
+    prep: Preprocessing,
+    timings: dict[str, float],
+) -> tuple[NDArray[np.bool_], dict[str, Any], str | None]:
+    """The extracted brain on the crop, peeled by the contrasts of the ``present`` channels and within
+    ``covered``; background outside it in every channel (in place). Returns the brain (I, J, K), its summary and a warning for an implausible volume;
+    the time is added to ``brain_extraction`` in ``timings``."""
+    started = time.perf_counter()
+    found = extraction.mask[in_crop]
+    # The extractor's mask is intracranial rather than brain: what it kept of CSF, dura, bone and fat
+    # at its surface is peeled off by the contrasts of all four sequences.
+    channel_arrays = {prep.channels[c]: array[c] for c in present}
+    brain = covered & peel(found, not_brain_like(channel_arrays, found), PEEL_MM, prep.spacing_mm)
+    timings["brain_extraction"] += time.perf_counter() - started
+    summary: dict[str, Any] = {
+        "method": extraction.method,
+        "series": extraction.series,
+        "volume_ml": round(float(np.count_nonzero(brain)) * prep.spacing_mm**3 / 1000.0, 1),
+    }
+    warning = implausible_brain(summary["volume_ml"], extraction.method, extraction.series)
+    np.copyto(array, np.float32(0.0), where=~brain)
+    return brain, summary, warning
+
+
+def _normalise(
+    array: NDArray[np.float32], present: Sequence[int], prep: Preprocessing, timings: dict[str, float]
+) -> None:
+    """In place: each channel normalised over the brain (for stripped input, its non-zero voxels, as BraTS
+    models expect); the voxels outside it stay 0. With bias correction, each present channel's field is
+    removed first, inside the brain (timed as ``bias_correction``)."""
+    workers = min(len(prep.channels), usable_cpus())
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # numpy and ITK release the GIL
+        if prep.bias_correction == "n4":
+            started = time.perf_counter()
+            list(pool.map(correct_bias, [array[c] for c in present]))
+            timings["bias_correction"] = time.perf_counter() - started
+        if prep.normalisation == "zscore_nonzero_channelwise":
+            list(pool.map(zscore_nonzero, array))
+
+
 @dataclass(frozen=True)
 class BrainExtraction:
-    """The brain found on the full model grid, and the crop box (start, size) around it."""
+    """The brain found on the full model grid (I, J, K), the crop box (start, size) around it, and the
+    series it was found on, resampled onto that grid (float32, NaN outside its field of view)."""
 
     mask: NDArray[np.bool_]
     series: str
     method: str
     box: tuple[tuple[int, ...], tuple[int, ...]]
+    block: NDArray[np.float32]
 
 
 def _extract_brain(
@@ -334,9 +411,8 @@ def _extract_brain(
     full: sitk.Image,
     prep: Preprocessing,
     extractor: BrainExtractor,
-) -> tuple[BrainExtraction, NDArray[np.float32]]:
-    """Brain extraction on the best-suited series (``brain.PREFERENCE``) resampled onto the full grid;
-    returns the extraction and that resampled series (NaN outside its field of view)."""
+) -> BrainExtraction:
+    """Brain extraction on the best-suited series (``brain.PREFERENCE``) resampled onto the full grid."""
     series = next(m for m in PREFERENCE if m in channels)
     block = g.resample_to_array(channels[series], full, fill=np.nan, transform=transforms.get(series))
     # The extractor sees the series' own field of view: the grid spans the reference's, which for an
@@ -352,7 +428,7 @@ def _extract_brain(
     box = foreground_box(mask, prep.crop_margin_vox, prep.divisible_by)
     if not prep.crop_foreground:
         box = ((0, 0, 0), tuple(int(n) for n in full.GetSize()))
-    return BrainExtraction(mask, series, extractor.name, box), block
+    return BrainExtraction(mask, series, extractor.name, box, block)
 
 
 def _nonzero_box(
