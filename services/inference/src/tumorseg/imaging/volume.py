@@ -269,6 +269,36 @@ def load_series(
 ) -> SeriesVolume:
     """Build the volume of one series from its instances' Part-10 bytes (any order). See module docstring."""
     limits = limits or InputLimits()
+    datasets, frames = _instances(files, label, limits)
+    row_dir, col_dir = _orientation(frames, label)
+    normal = np.cross(row_dir, col_dir)
+    frames, positions, spacing = _along_normal(frames, normal, label)
+    rows, columns, pixel_spacing = _in_plane(datasets, frames, label)
+    # Before the volume is allocated or a pixel decoded (a small compressed frame can claim 65535² pixels).
+    limits.check_frame(label, rows, columns, (float(pixel_spacing[0]), float(pixel_spacing[1])))
+    limits.check_depth(label, len(frames), spacing)
+    array, multi_frame = _voxels(datasets, frames, label, (rows, columns), decode_workers)
+    image = sitk.GetImageFromArray(array, isVector=False)
+    image.SetOrigin(tuple(float(v) for v in positions[0]))
+    image.SetSpacing((float(pixel_spacing[1]), float(pixel_spacing[0]), spacing))
+    image.SetDirection(tuple(float(v) for v in np.column_stack([row_dir, col_dir, normal]).ravel()))
+    first = frames[0].ds
+    return SeriesVolume(
+        image=image,
+        series_instance_uid=str(first.get("SeriesInstanceUID", "")),
+        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
+        sop_class_uid=str(first.get("SOPClassUID", "")),
+        sop_instance_uids=tuple(str(frame.ds.SOPInstanceUID) for frame in frames),
+        label=label,
+        frame_numbers=tuple(-1 if f.index is None else f.index + 1 for f in frames) if multi_frame else (),
+    )
+
+
+def _instances(
+    files: Sequence[bytes], label: str, limits: InputLimits
+) -> tuple[list[Instance], list[_Frame]]:
+    """The parsed instances and every slice they hold (unsorted), once the counts are checked: at least
+    ``MIN_SLICES`` slices, each instance with a SOPInstanceUID, within ``limits`` before a frame is expanded."""
     if not files:
         raise BrokenSeries(f"series {label}: no instances; a volume needs at least {MIN_SLICES} slices")
     limits.check_frames(label, len(files))
@@ -282,7 +312,11 @@ def load_series(
     frames = _frames(datasets, label)
     if len(frames) < MIN_SLICES:
         raise BrokenSeries(f"series {label}: {len(frames)} slice(s); a volume needs at least {MIN_SLICES}")
+    return datasets, frames
 
+
+def _orientation(frames: Sequence[_Frame], label: str) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The row and column direction (LPS unit vectors) shared by every slice; one stack, orthonormal."""
     orientations = np.stack([frame.orientation for frame in frames])
     if np.abs(orientations - orientations[0]).max() > ORIENTATION_TOLERANCE:
         raise BrokenSeries(f"series {label}: slices have different ImageOrientationPatient (several stacks?)")
@@ -296,15 +330,32 @@ def load_series(
     row_dir, col_dir = row_dir / norms[0], col_dir / norms[1]
     if abs(float(row_dir @ col_dir)) > ORIENTATION_TOLERANCE:
         raise BrokenSeries(f"series {label}: ImageOrientationPatient row and column are not orthogonal")
-    normal = np.cross(row_dir, col_dir)
+    return row_dir, col_dir
 
+
+def _along_normal(
+    frames: Sequence[_Frame], normal: NDArray[np.float64], label: str
+) -> tuple[list[_Frame], NDArray[np.float64], float]:
+    """The slices sorted by position along ``normal`` (stable), their positions (LPS mm, in that order)
+    and the slice spacing, once checked: no shared position, even steps, no shear against the normal."""
     positions = np.stack([frame.position for frame in frames])
     distance = positions @ normal
     order = np.argsort(distance, kind="stable")
     frames = [frames[i] for i in order]
     positions, distance = positions[order], distance[order]
+    spacing = _slice_spacing(np.diff(distance), label)
+    # Every slice must start on the line through the first one along the normal (no shear / gantry tilt).
+    in_plane = (positions - positions[0]) - np.outer(distance - distance[0], normal)
+    if np.abs(in_plane).max() > max(0.05, 0.05 * spacing):
+        raise BrokenSeries(
+            f"series {label}: slice positions are sheared against the slice normal (gantry tilt?)"
+        )
+    return frames, positions, spacing
 
-    steps = np.diff(distance)
+
+def _slice_spacing(steps: NDArray[np.float64], label: str) -> float:
+    """The median of the ``steps`` between sorted slices (mm), refused when two share a position or one
+    step differs from it (a missing slice)."""
     if steps.min() < SPACING_ABSOLUTE_TOLERANCE_MM:
         raise BrokenSeries(
             f"series {label}: {int((steps < SPACING_ABSOLUTE_TOLERANCE_MM).sum()) + 1} slices share a slice "
@@ -320,13 +371,13 @@ def load_series(
             f"series {label}: slice spacing is not uniform — {steps[k]:.2f} mm between slices {k + 1} and {k + 2} "
             f"where the others are {spacing:.2f} mm (a missing slice?); re-send the complete series"
         )
-    # Every slice must start on the line through the first one along the normal (no shear / gantry tilt).
-    in_plane = (positions - positions[0]) - np.outer(distance - distance[0], normal)
-    if np.abs(in_plane).max() > max(0.05, 0.05 * spacing):
-        raise BrokenSeries(
-            f"series {label}: slice positions are sheared against the slice normal (gantry tilt?)"
-        )
+    return spacing
 
+
+def _in_plane(
+    datasets: Sequence[Instance], frames: Sequence[_Frame], label: str
+) -> tuple[int, int, NDArray[np.float64]]:
+    """Rows, Columns and PixelSpacing (row, column spacing in mm), the same for every instance and slice."""
     first = frames[0].ds
     pixel_spacing = frames[0].pixel_spacing
     if pixel_spacing.min() < MIN_PIXEL_SPACING_MM:
@@ -341,11 +392,19 @@ def load_series(
     for frame in frames:
         if np.abs(frame.pixel_spacing - pixel_spacing).max() > 1e-4:
             raise BrokenSeries(f"series {label}: slices have different PixelSpacing")
-    # Before the volume is allocated or a pixel decoded (a small compressed frame can claim 65535² pixels).
-    limits.check_frame(label, rows, columns, (float(pixel_spacing[0]), float(pixel_spacing[1])))
-    limits.check_depth(label, len(frames), spacing)
+    return rows, columns, pixel_spacing
 
-    array = np.empty((len(frames), rows, columns), dtype=np.float32)  # (k, j, i): SimpleITK's z, y, x
+
+def _voxels(
+    datasets: Sequence[Instance],
+    frames: Sequence[_Frame],
+    label: str,
+    rows_columns: tuple[int, int],
+    decode_workers: int,
+) -> tuple[NDArray[np.float32], bool]:
+    """The (k, j, i) float32 array (SimpleITK's z, y, x) of the sorted ``frames``, rescaled, and whether
+    any slice came from a multi-frame instance."""
+    array = np.empty((len(frames), *rows_columns), dtype=np.float32)
     # Each multi-frame instance is decoded once, for all its frames.
     multi_frame = {id(frame.ds): frame.ds for frame in frames if frame.index is not None}
     decoded = {key: _decoded(ds, label) for key, ds in multi_frame.items()}
@@ -355,20 +414,7 @@ def load_series(
     else:
         with ThreadPoolExecutor(max_workers=decode_workers) as pool:  # C decoders release the GIL
             list(pool.map(lambda k: _pixels(frames[k], label, array[k]), range(len(frames))))
-    image = sitk.GetImageFromArray(array, isVector=False)
-    image.SetOrigin(tuple(float(v) for v in positions[0]))
-    image.SetSpacing((float(pixel_spacing[1]), float(pixel_spacing[0]), spacing))
-    image.SetDirection(tuple(float(v) for v in np.column_stack([row_dir, col_dir, normal]).ravel()))
-
-    return SeriesVolume(
-        image=image,
-        series_instance_uid=str(first.get("SeriesInstanceUID", "")),
-        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
-        sop_class_uid=str(first.get("SOPClassUID", "")),
-        sop_instance_uids=tuple(str(frame.ds.SOPInstanceUID) for frame in frames),
-        label=label,
-        frame_numbers=tuple(-1 if f.index is None else f.index + 1 for f in frames) if multi_frame else (),
-    )
+    return array, bool(multi_frame)
 
 
 MIN_OVERLAP = 0.5  # of the smaller series' box: every series must lie mostly within the reference's
