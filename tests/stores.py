@@ -34,7 +34,6 @@ def job_store(engine: str, tmp_path: Path, postgres_url: str | None) -> Iterator
 
 
 def result_store(
-    engine: str,
     tmp_path: Path,
     jobs: JobStore,
     *,

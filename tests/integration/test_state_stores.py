@@ -3,6 +3,7 @@ calls, the same answers. PostgreSQL is a real server (``tests/postgres.py``), a 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.stores import ENGINES, job_store
-from tumorseg.errors import InvalidInput
+from tests.results import result
+from tests.stores import ENGINES, job_store, result_store
+from tumorseg.db.results import PgResultStore
+from tumorseg.errors import InvalidInput, ResultFailed, ResultNotFound, ResultPending
 from tumorseg.jobstore import _SCHEMA, ACTIVE, JOBS_DB, JobStore, SqliteJobStore
-from tumorseg.results import new_result_id
+from tumorseg.results import DirResultStore, ResultStore, new_result_id
 from tumorseg.schema import JobRequest
 
 pytestmark = pytest.mark.integration
@@ -149,7 +152,138 @@ def test_an_old_sqlite_store_with_duplicate_keys_opens_and_keeps_every_job(tmp_p
     store.close()
 
 
-def test_jobstore_of_a_root_is_still_the_sqlite_store(tmp_path: Path) -> None:
+def test_the_stores_of_a_root_are_still_sqlite_and_the_directory(tmp_path: Path) -> None:
     store = JobStore(tmp_path)  # the call sites from before there were two engines
     assert isinstance(store, SqliteJobStore) and (tmp_path / JOBS_DB).is_file()
     store.close()
+    assert isinstance(ResultStore(tmp_path / "results"), DirResultStore)
+
+
+# --- result stores ---------------------------------------------------------------------------------------
+
+FILE_BYTES = {
+    "mask.nii.gz": b"\x1f\x8bmask" * 100,
+    "preview.png": b"\x89PNG" * 50,
+    "reference.nii.gz": b"r" * 300,
+}
+
+
+def _commit(store: ResultStore, rid: str | None = None, size: int = 1) -> str:
+    rid = rid or new_result_id()
+    staging = store.staging(rid)
+    for name, data in FILE_BYTES.items():
+        (staging / name).write_bytes(data * size)
+    store.commit(staging, result(rid))
+    assert not staging.exists()  # moved into place or stored and removed
+    return rid
+
+
+def _age(store: ResultStore, rid: str, days: float) -> None:
+    """Make result ``rid`` look last written ``days`` ago."""
+    when = time.time() - days * 86400
+    if isinstance(store, PgResultStore):
+        with store.db.connection() as conn:
+            conn.execute("UPDATE results SET stored_at = %s WHERE result_id = %s", (when, rid))
+    else:
+        assert isinstance(store, DirResultStore)
+        os.utime(store.root / rid, (when, when))
+
+
+def test_a_committed_result_is_read_whole_and_its_files_served(jobs: JobStore, tmp_path: Path) -> None:
+    store = result_store(tmp_path, jobs)
+    rid = _commit(store)
+    assert store.read(rid) == result(rid)
+    for name, data in FILE_BYTES.items():
+        assert store.read_file(rid, name) == data
+    with pytest.raises(ResultNotFound):
+        store.read_file(rid, "result.json")  # only the files the API serves
+    with pytest.raises(ResultNotFound):
+        store.read_file("../" + rid[3:], "mask.nii.gz")
+    updated = result(rid).model_copy(update={"warnings": ["checked"]})
+    store.update(updated)
+    assert store.read(rid).warnings == ["checked"]
+    with pytest.raises(ResultNotFound):
+        store.update(result(new_result_id()))
+    with store.extra_files(rid) as folder:
+        (folder / "report.dcm").write_bytes(b"DICM")
+    assert store.read(rid).warnings == ["checked"]
+    again = result_store(tmp_path, jobs)  # a restart, or another replica
+    assert (
+        again.read(rid).warnings == ["checked"]
+        and again.read_file(rid, "preview.png") == FILE_BYTES["preview.png"]
+    )
+
+
+def test_an_interrupted_or_discarded_commit_leaves_nothing(
+    jobs: JobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = result_store(tmp_path, jobs)
+    rid = new_result_id()
+    staging = store.staging(rid)
+    (staging / "mask.nii.gz").write_bytes(b"m")
+    store.discard(staging)
+    assert not staging.exists()
+    with pytest.raises(ResultNotFound):
+        store.read(rid)
+    if isinstance(store, PgResultStore):  # the files fail after the result row went in: one transaction
+
+        def broken(*args: object) -> None:
+            raise OSError("disk gone")
+
+        monkeypatch.setattr(PgResultStore, "_insert_files", staticmethod(broken))
+        with pytest.raises(OSError):
+            _commit(store, rid)
+        with pytest.raises(ResultNotFound):
+            store.read(rid)
+        assert store.recent(10) == (0, [])
+
+
+def test_a_result_not_in_the_store_tells_pending_failed_and_unknown_apart(
+    jobs: JobStore, tmp_path: Path
+) -> None:
+    store = result_store(tmp_path, jobs)
+    pending = jobs.create(JobRequest(patient_id="A"), "api", new_result_id())
+    with pytest.raises(ResultPending) as waiting:
+        store.read(pending.result_id)
+    assert waiting.value.retry_after_s
+    failed = jobs.create(JobRequest(patient_id="A"), "api", new_result_id())
+    jobs.finish(failed.job_id, "failed", code="broken_series", reason="a gap")
+    with pytest.raises(ResultFailed, match="a gap"):
+        store.read_file(failed.result_id, "mask.nii.gz")
+    with pytest.raises(ResultNotFound):
+        store.read(new_result_id())
+
+
+def test_recent_pages_newest_first(jobs: JobStore, tmp_path: Path) -> None:
+    store = result_store(tmp_path, jobs)
+    rids = [_commit(store) for _ in range(3)]
+    for n, rid in enumerate(rids):
+        _age(store, rid, 3 - n)  # the first is the oldest
+    total, page = store.recent(2)
+    assert total == 3 and [r.result_id for r in page] == [rids[2], rids[1]]
+    assert [r.result_id for r in store.recent(2, offset=2)[1]] == [rids[0]]
+
+
+def test_retention_deletes_expired_then_oldest_over_the_size_bound(jobs: JobStore, tmp_path: Path) -> None:
+    store = result_store(tmp_path, jobs)
+    old, middle, new = (_commit(store, size=10) for _ in range(3))
+    _age(store, old, 40)
+    _age(store, middle, 5)
+    _age(store, new, 1)
+    aged = result_store(tmp_path, jobs, max_age_days=30)  # applied when the store opens
+    with pytest.raises(ResultNotFound):
+        aged.read(old)
+    assert aged.recent(10)[0] == 2
+    one_result = (
+        sum(len(d) * 10 for d in FILE_BYTES.values()) + len(result(new).model_dump_json(indent=2)) + 1
+    )
+    bounded = result_store(tmp_path, jobs, max_bytes=int(one_result * 2.5))
+    assert bounded.recent(10)[0] == 2
+    latest = _commit(bounded, size=10)  # a third result over the bound: the oldest goes, never this one
+    assert [r.result_id for r in bounded.recent(10)[1]] == [latest, new]
+    with pytest.raises(ResultNotFound):
+        bounded.read_file(middle, "mask.nii.gz")
+    tiny = result_store(tmp_path, jobs, max_bytes=1)  # over the bound whatever it holds
+    assert tiny.recent(10)[0] == 0
+    kept = _commit(tiny)  # ... but the result just committed stays
+    assert [r.result_id for r in tiny.recent(10)[1]] == [kept]
