@@ -1,6 +1,6 @@
 """The DICOMweb client's own parsing, without a server: DICOM JSON → the simplified tags the mapping
 reads, the multipart stream cut into parts however the chunks fall, STOW-RS failures, and the settings
-that choose it. Against a real DICOMweb server: ``tests/integration/test_dicomweb.py``."""
+that choose it; the change feed's stability rule. Against a real DICOMweb server: ``tests/integration/test_dicomweb.py``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tumorseg.config import Settings
 from tumorseg.errors import PacsProtocolError, PacsRejected
 from tumorseg.pacs.dicomweb import DicomwebClient, multipart_parts, simplified
 from tumorseg.pacs.tags import describe_series
+from tumorseg.pacs.watch import QuietStudies
 
 
 def test_dicom_json_becomes_simplified_tags() -> None:
@@ -142,3 +143,28 @@ def test_a_pacs_that_cannot_send_the_stored_transfer_syntax_is_asked_for_its_def
         'multipart/related; type="application/dicom"; transfer-syntax=*',
         'multipart/related; type="application/dicom"',
     ]
+
+
+def test_a_study_is_complete_once_unchanged_for_stable_s_and_told_until_acknowledged() -> None:
+    now = [0.0]
+    quiet = QuietStudies(stable_s=5.0, clock=lambda: now[0])
+    assert quiet.poll({"1.1": "a", "1.2": "x"}, None)[0] == []  # first seen
+    now[0] = 4.0
+    ready, cursor = quiet.poll({"1.1": "a", "1.2": "y"}, None)
+    assert ready == []  # 1.1 too soon; 1.2 still changing
+    now[0] = 5.0
+    ready, cursor = quiet.poll({"1.1": "a", "1.2": "y"}, cursor)
+    assert ready == ["1.1"]  # five seconds unchanged
+    now[0] = 6.0
+    assert quiet.poll({"1.1": "a", "1.2": "y"}, None)[0] == ["1.1"]  # not acknowledged: told again
+    now[0] = 9.0
+    ready, acknowledged = quiet.poll({"1.1": "a", "1.2": "y"}, "poll:another0000:9")
+    assert ready == ["1.1", "1.2"]  # a cursor it did not give acknowledges nothing
+    ready, cursor = quiet.poll({"1.1": "a", "1.2": "y"}, acknowledged)
+    assert ready == []  # both handled
+    now[0] = 10.0
+    assert quiet.poll({"1.1": "b", "1.2": "y"}, cursor)[0] == []  # 1.1 gained images: watched again
+    now[0] = 15.0
+    ready, cursor = quiet.poll({"1.1": "b"}, cursor)
+    assert ready == ["1.1"]  # complete with its new images; 1.2 left the window
+    assert quiet.poll({"1.1": "b", "1.2": "y"}, cursor)[0] == []  # 1.2 back: seen anew

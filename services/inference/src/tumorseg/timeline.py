@@ -29,12 +29,10 @@ from tumorseg.errors import PacsNotFound, PatientNotFound, ResultFailed, ResultN
 from tumorseg.jobs import Jobs
 from tumorseg.jobstore import JobStore
 from tumorseg.pacs import Pacs
-from tumorseg.pacs.client import OrthancClient
-from tumorseg.pacs.dicomweb import DicomwebClient
 from tumorseg.records import StudyInfo
 from tumorseg.results import ResultStore
 from tumorseg.schema import Job, JobRequest, SegmentResult
-from tumorseg.trigger import images_version, job_key
+from tumorseg.trigger import job_key
 
 TIMELINE_REGIONS = ("et", "tc", "wt", "ncr", "ed")
 MIN_REFERENCE_ML = 1.0
@@ -254,14 +252,6 @@ def _compare(entries: list[TimelineEntry]) -> None:
             entry.note = "; ".join(said).capitalize() + ". " + RESEARCH_NOTE
 
 
-def _images_version(pacs: Pacs, study: StudyInfo) -> str | None:
-    """The auto-trigger's version of the study's images (``trigger.images_version``); None for a PACS
-    client without series versions."""
-    if not isinstance(pacs, OrthancClient | DicomwebClient):
-        return None
-    return images_version(pacs, study.key)
-
-
 def segment_history(
     pacs: Pacs, jobs: Jobs, results: ResultStore, patient_id: str, model: ModelTag, model_tag: str
 ) -> HistoryAnswer:
@@ -276,7 +266,7 @@ def segment_history(
             answer.append(HistoryStudy(study_instance_uid=uid, action="has_result", job_id=entry.job_id))
             continue
         try:
-            version = _images_version(pacs, infos[uid])
+            version = pacs.images_version(infos[uid])  # as the auto-trigger keys it
         except PacsNotFound:  # deleted meanwhile
             version = None
         if version is None:

@@ -21,7 +21,7 @@ from tumorseg.pacs import OrthancClient, Pacs
 from tumorseg.pacs.dicomweb import DicomwebClient
 from tumorseg.pipeline import Segmenter
 from tumorseg.results import ResultStore
-from tumorseg.trigger import AutoTrigger, DicomwebTrigger, OrthancTrigger
+from tumorseg.trigger import AutoTrigger
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +36,19 @@ def open_pacs(settings: Settings) -> Pacs:
     if settings.dicomweb_url is not None:
         token = settings.dicomweb_token.get_secret_value() if settings.dicomweb_token is not None else None
         return DicomwebClient(
-            settings.dicomweb_url, settings.orthanc_auth, settings.orthanc_timeout, token=token
+            settings.dicomweb_url,
+            settings.orthanc_auth,
+            settings.orthanc_timeout,
+            token=token,
+            recent_days=settings.auto_segment_days,
+            stable_s=settings.auto_segment_poll_s,
         )
     return OrthancClient(settings.orthanc_url, settings.orthanc_auth, settings.orthanc_timeout)
 
 
 def open_trigger(settings: Settings, pacs: Pacs, jobs: Jobs, model_tag: str) -> AutoTrigger:
-    """The auto-trigger for the PACS protocol in use: Orthanc's change log, or QIDO-RS polling."""
-    if isinstance(pacs, DicomwebClient):
-        return DicomwebTrigger(
-            pacs, jobs, model_tag, settings.auto_segment_poll_s, window_days=settings.auto_segment_days
-        )
-    if isinstance(pacs, OrthancClient):
-        return OrthancTrigger(pacs, jobs, model_tag, settings.auto_segment_poll_s)
-    raise TypeError(f"no auto-trigger for {type(pacs).__name__}")
+    """The auto-trigger, following the change feed of the PACS in use."""
+    return AutoTrigger(pacs, jobs, model_tag, settings.auto_segment_poll_s)
 
 
 def open_store(settings: Settings, jobs: JobStore | None = None) -> ResultStore:

@@ -3,8 +3,8 @@
 ``OrthancClient`` (``tumorseg.pacs.client``) speaks Orthanc's REST API; ``DicomwebClient``
 (``tumorseg.pacs.dicomweb``) speaks QIDO-RS, WADO-RS and STOW-RS to any DICOMweb PACS (Orthanc's plugin,
 dcm4chee, cloud healthcare APIs). The pipeline, ``inspect``, the health check and the series cache use
-only what ``Pacs`` declares; the auto-trigger has one watcher per client (``tumorseg.trigger``): Orthanc's
-change log, or QIDO-RS polling.
+only what ``Pacs`` declares, and so does the auto-trigger (``tumorseg.trigger``), which follows the change
+feed (``changes``): Orthanc's change log, or a poll of DICOMweb's recent studies.
 """
 
 from __future__ import annotations
@@ -25,6 +25,17 @@ class UploadResult:
     study_id: str
     series_id: str
     status: str
+
+
+@dataclass(frozen=True)
+class ChangeBatch:
+    """What a PACS's change feed gives since a cursor: the studies that became complete (Orthanc: stable;
+    DICOMweb: unchanged over two polls) in the order seen, ``cursor`` to ask from next (opaque: keep it,
+    give it back), and whether ``more`` is waiting right away."""
+
+    studies: tuple[StudyInfo, ...]
+    cursor: str
+    more: bool = False
 
 
 class Pacs(Protocol):
@@ -67,3 +78,14 @@ class Pacs(Protocol):
         ...
 
     def upload_instance(self, data: bytes) -> UploadResult: ...
+
+    def changes(self, cursor: str | None) -> ChangeBatch:
+        """The change feed: the studies that became complete since ``cursor``. ``None`` (a start) gives
+        every study complete now, with the cursor at the feed's end; a cursor the PACS did not give starts
+        the feed afresh. A batch is given again until its cursor comes back."""
+        ...
+
+    def images_version(self, study: StudyInfo) -> str | None:
+        """What changes when the study's images change (a job key holds it); None without image series.
+        ``PacsNotFound`` when the study is gone."""
+        ...

@@ -22,12 +22,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tumorseg.errors import (
-    PacsProtocolError,
-)
-from tumorseg.pacs.base import UploadResult
+from tumorseg.errors import PacsNotFound, PacsProtocolError
+from tumorseg.pacs.base import ChangeBatch, UploadResult
 from tumorseg.pacs.http import HttpPacs
 from tumorseg.pacs.tags import (
+    NOT_IMAGES,
     describe_series,
     exactly_this_patient,
     is_part10,
@@ -126,10 +125,35 @@ class OrthancClient(HttpPacs):
             for item in answer
         ]
 
-    def changes(self, since: int | None = None, limit: int = 100) -> dict[str, Any]:
-        """``GET /changes``: ``Changes`` (each with ``Seq``, ``ChangeType``, ``ID``, ``ResourceType``),
-        ``Done``, ``Last``. ``since=None`` asks only for the newest ``Seq`` (``?last``)."""
-        params: dict[str, Any] = {"last": ""} if since is None else {"since": since, "limit": limit}
+    def images_version(self, study: StudyInfo) -> str | None:
+        """The newest LastUpdate of the study's image series (SEG and other derived series do not count):
+        what a job key holds of the study's images. None without image series."""
+        versions = [v for modality, v in self.series_versions(study.key) if modality not in NOT_IMAGES]
+        return max(versions) if versions else None
+
+    def changes(self, cursor: str | None) -> ChangeBatch:
+        """The change feed from Orthanc's change log (``GET /changes``): the studies of the ``StableStudy``
+        events after the ``Seq`` in ``cursor``, one page at a time. ``None``: every stable study, and the
+        log's last ``Seq``; a cursor that is no ``Seq``: nothing, and the log's last ``Seq``."""
+        seq = _seq(cursor)
+        if seq is None:
+            end = str(int(self._change_log({"last": ""})["Last"]))
+            studies = self.list_studies() if cursor is None else []
+            return ChangeBatch(tuple(s for s in studies if s.is_stable), end)
+        page = self._change_log({"since": seq, "limit": 100})
+        events = page.get("Changes") or []
+        stable = dict.fromkeys(str(c["ID"]) for c in events if c.get("ChangeType") == "StableStudy")
+        studies = []
+        for study_id in stable:
+            try:
+                studies.append(self.get_study(study_id))
+            except PacsNotFound:  # deleted since the event
+                continue
+        last = max((int(c["Seq"]) for c in events), default=seq)
+        return ChangeBatch(tuple(studies), str(last), more=not page.get("Done", True))
+
+    def _change_log(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``GET /changes``: ``Changes`` (each with ``Seq``, ``ChangeType``, ``ID``), ``Done``, ``Last``."""
         answer = self._json("GET", "/changes", params=params)
         if not isinstance(answer, dict) or "Last" not in answer:
             raise PacsProtocolError("Orthanc answered /changes with something other than its change log")
@@ -263,3 +287,11 @@ class OrthancClient(HttpPacs):
     def delete(self, level: str, orthanc_id: str) -> None:
         """``DELETE /{patients|studies|series|instances}/{id}``; used by tests and clean-up tools."""
         self._json("DELETE", f"/{level}/{orthanc_id}")
+
+
+def _seq(cursor: str | None) -> int | None:
+    """The ``Seq`` a change-feed cursor of this client holds; None for no cursor or another's."""
+    try:
+        return int(cursor) if cursor is not None else None
+    except ValueError:
+        return None

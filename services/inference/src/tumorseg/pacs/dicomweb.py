@@ -14,16 +14,22 @@ Requests:
 - ``download_series``: ``GET /studies/{study}/series/{series}`` as ``multipart/related;
   type="application/dicom"`` in the stored transfer syntax, parsed part by part as it streams in;
 - ``upload_instance``: ``POST /studies`` (STOW-RS), failures from the answer's FailedSOPSequence;
-- ``system`` (the health check): ``GET /studies?limit=1``.
+- ``system`` (the health check): ``GET /studies?limit=1``;
+- ``changes`` (the auto-trigger's feed): ``GET /studies?StudyDate={since}-`` for the last ``recent_days``
+  days, and each study's series with their instance counts; a study is complete once those counts are
+  the same in two polls at least ``stable_s`` apart (``tumorseg.pacs.watch``). A study sent with a
+  StudyDate older than the window is not seen.
 
 Auth: HTTP basic (the username/password settings) or a bearer token. Errors as ``tumorseg.pacs.http``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date, timedelta
 from typing import Any
 
 import httpx
@@ -32,15 +38,17 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.filebase import DicomBytesIO
 
 from tumorseg.errors import PacsNotFound, PacsProtocolError
-from tumorseg.pacs.base import UploadResult
+from tumorseg.pacs.base import ChangeBatch, UploadResult
 from tumorseg.pacs.http import HttpPacs
 from tumorseg.pacs.tags import (
+    NOT_IMAGES,
     describe_series,
     exactly_this_patient,
     is_part10,
     patient_id_query,
     series_order,
 )
+from tumorseg.pacs.watch import QuietStudies
 from tumorseg.records import SeriesInfo, StudyInfo
 
 DICOM_JSON = "application/dicom+json"
@@ -98,12 +106,16 @@ class DicomwebClient(HttpPacs):
         timeout: float = 60.0,
         *,
         token: str | None = None,
+        recent_days: int = 2,
+        stable_s: float = 5.0,
         **kwargs: Any,
     ) -> None:
         headers = {"Accept": DICOM_JSON}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         super().__init__(url, None if token else auth, timeout, headers=headers, **kwargs)
+        self.recent_days = recent_days  # the change feed's window (StudyDate)
+        self._quiet = QuietStudies(stable_s)  # the change feed's state: what the last polls saw
         self._study_of_series: dict[str, str] = {}  # SeriesInstanceUID → StudyInstanceUID, as listed
 
     # -- QIDO-RS -----------------------------------------------------------------------------------
@@ -183,6 +195,29 @@ class DicomwebClient(HttpPacs):
             count = tags.get("NumberOfSeriesRelatedInstances", "")
             versions.append((str(tags.get("Modality", "")), f"{tags.get('SeriesInstanceUID', '')}:{count}"))
         return versions
+
+    def images_version(self, study: StudyInfo) -> str | None:
+        """A hash of the study's image series' UIDs and instance counts (SEG and other derived series do not
+        count): what QIDO-RS shows changing while instances arrive. None without image series."""
+        versions = sorted(v for modality, v in self.series_versions(study.key) if modality not in NOT_IMAGES)
+        return hashlib.sha256("|".join(versions).encode()).hexdigest()[:16] if versions else None
+
+    def changes(self, cursor: str | None) -> ChangeBatch:
+        """The change feed by polling the recent studies (see the module docstring); the first poll of
+        this client finds none complete."""
+        since = (date.today() - timedelta(days=self.recent_days - 1)).strftime("%Y%m%d")
+        studies: dict[str, StudyInfo] = {}
+        versions: dict[str, str] = {}
+        for study in self.recent_studies(since):
+            try:
+                version = self.images_version(study)
+            except PacsNotFound:  # deleted since the search
+                continue
+            if version is not None:
+                studies[study.study_instance_uid] = study
+                versions[study.study_instance_uid] = version
+        ready, after = self._quiet.poll(versions, cursor)
+        return ChangeBatch(tuple(studies[uid] for uid in ready), after)
 
     def patient_of_study(self, key: str) -> dict[str, str]:
         """The patient's tags as the study search gives them. Holds PHI: never log it."""

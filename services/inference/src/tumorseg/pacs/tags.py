@@ -18,6 +18,7 @@ from tumorseg.records import SeriesInfo, StudyInfo
 # multi-value separator. Neither has an escape.
 _MATCHING_SPECIALS = ("*", "?", "\\")
 _DICM_OFFSET = 128
+NOT_IMAGES = frozenset({"SEG", "SR", "PR", "KO", "RTSTRUCT"})  # series that add no image to segment
 
 
 def patient_id_query(patient_id: str) -> str:
