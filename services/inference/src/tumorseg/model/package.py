@@ -231,102 +231,135 @@ class ModelManifest:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: Path) -> ModelManifest:
-        def refuse(why: str) -> ModelError:
-            return ModelError(f"model package {where} cannot be used: {why}")
-
-        if data.get("format_version") != FORMAT_VERSION:
-            raise refuse(
-                f"format_version {data.get('format_version')!r}, this tumorseg reads {FORMAT_VERSION}"
-            )
-        output = data.get("output", {})
-        if output.get("activation") != "sigmoid" or list(output.get("regions", [])) != list(REGIONS):
-            raise refuse(f"output must be sigmoid regions {list(REGIONS)}, got {output}")
-        if {str(k) for k in data.get("labels", {})} != set(LABEL_NAMES):
-            raise refuse(f"labels must be BraTS {sorted(LABEL_NAMES)}")
-        backend = str(data.get("backend", "monai-unet"))
-        if backend not in BACKENDS:
-            raise refuse(f"backend {backend!r} is not one of {list(BACKENDS)}")
+        """The manifest of the package at ``where`` from its ``model.json`` data; a ``ModelError`` that
+        says why when this tumorseg cannot honour it (schema: see the module docstring)."""
+        backend = _checked_backend(data, where)
         try:
-            arch = data["architecture"] if backend == "monai-unet" else data.get("architecture") or {}
-            preprocessing = Preprocessing.from_json(data["preprocessing"])
-            inference = data.get("inference", {})
-            inputs = (
-                InputPolicy.from_json(data["inputs"])
-                if data.get("inputs")
-                else InputPolicy.for_channels(preprocessing.channels)
-            )
-            manifest = cls(
-                name=str(data["name"]),
-                version=str(data.get("version", "0")),
-                architecture=str(arch.get("name", "")) if backend != "monai-unet" else str(arch["name"]),
-                architecture_args=dict(arch.get("args", {}))
-                if backend != "monai-unet"
-                else dict(arch["args"]),
-                preprocessing=preprocessing,
-                inference=InferenceConfig(
-                    roi_size=tuple(int(v) for v in inference.get("roi_size", (128, 128, 128))),  # type: ignore[arg-type]
-                    overlap=float(inference.get("overlap", 0.25)),
-                    sw_batch_size=int(inference.get("sw_batch_size", 1)),
-                ),
-                threshold=float(output.get("threshold", 0.5)),
-                min_enhancing_ml=float(output.get("min_enhancing_ml", 0.0)),
-                training=dict(data.get("training", {})),
-                metrics=dict(data.get("metrics", {})),
-                versions=dict(data.get("versions", {})),
-                weights=str(data.get("weights", WEIGHTS)),
-                inputs=inputs,
-                fallback=FallbackNetwork.from_json(data["fallback"]) if "fallback" in data else None,
-                norms=str(data["norms"]) if data.get("norms") else None,
-                backend=backend,
-                provenance=dict(data.get("provenance", {})),
-                backend_config=dict(data.get("backend_config", {})),
-            )
+            manifest = cls(**_manifest_fields(data, backend))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise refuse(f"manifest is incomplete or wrong ({exc})") from exc
-        if set(manifest.inputs.named) != set(manifest.preprocessing.channels):
-            raise refuse(
-                f"its inputs name {list(manifest.inputs.named)}, its channels are "
-                f"{list(manifest.preprocessing.channels)}: they must be the same sequences"
-            )
-        if manifest.foreign:
-            if manifest.fallback is not None or manifest.norms:
-                raise refuse(f"a {backend} package has no fallback network or norms")
-            return manifest
-        if sorted(manifest.preprocessing.channels) != sorted(SEQUENCES):
-            raise refuse(
-                f"a monai-unet package's channels must be a permutation of {list(SEQUENCES)}, "
-                f"got {list(manifest.preprocessing.channels)}"
-            )
-        if manifest.preprocessing.normalisation == "none":
-            raise refuse("a monai-unet package's network expects normalised input (normalisation 'none')")
-        factor = stride_product(manifest.architecture_args)
-        if any(side % factor for side in manifest.inference.roi_size):
-            raise refuse(f"roi_size {manifest.inference.roi_size} must divide by {factor} (the strides)")
-        if manifest.preprocessing.divisible_by % factor:
-            raise refuse(f"preprocessing.divisible_by must be a multiple of {factor}")
-        if manifest.fallback is not None and manifest.inputs == ALL_FOUR:
-            raise refuse(
-                "it has a fallback network but its inputs require every sequence (it would never run)"
-            )
-        if manifest.fallback is not None:
-            odd = [m for m in manifest.fallback.serves if m not in manifest.inputs.optional]
-            if odd:
-                raise refuse(f"its fallback serves {odd}, which the inputs do not let a study lack")
-            if manifest.fallback.bias_correction not in (None, *BIAS_METHODS):
-                raise refuse(
-                    f"its fallback's bias_correction {manifest.fallback.bias_correction!r} is not one of "
-                    f"{BIAS_METHODS}"
-                )
-        if manifest.fallback is not None and manifest.fallback.weights == manifest.weights:
-            raise refuse(f"the fallback network's weights are the main network's ({manifest.weights})")
-        if manifest.norms and (manifest.fallback is not None or manifest.inputs == ALL_FOUR):
-            raise refuse(
-                "it has norms for the main network, which never segments a study that lacks a sequence"
-                " ("
-                + ("the fallback does" if manifest.fallback is not None else "all four are required")
-                + ")"
-            )
+            raise _refuse(where, f"manifest is incomplete or wrong ({exc})") from exc
+        _check_manifest(manifest, where)
         return manifest
+
+
+def _refuse(where: Path, why: str) -> ModelError:
+    return ModelError(f"model package {where} cannot be used: {why}")
+
+
+def _checked_backend(data: dict[str, Any], where: Path) -> str:
+    """The manifest's backend, once its format version, output regions and labels are the ones this
+    tumorseg reads."""
+    if data.get("format_version") != FORMAT_VERSION:
+        raise _refuse(
+            where, f"format_version {data.get('format_version')!r}, this tumorseg reads {FORMAT_VERSION}"
+        )
+    output = data.get("output", {})
+    if output.get("activation") != "sigmoid" or list(output.get("regions", [])) != list(REGIONS):
+        raise _refuse(where, f"output must be sigmoid regions {list(REGIONS)}, got {output}")
+    if {str(k) for k in data.get("labels", {})} != set(LABEL_NAMES):
+        raise _refuse(where, f"labels must be BraTS {sorted(LABEL_NAMES)}")
+    backend = str(data.get("backend", "monai-unet"))
+    if backend not in BACKENDS:
+        raise _refuse(where, f"backend {backend!r} is not one of {list(BACKENDS)}")
+    return backend
+
+
+def _manifest_fields(data: dict[str, Any], backend: str) -> dict[str, Any]:
+    """``ModelManifest``'s fields read from the manifest's JSON (a KeyError, TypeError, ValueError or
+    AttributeError where it is incomplete or wrong). Only ``monai-unet`` requires an ``architecture``."""
+    arch = data["architecture"] if backend == "monai-unet" else data.get("architecture") or {}
+    preprocessing = Preprocessing.from_json(data["preprocessing"])
+    inference = data.get("inference", {})
+    output = data.get("output", {})
+    inputs = (
+        InputPolicy.from_json(data["inputs"])
+        if data.get("inputs")
+        else InputPolicy.for_channels(preprocessing.channels)
+    )
+    return {
+        "name": str(data["name"]),
+        "version": str(data.get("version", "0")),
+        "architecture": str(arch.get("name", "")) if backend != "monai-unet" else str(arch["name"]),
+        "architecture_args": dict(arch.get("args", {})) if backend != "monai-unet" else dict(arch["args"]),
+        "preprocessing": preprocessing,
+        "inference": InferenceConfig(
+            roi_size=tuple(int(v) for v in inference.get("roi_size", (128, 128, 128))),  # type: ignore[arg-type]
+            overlap=float(inference.get("overlap", 0.25)),
+            sw_batch_size=int(inference.get("sw_batch_size", 1)),
+        ),
+        "threshold": float(output.get("threshold", 0.5)),
+        "min_enhancing_ml": float(output.get("min_enhancing_ml", 0.0)),
+        "training": dict(data.get("training", {})),
+        "metrics": dict(data.get("metrics", {})),
+        "versions": dict(data.get("versions", {})),
+        "weights": str(data.get("weights", WEIGHTS)),
+        "inputs": inputs,
+        "fallback": FallbackNetwork.from_json(data["fallback"]) if "fallback" in data else None,
+        "norms": str(data["norms"]) if data.get("norms") else None,
+        "backend": backend,
+        "provenance": dict(data.get("provenance", {})),
+        "backend_config": dict(data.get("backend_config", {})),
+    }
+
+
+def _check_manifest(manifest: ModelManifest, where: Path) -> None:
+    """Refuse a manifest whose parts contradict each other: inputs and channels must name the same
+    sequences; a foreign package has no fallback or norms; a monai-unet package is checked further."""
+    if set(manifest.inputs.named) != set(manifest.preprocessing.channels):
+        raise _refuse(
+            where,
+            f"its inputs name {list(manifest.inputs.named)}, its channels are "
+            f"{list(manifest.preprocessing.channels)}: they must be the same sequences",
+        )
+    if manifest.foreign:
+        if manifest.fallback is not None or manifest.norms:
+            raise _refuse(where, f"a {manifest.backend} package has no fallback network or norms")
+        return
+    _check_monai_unet(manifest, where)
+
+
+def _check_monai_unet(manifest: ModelManifest, where: Path) -> None:
+    """Channels, normalisation, tiling against the network's strides, the fallback and the norms of a
+    package of tumorseg's own network."""
+    if sorted(manifest.preprocessing.channels) != sorted(SEQUENCES):
+        raise _refuse(
+            where,
+            f"a monai-unet package's channels must be a permutation of {list(SEQUENCES)}, "
+            f"got {list(manifest.preprocessing.channels)}",
+        )
+    if manifest.preprocessing.normalisation == "none":
+        raise _refuse(where, "a monai-unet package's network expects normalised input (normalisation 'none')")
+    factor = stride_product(manifest.architecture_args)
+    if any(side % factor for side in manifest.inference.roi_size):
+        raise _refuse(where, f"roi_size {manifest.inference.roi_size} must divide by {factor} (the strides)")
+    if manifest.preprocessing.divisible_by % factor:
+        raise _refuse(where, f"preprocessing.divisible_by must be a multiple of {factor}")
+    if manifest.fallback is not None:
+        _check_fallback(manifest, manifest.fallback, where)
+    if manifest.norms and (manifest.fallback is not None or manifest.inputs == ALL_FOUR):
+        raise _refuse(
+            where,
+            "it has norms for the main network, which never segments a study that lacks a sequence"
+            " (" + ("the fallback does" if manifest.fallback is not None else "all four are required") + ")",
+        )
+
+
+def _check_fallback(manifest: ModelManifest, fallback: FallbackNetwork, where: Path) -> None:
+    """A fallback network must be able to run (some sequence optional), serve only optional sequences,
+    name a known bias correction and have weights of its own."""
+    if manifest.inputs == ALL_FOUR:
+        raise _refuse(
+            where, "it has a fallback network but its inputs require every sequence (it would never run)"
+        )
+    odd = [m for m in fallback.serves if m not in manifest.inputs.optional]
+    if odd:
+        raise _refuse(where, f"its fallback serves {odd}, which the inputs do not let a study lack")
+    if fallback.bias_correction not in (None, *BIAS_METHODS):
+        raise _refuse(
+            where, f"its fallback's bias_correction {fallback.bias_correction!r} is not one of {BIAS_METHODS}"
+        )
+    if fallback.weights == manifest.weights:
+        raise _refuse(where, f"the fallback network's weights are the main network's ({manifest.weights})")
 
 
 def foreign_manifest(
