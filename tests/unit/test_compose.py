@@ -399,7 +399,7 @@ def hardening(service: dict[str, Any]) -> tuple[list[str], list[str]]:
     return list(service.get("cap_drop") or []), list(service.get("security_opt") or [])
 
 
-@pytest.mark.parametrize("name", ["inference", "worker"])
+@pytest.mark.parametrize("name", ["inference", "inference-replica", "worker"])
 @pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, COMPOSE_CPU]], ids=["gpu", "cpu"])
 def test_the_inference_and_worker_containers_are_locked_down(files: list[Path], name: str) -> None:
     merged: dict[str, Any] = {}
@@ -413,8 +413,11 @@ def test_the_inference_and_worker_containers_are_locked_down(files: list[Path], 
     tmpfs = [str(entry).split(":")[0] for entry in inference.get("tmpfs") or []]
     assert "/tmp" in tmpfs, "a read-only image needs a tmpfs for scratch files"
     assert dockerfile_env()["XDG_CACHE_HOME"].startswith("/tmp/"), "library caches must be writable"
-    writable = [str(v).split(":") for v in inference["volumes"] if not str(v).endswith(":ro")]
-    assert any(parts[1:2] == ["/data/results"] for parts in writable), "results need a writable volume"
+    writable = [str(v).split(":") for v in inference.get("volumes") or [] if not str(v).endswith(":ro")]
+    if name == "inference":  # the embedded mode's SQLite store and results
+        assert any(parts[1:2] == ["/data/results"] for parts in writable), "results need a writable volume"
+    else:  # the scale profile's processes keep their state in PostgreSQL
+        assert writable == [], f"{name} shares no directory with the API (its state is in PostgreSQL)"
 
 
 def test_the_inference_container_has_a_configurable_memory_limit(services: dict[str, Any]) -> None:
@@ -554,7 +557,6 @@ def test_workers_run_the_service_image_with_its_settings_and_a_gpu_each(services
     assert worker.get("profiles") == ["scale"] and worker["command"] == ["tumorseg", "worker"]
     assert worker["stop_grace_period"] == f"{STOP_TIMEOUT_S // 60}m", "the job in hand may finish on SIGTERM"
     assert worker["image"] == inference["image"] and worker["build"] == inference["build"]
-    assert worker["volumes"] == inference["volumes"], "API and workers share the results directory"
     assert len(gpu_devices(worker)) == 1, "one GPU per worker: scale the service to use more"
     for needed in ("orthanc", "redis"):
         assert worker["depends_on"][needed]["condition"] == "service_healthy"
@@ -562,8 +564,9 @@ def test_workers_run_the_service_image_with_its_settings_and_a_gpu_each(services
     env, api_env = environment(worker), environment(inference)
     assert env["TUMORSEG_QUEUE_URL"] == STACK_QUEUE_URL
     assert api_env["TUMORSEG_QUEUE_URL"] == "${INFERENCE_QUEUE_URL:-}"  # unset: the embedded default
-    same = {k: v for k, v in env.items() if k != "TUMORSEG_QUEUE_URL"}
-    assert same == {k: v for k, v in api_env.items() if k != "TUMORSEG_QUEUE_URL"}
+    urls = ("TUMORSEG_QUEUE_URL", "TUMORSEG_DATABASE_URL")
+    same = {k: v for k, v in env.items() if k not in urls}
+    assert same == {k: v for k, v in api_env.items() if k not in urls}
     # what the stack documents for INFERENCE_QUEUE_URL is the workers' Redis
     assert f"INFERENCE_QUEUE_URL={STACK_QUEUE_URL}" in COMPOSE.read_text()
     assert STACK_QUEUE_URL in ENV_EXAMPLE.read_text()
@@ -573,3 +576,48 @@ def test_workers_run_the_service_image_with_its_settings_and_a_gpu_each(services
 def test_the_cpu_override_also_moves_the_workers_to_the_cpu(compose: dict[str, Any]) -> None:
     worker = merge(compose, load_compose(COMPOSE_CPU))["services"]["worker"]
     assert gpu_devices(worker) == [] and environment(worker)["TUMORSEG_DEVICE"] == "cpu"
+
+
+# ---- the scale profile: PostgreSQL, API replicas, workers without a shared directory (issue 40) -------
+
+
+def test_the_scale_profile_runs_the_official_postgres_image_pinned_with_a_volume_and_a_healthcheck(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    postgres = services["postgres"]
+    repository, _, tag = postgres["image"].partition(":")
+    assert repository == "postgres", "the official image"
+    assert re.fullmatch(r"\d+\.\d+(-[a-z0-9.]+)?", tag), f"pin a release like 17.2-bookworm, not {tag!r}"
+    assert postgres["profiles"] == ["scale"]
+    (data,) = [str(v).split(":") for v in postgres["volumes"]]
+    assert data[1] == "/var/lib/postgresql/data" and data[0] in compose["volumes"], "a named volume"
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    env = environment(postgres)
+    assert REQUIRED_REF.fullmatch(env["POSTGRES_PASSWORD"]), "the password only from .env, no default"
+    assert "ports" not in postgres, "only the stack's containers reach the database"
+
+
+@pytest.mark.parametrize("name", ["inference-replica", "worker"])
+def test_scale_processes_share_state_through_postgres_and_redis_only(
+    services: dict[str, Any], name: str
+) -> None:
+    service = services[name]
+    env = environment(service)
+    url = str(env["TUMORSEG_DATABASE_URL"])
+    assert url.startswith("postgresql://") and "@postgres:5432/" in url, url
+    assert REQUIRED_REF.search(url.split("@")[0]) and "${POSTGRES_PASSWORD}" in url, "password by reference"
+    assert env["TUMORSEG_QUEUE_URL"] == "redis://redis:6379/0"
+    assert not service.get("volumes"), f"{name} mounts nothing: no shared directory across hosts"
+    depends = service["depends_on"]
+    assert {depends[s]["condition"] for s in ("orthanc", "redis", "postgres")} == {"service_healthy"}
+
+
+def test_the_scale_profile_shows_two_api_replicas_on_one_state(services: dict[str, Any]) -> None:
+    first, replica = services["inference"], services["inference-replica"]
+    assert replica["profiles"] == ["scale"] and replica["healthcheck"] == first["healthcheck"]
+    assert environment(first)["TUMORSEG_DATABASE_URL"] == "${INFERENCE_DATABASE_URL:-}"
+    assert first["depends_on"]["postgres"] == {"condition": "service_healthy", "required": False}
+    assert gpu_devices(replica) == [], "the workers load the model; an API replica needs no GPU"
+    (port,) = replica["ports"]
+    assert str(port).startswith("127.0.0.1:") and str(port).endswith(":8000")
+    assert str(port) != str(first["ports"][0])
