@@ -22,12 +22,13 @@ system-packages:
 	echo "installing OS packages:$$missing"; \
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing
 
-# The service package and, as a plugin of its CLI (tumorseg train/evaluate), the training package.
-$(STAMP): pyproject.toml training/pyproject.toml
+# The service package and, as plugins of its CLI, the training package (tumorseg train/evaluate) and the
+# development kit (tumorseg phantom/phantom-followup/to-dicom; local servers and launchers for tests).
+$(STAMP): pyproject.toml training/pyproject.toml devkit/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q "$(TORCH_SPEC)" -e ".[test,nnunet]" -e ./training
+	$(BIN)/pip install -q "$(TORCH_SPEC)" -e ".[test,nnunet]" -e ./training -e ./devkit
 	touch $(STAMP)
 
 test: setup

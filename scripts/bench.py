@@ -58,17 +58,17 @@ from typing import Any
 
 import httpx
 
-from tumorseg.launcher import LocalService, LocalWorker, ServiceStartError
 from tumorseg.pacs import OrthancClient
-from tumorseg.pacs.local import LocalOrthanc, LocalRedis
 from tumorseg.pacs.upload import upload_directory
 from tumorseg.pipeline import STAGES as PIPELINE_STAGES
 from tumorseg.sequences import SEQUENCES
-from tumorseg.synth.dicom_geometry import SeriesGeometry
-from tumorseg.synth.dicom_options import ConversionOptions
-from tumorseg.synth.phantom import generate_case, write_case
-from tumorseg.synth.phantom_head import generate_head_case, write_head_case
-from tumorseg.synth.to_dicom import convert_case
+from tumorseg_devkit.launcher import LocalService, LocalWorker, ServiceStartError
+from tumorseg_devkit.local import LocalOrthanc, LocalRedis
+from tumorseg_devkit.synth.dicom_geometry import SeriesGeometry
+from tumorseg_devkit.synth.dicom_options import ConversionOptions
+from tumorseg_devkit.synth.phantom import generate_case, write_case
+from tumorseg_devkit.synth.phantom_head import generate_head_case, write_head_case
+from tumorseg_devkit.synth.to_dicom import convert_case
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 LEAK_RUNS = int(os.environ.get("BENCH_LEAK_RUNS", "20"))

@@ -63,12 +63,12 @@ from tumorseg.config import DEFAULT_MODEL_PATH, Settings
 from tumorseg.imaging.grid import resample_labels
 from tumorseg.model.package import MANIFEST, record_metrics
 from tumorseg.pacs import OrthancClient
-from tumorseg.pacs.local import LocalOrthanc
 from tumorseg.pacs.upload import upload_directory
-from tumorseg.synth.dicom_options import CLINICAL_GEOMETRY, ConversionOptions
-from tumorseg.synth.phantom import generate_case, plan_case, write_case
-from tumorseg.synth.phantom_head import MotionRange, generate_head_case, write_head_case
-from tumorseg.synth.to_dicom import convert_case
+from tumorseg_devkit.local import LocalOrthanc
+from tumorseg_devkit.synth.dicom_options import CLINICAL_GEOMETRY, ConversionOptions
+from tumorseg_devkit.synth.phantom import generate_case, plan_case, write_case
+from tumorseg_devkit.synth.phantom_head import MotionRange, generate_head_case, write_head_case
+from tumorseg_devkit.synth.to_dicom import convert_case
 
 SEEDS = [int(s) for s in os.environ.get("ACC_SEEDS", "50,51,52,53,54,55,56,57").split(",") if s.strip()]
 WITHOUT = [m.strip() for m in os.environ.get("ACC_WITHOUT", "").split(",") if m.strip()]

@@ -25,13 +25,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from tumorseg.imaging import grid as g
-from tumorseg.launcher import LocalService, ServiceStartError
 from tumorseg.pacs import OrthancClient
-from tumorseg.pacs.local import LocalOrthanc
 from tumorseg.pacs.upload import upload_directory
-from tumorseg.synth.dicom_options import CLINICAL_GEOMETRY, ConversionOptions
-from tumorseg.synth.phantom_head import generate_head_case, write_head_case
-from tumorseg.synth.to_dicom import convert_case
+from tumorseg_devkit.launcher import LocalService, ServiceStartError
+from tumorseg_devkit.local import LocalOrthanc
+from tumorseg_devkit.synth.dicom_options import CLINICAL_GEOMETRY, ConversionOptions
+from tumorseg_devkit.synth.phantom_head import generate_head_case, write_head_case
+from tumorseg_devkit.synth.to_dicom import convert_case
 
 PATIENT_ID = "DEMO-0001"
 # A typical case, chosen from the generator's plan (not from results): one 34 mL deep lesion with

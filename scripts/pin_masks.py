@@ -23,12 +23,12 @@ import nibabel as nib
 import numpy as np
 
 from tumorseg.pacs import OrthancClient
-from tumorseg.pacs.local import LocalOrthanc
 from tumorseg.pacs.upload import upload_directory
-from tumorseg.synth.dicom_options import CLINICAL_GEOMETRY, ConversionOptions
-from tumorseg.synth.phantom import generate_case, write_case
-from tumorseg.synth.phantom_head import generate_head_case, write_head_case
-from tumorseg.synth.to_dicom import convert_case
+from tumorseg_devkit.local import LocalOrthanc
+from tumorseg_devkit.synth.dicom_options import CLINICAL_GEOMETRY, ConversionOptions
+from tumorseg_devkit.synth.phantom import generate_case, write_case
+from tumorseg_devkit.synth.phantom_head import generate_head_case, write_head_case
+from tumorseg_devkit.synth.to_dicom import convert_case
 
 WORK = Path(os.environ.get("PIN_WORK", "out/pins"))
 OUT = Path(os.environ.get("PIN_OUT", "out/pins.json"))

@@ -18,7 +18,7 @@ import pytest
 from tests.orthanc import TEST_ORTHANC, OrthancEndpoint
 from tests.postgres import LocalPostgres
 from tumorseg.pacs import OrthancClient
-from tumorseg.pacs.local import LocalOrthanc, LocalRedis
+from tumorseg_devkit.local import LocalOrthanc, LocalRedis
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from tests.studies import Edit, clone_study
 from tumorseg.pacs import OrthancClient
 from tumorseg.pacs.upload import UploadReport, upload_directory
 from tumorseg.sequences import SEQUENCES
-from tumorseg.synth.to_dicom import ConvertedStudy
+from tumorseg_devkit.synth.to_dicom import ConvertedStudy
 
 GIB = 2**30
 

@@ -1,6 +1,6 @@
 """Real nnU-Net v2 result folders made by nnU-Net's own code, for the nnunet-v2 backend's tests and bench.
 
-``nnunet_results(root)`` writes phantom cases (``tumorseg.synth.phantom``, decimated to ``spacing_mm``) in
+``nnunet_results(root)`` writes phantom cases (``tumorseg_devkit.synth.phantom``, decimated to ``spacing_mm``) in
 ``nnUNet_raw`` layout with the BraTS 2023 labels (1 NETC, 2 SNFH, 3 ET) and runs nnU-Net's fingerprint
 extraction, experiment planning (``ExperimentPlanner``: its spacing, patch size, network topology) and
 preprocessing on them; the plans' feature counts are then shrunk (``features``) so that a few training
@@ -58,7 +58,7 @@ def nnunet_environment(root: Path) -> Iterator[None]:
 def _write_raw(raw: Path, cases: int, spacing_mm: float) -> list[str]:
     import nibabel as nib
 
-    from tumorseg.synth.phantom import generate_case
+    from tumorseg_devkit.synth.phantom import generate_case
 
     step = max(1, round(spacing_mm))
     affine = np.diag([-float(step), -float(step), float(step), 1.0])

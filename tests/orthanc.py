@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from tumorseg.config import Settings, get_settings
 from tumorseg.pacs import OrthancClient
-from tumorseg.pacs.local import LocalOrthanc
 from tumorseg.pacs.upload import upload_directory
+from tumorseg_devkit.local import LocalOrthanc
 
 # Orthanc marks a study stable StableAge seconds after its last instance; the service answers 409 before
 # that, so uploads in the tests wait for it (``upload_directory(stable_timeout=...)``): 1 s keeps it short.

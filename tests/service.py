@@ -1,6 +1,6 @@
 """`tumorseg serve` as a real process, for tests that need the service as users run it.
 
-A thin wrapper over :class:`tumorseg.launcher.LocalService`, the one launcher that ``make demo`` and
+A thin wrapper over :class:`tumorseg_devkit.launcher.LocalService`, the one launcher that ``make demo`` and
 ``make bench`` use too.
 """
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tumorseg.launcher import LocalService
+from tumorseg_devkit.launcher import LocalService
 
 
 @contextmanager

@@ -12,8 +12,8 @@ from pydicom.uid import generate_uid
 
 from tests.dicom_factory import unique_patient_id
 from tumorseg.sequences import SEQUENCES
-from tumorseg.synth.dicom_options import CLINICAL_GEOMETRY, ConversionOptions
-from tumorseg.synth.to_dicom import ConvertedStudy
+from tumorseg_devkit.synth.dicom_options import CLINICAL_GEOMETRY, ConversionOptions
+from tumorseg_devkit.synth.to_dicom import ConvertedStudy
 
 CLINICAL = ConversionOptions(geometry=CLINICAL_GEOMETRY, decoys=True, prior_study=True)
 

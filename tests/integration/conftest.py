@@ -16,8 +16,8 @@ from tests.models import tiny_package
 from tests.orthanc import OrthancEndpoint
 from tests.studies import CLINICAL, UploadedStudy
 from tumorseg.pacs.upload import upload_directory
-from tumorseg.synth.phantom import generate_case, write_case
-from tumorseg.synth.to_dicom import ConvertedStudy, convert_case
+from tumorseg_devkit.synth.phantom import generate_case, write_case
+from tumorseg_devkit.synth.to_dicom import ConvertedStudy, convert_case
 
 PHANTOM_SEED = 424242  # not a training seed (those are small consecutive integers)
 

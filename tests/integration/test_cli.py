@@ -14,7 +14,7 @@ from tests.orthanc import OrthancEndpoint, cli_with_env
 from tests.studies import UploadedStudy, clone_study
 from tumorseg.cli import app
 from tumorseg.sequences import SEQUENCES
-from tumorseg.synth.to_dicom import ConvertedStudy
+from tumorseg_devkit.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration
 

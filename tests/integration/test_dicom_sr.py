@@ -17,7 +17,7 @@ from tests.studies import clone_study
 from tumorseg.api.main import create_app
 from tumorseg.export.dicom_sr import read_report, tracking_uid
 from tumorseg.pacs import OrthancClient
-from tumorseg.synth.to_dicom import ConvertedStudy
+from tumorseg_devkit.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration
 

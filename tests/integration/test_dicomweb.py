@@ -24,8 +24,8 @@ from tests.results import mask_array
 from tests.studies import Edit, UploadedStudy, clone_study
 from tumorseg.api.main import create_app
 from tumorseg.cli import app as cli
-from tumorseg.pacs.local import LocalOrthanc
-from tumorseg.synth.to_dicom import ConvertedStudy
+from tumorseg_devkit.local import LocalOrthanc
+from tumorseg_devkit.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration
 

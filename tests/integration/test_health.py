@@ -17,7 +17,7 @@ from tests.service import running_service
 from tumorseg.api.main import create_app
 from tumorseg.config import DEFAULT_MODEL_PATH
 from tumorseg.model.package import read_manifest
-from tumorseg.pacs.local import LocalOrthanc
+from tumorseg_devkit.local import LocalOrthanc
 
 pytestmark = pytest.mark.integration
 

@@ -42,9 +42,9 @@ from tests.hostile import (
 from tests.orthanc import OrthancEndpoint, service_env
 from tests.studies import Edit
 from tumorseg.pacs import OrthancClient
-from tumorseg.pacs.local import LocalOrthanc
 from tumorseg.sequences import SEQUENCES
-from tumorseg.synth.to_dicom import ConvertedStudy
+from tumorseg_devkit.local import LocalOrthanc
+from tumorseg_devkit.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration
 

@@ -14,10 +14,10 @@ from tests.orthanc import OrthancEndpoint, segment_settings, upload_folder
 from tests.studies import clone_study
 from tumorseg.api.main import create_app
 from tumorseg.jobstore import JobStore
-from tumorseg.pacs.local import LocalOrthanc
 from tumorseg.results import new_result_id
 from tumorseg.schema import JobRequest
-from tumorseg.synth.to_dicom import ConvertedStudy
+from tumorseg_devkit.local import LocalOrthanc
+from tumorseg_devkit.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration
 

@@ -31,8 +31,8 @@ from tests.orthanc import OrthancEndpoint, cli_with_env, segment_settings, uploa
 from tests.studies import UploadedStudy, clone_study
 from tumorseg.api.main import create_app
 from tumorseg.cli import app
-from tumorseg.pacs.local import LocalOrthanc
-from tumorseg.synth.to_dicom import ConvertedStudy
+from tumorseg_devkit.local import LocalOrthanc
+from tumorseg_devkit.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration
 

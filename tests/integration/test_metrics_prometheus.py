@@ -14,9 +14,9 @@ import pytest
 from tests.jobs import FAST_ENV, until_finished
 from tests.orthanc import OrthancEndpoint, service_env, upload_folder
 from tests.studies import clone_study
-from tumorseg.launcher import LocalService, LocalWorker
-from tumorseg.pacs.local import LocalPrometheus, LocalRedis, free_port
-from tumorseg.synth.to_dicom import ConvertedStudy
+from tumorseg_devkit.launcher import LocalService, LocalWorker
+from tumorseg_devkit.local import LocalPrometheus, LocalRedis, free_port
+from tumorseg_devkit.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from tests.models import SHIPPED_INPUTS, tiny_package, with_fallback
 from tests.orthanc import OrthancEndpoint, segment_settings, upload_folder
 from tests.studies import clone_study
 from tumorseg.api.main import create_app
-from tumorseg.synth.to_dicom import ConvertedStudy
+from tumorseg_devkit.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from tests.dicom_factory import mr_series, unique_patient_id
 from tests.orthanc import OrthancEndpoint
 from tumorseg.errors import PacsNotFound, PacsProtocolError, PacsRejected, PacsTimeout, PacsUnavailable
 from tumorseg.pacs import OrthancClient
-from tumorseg.pacs.local import free_port
+from tumorseg_devkit.local import free_port
 
 pytestmark = pytest.mark.integration
 

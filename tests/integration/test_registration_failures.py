@@ -22,8 +22,8 @@ from tumorseg.config import DEFAULT_MODEL_PATH
 from tumorseg.model.package import read_manifest
 from tumorseg.pacs.upload import upload_directory
 from tumorseg.sequences import SEQUENCES
-from tumorseg.synth.phantom_head import generate_head_case, write_head_case
-from tumorseg.synth.to_dicom import convert_case
+from tumorseg_devkit.synth.phantom_head import generate_head_case, write_head_case
+from tumorseg_devkit.synth.to_dicom import convert_case
 
 pytestmark = pytest.mark.integration
 

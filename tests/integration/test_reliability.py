@@ -19,10 +19,10 @@ from tests.service import running_service
 from tests.studies import UploadedStudy, clone_study
 from tumorseg.api.main import create_app
 from tumorseg.pacs import OrthancClient
-from tumorseg.pacs.local import LocalOrthanc
 from tumorseg.pacs.upload import upload_directory
 from tumorseg.records import SeriesInfo
-from tumorseg.synth.to_dicom import ConvertedStudy
+from tumorseg_devkit.local import LocalOrthanc
+from tumorseg_devkit.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration
 

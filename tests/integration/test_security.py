@@ -25,10 +25,10 @@ from pydicom.uid import generate_uid
 from tests.dicom_factory import mr_instance, unique_patient_id
 from tests.orthanc import OrthancEndpoint, segment_settings
 from tumorseg.api.main import create_app
-from tumorseg.pacs.local import LocalOrthanc
-from tumorseg.paths import ORTHANC_CONFIG
 from tumorseg.pipeline import Segmenter, SegmentRequest
 from tumorseg.schema import SegmentResult
+from tumorseg_devkit.local import LocalOrthanc
+from tumorseg_devkit.paths import ORTHANC_CONFIG
 
 pytestmark = pytest.mark.integration
 

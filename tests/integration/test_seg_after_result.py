@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from tests.orthanc import TEST_ORTHANC, OrthancEndpoint, segment_settings, upload_folder
 from tests.studies import clone_study
 from tumorseg.api.main import create_app
-from tumorseg.pacs.local import LocalOrthanc
 from tumorseg.results import ResultStore
-from tumorseg.synth.to_dicom import ConvertedStudy
+from tumorseg_devkit.local import LocalOrthanc
+from tumorseg_devkit.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ from tests.orthanc import OrthancEndpoint, segment_settings, upload_folder
 from tests.results import mask_array
 from tests.studies import UploadedStudy, clone_study, drop_instance
 from tumorseg.api.main import create_app
-from tumorseg.pacs.local import free_port
-from tumorseg.synth.to_dicom import ConvertedStudy
+from tumorseg_devkit.local import free_port
+from tumorseg_devkit.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from tumorseg.imaging.volume import load_series
 from tumorseg.pacs import OrthancClient
 from tumorseg.sequences import SEQUENCES
 from tumorseg.study.assemble import assemble
-from tumorseg.synth.to_dicom import ConvertedStudy
+from tumorseg_devkit.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """The timeline with known truth, served by ``tumorseg serve`` with an API key against a real Orthanc: one
-patient's three follow-up phantom studies (``tumorseg.synth.followup``: the same head, the tumour x1.0 at
+patient's three follow-up phantom studies (``tumorseg_devkit.synth.followup``: the same head, the tumour x1.0 at
 baseline, x1.8 three months later, x0.2 three months after that; positioned differently each time, new
 UIDs) segmented by the shipped model through the history route.
 
@@ -39,7 +39,7 @@ from tumorseg.cli import app as cli_app
 from tumorseg.config import DEFAULT_MODEL_PATH
 from tumorseg.imaging.postprocess import voxel_volume_mm3
 from tumorseg.labels import volumes_ml
-from tumorseg.synth.followup import TRUTH_JSON, write_followups
+from tumorseg_devkit.synth.followup import TRUTH_JSON, write_followups
 
 pytestmark = pytest.mark.integration
 

@@ -16,10 +16,10 @@ from tests.orthanc import OrthancEndpoint, segment_settings, service_env, upload
 from tests.studies import clone_study
 from tumorseg.api.main import create_app
 from tumorseg.config import Settings
-from tumorseg.launcher import LocalWorker
-from tumorseg.pacs.local import LocalOrthanc, LocalRedis
 from tumorseg.pacs.upload import upload_directory
-from tumorseg.synth.to_dicom import ConvertedStudy
+from tumorseg_devkit.launcher import LocalWorker
+from tumorseg_devkit.local import LocalOrthanc, LocalRedis
+from tumorseg_devkit.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration
 

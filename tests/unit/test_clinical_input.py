@@ -38,8 +38,8 @@ from tumorseg.imaging.registration import (
     register_study,
 )
 from tumorseg.sequences import SEQUENCES
-from tumorseg.synth.phantom import generate_case, write_case
-from tumorseg.synth.phantom_head import generate_head_case, write_head_case
+from tumorseg_devkit.synth.phantom import generate_case, write_case
+from tumorseg_devkit.synth.phantom_head import generate_head_case, write_head_case
 
 # Head seeds never used while the stages were tuned (3, 5, 8, 21-24 were); motion up to 5 deg / 5 mm,
 # bias up to 20 %, Rician background, skull and scalp (the generator's defaults).

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tumorseg.cli import app
-from tumorseg.synth.followup import _posed_affine, followup_case, truth_ml
-from tumorseg.synth.phantom import BRATS_AFFINE, SHAPE
+from tumorseg_devkit.synth.followup import _posed_affine, followup_case, truth_ml
+from tumorseg_devkit.synth.phantom import BRATS_AFFINE, SHAPE
 
 
 def test_a_visit_lies_turned_and_moved_about_the_head_centre() -> None:

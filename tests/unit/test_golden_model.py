@@ -23,7 +23,7 @@ from tumorseg.imaging.preprocess import prepare
 from tumorseg.labels import labels_to_regions
 from tumorseg.model.predictor import Predictor
 from tumorseg.sequences import SEQUENCES
-from tumorseg.synth.phantom import case_seed, generate_case, write_case
+from tumorseg_devkit.synth.phantom import case_seed, generate_case, write_case
 
 MODEL = Path(__file__).resolve().parents[2] / "models" / "default"
 GOLDEN_RUN_SEED = 9

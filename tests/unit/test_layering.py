@@ -20,6 +20,7 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 PACKAGES = {
     "tumorseg": ROOT / "services" / "inference" / "src" / "tumorseg",
     "tumorseg_training": ROOT / "training" / "tumorseg_training",
+    "tumorseg_devkit": ROOT / "devkit" / "tumorseg_devkit",
 }
 
 
@@ -54,6 +55,8 @@ def test_the_tree_keeps_every_contract() -> None:
         ("tumorseg/study/choose.py", "import tumorseg.pacs.client", "pure-study", "tumorseg.pacs"),
         # the service importing training code
         ("tumorseg/cli.py", "import tumorseg_training.train", "no-training", "tumorseg_training"),
+        # the service importing the phantom generator or a local-server launcher
+        ("tumorseg/cli.py", "import tumorseg_devkit.synth.phantom", "no-devkit", "tumorseg_devkit"),
         # one route module importing another
         ("tumorseg/api/routes/results.py", "import tumorseg.api.routes.segment", "routes", "routes"),
     ],

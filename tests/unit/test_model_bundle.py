@@ -21,7 +21,7 @@ from tumorseg.model.bundle import import_bundle
 from tumorseg.model.package import read_manifest
 from tumorseg.model.predictor import ForeignPredictor, Predictor
 from tumorseg.sequences import SEQUENCES
-from tumorseg.synth.phantom import generate_case, write_case
+from tumorseg_devkit.synth.phantom import generate_case, write_case
 
 SEED = 515151
 

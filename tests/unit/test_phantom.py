@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from tumorseg.cli import app
 from tumorseg.sequences import SEQUENCES
-from tumorseg.synth.phantom import (
+from tumorseg_devkit.synth.phantom import (
     BRATS_AFFINE,
     PROFILES,
     SHAPE,
@@ -27,8 +27,8 @@ from tumorseg.synth.phantom import (
     write_case,
     write_cases,
 )
-from tumorseg.synth.phantom_anatomy import Anatomy
-from tumorseg.synth.phantom_tumour import grow_tumour
+from tumorseg_devkit.synth.phantom_anatomy import Anatomy
+from tumorseg_devkit.synth.phantom_tumour import grow_tumour
 
 # Seed 9: profile "full" (NCR + ET + ED), one lesion of ~32 mL: every compartment has enough voxels.
 SEED = 9

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from tumorseg.cli import app
 from tumorseg.sequences import SEQUENCES
-from tumorseg.synth import phantom, phantom_head
-from tumorseg.synth.phantom import PhantomCase, generate_case, plan_case
-from tumorseg.synth.phantom_head import (
+from tumorseg_devkit.synth import phantom, phantom_head
+from tumorseg_devkit.synth.phantom import PhantomCase, generate_case, plan_case
+from tumorseg_devkit.synth.phantom_head import (
     HEAD_AFFINE,
     HEAD_SHAPE,
     HeadCase,
@@ -29,8 +29,8 @@ from tumorseg.synth.phantom_head import (
     write_head_case,
     write_head_cases,
 )
-from tumorseg.synth.phantom_head_tissue import embed
-from tumorseg.synth.to_dicom import find_case_files
+from tumorseg_devkit.synth.phantom_head_tissue import embed
+from tumorseg_devkit.synth.to_dicom import find_case_files
 
 # Seed 9: profile "full" (NCR + ET + ED), one lesion of ~32 mL. Two head cases and two BraTS cases are
 # made (about a minute of CPU in all); the tests share them.

@@ -26,9 +26,9 @@ from tests.geometry import dcm2niix, index_map, onto_lattice_of
 from tumorseg.cli import app
 from tumorseg.errors import InvalidInput
 from tumorseg.sequences import SEQUENCES
-from tumorseg.synth.dicom_options import parse_descriptions, parse_geometry
-from tumorseg.synth.dicom_series import quantise
-from tumorseg.synth.to_dicom import (
+from tumorseg_devkit.synth.dicom_options import parse_descriptions, parse_geometry
+from tumorseg_devkit.synth.dicom_series import quantise
+from tumorseg_devkit.synth.to_dicom import (
     ConversionOptions,
     ConvertedStudy,
     SeriesGeometry,
@@ -525,7 +525,7 @@ def test_cli_to_dicom(brats_case: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow  # the phantom generator needs ~5-15 s for one case
 def test_phantom_case_converts_onto_its_lattice(tmp_path: Path) -> None:
-    phantom = pytest.importorskip("tumorseg.synth.phantom")
+    phantom = pytest.importorskip("tumorseg_devkit.synth.phantom")
     case_dir = phantom.write_case(phantom.generate_case(3), tmp_path, "BraTS2021_90003")
     result = convert_case(case_dir, "PHANTOM-3", tmp_path / "out")
     for key in ("flair", "t1ce"):

@@ -5,5 +5,4 @@ from __future__ import annotations
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
-ORTHANC_CONFIG = REPO_ROOT / "services" / "orthanc" / "orthanc.json"
 MODELS_DIR = REPO_ROOT / "models"

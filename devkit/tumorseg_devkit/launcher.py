@@ -7,7 +7,7 @@ this interpreter, run as ``tumorseg serve --host 127.0.0.1 --port <free port>``,
 is that one definition: it starts the process, waits until ``GET /health`` answers and stops it again.
 
 It deliberately imports nothing of the service itself (only the standard library, httpx and
-``free_port`` and ``terminate`` from ``tumorseg.pacs.local``), so launching the service never loads its code into
+``free_port`` and ``terminate`` from ``tumorseg_devkit.local``), so launching the service never loads its code into
 the caller.
 """
 
@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import httpx
 
-from tumorseg.pacs.local import free_port, terminate
+from tumorseg_devkit.local import free_port, terminate
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 300.0

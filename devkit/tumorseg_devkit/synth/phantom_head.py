@@ -47,9 +47,9 @@ import SimpleITK as sitk
 from numpy.typing import NDArray
 
 from tumorseg.sequences import SEQUENCES
-from tumorseg.synth.phantom import CasePlan, brain_and_tumour, plan_case, write_cases
-from tumorseg.synth.phantom_contrast import render
-from tumorseg.synth.phantom_head_tissue import (
+from tumorseg_devkit.synth.phantom import CasePlan, brain_and_tumour, plan_case, write_cases
+from tumorseg_devkit.synth.phantom_contrast import render
+from tumorseg_devkit.synth.phantom_head_tissue import (
     BRAIN_OFFSET,
     HEAD_AFFINE,
     HEAD_SHAPE,

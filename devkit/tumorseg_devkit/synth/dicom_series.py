@@ -2,7 +2,7 @@
 
 Contract: a series is a list of :class:`Frame`, each a 2-D ``pixels[row, column]`` array of stored
 values (``int16`` or ``uint16``) with its ImagePositionPatient, ImageOrientationPatient (LPS, see
-:mod:`tumorseg.synth.dicom_geometry`) and PixelSpacing (row spacing, column spacing). Real-valued
+:mod:`tumorseg_devkit.synth.dicom_geometry`) and PixelSpacing (row spacing, column spacing). Real-valued
 intensities become stored values through :func:`quantise`, which picks one RescaleSlope/Intercept
 per series. Every UID is derived from caller-given entropy (:func:`derive_uid`), so writing the same
 series twice gives byte-identical files.
@@ -36,7 +36,7 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 
 from tumorseg.errors import InvalidInput
-from tumorseg.synth.dicom_profiles import SCANNERS, SequenceProfile, Vendor
+from tumorseg_devkit.synth.dicom_profiles import SCANNERS, SequenceProfile, Vendor
 
 logger = logging.getLogger(__name__)
 

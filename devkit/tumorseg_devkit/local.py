@@ -22,7 +22,7 @@ from typing import IO, Any
 import httpx
 import redis
 
-from tumorseg.paths import ORTHANC_CONFIG
+from tumorseg_devkit.paths import ORTHANC_CONFIG
 
 DEBIAN_ORTHANC = "/usr/sbin/Orthanc"
 DEBIAN_PLUGINS = Path("/usr/share/orthanc/plugins")

@@ -35,7 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tumorseg.sequences import SEQUENCES
-from tumorseg.synth.phantom_anatomy import (
+from tumorseg_devkit.synth.phantom_anatomy import (
     BRATS_AFFINE,
     SHAPE,
     SITES,
@@ -46,8 +46,8 @@ from tumorseg.synth.phantom_anatomy import (
     sample_pose,
     ventricle_resize,
 )
-from tumorseg.synth.phantom_contrast import synthesize
-from tumorseg.synth.phantom_tumour import LesionPlan, Tumour, grow_tumour, mass_effects, place_lesions
+from tumorseg_devkit.synth.phantom_contrast import synthesize
+from tumorseg_devkit.synth.phantom_tumour import LesionPlan, Tumour, grow_tumour, mass_effects, place_lesions
 
 __all__ = [
     "BRATS_AFFINE",

@@ -3,7 +3,7 @@
 They exist to make study-to-modality mapping realistic (a b0 image looks like a T2, a localizer is
 "T2-ish" too); their pixels are derived from the case's T2 and FLAIR, not simulated physics.
 
-Contract: each decoy is a list of :class:`Stack` — a :class:`~tumorseg.synth.dicom_geometry.Lattice`
+Contract: each decoy is a list of :class:`Stack` — a :class:`~tumorseg_devkit.synth.dicom_geometry.Lattice`
 (LPS) with real-valued ``values[slice, row, column]`` and per-instance extra attributes.
 - localizer: three single-plane stacks (sagittal, coronal, axial), 3 slices each through the centre
   of the source volume, ``step`` = min(20 mm, extent / 4) apart; 2 mm pixels (finer when the
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tumorseg.synth.dicom_geometry import (
+from tumorseg_devkit.synth.dicom_geometry import (
     Lattice,
     Plane,
     SeriesGeometry,

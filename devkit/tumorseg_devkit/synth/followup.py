@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tumorseg.labels import ED, ET, NCR
-from tumorseg.synth.phantom import (
+from tumorseg_devkit.synth.phantom import (
     BRATS_AFFINE,
     SHAPE,
     PhantomCase,
@@ -39,7 +39,7 @@ from tumorseg.synth.phantom import (
     plan_case,
     write_case,
 )
-from tumorseg.synth.phantom_contrast import synthesize
+from tumorseg_devkit.synth.phantom_contrast import synthesize
 
 DAYS_BETWEEN = 91  # a follow-up scan every three months
 TRUTH_JSON = "truth.json"
@@ -110,7 +110,7 @@ def write_followups(
 ) -> list[Path]:
     """Visits of one patient (see the module docstring); returns the case folders, baseline first. Visit
     n lies turned by ``n * pose_step_deg`` (alternating sign) and moved by n x (3, -4, 5) mm."""
-    from tumorseg.synth.to_dicom import ConversionOptions, convert_case
+    from tumorseg_devkit.synth.to_dicom import ConversionOptions, convert_case
 
     folders = []
     for n, factor in enumerate(factors):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
-from tumorseg.synth.dicom_geometry import Plane
+from tumorseg_devkit.synth.dicom_geometry import Plane
 
 Vendor = Literal["siemens", "ge"]
 VENDORS: tuple[Vendor, ...] = get_args(Vendor)

@@ -17,9 +17,9 @@ from typing import Any
 
 from tumorseg.errors import InvalidInput
 from tumorseg.sequences import SEQUENCES
-from tumorseg.synth.dicom_geometry import PLANES, SeriesGeometry
-from tumorseg.synth.dicom_profiles import DECOY_KINDS, VENDORS, Vendor
-from tumorseg.synth.dicom_series import TRANSFER_SYNTAXES, TransferSyntax
+from tumorseg_devkit.synth.dicom_geometry import PLANES, SeriesGeometry
+from tumorseg_devkit.synth.dicom_profiles import DECOY_KINDS, VENDORS, Vendor
+from tumorseg_devkit.synth.dicom_series import TRANSFER_SYNTAXES, TransferSyntax
 
 PATIENT_SEXES = ("M", "F", "O")
 # The clinical acquisition the tests, `make accuracy-clinical` and `make demo` convert to: an oblique 2D

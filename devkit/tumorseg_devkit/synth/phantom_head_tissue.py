@@ -34,8 +34,8 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
 from tumorseg.sequences import SEQUENCES
-from tumorseg.synth.phantom_anatomy import BRATS_AFFINE, SHAPE, Anatomy, Pose
-from tumorseg.synth.phantom_contrast import BrainContrast
+from tumorseg_devkit.synth.phantom_anatomy import BRATS_AFFINE, SHAPE, Anatomy, Pose
+from tumorseg_devkit.synth.phantom_contrast import BrainContrast
 
 F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]

@@ -2,7 +2,7 @@
 
 Input: ``CASE_DIR/<case>_{flair,t1,t1ce,t2}.nii.gz`` (``.nii`` too; ``seg`` ignored), any affine
 with orthogonal voxel axes, any numeric dtype. NIfTI arrays are ``data[i, j, k]`` with an RAS
-affine; they are turned into LPS once, on loading (:mod:`tumorseg.synth.dicom_geometry`).
+affine; they are turned into LPS once, on loading (:mod:`tumorseg_devkit.synth.dicom_geometry`).
 
 Output (``OUT``)::
 
@@ -37,11 +37,18 @@ import numpy as np
 
 from tumorseg.errors import InvalidInput
 from tumorseg.sequences import SEQUENCES
-from tumorseg.synth.dicom_decoys import LOCALIZER_THICKNESS_MM, Stack, diffusion, localizer
-from tumorseg.synth.dicom_geometry import Lattice, Plane, SeriesGeometry, SourceVolume, plan_lattice, sample
-from tumorseg.synth.dicom_options import ConversionOptions
-from tumorseg.synth.dicom_profiles import DECOY_KINDS, PROFILES, SERIES_NUMBERS
-from tumorseg.synth.dicom_series import (
+from tumorseg_devkit.synth.dicom_decoys import LOCALIZER_THICKNESS_MM, Stack, diffusion, localizer
+from tumorseg_devkit.synth.dicom_geometry import (
+    Lattice,
+    Plane,
+    SeriesGeometry,
+    SourceVolume,
+    plan_lattice,
+    sample,
+)
+from tumorseg_devkit.synth.dicom_options import ConversionOptions
+from tumorseg_devkit.synth.dicom_profiles import DECOY_KINDS, PROFILES, SERIES_NUMBERS
+from tumorseg_devkit.synth.dicom_series import (
     Frame,
     SeriesSpec,
     StudyContext,
@@ -64,7 +71,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
-_UID_NAMESPACE = "tumorseg.synth.to_dicom/1"
+_UID_NAMESPACE = "tumorseg_devkit.synth.to_dicom/1"
 # Minutes after the study start at which each series begins (a plausible exam timeline).
 _MINUTES = {"localizer": 0.0, "t2": 1.5, "flair": 5.0, "dwi": 9.0, "adc": 9.0, "t1": 11.0, "t1ce": 22.0}
 

@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
-from tumorseg.synth.phantom_anatomy import (
+from tumorseg_devkit.synth.phantom_anatomy import (
     BRATS_AFFINE,
     SHAPE,
     Anatomy,

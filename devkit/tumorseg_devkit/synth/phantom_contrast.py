@@ -32,8 +32,8 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
 from tumorseg.sequences import SEQUENCES
-from tumorseg.synth.phantom_anatomy import SHAPE, Anatomy
-from tumorseg.synth.phantom_tumour import Tumour
+from tumorseg_devkit.synth.phantom_anatomy import SHAPE, Anatomy
+from tumorseg_devkit.synth.phantom_tumour import Tumour
 
 log = logging.getLogger(__name__)
 
