@@ -16,12 +16,12 @@ import pytest
 
 from tests.orthanc import LocalOrthanc, OrthancEndpoint, upload_folder
 from tests.studies import ConvertedStudy, clone_study
+from tumorseg.jobs.trigger import AutoTrigger
 from tumorseg.jobstore import JobStore
 from tumorseg.pacs import Pacs
 from tumorseg.pacs.dicomweb import DicomwebClient
 from tumorseg.results import new_result_id
 from tumorseg.schema import Job, JobOrigin, JobRequest
-from tumorseg.trigger import AutoTrigger
 
 pytestmark = pytest.mark.integration
 

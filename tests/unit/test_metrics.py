@@ -24,11 +24,11 @@ from tumorseg import metrics
 from tumorseg.api.main import create_app
 from tumorseg.errors import ModalityMissing, ModelError
 from tumorseg.jobs import EmbeddedRunner
+from tumorseg.jobs.trigger import AutoTrigger
 from tumorseg.jobstore import JobStore
 from tumorseg.model import fused
 from tumorseg.model.predictor import Predictor
 from tumorseg.pacs import OrthancClient
-from tumorseg.trigger import AutoTrigger
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_YML = ROOT / "services" / "prometheus" / "prometheus.yml"

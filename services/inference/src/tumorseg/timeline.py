@@ -27,12 +27,12 @@ from pydantic import BaseModel, Field
 
 from tumorseg.errors import PacsNotFound, PatientNotFound, ResultFailed, ResultNotFound, ResultPending
 from tumorseg.jobs import Jobs
+from tumorseg.jobs.trigger import job_key
 from tumorseg.jobstore import JobStore
 from tumorseg.pacs import Pacs
 from tumorseg.records import StudyInfo
 from tumorseg.results import ResultStore
 from tumorseg.schema import Job, JobRequest, SegmentResult
-from tumorseg.trigger import job_key
 
 TIMELINE_REGIONS = ("et", "tc", "wt", "ncr", "ed")
 MIN_REFERENCE_ML = 1.0

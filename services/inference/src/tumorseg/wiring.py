@@ -12,7 +12,9 @@ from collections.abc import Callable
 from tumorseg.config import Settings
 from tumorseg.imaging.brain import get_extractor
 from tumorseg.jobs import EmbeddedRunner, Jobs, QueuedRunner
+from tumorseg.jobs.leader import Leadership, PostgresLeader, SoleLeader
 from tumorseg.jobs.queue import JobQueue
+from tumorseg.jobs.trigger import AutoTrigger
 from tumorseg.jobstore import JobStore
 from tumorseg.memory import keep_freed_memory, reserve_heap
 from tumorseg.model.device import configure_threads
@@ -21,7 +23,6 @@ from tumorseg.pacs import OrthancClient, Pacs
 from tumorseg.pacs.dicomweb import DicomwebClient
 from tumorseg.pipeline import Segmenter
 from tumorseg.results import ResultStore
-from tumorseg.trigger import AutoTrigger
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,15 @@ def open_pacs(settings: Settings) -> Pacs:
 
 
 def open_trigger(settings: Settings, pacs: Pacs, jobs: Jobs, model_tag: str) -> AutoTrigger:
-    """The auto-trigger, following the change feed of the PACS in use."""
-    return AutoTrigger(pacs, jobs, model_tag, settings.auto_segment_poll_s)
+    """The auto-trigger, following the change feed of the PACS in use, in the process that leads."""
+    return AutoTrigger(pacs, jobs, model_tag, settings.auto_segment_poll_s, open_leadership(settings))
+
+
+def open_leadership(settings: Settings) -> Leadership:
+    """Who runs the auto-trigger: with PostgreSQL, the replica holding its lock; else this process."""
+    if settings.database_url is None:
+        return SoleLeader()
+    return PostgresLeader(settings.database_url.get_secret_value())
 
 
 def open_store(settings: Settings, jobs: JobStore | None = None) -> ResultStore:

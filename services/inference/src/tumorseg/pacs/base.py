@@ -3,7 +3,7 @@
 ``OrthancClient`` (``tumorseg.pacs.client``) speaks Orthanc's REST API; ``DicomwebClient``
 (``tumorseg.pacs.dicomweb``) speaks QIDO-RS, WADO-RS and STOW-RS to any DICOMweb PACS (Orthanc's plugin,
 dcm4chee, cloud healthcare APIs). The pipeline, ``inspect``, the health check and the series cache use
-only what ``Pacs`` declares, and so does the auto-trigger (``tumorseg.trigger``), which follows the change
+only what ``Pacs`` declares, and so does the auto-trigger (``tumorseg.jobs.trigger``), which follows the change
 feed (``changes``): Orthanc's change log, or a poll of DICOMweb's recent studies.
 """
 

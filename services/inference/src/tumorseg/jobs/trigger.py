@@ -13,6 +13,13 @@ that becomes complete again without new images (our own SEG arriving) has the ke
 gets none; a study that gains a series gets a new job. A study with no brain MRI to segment ends
 ``skipped``. Over DICOMweb a study sent with a StudyDate older than the polled window is not seen: submit
 it with ``POST /jobs``.
+
+Every API process runs the thread, and only the one that leads acts (``tumorseg.jobs.leader``: always the
+one process of the embedded mode; with PostgreSQL, the holder of the trigger's lock). It asks before each
+job it submits and before it moves the cursor, and abandons the batch the moment it no longer leads, so the
+cursor only ever passes studies whose jobs exist; the next leader reconciles when it takes over and
+follows on from the stored cursor. No study is missed and none gets two jobs: the job key is UNIQUE in the
+store, and a second submit of a key returns the job that has it.
 """
 
 from __future__ import annotations
@@ -21,9 +28,9 @@ import hashlib
 import logging
 import threading
 
-from tumorseg import metrics
 from tumorseg.errors import InvalidInput, PacsNotFound, TumorsegError
-from tumorseg.jobs import Jobs
+from tumorseg.jobs.leader import Leadership, SoleLeader
+from tumorseg.jobs.runner import Jobs
 from tumorseg.pacs import Pacs
 from tumorseg.records import StudyInfo
 from tumorseg.schema import JobRequest
@@ -33,6 +40,11 @@ log = logging.getLogger(__name__)
 # The job store's name for the feed's cursor: the name from when it held only Orthanc's Seq, which is
 # still the Orthanc cursor, so an upgrade follows on from where it stopped.
 CURSOR_KEY = "orthanc_changes_seq"
+STANDBY_POLL_S = 0.5  # how often a process that does not lead looks whether it leads now
+
+
+class NotLeading(Exception):
+    """This process lost the lead in the middle of a batch: it is abandoned, the cursor unmoved."""
 
 
 def job_key(study_instance_uid: str, images_version: str, model_tag: str, request: JobRequest) -> str:
@@ -42,40 +54,60 @@ def job_key(study_instance_uid: str, images_version: str, model_tag: str, reques
 
 
 class AutoTrigger:
-    """The polling thread: follows ``pacs``'s change feed and submits a job per complete study."""
+    """The polling thread: follows ``pacs``'s change feed and submits a job per complete study while
+    ``leader`` says this process leads (by default it always does: one process)."""
 
-    def __init__(self, pacs: Pacs, jobs: Jobs, model_tag: str, poll_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        pacs: Pacs,
+        jobs: Jobs,
+        model_tag: str,
+        poll_s: float = 5.0,
+        leader: Leadership | None = None,
+    ) -> None:
         self.pacs = pacs
         self.jobs = jobs
         self.model_tag = model_tag  # model name and version: a new model segments every study again
         self.poll_s = poll_s
+        self.leader = leader or SoleLeader()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self._stop.clear()
+        self.leader.start()
         self._thread = threading.Thread(target=self._loop, name="tumorseg-auto", daemon=True)
         self._thread.start()
-        metrics.trigger_leader(True)
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        metrics.trigger_leader(False)
+        self.leader.stop()
 
     def _loop(self) -> None:
-        started = False
+        begun = False  # reconciled since this process took the lead
         while not self._stop.is_set():
+            if not self.leader.holding():
+                begun = False
+                self._stop.wait(min(self.poll_s, STANDBY_POLL_S))
+                continue
             try:
-                if not started:
+                if not begun:
                     self._begin()
-                    started = True
+                    begun = True
                 if self.follow():  # more changes waiting: no pause
                     continue
             except TumorsegError as exc:  # the PACS down or answering wrongly: try again later
                 log.warning("auto-trigger: %s (%s); retrying", exc.code, exc.detail)
+            except NotLeading:
+                log.warning("auto-trigger: the lead was lost in the middle of a batch; abandoned")
             self._stop.wait(self.poll_s)
+
+    def _leading(self) -> None:
+        """``NotLeading`` unless this process leads now: asked before every action."""
+        if not self.leader.holding():
+            raise NotLeading
 
     def _begin(self) -> None:
         """At each start: every complete study with no job gets one; the first start then follows from
@@ -83,6 +115,7 @@ class AutoTrigger:
         store = self.jobs.store
         batch = self.pacs.changes(None)
         if store.get_meta(CURSOR_KEY) is None:
+            self._leading()
             store.set_meta(CURSOR_KEY, batch.cursor)
         for study in batch.studies:
             if not store.has_study(study.study_instance_uid):
@@ -94,6 +127,7 @@ class AutoTrigger:
         batch = self.pacs.changes(store.get_meta(CURSOR_KEY))
         for study in batch.studies:
             self.consider(study)
+        self._leading()
         store.set_meta(CURSOR_KEY, batch.cursor)
         return batch.more
 
@@ -114,6 +148,7 @@ class AutoTrigger:
         key = job_key(study.study_instance_uid, images_version, self.model_tag, request)
         if self.jobs.store.has_key(key):
             return
+        self._leading()
         try:
             self.jobs.submit(request, origin="auto", key=key)
         except InvalidInput as exc:  # a PatientID or UID the pipeline refuses: nothing it could segment
