@@ -35,7 +35,7 @@ from tumorseg import metrics
 
 log = logging.getLogger(__name__)
 
-TRIGGER_LOCK = int.from_bytes(b"tumorseg", "big")  # the advisory lock's key, one per database
+TRIGGER_LOCK = int.from_bytes(b"tsg-trig", "big")  # the advisory lock's key (the migrations use "tumorseg")
 LEASE_S = 6.0  # the lock's session ends this long after its holder's last renewal
 RETRY_S = 1.0  # how often a replica that does not lead asks for the lock
 MARGIN_S = 1.0  # the holder's verdict ends this long before the server could free the lock
