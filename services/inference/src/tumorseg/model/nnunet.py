@@ -167,42 +167,9 @@ def output_map(
     entries = {str(k): v for k, v in labels.items() if str(k) != "ignore"}
     region_based = any(isinstance(v, list | tuple) and len(v) > 1 for v in entries.values())
     if region_based:
-        regions = [
-            (name, tuple(int(x) for x in (v if isinstance(v, list | tuple) else [v])))
-            for name, v in entries.items()
-        ]
-        regions = [(name, r) for name, r in regions if set(r) != {0}]
-        if regions_class_order is None or len(regions_class_order) != len(regions):
-            raise ModelError(
-                f"a region-based dataset.json needs regions_class_order with one entry per region "
-                f"({[n for n, _ in regions]}), got {regions_class_order}"
-            )
-        nested = _nested_roles([r for _, r in regions])
-        roles, unmapped = [], []
-        for index, (name, members) in enumerate(regions):
-            role = manual.get(name) or region_of_name(name) or nested.get(index)
-            if role is None or role not in REGION_ROLES:
-                unmapped.append(f"{name!r} {list(members)}")
-            roles.append(role or "")
-        kind = "regions"
+        outputs, roles, unmapped = _region_roles(entries, regions_class_order, manual)
     else:
-        values: dict[int, str] = {}
-        for name, v in entries.items():
-            value = int(v[0] if isinstance(v, list | tuple) else v)
-            if value in values:
-                raise ModelError(f"dataset.json names label {value} twice ({values[value]!r}, {name!r})")
-            values[value] = name
-        if sorted(values) != list(range(len(values))):
-            raise ModelError(f"dataset.json's labels must be 0..{len(values) - 1}, got {sorted(values)}")
-        roles, unmapped = [], []
-        for value in sorted(values):
-            name = values[value]
-            role = manual.get(name) or manual.get(str(value)) or _LABEL_BY_NAME.get(_key(name))
-            if role is None or role not in LABEL_ROLES or (role == "background") != (value == 0):
-                unmapped.append(f"{value} {name!r}")
-            roles.append(role or "")
-        kind = "labels"
-        regions = [(values[v], (v,)) for v in sorted(values)]
+        outputs, roles, unmapped = _label_roles(entries, manual)
     allowed = REGION_ROLES if region_based else LABEL_ROLES[1:]
     if unmapped:
         raise ModelError(
@@ -210,10 +177,60 @@ def output_map(
             f"of {list(allowed)}; give the mapping by hand (--label NAME=ROLE; {DROP!r} drops an output "
             "tumorseg has no name for)"
         )
-    dropped = tuple(name for (name, _), role in zip(regions, roles, strict=True) if role == DROP)
-    output = OutputMap(kind, tuple(roles), regions_from, dropped)
+    dropped = tuple(name for (name, _), role in zip(outputs, roles, strict=True) if role == DROP)
+    output = OutputMap("regions" if region_based else "labels", tuple(roles), regions_from, dropped)
     output.check()
     return output
+
+
+# (the outputs as (name, members) in nnU-Net's order, their roles ("" where none), the outputs not mapped)
+_Roles = tuple[list[tuple[str, tuple[int, ...]]], list[str], list[str]]
+
+
+def _region_roles(
+    entries: Mapping[str, Any], regions_class_order: Sequence[int] | None, manual: Mapping[str, str]
+) -> _Roles:
+    """A region-based model's outputs (its non-background regions, ``labels`` order) and their roles: by
+    hand, else by name, else by the nesting of three regions."""
+    regions = [
+        (name, tuple(int(x) for x in (v if isinstance(v, list | tuple) else [v])))
+        for name, v in entries.items()
+    ]
+    regions = [(name, r) for name, r in regions if set(r) != {0}]
+    if regions_class_order is None or len(regions_class_order) != len(regions):
+        raise ModelError(
+            f"a region-based dataset.json needs regions_class_order with one entry per region "
+            f"({[n for n, _ in regions]}), got {regions_class_order}"
+        )
+    nested = _nested_roles([r for _, r in regions])
+    roles, unmapped = [], []
+    for index, (name, members) in enumerate(regions):
+        role = manual.get(name) or region_of_name(name) or nested.get(index)
+        if role is None or role not in REGION_ROLES:
+            unmapped.append(f"{name!r} {list(members)}")
+        roles.append(role or "")
+    return regions, roles, unmapped
+
+
+def _label_roles(entries: Mapping[str, Any], manual: Mapping[str, str]) -> _Roles:
+    """A label-based model's outputs (its label values 0..n-1, sorted) and their roles: by hand (name or
+    value), else by name; background is label 0 and only it."""
+    values: dict[int, str] = {}
+    for name, v in entries.items():
+        value = int(v[0] if isinstance(v, list | tuple) else v)
+        if value in values:
+            raise ModelError(f"dataset.json names label {value} twice ({values[value]!r}, {name!r})")
+        values[value] = name
+    if sorted(values) != list(range(len(values))):
+        raise ModelError(f"dataset.json's labels must be 0..{len(values) - 1}, got {sorted(values)}")
+    roles, unmapped = [], []
+    for value in sorted(values):
+        name = values[value]
+        role = manual.get(name) or manual.get(str(value)) or _LABEL_BY_NAME.get(_key(name))
+        if role is None or role not in LABEL_ROLES or (role == "background") != (value == 0):
+            unmapped.append(f"{value} {name!r}")
+        roles.append(role or "")
+    return [(values[v], (v,)) for v in sorted(values)], roles, unmapped
 
 
 def _nested_roles(regions: Sequence[tuple[int, ...]]) -> dict[int, str]:
@@ -398,59 +415,27 @@ class NnUNetNetwork:
 def load(directory: Path, manifest: Any, device: str) -> NnUNetNetwork:
     """The ``NnUNetNetwork`` of the nnU-Net v2 package in ``directory`` (``manifest`` its ``ModelManifest``)
     on ``device``. ``ModelError`` for a package whose files are missing or do not fit."""
-    import json
-
     import torch
 
-    def refuse(why: str) -> ModelError:
-        return ModelError(f"model package {directory} (nnunet-v2) cannot be used: {why}")
-
-    config = dict(manifest.backend_config)
-    try:
-        folder = directory / str(config.get("folder", FOLDER))
-        folds = [str(f) for f in config["folds"]]
-        checkpoint = str(config["checkpoint"])
-        configuration = str(config["configuration"])
-        trainer_name = str(config["trainer"])
-        mirroring = str(config.get("mirroring", "cuda"))
-        tile_step_size = float(config.get("tile_step_size", 0.5))
-        outputs = OutputMap.from_json(config["outputs"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise refuse(f"backend_config is incomplete ({exc})") from exc
-    if mirroring not in MIRRORING:
-        raise refuse(f"mirroring {mirroring!r} is not one of {list(MIRRORING)}")
-    if not folds:
-        raise refuse("no folds")
-    try:
-        dataset_json = json.loads((folder / "dataset.json").read_text())
-        plans = json.loads((folder / "plans.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise refuse(f"its nnU-Net files cannot be read ({exc})") from exc
+    config = _PackageConfig.read(directory, manifest.backend_config)
+    dataset_json, plans = _nnunet_files(directory, config.folder)
     import_nnunetv2()
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     network, plans_manager, configuration_manager = build_network(
-        trainer_name, plans, configuration, dataset_json
+        config.trainer, plans, config.configuration, dataset_json
     )
-    parameters, mirror_axes = [], None
-    for fold in folds:
-        path = folder / f"fold_{fold}" / checkpoint
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            weights = saved["network_weights"]
-            network.load_state_dict(weights)
-        except (OSError, KeyError, TypeError, RuntimeError) as exc:
-            raise refuse(f"fold {fold}'s checkpoint {path.name} cannot be loaded ({exc})") from exc
-        mirror_axes = saved.get("inference_allowed_mirroring_axes", mirror_axes)
-        parameters.append(weights)
-    if outputs.dropped:
+    parameters, mirror_axes = _fold_weights(directory, config, network)
+    if config.outputs.dropped:
         log.warning(
-            "model %s: the nnU-Net outputs %s are dropped (no BraTS region)", manifest.name, outputs.dropped
+            "model %s: the nnU-Net outputs %s are dropped (no BraTS region)",
+            manifest.name,
+            config.outputs.dropped,
         )
-    use_mirroring = mirroring == "always" or (mirroring == "cuda" and device == "cuda")
+    use_mirroring = config.mirroring == "always" or (config.mirroring == "cuda" and device == "cuda")
     with quiet():
         predictor = nnUNetPredictor(
-            tile_step_size=tile_step_size,
+            tile_step_size=config.tile_step_size,
             use_gaussian=True,
             use_mirroring=use_mirroring,
             perform_everything_on_device=device == "cuda",
@@ -464,15 +449,88 @@ def load(directory: Path, manifest: Any, device: str) -> NnUNetNetwork:
             configuration_manager,
             parameters,
             dataset_json,
-            trainer_name,
+            config.trainer,
             tuple(mirror_axes) if mirror_axes is not None else None,
         )
     log.info(
         "nnU-Net model %s: %s, folds %s, mirroring %s, %d thread(s)",
         manifest.name,
-        configuration,
-        folds,
+        config.configuration,
+        config.folds,
         "on" if use_mirroring else "off",
         torch.get_num_threads(),
     )
-    return NnUNetNetwork(predictor, outputs, len(manifest.preprocessing.channels), device)
+    return NnUNetNetwork(predictor, config.outputs, len(manifest.preprocessing.channels), device)
+
+
+def _refuse(directory: Path, why: str) -> ModelError:
+    return ModelError(f"model package {directory} (nnunet-v2) cannot be used: {why}")
+
+
+@dataclass(frozen=True)
+class _PackageConfig:
+    """A package's ``backend_config`` (see the module docstring), read and checked."""
+
+    folder: Path  # the nnU-Net files, inside the package
+    folds: list[str]
+    checkpoint: str
+    configuration: str
+    trainer: str
+    mirroring: str
+    tile_step_size: float
+    outputs: OutputMap
+
+    @classmethod
+    def read(cls, directory: Path, backend_config: Mapping[str, Any]) -> _PackageConfig:
+        config = dict(backend_config)
+        try:
+            read = cls(
+                folder=directory / str(config.get("folder", FOLDER)),
+                folds=[str(f) for f in config["folds"]],
+                checkpoint=str(config["checkpoint"]),
+                configuration=str(config["configuration"]),
+                trainer=str(config["trainer"]),
+                mirroring=str(config.get("mirroring", "cuda")),
+                tile_step_size=float(config.get("tile_step_size", 0.5)),
+                outputs=OutputMap.from_json(config["outputs"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _refuse(directory, f"backend_config is incomplete ({exc})") from exc
+        if read.mirroring not in MIRRORING:
+            raise _refuse(directory, f"mirroring {read.mirroring!r} is not one of {list(MIRRORING)}")
+        if not read.folds:
+            raise _refuse(directory, "no folds")
+        return read
+
+
+def _nnunet_files(directory: Path, folder: Path) -> tuple[Any, Any]:
+    """The package's ``dataset.json`` and ``plans.json``."""
+    import json
+
+    try:
+        dataset_json = json.loads((folder / "dataset.json").read_text())
+        plans = json.loads((folder / "plans.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise _refuse(directory, f"its nnU-Net files cannot be read ({exc})") from exc
+    return dataset_json, plans
+
+
+def _fold_weights(directory: Path, config: _PackageConfig, network: Any) -> tuple[list[Any], Any]:
+    """Each fold's network weights (each loaded into ``network`` once, to check it fits) and the mirror
+    axes the last checkpoint that names them allows."""
+    import torch
+
+    parameters, mirror_axes = [], None
+    for fold in config.folds:
+        path = config.folder / f"fold_{fold}" / config.checkpoint
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            weights = saved["network_weights"]
+            network.load_state_dict(weights)
+        except (OSError, KeyError, TypeError, RuntimeError) as exc:
+            raise _refuse(
+                directory, f"fold {fold}'s checkpoint {path.name} cannot be loaded ({exc})"
+            ) from exc
+        mirror_axes = saved.get("inference_allowed_mirroring_axes", mirror_axes)
+        parameters.append(weights)
+    return parameters, mirror_axes
