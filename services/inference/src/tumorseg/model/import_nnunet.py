@@ -29,13 +29,14 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tumorseg.errors import ModelError
 from tumorseg.model.foreign import map_channels
-from tumorseg.model.nnunet import FOLDER, MIRRORING, build_network, import_nnunetv2, output_map
-from tumorseg.model.package import foreign_manifest, write_manifest
+from tumorseg.model.nnunet import FOLDER, MIRRORING, OutputMap, build_network, import_nnunetv2, output_map
+from tumorseg.model.package import ModelManifest, foreign_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +70,34 @@ def import_nnunet(
         raise ModelError(f"mirroring {mirroring!r} is not one of {list(MIRRORING)}")
     if not folds:
         raise ModelError("at least one fold is needed")
+    options = _Options(
+        folds, checkpoint, labels, channels, regions_from, mirroring, tile_step_size, name, version
+    )
     if source.is_file() and zipfile.is_zipfile(source):
         with tempfile.TemporaryDirectory() as unpacked:
-            folder = _unzip(source, Path(unpacked))
-            return _import_folder(
-                folder, out, source, folds, checkpoint, labels, channels, regions_from, mirroring,
-                tile_step_size, name, version,
-            )  # fmt: skip
+            return _import_folder(_unzip(source, Path(unpacked)), out, source, options)
     if not source.is_dir():
         raise ModelError(f"{source} is neither an nnU-Net v2 result folder nor its export zip")
-    return _import_folder(
-        source, out, source, folds, checkpoint, labels, channels, regions_from, mirroring, tile_step_size,
-        name, version,
-    )  # fmt: skip
+    return _import_folder(source, out, source, options)
+
+
+@dataclass(frozen=True)
+class _Options:
+    """``import_nnunet``'s choices, as given."""
+
+    folds: Sequence[int | str]
+    checkpoint: str
+    labels: Mapping[str, str] | None
+    channels: Mapping[str, str] | None
+    regions_from: str
+    mirroring: str
+    tile_step_size: float
+    name: str | None
+    version: str
+
+    @property
+    def fold_names(self) -> list[str]:
+        return [f"fold_{f}" for f in self.folds]
 
 
 def _unzip(archive: Path, into: Path) -> Path:
@@ -117,22 +133,51 @@ def _read_json(path: Path) -> dict[str, Any]:
 READERS = ("None", "SimpleITKIO", "NibabelIO")
 
 
-def _import_folder(
-    folder: Path,
-    out: Path,
-    source: Path,
-    folds: Sequence[int | str],
-    checkpoint: str,
-    labels: Mapping[str, str] | None,
-    channels: Mapping[str, str] | None,
-    regions_from: str,
-    mirroring: str,
-    tile_step_size: float,
-    name: str | None,
-    version: str,
-) -> Path:
-    import torch
+def _import_folder(folder: Path, out: Path, source: Path, options: _Options) -> Path:
+    """Import the model folder ``folder`` (``source`` as the user named it: the folder or its zip) as
+    the package ``out``."""
+    dataset_json, plans = _read_v2_folder(folder, source)
+    nnunetv2 = import_nnunetv2()
+    saved = {name: _read_checkpoint(folder, source, name, options.checkpoint) for name in options.fold_names}
+    trained = _Trained.of(folder, source, options, saved, dataset_json, plans)
+    network, _, configuration_manager = build_network(
+        trained.trainer, plans, trained.configuration, dataset_json
+    )
+    for fold_name, entry in saved.items():
+        try:
+            network.load_state_dict(entry["network_weights"])
+        except RuntimeError as exc:
+            raise ModelError(
+                f"{source}: {fold_name}'s weights do not fit the network plans.json describes ({exc})"
+            ) from exc
+    sequences, outputs = _inputs_and_outputs(dataset_json, source, options)
+    manifest = foreign_manifest(
+        name=options.name or f"nnunet-{trained.dataset or 'model'}-{trained.configuration}",
+        version=options.version,
+        backend="nnunet-v2",
+        channels=sequences,
+        backend_config=trained.backend_config(options, outputs),
+        provenance=trained.provenance(options, outputs, source, nnunetv2),
+        training={
+            "framework": "nnU-Net v2",
+            "dataset": trained.dataset,
+            "description": str(dataset_json.get("description", "")),
+            "reference": str(dataset_json.get("reference", "")),
+            "licence": str(dataset_json.get("licence", dataset_json.get("license", ""))),
+            "training_cases": dataset_json.get("numTraining"),
+            "spacing_mm": list(configuration_manager.spacing),
+            "patch_size": list(configuration_manager.patch_size),
+        },
+        metrics=_validation_metrics(folder, options.fold_names),
+    )
+    _write_package(folder, out, saved, options.checkpoint, manifest)
+    log.info("imported %s as %s (%s, folds %s)", source, out, trained.configuration, list(options.folds))
+    return out
 
+
+def _read_v2_folder(folder: Path, source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``dataset.json`` and ``plans.json`` of an nnU-Net v2 result folder whose images were read as
+    the backend feeds them; v1 folders and reorienting readers are refused."""
     if (folder / "plans.pkl").is_file() or any(folder.glob("fold_*/*.model")):
         raise ModelError(
             f"{source} is an nnU-Net v1 result folder (plans.pkl, *.model checkpoints); nnU-Net v2 cannot "
@@ -151,86 +196,126 @@ def _import_folder(
             f"{source}: dataset.json's overwrite_image_reader_writer is {reader!r}; tumorseg feeds the "
             f"volumes as {' or '.join(READERS[1:])} read them, so it cannot run this model as trained"
         )
-    parts = folder.name.split("__")
-    fold_names = [f"fold_{f}" for f in folds]
-    saved: dict[str, dict[str, Any]] = {}
-    nnunetv2 = import_nnunetv2()
-    for fold_name in fold_names:
-        path = folder / fold_name / checkpoint
-        if not path.is_file():
-            present = sorted(p.relative_to(folder).as_posix() for p in folder.glob("fold_*/*.pth"))
-            raise ModelError(f"{source}: {fold_name}/{checkpoint} is missing (checkpoints there: {present})")
-        try:  # nnU-Net's checkpoints hold numpy values in their logs: they need the full unpickler
-            loaded = torch.load(path, map_location="cpu", weights_only=False)
-            saved[fold_name] = {
-                "network_weights": dict(loaded["network_weights"]),
-                "trainer_name": str(loaded["trainer_name"]),
-                "init_args": {"configuration": str(loaded["init_args"]["configuration"])},
-                "inference_allowed_mirroring_axes": (
-                    tuple(int(a) for a in loaded["inference_allowed_mirroring_axes"])
-                    if loaded.get("inference_allowed_mirroring_axes") is not None
-                    else None
-                ),
-            }
-        except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as exc:
-            raise ModelError(
-                f"{source}: {fold_name}/{checkpoint} is not an nnU-Net v2 checkpoint ({exc})"
-            ) from exc
-    first = saved[fold_names[0]]
-    trainer, configuration = first["trainer_name"], first["init_args"]["configuration"]
-    if any(
-        s["trainer_name"] != trainer or s["init_args"]["configuration"] != configuration
-        for s in saved.values()
-    ):
-        raise ModelError(f"{source}: the folds {list(folds)} come from different trainers or configurations")
-    network, _, configuration_manager = build_network(trainer, plans, configuration, dataset_json)
-    for fold_name, entry in saved.items():
-        try:
-            network.load_state_dict(entry["network_weights"])
-        except RuntimeError as exc:
-            raise ModelError(
-                f"{source}: {fold_name}'s weights do not fit the network plans.json describes ({exc})"
-            ) from exc
+    return dataset_json, plans
 
+
+def _read_checkpoint(folder: Path, source: Path, fold_name: str, checkpoint: str) -> dict[str, Any]:
+    """The keys nnU-Net's predictor reads from the fold's checkpoint, as plain values (see the module
+    docstring)."""
+    import torch
+
+    path = folder / fold_name / checkpoint
+    if not path.is_file():
+        present = sorted(p.relative_to(folder).as_posix() for p in folder.glob("fold_*/*.pth"))
+        raise ModelError(f"{source}: {fold_name}/{checkpoint} is missing (checkpoints there: {present})")
+    try:  # nnU-Net's checkpoints hold numpy values in their logs: they need the full unpickler
+        loaded = torch.load(path, map_location="cpu", weights_only=False)
+        return {
+            "network_weights": dict(loaded["network_weights"]),
+            "trainer_name": str(loaded["trainer_name"]),
+            "init_args": {"configuration": str(loaded["init_args"]["configuration"])},
+            "inference_allowed_mirroring_axes": (
+                tuple(int(a) for a in loaded["inference_allowed_mirroring_axes"])
+                if loaded.get("inference_allowed_mirroring_axes") is not None
+                else None
+            ),
+        }
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as exc:
+        raise ModelError(
+            f"{source}: {fold_name}/{checkpoint} is not an nnU-Net v2 checkpoint ({exc})"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class _Trained:
+    """What the model is: its dataset, trainer, plans and configuration (one for every fold imported)."""
+
+    dataset: str
+    trainer: str
+    plans: str
+    configuration: str
+
+    @classmethod
+    def of(
+        cls,
+        folder: Path,
+        source: Path,
+        options: _Options,
+        saved: Mapping[str, Mapping[str, Any]],
+        dataset_json: Mapping[str, Any],
+        plans: Mapping[str, Any],
+    ) -> _Trained:
+        first = saved[options.fold_names[0]]
+        trainer, configuration = first["trainer_name"], first["init_args"]["configuration"]
+        if any(
+            s["trainer_name"] != trainer or s["init_args"]["configuration"] != configuration
+            for s in saved.values()
+        ):
+            raise ModelError(
+                f"{source}: the folds {list(options.folds)} come from different trainers or configurations"
+            )
+        dataset = (
+            folder.parent.name
+            if folder.parent.name.startswith("Dataset")
+            else str(dataset_json.get("name", ""))
+        )
+        parts = folder.name.split("__")
+        plans_name = str(plans.get("plans_name", parts[1] if len(parts) == 3 else ""))
+        return cls(dataset, trainer, plans_name, configuration)
+
+    def backend_config(self, options: _Options, outputs: OutputMap) -> dict[str, Any]:
+        return {
+            "folder": FOLDER,
+            "trainer": self.trainer,
+            "plans": self.plans,
+            "configuration": self.configuration,
+            "folds": [str(f) for f in options.folds],
+            "checkpoint": options.checkpoint,
+            "mirroring": options.mirroring,
+            "tile_step_size": options.tile_step_size,
+            "outputs": outputs.to_json(),
+        }
+
+    def provenance(
+        self, options: _Options, outputs: OutputMap, source: Path, nnunetv2: Any
+    ) -> dict[str, Any]:
+        return {
+            "framework": "nnU-Net v2",
+            "nnunetv2": getattr(nnunetv2, "__version__", None) or _version("nnunetv2"),
+            "dataset": self.dataset,
+            "trainer": self.trainer,
+            "plans": self.plans,
+            "configuration": self.configuration,
+            "folds": [str(f) for f in options.folds],
+            "checkpoint": options.checkpoint,
+            "source": source.name,
+            "outputs": outputs.kind,
+            **({"regions_from": outputs.regions_from} if outputs.kind == "labels" else {}),
+            **({"dropped_outputs": list(outputs.dropped)} if outputs.dropped else {}),
+        }
+
+
+def _inputs_and_outputs(
+    dataset_json: Mapping[str, Any], source: Path, options: _Options
+) -> tuple[tuple[str, ...], OutputMap]:
+    """The sequence of each input channel (``dataset.json`` order) and the role of each output."""
     names = dataset_json.get("channel_names", dataset_json.get("modality"))
     if not isinstance(names, dict) or not names:
         raise ModelError(f"{source}: dataset.json has no channel_names")
-    sequences = map_channels({int(k): str(v) for k, v in names.items()}, channels)
+    sequences = map_channels({int(k): str(v) for k, v in names.items()}, options.channels)
     outputs = output_map(
-        dataset_json.get("labels", {}), dataset_json.get("regions_class_order"), labels, regions_from
+        dataset_json.get("labels", {}),
+        dataset_json.get("regions_class_order"),
+        options.labels,
+        options.regions_from,
     )
     if outputs.dropped:
         log.warning("the nnU-Net outputs %s have no BraTS region: dropped", list(outputs.dropped))
+    return sequences, outputs
 
-    dataset = (
-        folder.parent.name if folder.parent.name.startswith("Dataset") else str(dataset_json.get("name", ""))
-    )
-    plans_name = str(plans.get("plans_name", parts[1] if len(parts) == 3 else ""))
-    provenance = {
-        "framework": "nnU-Net v2",
-        "nnunetv2": getattr(nnunetv2, "__version__", None) or _version("nnunetv2"),
-        "dataset": dataset,
-        "trainer": trainer,
-        "plans": plans_name,
-        "configuration": configuration,
-        "folds": [str(f) for f in folds],
-        "checkpoint": checkpoint,
-        "source": source.name,
-        "outputs": outputs.kind,
-        **({"regions_from": outputs.regions_from} if outputs.kind == "labels" else {}),
-        **({"dropped_outputs": list(outputs.dropped)} if outputs.dropped else {}),
-    }
-    backend_config = {
-        "folder": FOLDER,
-        "trainer": trainer,
-        "plans": plans_name,
-        "configuration": configuration,
-        "folds": [str(f) for f in folds],
-        "checkpoint": checkpoint,
-        "mirroring": mirroring,
-        "tile_step_size": tile_step_size,
-        "outputs": outputs.to_json(),
-    }
+
+def _validation_metrics(folder: Path, fold_names: Sequence[str]) -> dict[str, Any]:
+    """Each fold's validation Dice (nnU-Net's ``foreground_mean``), where its summary is there."""
     metrics = {}
     for fold_name in fold_names:
         summary = folder / fold_name / "validation" / "summary.json"
@@ -239,25 +324,15 @@ def _import_folder(
             metrics[f"nnunet_{fold_name}_validation"] = (
                 {"dice": mean.get("Dice")} if isinstance(mean, dict) else {}
             )
-    manifest = foreign_manifest(
-        name=name or f"nnunet-{dataset or 'model'}-{configuration}",
-        version=version,
-        backend="nnunet-v2",
-        channels=sequences,
-        backend_config=backend_config,
-        provenance=provenance,
-        training={
-            "framework": "nnU-Net v2",
-            "dataset": dataset,
-            "description": str(dataset_json.get("description", "")),
-            "reference": str(dataset_json.get("reference", "")),
-            "licence": str(dataset_json.get("licence", dataset_json.get("license", ""))),
-            "training_cases": dataset_json.get("numTraining"),
-            "spacing_mm": list(configuration_manager.spacing),
-            "patch_size": list(configuration_manager.patch_size),
-        },
-        metrics=metrics,
-    )
+    return metrics
+
+
+def _write_package(
+    folder: Path, out: Path, saved: Mapping[str, Any], checkpoint: str, manifest: ModelManifest
+) -> None:
+    """The nnU-Net files and re-saved checkpoints under ``out/nnunet``, then the manifest; nothing of
+    them is left when a write fails."""
+    import torch
 
     target = out / FOLDER
     target.mkdir(parents=True, exist_ok=True)
@@ -272,8 +347,6 @@ def _import_folder(
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         raise
-    log.info("imported %s as %s (%s, folds %s)", source, out, configuration, list(folds))
-    return out
 
 
 def _version(package: str) -> str:
