@@ -166,37 +166,12 @@ def import_bundle(
     import torch
     from monai.bundle import ConfigParser
 
-    configs = source / "configs"
-    metadata_file = configs / "metadata.json"
-    if not metadata_file.is_file():
-        raise ModelError(f"{source} is not a MONAI bundle (no configs/metadata.json)")
-    inference_file = _inference_config(configs)
-    parser = ConfigParser()
-    parser.read_config(str(inference_file))
-    parser.read_meta(str(metadata_file))
-    parser["bundle_root"] = str(source)
-    meta = json.loads(metadata_file.read_text())
+    parser, meta = _read_bundle(source, ConfigParser)
     data_format = meta.get("network_data_format", {})
-    inputs = data_format.get("inputs", {})
-    key = next(iter(inputs), "image")
-    channel_def = {int(k): str(v) for k, v in inputs.get(key, {}).get("channel_def", {}).items()}
-    if not channel_def:
-        raise ModelError(
-            f"bundle {source}: its metadata names no input channels (network_data_format.inputs)"
-        )
+    key, channel_def = _channel_def(source, data_format)
     sequences = map_channels(channel_def, channels)
     outputs = _outputs(source, parser, data_format, labels)
-    kept = {
-        "network_def": _plain(parser, "network_def"),
-        "preprocessing": [
-            _resolve(parser, t)
-            for t in parser.get("preprocessing", {}).get("transforms", [])
-            if str(t.get("_target_", "")).rsplit(".", 1)[-1] not in LEFT_OUT
-        ],
-        "inferer": _plain(parser, "inferer"),
-        "image_key": key,
-        "amp": bool(parser.get("amp", False)),
-    }
+    kept = _kept_config(parser, key)
     _refuse_expressions(source, kept)
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG).write_text(json.dumps(kept, indent=2) + "\n")
@@ -211,16 +186,7 @@ def import_bundle(
         backend="monai-bundle",
         channels=sequences,
         backend_config={"config": CONFIG, "weights": weights, "outputs": outputs},
-        provenance={
-            "format": "MONAI bundle",
-            "bundle": str(meta.get("name") or source.name),
-            "bundle_version": str(meta.get("version", "")),
-            "channel_def": {str(k): v for k, v in channel_def.items()},
-            "license": str(meta.get("license") or meta.get("copyright") or _licence_file(source)),
-            "data_source": str(meta.get("data_source", "")),
-            "authors": str(meta.get("authors", "")),
-            "monai_version": str(meta.get("monai_version", "")),
-        },
+        provenance=_provenance(source, meta, channel_def),
         training={"description": str(meta.get("description", "")), "task": str(meta.get("task", ""))},
         metrics={"bundle": dict(meta.get("eval_metrics", {}))},
         inference=InferenceConfig(
@@ -232,6 +198,63 @@ def import_bundle(
     write_manifest(out, manifest)
     (out / CARD).write_text(_card(manifest, meta))
     return out
+
+
+def _read_bundle(source: Path, config_parser: Any) -> tuple[Any, dict[str, Any]]:
+    """The bundle's inference configuration (a MONAI ``ConfigParser`` with its metadata and
+    ``bundle_root``) and its ``metadata.json``."""
+    configs = source / "configs"
+    metadata_file = configs / "metadata.json"
+    if not metadata_file.is_file():
+        raise ModelError(f"{source} is not a MONAI bundle (no configs/metadata.json)")
+    inference_file = _inference_config(configs)
+    parser = config_parser()
+    parser.read_config(str(inference_file))
+    parser.read_meta(str(metadata_file))
+    parser["bundle_root"] = str(source)
+    return parser, json.loads(metadata_file.read_text())
+
+
+def _kept_config(parser: Any, key: str) -> dict[str, Any]:
+    """What the package keeps of the bundle's configuration, resolved to plain values: the network, the
+    preprocessing transforms but those ``LEFT_OUT``, the inferer, the input key and whether it uses AMP."""
+    return {
+        "network_def": _plain(parser, "network_def"),
+        "preprocessing": [
+            _resolve(parser, t)
+            for t in parser.get("preprocessing", {}).get("transforms", [])
+            if str(t.get("_target_", "")).rsplit(".", 1)[-1] not in LEFT_OUT
+        ],
+        "inferer": _plain(parser, "inferer"),
+        "image_key": key,
+        "amp": bool(parser.get("amp", False)),
+    }
+
+
+def _channel_def(source: Path, data_format: Mapping[str, Any]) -> tuple[str, dict[int, str]]:
+    """The bundle's input key (its first input; "image" by default) and its channels (index → name)."""
+    inputs = data_format.get("inputs", {})
+    key = next(iter(inputs), "image")
+    channel_def = {int(k): str(v) for k, v in inputs.get(key, {}).get("channel_def", {}).items()}
+    if not channel_def:
+        raise ModelError(
+            f"bundle {source}: its metadata names no input channels (network_data_format.inputs)"
+        )
+    return key, channel_def
+
+
+def _provenance(source: Path, meta: Mapping[str, Any], channel_def: Mapping[int, str]) -> dict[str, Any]:
+    """Where the model came from, as the bundle's metadata says (the licence file where it names none)."""
+    return {
+        "format": "MONAI bundle",
+        "bundle": str(meta.get("name") or source.name),
+        "bundle_version": str(meta.get("version", "")),
+        "channel_def": {str(k): v for k, v in channel_def.items()},
+        "license": str(meta.get("license") or meta.get("copyright") or _licence_file(source)),
+        "data_source": str(meta.get("data_source", "")),
+        "authors": str(meta.get("authors", "")),
+        "monai_version": str(meta.get("monai_version", "")),
+    }
 
 
 def _inference_config(configs: Path) -> Path:
