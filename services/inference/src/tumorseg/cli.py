@@ -246,8 +246,6 @@ def segment(
     ] = None,
 ) -> None:
     """The segmentation pipeline without the API: writes OUT/mask.nii.gz, OUT/preview.png, OUT/result.json."""
-    import shutil
-
     from tumorseg.model.device import resolve_device
     from tumorseg.pipeline import SegmentRequest
     from tumorseg.wiring import build_segmenter, load_predictor, open_store
@@ -271,7 +269,7 @@ def segment(
         _fail(exc)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("mask.nii.gz", "preview.png"):
-        shutil.copyfile(segmenter.store.file(result.result_id, name), out / name)
+        (out / name).write_bytes(segmenter.store.read_file(result.result_id, name))
     (out / "result.json").write_text(result.model_dump_json(indent=2) + "\n")
     volumes = result.volumes_ml
     console.print(
@@ -348,6 +346,9 @@ def _add_model_commands() -> None:
     from tumorseg.model_cli import app as model_app
 
     app.add_typer(model_app, name="model")
+    from tumorseg.db.cli import app as db_app  # tumorseg db upgrade / import-sqlite
+
+    app.add_typer(db_app, name="db")
 
 
 _add_model_commands()

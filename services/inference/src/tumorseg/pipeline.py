@@ -345,11 +345,14 @@ class Segmenter:
                         mask, reference_series, files[request.reference], assembled
                     )
                 listed = [*assembled.mapping.series.values(), *(s for s, _ in assembled.mapping.rejected)]
-                with _library_errors("the DICOM SR", BrokenSeries):
+                with (
+                    _library_errors("the DICOM SR", BrokenSeries),
+                    self.store.extra_files(result_id) as folder,
+                ):
                     dicom_sr = store_report(
                         self.pacs,
                         result,
-                        self.store.root / result_id,
+                        folder,
                         manifest,
                         listed,
                         dicom_seg,

@@ -7,28 +7,35 @@ registration, brain extraction). Both faces therefore run the same pipeline the 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from tumorseg.config import Settings
+from tumorseg.db import migrate
+from tumorseg.db.jobs import PgJobStore
+from tumorseg.db.pool import Database, redacted
+from tumorseg.db.results import PgResultStore
+from tumorseg.errors import DatabaseUnavailable
 from tumorseg.imaging.brain import get_extractor
 from tumorseg.jobs import EmbeddedRunner, Jobs, QueuedRunner
 from tumorseg.jobs.leader import Leadership, PostgresLeader, SoleLeader
 from tumorseg.jobs.queue import JobQueue
 from tumorseg.jobs.trigger import AutoTrigger
-from tumorseg.jobstore import JobStore
+from tumorseg.jobstore import JobStore, SqliteJobStore
 from tumorseg.memory import keep_freed_memory, reserve_heap
 from tumorseg.model.device import configure_threads
 from tumorseg.model.predictor import Predictor
 from tumorseg.pacs import OrthancClient, Pacs
 from tumorseg.pacs.dicomweb import DicomwebClient
 from tumorseg.pipeline import Segmenter
-from tumorseg.results import ResultStore
+from tumorseg.results import DirResultStore, ResultStore
 
 log = logging.getLogger(__name__)
 
 # A request's working set beyond the network's (downloaded files, volumes, model input): with the
 # allocator set, kept mapped from the start (``memory.reserve_heap``)
 HEAP_RESERVE_BYTES = 2**30
+DATABASE_START_WAIT_S = 30.0  # a process starting with its database (compose, a restart of both)
 
 
 def open_pacs(settings: Settings) -> Pacs:
@@ -59,18 +66,48 @@ def open_leadership(settings: Settings) -> Leadership:
     return PostgresLeader(settings.database_url.get_secret_value())
 
 
+def open_database(settings: Settings) -> Database:
+    """The pool of ``TUMORSEG_DATABASE_URL``'s PostgreSQL, its schema first migrated to this code's (once
+    across replicas starting together: ``migrate.upgrade`` holds a lock). A database that is still starting
+    is waited for up to ``DATABASE_START_WAIT_S``; one newer than this code refuses (``DatabaseSchemaError``)."""
+    assert settings.database_url is not None
+    url = settings.database_url.get_secret_value()
+    deadline = time.monotonic() + DATABASE_START_WAIT_S
+    while True:
+        try:
+            before, after = migrate.upgrade(url)
+            break
+        except DatabaseUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+    log.info(
+        "state in PostgreSQL %s (schema %s%s)",
+        redacted(url),
+        after,
+        "" if before == after else f", from {before}",
+    )
+    return Database(url)
+
+
 def open_store(settings: Settings, jobs: JobStore | None = None) -> ResultStore:
-    """The result store; with ``jobs``, it tells a pending or failed job's result from an unknown one."""
-    return ResultStore(
-        settings.results_dir,
-        max_age_days=settings.results_max_age_days,
-        max_bytes=None if settings.results_max_gb is None else int(settings.results_max_gb * 2**30),
-        jobs=jobs,
+    """The result store: in PostgreSQL with ``TUMORSEG_DATABASE_URL`` (sharing ``jobs``' pool when it is
+    there too), else the results directory; with ``jobs``, it tells a pending or failed job's result from an
+    unknown one."""
+    max_bytes = None if settings.results_max_gb is None else int(settings.results_max_gb * 2**30)
+    if settings.database_url is not None:
+        db = jobs.db if isinstance(jobs, PgJobStore) else open_database(settings)
+        return PgResultStore(db, max_age_days=settings.results_max_age_days, max_bytes=max_bytes, jobs=jobs)
+    return DirResultStore(
+        settings.results_dir, max_age_days=settings.results_max_age_days, max_bytes=max_bytes, jobs=jobs
     )
 
 
 def open_jobs(settings: Settings) -> JobStore:
-    return JobStore(settings.results_dir)
+    """The job store: PostgreSQL with ``TUMORSEG_DATABASE_URL``, else ``<results_dir>/jobs.sqlite3``."""
+    if settings.database_url is not None:
+        return PgJobStore(open_database(settings))
+    return SqliteJobStore(settings.results_dir)
 
 
 def open_queue(settings: Settings) -> JobQueue | None:

@@ -31,6 +31,7 @@ STATUS_BY_ERROR: list[tuple[type[errors.TumorsegError], int]] = [
     (errors.ModelError, 503),
     (errors.Busy, 503),
     (errors.QueueUnavailable, 503),
+    (errors.DatabaseUnavailable, 503),  # PostgreSQL down or restarting: Retry-After, never a 500
     (errors.TumorsegError, 500),
 ]
 

@@ -5,8 +5,8 @@ Every store call takes a connection from the pool for one statement or one trans
 checked before it is handed out (a server restart leaves dead ones in the pool; they are replaced, not
 used), TCP keepalives notice a vanished host within about half a minute, and a caller waits at most
 ``WAIT_S`` for a connection. When the server cannot be reached, the call raises ``DatabaseUnavailable``
-(503 with Retry-After); the pool keeps reconnecting in the background and the next call after the server
-is back succeeds.
+(503 with Retry-After); the pool reconnects in the background (``RECONNECT_S``), and calls succeed again
+within seconds of the server's return.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ from tumorseg.errors import DatabaseUnavailable
 log = logging.getLogger(__name__)
 
 WAIT_S = 5.0  # a request waits this long for a connection before its 503
+# The pool retries a lost server with growing delays, one attempt at a time; it gives up after this long,
+# and the next request starts afresh (1 s, 2 s, 4 s...), so a server back after a long outage is used
+# within seconds rather than after the last, long delay.
+RECONNECT_S = 10.0
 RETRY_AFTER_S = 5
 # libpq options: fail a connection attempt after 5 s, and drop a silent peer after ~25 s of TCP keepalive
 CONNECT_OPTIONS: dict[str, Any] = {
@@ -58,6 +62,7 @@ class Database:
             min_size=min_size,
             max_size=max_size,
             timeout=WAIT_S,
+            reconnect_timeout=RECONNECT_S,
             open=False,
             check=ConnectionPool.check_connection,
             kwargs={"autocommit": True, "row_factory": dict_row, **CONNECT_OPTIONS},

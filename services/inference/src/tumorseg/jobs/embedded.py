@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from tumorseg.errors import DatabaseUnavailable
 from tumorseg.jobs.runner import Jobs, segment_request
 from tumorseg.jobstore import JobStore
 from tumorseg.pipeline import Segmenter
@@ -45,12 +46,15 @@ class EmbeddedRunner(Jobs):
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            job = self.store.claim_next()
-            if job is None:
-                self._wake.wait(IDLE_POLL_S)
-                self._wake.clear()
-                continue
-            self.run(job)
+            try:
+                job = self.store.claim_next()
+                if job is not None:
+                    self.run(job)
+                    continue
+            except DatabaseUnavailable as exc:  # PostgreSQL restarting: the thread lives on and tries again
+                log.warning("job runner: %s; retrying", exc.detail)
+            self._wake.wait(IDLE_POLL_S)
+            self._wake.clear()
 
     def segment(self, request: JobRequest) -> SegmentResult:
         segment_request(request)  # InvalidInput before any job exists
