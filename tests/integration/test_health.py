@@ -16,6 +16,7 @@ from tests.orthanc import OrthancEndpoint, service_settings
 from tests.service import running_service
 from tumorseg.api.main import create_app
 from tumorseg.config import DEFAULT_MODEL_PATH
+from tumorseg.model import fused
 from tumorseg.model.package import read_manifest
 from tumorseg_devkit.local import LocalOrthanc
 
@@ -24,6 +25,8 @@ pytestmark = pytest.mark.integration
 MODEL_LOADED = {
     **read_manifest(DEFAULT_MODEL_PATH).describe(),
     "loaded": True,
+    # the shipped model's fused CPU path agrees with its plain network on this torch
+    "fast_path": "fused" if fused._mkldnn_ops() is not None else "off",
 }  # name, version, backend, provenance
 
 

@@ -26,6 +26,11 @@ class ModelHealth(BaseModel):
     loaded: bool = Field(
         description="the package is loaded (distributed mode: readable; the workers load the weights)"
     )
+    fast_path: str | None = Field(
+        None,
+        description='the fused CPU path: "fused", "plain (why)" where it disagreed with the plain network '
+        'when the model loaded (the plain one runs), "off" where unused; null where no model runs here',
+    )
 
 
 class QueueHealth(BaseModel):

@@ -8,12 +8,16 @@ recompiling per input shape): a one-parameter PReLU as the convolution's leaky-R
 function), a residual convolution adding the block's output as it writes (binary post-op), an identity
 residual added in place or folded into the last convolution's centre tap, and a transposed convolution
 with few output channels computed by its output phases (``_SubPixel``). Every module runs the original
-block for any input but a CPU tensor without gradient. The probabilities equal the plain network's to
-rounding (~2e-6 on the shipped model, no label changed; ``tests/unit/test_model_package.py``).
+block for any input but a CPU tensor without gradient, and while ``unfused`` holds the network. The
+probabilities equal the plain network's to rounding (~2e-6 on the shipped model, no label changed;
+``tests/unit/test_model_package.py``); because the operators are private to torch, ``Predictor`` compares
+the two at load time and ``unfuse`` gives the plain network back when they disagree.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
 import numpy as np
@@ -42,6 +46,7 @@ class _FusedConvolution(nn.Module):
     def __init__(self, block: nn.Module, ops: Any) -> None:
         super().__init__()
         self.block, self._ops = block, ops
+        self.active = True  # False: the original block runs (``unfused``)
         self.conv = cast(nn.Conv3d | nn.ConvTranspose3d, block.conv)
         act = getattr(getattr(block, "adn", None), "A", None)
         self._slope = None if act is None else float(act.weight.reshape(()).item())
@@ -52,7 +57,7 @@ class _FusedConvolution(nn.Module):
         return ("none", []) if self._slope is None else ("leaky_relu", [self._slope])
 
     def forward(self, x: Any) -> Any:
-        if x.device.type != "cpu" or x.requires_grad:
+        if not self.active or x.device.type != "cpu" or x.requires_grad:
             return self.block(x)
         conv = self.conv
         attr, scalars = self.post_op
@@ -107,6 +112,7 @@ class _SubPixel(nn.Module):
     def __init__(self, fused: _FusedConvolution) -> None:
         super().__init__()
         self.fused, self._ops = fused, fused._ops
+        self.active = True
         conv = fused.conv
         self.out_channels = int(conv.out_channels)
         self.register_buffer("weight", _sub_pixel_weight(conv.weight.detach()), persistent=False)
@@ -115,7 +121,8 @@ class _SubPixel(nn.Module):
 
     def forward(self, x: Any) -> Any:
         if (
-            x.device.type != "cpu"
+            not self.active
+            or x.device.type != "cpu"
             or x.requires_grad
             or not x.is_contiguous(memory_format=torch.channels_last_3d)
         ):
@@ -160,6 +167,7 @@ class _FusedResidualUnit(nn.Module):
     def __init__(self, unit: nn.Module, ops: Any) -> None:
         super().__init__()
         self.unit, self._ops = unit, ops
+        self.active = True
         self.conv, self.residual = cast(nn.Module, unit.conv), cast(nn.Module, unit.residual)
         self._identity_folded: tuple[torch.Tensor, torch.Tensor | None, list[int]] | None = None
         only = list(self.conv.children())
@@ -178,7 +186,7 @@ class _FusedResidualUnit(nn.Module):
                 self._identity_folded = (weight, bias, [int(p) for p in conv.padding])
 
     def forward(self, x: Any) -> Any:
-        if x.device.type != "cpu" or x.requires_grad:
+        if not self.active or x.device.type != "cpu" or x.requires_grad:
             return self.unit(x)
         if self._identity_folded is not None:
             weight, bias, padding = self._identity_folded
@@ -252,6 +260,52 @@ def fuse_pointwise(network: nn.Module) -> nn.Module:
                 setattr(parent, name, _SubPixel(fused) if _sub_pixel_fits(fused.conv) else fused)
             elif fusable_unit(child):
                 setattr(parent, name, _FusedResidualUnit(child, ops))
+
+    replace(network)
+    return network
+
+
+_FUSED = (_FusedConvolution, _SubPixel, _FusedResidualUnit)
+
+
+def is_fused(network: nn.Module) -> bool:
+    """Whether ``fuse_pointwise`` replaced any block of ``network``."""
+    return any(isinstance(module, _FUSED) for module in network.modules())
+
+
+@contextmanager
+def unfused(network: nn.Module) -> Iterator[nn.Module]:
+    """``network`` with every fused block running the original block it replaced (the plain network: the
+    same folded, channels-last weights through torch's public convolutions) until the block exits."""
+    blocks = [module for module in network.modules() if isinstance(module, _FUSED)]
+    for block in blocks:
+        block.active = False
+    try:
+        yield network
+    finally:
+        for block in blocks:
+            block.active = True
+
+
+def unfuse(network: nn.Module) -> nn.Module:
+    """``network`` with every fused block replaced, in place, by the original block it wraps: what
+    ``fuse_pointwise`` was given, with no private operator left in it."""
+
+    def original(module: nn.Module) -> nn.Module:
+        if isinstance(module, _SubPixel):
+            return original(module.fused)
+        if isinstance(module, _FusedConvolution):
+            return module.block
+        if isinstance(module, _FusedResidualUnit):
+            return module.unit
+        return module
+
+    def replace(parent: nn.Module) -> None:
+        for name, child in parent.named_children():
+            plain = original(child)
+            if plain is not child:
+                setattr(parent, name, plain)
+            replace(plain)
 
     replace(network)
     return network

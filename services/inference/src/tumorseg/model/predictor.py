@@ -33,6 +33,16 @@ log = logging.getLogger(__name__)
 
 WARM_UP_WINDOW = (160, 224, 192)  # the largest window Predictor.warm_up runs: an adult brain crop
 
+# The fused CPU path (``tumorseg.model.fused``) calls operators private to torch, so every package loaded
+# with it is run once both ways on seeded noise (1, C, s, 2s, 3s), s = 16 rounded up to the strides'
+# product. The logits differ by float32 rounding alone: on the shipped model at most 2.7e-5 where the
+# largest is ~47, 6e-7 of it, on every network and input tried. A broken operator (a wrong post-op, a
+# misplaced output phase, an argument read differently by another torch) changes them by orders more.
+# Allowed: 1e-4 of the largest plain logit (at least 1e-4): ~200x that rounding, and at most 2.5e-5 of
+# it in probability (the sigmoid's slope is at most 1/4), far from moving a voxel across the threshold.
+FUSED_TOLERANCE = 1e-4
+FUSED_CHECK_SIDE = 16
+
 
 class Predictor:
     def __init__(
@@ -43,8 +53,12 @@ class Predictor:
         fallback: Any = None,
         variants: Mapping[str, Any] | None = None,
         fast: bool = False,
+        fast_path: str = "off",
     ) -> None:
         self.manifest = manifest
+        # What /health reports: "fused" (the oneDNN fused CPU path, checked at load), "plain (why)" (it
+        # disagreed with the plain network at load and was replaced by it) or "off" (not used here)
+        self.fast_path = fast_path
         # One window over a crop it covers runs without MONAI's sliding-window bookkeeping (``_one_window``)
         self.fast = fast
         self.network = network
@@ -57,16 +71,20 @@ class Predictor:
     def from_package(cls, directory: Path, device: str = "cpu", fast: bool = True) -> Predictor:
         """The package's networks; with ``fast`` (the default), each ``for_inference``: BatchNorm folded and,
         on the CPU, channels-last (the same probabilities to ~1e-6, ~1.3x faster here), and a crop that one
-        window covers predicted in that window directly (``_one_window``). ``fast=False`` is the plain
-        network under MONAI's sliding window, the reference the fast path is tested against."""
+        window covers predicted in that window directly (``_one_window``). On the CPU the fused blocks are
+        then compared with the plain ones (``guard_fused``): where they disagree, the plain network runs.
+        ``fast=False`` is the plain network under MONAI's sliding window, the reference the fast path is
+        tested against."""
         manifest, networks = load_package(directory, device)
         if manifest.foreign:
             log.info(
                 "model %s %s (%s) loaded on %s", manifest.name, manifest.version, manifest.backend, device
             )
             return ForeignPredictor(manifest, networks["main"], device)
+        fast_path = "off"
         if fast:
             networks = {name: for_inference(network, device) for name, network in networks.items()}
+            fast_path = guard_fused(networks, manifest)
         log.info(
             "model %s %s loaded on %s%s",
             manifest.name,
@@ -75,7 +93,8 @@ class Predictor:
             " (with a fallback network for studies that lack a sequence)" if "fallback" in networks else "",
         )
         variants = {name: net for name, net in networks.items() if "/" in name}
-        return cls(manifest, networks["main"], device, networks.get("fallback"), variants, fast=fast)
+        main, fallback = networks["main"], networks.get("fallback")
+        return cls(manifest, main, device, fallback, variants, fast=fast, fast_path=fast_path)
 
     @property
     def name(self) -> str:
@@ -206,6 +225,58 @@ class ForeignPredictor(Predictor):
 
     def warm_up(self) -> None:
         self.network.warm_up()
+
+
+def guard_fused(networks: Mapping[str, Any], manifest: ModelManifest) -> str:
+    """The fast path's state after checking it: "off" where no network has a fused block; "fused" where
+    each fused network gives the plain network's logits to ``FUSED_TOLERANCE`` on one small seeded input;
+    else every network is made plain again in place (``unfuse``), a warning is logged, and "plain (why)"
+    is returned. Costs two passes of each network over (s, 2s, 3s) voxels, ~0.1 s on the shipped model."""
+    from tumorseg.model.fused import is_fused, unfuse
+
+    fused = {name: network for name, network in networks.items() if is_fused(network)}
+    if not fused:
+        return "off"
+    args = manifest.architecture_args
+    problem = _fused_disagreement(fused, int(args["in_channels"]), stride_product(args))
+    if problem is None:
+        return "fused"
+    for network in fused.values():
+        unfuse(network)
+    log.warning(
+        "the fused CPU path %s; the plain network runs instead (torch's private oneDNN operators)", problem
+    )
+    return f"plain (fused {problem} at warm-up)"
+
+
+def _fused_disagreement(networks: Mapping[str, Any], channels: int, factor: int) -> str | None:
+    """How the first of ``networks`` whose fused blocks disagree with their plain ones does (its output
+    differs, or it fails), or None when all agree (see ``FUSED_TOLERANCE``)."""
+    import torch
+
+    from tumorseg.model.fused import unfused
+
+    side = factor * -(-FUSED_CHECK_SIDE // factor)
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn((1, channels, side, 2 * side, 3 * side), generator=generator)
+    noise = noise.contiguous(memory_format=torch.channels_last_3d)
+    for name, network in networks.items():
+        with torch.inference_mode():
+            with unfused(network):
+                plain = network(noise)
+            try:
+                fast = network(noise)
+            except Exception as exc:  # a private operator this torch changed or dropped: any error
+                log.warning("the fused %s network failed on its check: %r", name, exc)
+                return f"network failed ({type(exc).__name__})"
+        difference = float((fast - plain).abs().max())
+        allowed = FUSED_TOLERANCE * max(1.0, float(plain.abs().max()))
+        if not difference <= allowed:  # NaN too
+            log.warning(
+                "the fused %s network's logits differ by %.3g (allowed %.3g)", name, difference, allowed
+            )
+            return f"output differed by {difference:.3g}"
+    return None
 
 
 def _one_window(

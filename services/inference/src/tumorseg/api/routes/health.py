@@ -36,6 +36,7 @@ def health(state: StateDep) -> Health:
             version=state.model.version,
             backend=state.model.backend,
             provenance=state.model.provenance,
+            fast_path=None if state.predictor is None else state.predictor.fast_path,
         ),
         device=state.device,
     )
