@@ -5,6 +5,8 @@ database with no results directory, a clear 503 with Retry-After while the datab
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -161,3 +163,28 @@ def test_db_upgrade_command_migrates_once(postgres: str, monkeypatch: pytest.Mon
     assert first.exit_code == 0 and f"-> {migrate.head()}" in _text(first.output), first.output
     assert second.exit_code == 0 and "up to date" in _text(second.output)
     assert ":***@" in first.output and postgres.split("@")[0].split(":")[-1] not in first.output
+
+
+def test_replicas_starting_together_migrate_once(postgres: str) -> None:
+    """Four processes migrate an empty database at the same instant: one migrates, the others wait for its
+    lock and find the schema at head. Without the lock, concurrent CREATE TABLEs fail all but one."""
+    start_at = time.time() + 6  # after every process has imported what it needs
+    script = (
+        "import sys, time; from tumorseg.db import migrate; "
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); print(migrate.upgrade(sys.argv[1]))"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, postgres, str(start_at)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outcomes = [process.communicate(timeout=120) for process in processes]
+    assert all(process.returncode == 0 for process in processes), [err[-500:] for _, err in outcomes]
+    head = migrate.head()
+    assert sorted(out.strip() for out, _ in outcomes) == sorted(
+        [str((None, head))] + [str((head, head))] * 3
+    ), outcomes
