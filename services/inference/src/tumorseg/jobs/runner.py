@@ -8,7 +8,9 @@ mode, chosen by ``wiring.open_runner``:
 - ``QueuedRunner`` (``tumorseg.jobs.queued``, ``TUMORSEG_QUEUE_URL``): Redis and ``tumorseg worker``.
 
 However it runs, a job ends ``done``; ``skipped`` when the study has no brain MRI to segment
-(``modality_missing``: not a fault, nothing to retry); or ``failed`` with the error's code and message.
+(``modality_missing``: not a fault, nothing to retry); or ``failed`` with the error's code and message. A
+run during which the database went away records nothing: the job stays ``running`` until its heartbeat is
+stale, and the queued mode's sweep sends it again (a second attempt, under the same result id).
 Running one claimed job (``run``), with its heartbeat in the store and its end recorded, is the same in
 both modes and lives here.
 """
@@ -23,7 +25,7 @@ from contextlib import contextmanager
 from typing import get_args
 
 from tumorseg import metrics
-from tumorseg.errors import ModalityMissing, TumorsegError
+from tumorseg.errors import DatabaseUnavailable, ModalityMissing, TumorsegError
 from tumorseg.jobstore import JobStore
 from tumorseg.pipeline import Segmenter, SegmentRequest
 from tumorseg.results import new_result_id
@@ -32,6 +34,11 @@ from tumorseg.schema import Job, JobOrigin, JobRequest, JobState, SegmentResult
 log = logging.getLogger(__name__)
 
 MAX_BEAT_S = 5.0  # a running job's heartbeat in the store, at most this far apart
+
+
+class TakenOver(Exception):
+    """This attempt of a job was taken over by another process: it stops and records nothing."""
+
 
 SKIPPED_ERRORS: tuple[type[TumorsegError], ...] = (ModalityMissing,)
 """Errors that mean "nothing here to segment": the job is ``skipped``, not ``failed``."""
@@ -130,9 +137,15 @@ class Jobs(ABC):
             with self._beating(job.job_id, attempt):
                 result = segmenter().run(
                     segment_request(job.request),
-                    progress=lambda stage: self.store.set_stage(job.job_id, stage, attempt),
+                    progress=lambda stage: self._progress(job.job_id, attempt, stage),
                     result_id=job.result_id,
                 )
+        except TakenOver:
+            log.warning("job %s: taken over by another process; this run stopped", job.job_id)
+            raise
+        except DatabaseUnavailable:  # its end cannot be recorded: the job is left to a later attempt
+            log.warning("job %s: the database went away during the run; left for another attempt", job.job_id)
+            raise
         except SKIPPED_ERRORS as exc:
             _ended("skipped", exc.code, exc)
             self.store.finish(job.job_id, "skipped", attempt=attempt, code=exc.code, reason=exc.detail)
@@ -162,6 +175,14 @@ class Jobs(ABC):
         else:
             log.warning("job %s: done here, but another process had taken it over", job.job_id)
         return result
+
+    def _progress(self, job_id: str, attempt: int, stage: str) -> None:
+        """The stage starting, in the store; ``TakenOver`` when this attempt no longer holds the job (its
+        heartbeat went stale, e.g. while the database was away, and another process claimed it), so that
+        only one attempt goes on to store a SEG."""
+        if not self.store.beat(job_id, attempt):
+            raise TakenOver(job_id)
+        self.store.set_stage(job_id, stage, attempt)
 
     @contextmanager
     def _beating(self, job_id: str, attempt: int) -> Iterator[None]:
