@@ -7,8 +7,8 @@ creates and gives to that user (pytest's temporary directories are root's, mode 
 Connections over TCP on 127.0.0.1 need the password (scram-sha-256), so the URL carries one as a
 deployment's would; the socket in the data directory is trusted (the launcher's own ``psql`` calls).
 
-Durability is off (``fsync=off``): the data are a test's, and a crash of the machine loses nothing
-that matters. ``stop``/``start`` restart the same cluster (fault tests: the database goes away under a
+Durability is off (``fsync=off``) unless ``durable=True`` (benchmarks): the data are a test's, and a
+crash of the machine loses nothing that matters. ``stop``/``start`` restart the same cluster (fault tests: the database goes away under a
 running service and comes back with its data).
 """
 
@@ -54,7 +54,8 @@ class LocalPostgres:
     """One PostgreSQL server on 127.0.0.1 and a free port; ``url`` is its ``postgres`` database,
     ``create_database`` makes a fresh one. A context manager (start, then close)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        self.durable = durable  # fsync and synchronous commits on, as in production (benchmarks)
         self.bin = _bin_dir()
         self.as_root = os.geteuid() == 0
         self.workdir = Path(tempfile.mkdtemp(prefix="tumorseg-pg-"))
@@ -113,8 +114,9 @@ class LocalPostgres:
         if self._process is not None and self._process.poll() is None:
             return self
         args = [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port)]
-        args += ["-k", str(self.workdir), "-h", "127.0.0.1", "-c", "fsync=off"]
-        args += ["-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=200"]
+        args += ["-k", str(self.workdir), "-h", "127.0.0.1", "-c", "max_connections=200"]
+        if not self.durable:
+            args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 self._run_as(*args), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir

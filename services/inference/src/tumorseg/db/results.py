@@ -152,9 +152,10 @@ class PgResultStore(ResultStore):
         if name not in FILES:
             raise ResultNotFound(f"results have no file {name!r}")
         with self.db.connection() as conn:
-            row = conn.execute(
+            row = conn.execute(  # binary: the bytes as they are, not hex text twice their size
                 "SELECT data FROM result_files WHERE result_id = %s AND name = %s",
                 (check_result_id(result_id), name),
+                binary=True,
             ).fetchone()
         if row is None:
             self._not_here(result_id, name)
