@@ -34,8 +34,10 @@ $(STAMP): pyproject.toml training/pyproject.toml devkit/pyproject.toml
 test: setup
 	$(BIN)/pytest
 
+# The fast loop: tests/unit alone (pure logic, small arrays, tiny networks). `make test` adds tests/integration
+# (real engines, served processes, phantoms, whole networks) and training/tests (pyproject's testpaths).
 test-unit: setup
-	$(BIN)/pytest -m "not integration"
+	$(BIN)/pytest tests/unit
 
 # ruff, mypy, and the layering contracts of pyproject.toml ([tool.importlinter]; tests/unit/test_layering.py
 # runs them inside `make test` too).

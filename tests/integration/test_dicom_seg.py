@@ -44,6 +44,8 @@ from tumorseg.export.dicom_seg import (
 from tumorseg.imaging.volume import SeriesVolume, load_series
 from tumorseg.study.assemble import assemble
 
+pytestmark = pytest.mark.integration  # the writer tests need no Orthanc, the rest do
+
 LABELS = tuple(SEGMENT_NUMBERS)  # BraTS 1, 2, 4 → segments 1, 2, 3
 
 

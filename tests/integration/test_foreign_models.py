@@ -3,7 +3,7 @@ lattice, a model without a T1 channel (the study's T1 left aside), the provenanc
 
 The bundle is hand-set (a 1x1x1 convolution whose whole tumour is where the normalised FLAIR exceeds 1), so
 the mask has a known source; the probabilities themselves are tested against the bundle's own pipeline in
-``tests/unit/test_model_bundle.py``.
+``tests/integration/test_model_bundle.py``.
 """
 
 from __future__ import annotations

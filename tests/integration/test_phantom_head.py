@@ -32,6 +32,8 @@ from tumorseg_devkit.synth.phantom_head import (
 from tumorseg_devkit.synth.phantom_head_tissue import embed
 from tumorseg_devkit.synth.to_dicom import find_case_files
 
+pytestmark = pytest.mark.integration  # whole clinical-head phantoms generated: seconds a test
+
 # Seed 9: profile "full" (NCR + ET + ED), one lesion of ~32 mL. Two head cases and two BraTS cases are
 # made (about a minute of CPU in all); the tests share them.
 SEED = 9

@@ -23,6 +23,8 @@ from tumorseg.model.predictor import ForeignPredictor, Predictor
 from tumorseg.sequences import SEQUENCES
 from tumorseg_devkit.synth.phantom import generate_case, write_case
 
+pytestmark = pytest.mark.integration  # MONAI bundles run next to their own pipeline: seconds a test
+
 SEED = 515151
 
 

@@ -30,6 +30,8 @@ from tumorseg.pipeline import _failed_registrations
 from tumorseg.sequences import SEQUENCES, InputPolicy
 from tumorseg_devkit.synth.phantom_head import generate_head_case, write_head_case
 
+pytestmark = pytest.mark.integration  # registrations across the capture range: seconds a test
+
 SEED = 33  # never used to tune the registration (31 and 32 are test_clinical_input's, 70-75 tuned it)
 SHIPPED_INPUTS = InputPolicy(required=("flair", "t1ce"), optional=("t1", "t2"), substitutes=(("t1", "t1ce"),))
 

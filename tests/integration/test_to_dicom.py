@@ -35,6 +35,9 @@ from tumorseg_devkit.synth.to_dicom import (
     convert_case,
 )
 
+# dcm2niix and dciodvfy as referees, phantom cases converted: seconds a test
+pytestmark = pytest.mark.integration
+
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 BRATS_AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 63], [0, 0, 1.0, 0], [0, 0, 0, 1]])
 

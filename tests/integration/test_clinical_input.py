@@ -41,6 +41,9 @@ from tumorseg.sequences import SEQUENCES
 from tumorseg_devkit.synth.phantom import generate_case, write_case
 from tumorseg_devkit.synth.phantom_head import generate_head_case, write_head_case
 
+# registration and brain extraction on clinical-head phantoms: seconds a test
+pytestmark = pytest.mark.integration
+
 # Head seeds never used while the stages were tuned (3, 5, 8, 21-24 were); motion up to 5 deg / 5 mm,
 # bias up to 20 %, Rician background, skull and scalp (the generator's defaults).
 SEEDS = (31, 32)

@@ -30,6 +30,8 @@ from tumorseg_devkit.synth.phantom import (
 from tumorseg_devkit.synth.phantom_anatomy import Anatomy
 from tumorseg_devkit.synth.phantom_tumour import grow_tumour
 
+pytestmark = pytest.mark.integration  # whole phantoms generated, the CLI in a process: seconds a test
+
 # Seed 9: profile "full" (NCR + ET + ED), one lesion of ~32 mL: every compartment has enough voxels.
 SEED = 9
 FILES = ("flair", "t1", "t1ce", "t2", "seg")

@@ -25,13 +25,19 @@ from tumorseg_training.metrics import EMPTY_HD95_MM, region_scores
 from tumorseg_training.train import CHECKPOINT, CURVES_PNG, METRICS_CSV, train
 from tumorseg_training.transforms import train_transform, training_item
 
-from tests.geometry import dice
 from tumorseg.imaging.preprocess import Preprocessing, prepare
 from tumorseg.labels import REGIONS, labels_to_regions
 from tumorseg.model.predictor import Predictor
 from tumorseg.sequences import SEQUENCES
 
 SHAPE = (40, 44, 36)  # (i, j, k)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
+    return 1.0 if total == 0 else 2.0 * np.count_nonzero(a & b) / total
+
+
 TINY_RECIPE = {
     "network": {"channels": [4, 8], "strides": [2], "num_res_units": 0, "norm": "BATCH"},
     "preprocessing": {"divisible_by": 16, "crop_margin_vox": 2},
