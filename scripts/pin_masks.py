@@ -73,7 +73,8 @@ def segment(env: dict[str, str], patient_id: str, out: Path, extra: list[str]) -
     return {
         **digest(out / "mask.nii.gz"),
         "volumes_ml": result["volumes_ml"],
-        "series": {m: s["series_instance_uid"] for m, s in result["series"].items()},
+        # descriptions, not UIDs: converting a phantom again gives new UIDs, the same series
+        "series": {m: s["series_description"] for m, s in result["series"].items()},
     }
 
 
