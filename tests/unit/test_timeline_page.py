@@ -27,6 +27,7 @@ def api(tmp_path: Path) -> Iterator[TestClient]:
         model_path=tiny_package(tmp_path / "tiny"),
         results_dir=tmp_path / "results",
         api_key=KEY,
+        brain_extractor="none",  # no segmentation runs here: no extractor to load and warm up
     )
     with TestClient(create_app(settings)) as client:
         yield client
