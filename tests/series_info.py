@@ -38,6 +38,7 @@ def make_series(
     n = next(_counter)
     return SeriesInfo(
         key=f"orthanc-{n}",
+        orthanc_id=f"orthanc-{n}",
         series_instance_uid=uid or f"1.2.826.0.1.3680043.10.{n}",
         modality=modality,
         series_description=description,

@@ -24,6 +24,7 @@ from tests.results import mask_array
 from tests.studies import Edit, UploadedStudy, clone_study
 from tumorseg.api.main import create_app
 from tumorseg.cli import app as cli
+from tumorseg.pacs.dicomweb import DicomwebClient
 from tumorseg_devkit.local import LocalOrthanc
 from tumorseg_devkit.synth.to_dicom import ConvertedStudy
 
@@ -88,6 +89,27 @@ def test_the_seg_goes_into_the_source_study_through_stow_rs_once(
     assert str(stored.SOPInstanceUID) == seg["sop_instance_uid"]
     referenced = {str(item.SeriesInstanceUID) for item in stored.ReferencedSeriesSequence}
     assert referenced == {result["reference"]["series_instance_uid"]}
+
+
+def test_a_series_is_fetched_over_dicomweb_from_its_uids_alone(
+    clinical_study: UploadedStudy, orthanc: OrthancEndpoint
+) -> None:
+    """No hidden order between calls: a series record another client listed (Orthanc REST) is enough
+    for the DICOMweb client to read one instance and download every one."""
+    with orthanc.client() as rest:
+        (study,) = [
+            s
+            for s in rest.find_studies(clinical_study.patient_id)
+            if s.study_instance_uid == clinical_study.converted.study_instance_uid
+        ]
+        series = next(s for s in rest.list_series(study.key) if s.modality == "MR")
+    with DicomwebClient(f"{orthanc.url}/dicom-web", orthanc.auth) as web:
+        instance = web.first_instance(series)
+        assert (instance.series_instance_uid, instance.orthanc_id) == (series.series_instance_uid, None)
+        files = web.download_series(series)
+    assert len(files) == series.instance_count
+    uids = {str(pydicom.dcmread(DicomBytesIO(f), stop_before_pixels=True).SeriesInstanceUID) for f in files}
+    assert uids == {series.series_instance_uid}
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@ tests/integration/conftest.py)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pydicom
 import pytest
 from pydicom.filebase import DicomBytesIO
@@ -27,6 +29,35 @@ def upload(client: OrthancClient, files: list[bytes]) -> str:
 def test_system_reports_the_version(orthanc_client: OrthancClient) -> None:
     info = orthanc_client.system()
     assert info["Version"].count(".") >= 1
+    assert orthanc_client.version() == info["Version"]
+
+
+def test_records_carry_uids_and_orthanc_ids_and_uids_alone_fetch_a_series(
+    orthanc_client: OrthancClient,
+) -> None:
+    pid, study_uid = unique_patient_id("UIDS"), generate_uid()
+    files = mr_series(pid, study_uid, n=3)
+    study_id = upload(orthanc_client, files)
+    (study,) = orthanc_client.find_studies(pid)
+    (series,) = orthanc_client.list_series(study_id)
+    assert (study.study_instance_uid, study.orthanc_id) == (study_uid, study_id)
+    assert (series.study_instance_uid, series.orthanc_id) == (study_uid, series.key)
+    instance = orthanc_client.first_instance(series)
+    assert instance.orthanc_id in orthanc_client.instance_ids(series.key)
+    assert (instance.study_instance_uid, instance.series_instance_uid) == (
+        study_uid,
+        series.series_instance_uid,
+    )
+    assert instance.sop_instance_uid in {str(pydicom.dcmread(DicomBytesIO(f)).SOPInstanceUID) for f in files}
+    bare = replace(series, key="", orthanc_id=None)  # as another client lists it: UIDs only
+    assert len(orthanc_client.download_series(bare)) == 3
+    assert orthanc_client.first_instance(bare) == instance
+    patient = orthanc_client.patient_of_study(study_id)
+    assert patient.patient_id == pid
+    stored = orthanc_client.upload_instance(files[0])
+    assert stored.orthanc_id == stored.instance_id and stored.orthanc_id in orthanc_client.instance_ids(
+        series.key
+    )
 
 
 def test_patient_id_wildcards_match_only_themselves(orthanc_client: OrthancClient) -> None:

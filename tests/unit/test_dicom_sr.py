@@ -18,13 +18,13 @@ from tumorseg.export.dicom_sr import (
     SR_REGIONS,
     build_report,
     read_report,
-    referenced_instances,
     time_point,
     tracking_uid,
 )
 from tumorseg.imaging.postprocess import voxel_volume_mm3
 from tumorseg.imaging.volume import load_series
 from tumorseg.labels import volumes_ml
+from tumorseg.pacs.tags import referenced_instances
 
 
 def seg_and_volumes(patient_id: str = "SRTEST") -> tuple[hd.seg.Segmentation, dict[str, float]]:

@@ -93,7 +93,7 @@ def test_stow_rs_failures_and_refused_tokens_are_named() -> None:
         with pytest.raises(PacsProtocolError, match="49442"):
             pacs.upload_instance(mr_instance("P", "1.2.3", "1.2.3.4", 0))
         with pytest.raises(PacsRejected, match="TUMORSEG_DICOMWEB_TOKEN"):
-            pacs.system()
+            pacs.version()
     stow = seen[0]
     assert stow.url.path == "/dicom-web/studies/1.2.3"
     assert stow.headers["Authorization"] == "Bearer t0ken"
@@ -129,15 +129,18 @@ def test_a_pacs_that_cannot_send_the_stored_transfer_syntax_is_asked_for_its_def
     accepted: list[str] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/dicom-web/studies/1.2.3/series/1.2.3.4"
         accepted.append(request.headers["Accept"])
         if "transfer-syntax" in request.headers["Accept"]:
             return httpx.Response(406)
         body = b"--xyz\r\nContent-Type: application/dicom\r\n\r\n" + instance + b"\r\n--xyz--\r\n"
         return httpx.Response(200, content=body, headers={"Content-Type": "multipart/related; boundary=xyz"})
 
-    series = describe_series("1.2.3.4", {}, {}, instance_count=1)
+    # a record of UIDs alone, never listed by this client: its UIDs are enough to fetch it
+    series = describe_series(
+        "1.2.3.4", {"SeriesInstanceUID": "1.2.3.4"}, {}, instance_count=1, study_instance_uid="1.2.3"
+    )
     with _client(httpx.MockTransport(answer)) as pacs:
-        pacs._study_of_series["1.2.3.4"] = "1.2.3"  # as list_series would have noted it
         assert pacs.download_series(series) == [instance]
     assert accepted == [
         'multipart/related; type="application/dicom"; transfer-syntax=*',

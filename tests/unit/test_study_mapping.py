@@ -167,7 +167,7 @@ def test_to_json_has_the_contract_shape() -> None:
     assert data["series"]["flair"] == {
         "series_instance_uid": study[1].series_instance_uid,
         "series_description": "t2_tirm_tra_dark-fluid",
-        "orthanc_id": study[1].key,
+        "orthanc_id": study[1].orthanc_id,
     }
     assert data["rejected"][0] == {
         "series_instance_uid": study[0].series_instance_uid,

@@ -28,7 +28,7 @@ def inspect_patient(
     """``policy``: the sequences the model package needs (its ``inputs``), as ``segment`` would apply."""
     report: dict[str, Any] = {"patient_id": patient_id}
     try:
-        version = pacs.system()["Version"]
+        version = pacs.version()
         report["orthanc"] = {
             "url": pacs.url,
             "protocol": pacs.protocol,
@@ -47,11 +47,11 @@ def inspect_patient(
 
     studies = newest_first(pacs.find_studies(patient_id))
     if studies:
-        tags = pacs.patient_of_study(studies[0].key)
+        patient = pacs.patient_of_study(studies[0].key)
         report["patient"] = {
-            "patient_name": tags.get("PatientName", ""),
-            "patient_birth_date": tags.get("PatientBirthDate", ""),
-            "patient_sex": tags.get("PatientSex", ""),
+            "patient_name": patient.patient_name,
+            "patient_birth_date": patient.patient_birth_date,
+            "patient_sex": patient.patient_sex,
         }
     report["studies"] = []
     for study in studies:
@@ -73,18 +73,4 @@ def inspect_patient(
         report["error"] = {"code": exc.code, "detail": exc.detail}
     else:
         report.update(chosen.to_json())
-    if not pacs.orthanc_ids:  # over DICOMweb the series keys are UIDs, not Orthanc ids
-        _clear_orthanc_ids(report)
     return report
-
-
-def _clear_orthanc_ids(node: Any) -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "orthanc_id":
-                node[key] = None
-            else:
-                _clear_orthanc_ids(value)
-    elif isinstance(node, list):
-        for item in node:
-            _clear_orthanc_ids(item)

@@ -321,7 +321,6 @@ class Segmenter:
                     self.predictor.network_for(model_input),
                     model_input,
                     registration,
-                    orthanc_ids=self.pacs.orthanc_ids,
                 )
             except BaseException:
                 self.store.discard(staging)
@@ -447,22 +446,17 @@ class Segmenter:
         for info, _ in assembled.mapping.rejected:
             if info.modality != "SEG" or not info.instance_count:
                 continue
-            instance, tags = self.pacs.first_instance(info)
-            referenced = {
-                str(item.get("SeriesInstanceUID", ""))
-                for item in tags.get("ReferencedSeriesSequence") or []
-                if isinstance(item, dict)
-            }
+            instance = self.pacs.first_instance(info)
             if (
-                tags.get("Manufacturer") == SEG_MANUFACTURER
-                and tags.get("DeviceSerialNumber") == algorithm_tag(manifest.name, manifest.version)
-                and reference_series.series_instance_uid in referenced
+                instance.manufacturer == SEG_MANUFACTURER
+                and instance.device_serial_number == algorithm_tag(manifest.name, manifest.version)
+                and reference_series.series_instance_uid in instance.referenced_series
             ):
                 log.info("a SEG of this model version is already in the study; not storing another")
                 return DicomSegRef(
                     series_instance_uid=info.series_instance_uid,
-                    sop_instance_uid=str(tags.get("SOPInstanceUID", "")),
-                    orthanc_id=instance if self.pacs.orthanc_ids else None,
+                    sop_instance_uid=instance.sop_instance_uid,
+                    orthanc_id=instance.orthanc_id,
                 )
         return None
 
@@ -504,7 +498,7 @@ class Segmenter:
         return DicomSegRef(
             series_instance_uid=str(segmentation.SeriesInstanceUID),
             sop_instance_uid=str(segmentation.SOPInstanceUID),
-            orthanc_id=stored.instance_id if self.pacs.orthanc_ids else None,
+            orthanc_id=stored.orthanc_id,
         ), segmentation
 
 
@@ -581,13 +575,10 @@ def _result_fields(
     network: str,
     model_input: ModelInput,
     registration: bool,
-    *,
-    orthanc_ids: bool = True,
 ) -> dict[str, Any]:
     """The result JSON's keys (``SegmentResult``) but ``timings_s``, which the pipeline adds once the
     export is timed, and ``dicom_seg``, which it adds once the SEG is in the study. ``model_input`` brings
-    what the clinical-input stages found (co-registration, brain extraction, warnings). ``orthanc_ids``:
-    whether the series keys are Orthanc ids (``orthanc_id``; null over DICOMweb)."""
+    what the clinical-input stages found (co-registration, brain extraction, warnings)."""
     series = assembled.mapping.series
     labels = sitk.GetArrayViewFromImage(mask).astype(np.uint8, copy=False)
     volumes = volumes_ml(labels, voxel_volume_mm3(reference_series.image))
@@ -599,7 +590,7 @@ def _result_fields(
             m: {
                 "series_instance_uid": series[m].series_instance_uid,
                 "series_description": series[m].series_description,
-                "orthanc_id": series[m].key if orthanc_ids else None,
+                "orthanc_id": series[m].orthanc_id,
             }
             for m in assembled.mapping.present
         },

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 
 from tumorseg.export.dicom_seg import SEG_MANUFACTURER, encode, next_series_number
-from tumorseg.export.dicom_sr import build_report, referenced_instances
+from tumorseg.export.dicom_sr import build_report
 from tumorseg.model.package import ModelManifest
 from tumorseg.pacs import Pacs
 from tumorseg.records import SeriesInfo
@@ -39,16 +39,17 @@ def existing_report(
     for info in listed:
         if info.modality != "SR" or not info.instance_count:
             continue
-        instance, tags = pacs.first_instance(info)
-        if tags.get("Manufacturer") == SEG_MANUFACTURER and seg.sop_instance_uid in referenced_instances(
-            tags
+        instance = pacs.first_instance(info)
+        if (
+            instance.manufacturer == SEG_MANUFACTURER
+            and seg.sop_instance_uid in instance.referenced_instances
         ):
             log.info("an SR of this SEG is already in the study; not storing another")
             found = DicomSrRef(
                 series_instance_uid=info.series_instance_uid,
-                sop_instance_uid=str(tags.get("SOPInstanceUID", "")),
+                sop_instance_uid=instance.sop_instance_uid,
                 seg_sop_instance_uid=seg.sop_instance_uid,
-                orthanc_id=instance if pacs.orthanc_ids else None,
+                orthanc_id=instance.orthanc_id,
             )
             return found, info
     return None
@@ -106,7 +107,7 @@ def store_report(
         series_instance_uid=str(report.SeriesInstanceUID),
         sop_instance_uid=str(report.SOPInstanceUID),
         seg_sop_instance_uid=seg.sop_instance_uid,
-        orthanc_id=stored.instance_id if pacs.orthanc_ids else None,
+        orthanc_id=stored.orthanc_id,
     )
 
 

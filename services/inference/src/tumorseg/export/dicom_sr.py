@@ -235,17 +235,3 @@ def _texts(group: Any, code: str) -> Iterator[str]:
     for item in group[0].ContentSequence:
         if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == code:
             yield str(item.TextValue)
-
-
-def referenced_instances(tags: Mapping[str, Any]) -> set[str]:
-    """Every ReferencedSOPInstanceUID in simplified tags (Orthanc's, or DICOMweb's in that form),
-    however deeply nested: an SR names its SEG in CurrentRequestedProcedureEvidenceSequence."""
-    found: set[str] = set()
-    for keyword, value in tags.items():
-        if keyword == "ReferencedSOPInstanceUID" and isinstance(value, str):
-            found.add(value)
-        elif isinstance(value, list):
-            for item in value:
-                if isinstance(item, dict):
-                    found |= referenced_instances(item)
-    return found

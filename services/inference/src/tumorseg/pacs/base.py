@@ -11,20 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-from tumorseg.records import SeriesInfo, StudyInfo
+from tumorseg.records import InstanceInfo, PatientInfo, SeriesInfo, StudyInfo
 
 
 @dataclass(frozen=True)
 class UploadResult:
-    """A stored instance: the PACS's keys of it, its study and series (Orthanc ids; UIDs over DICOMweb),
-    and ``status`` ("Success" or, from Orthanc, "AlreadyStored")."""
+    """A stored instance: the client's keys of it, its study and series (Orthanc ids; UIDs over DICOMweb),
+    ``status`` ("Success" or, from Orthanc, "AlreadyStored"), and ``orthanc_id``, Orthanc's id of the
+    instance for the result JSON (None over DICOMweb)."""
 
     instance_id: str
     study_id: str
     series_id: str
     status: str
+    orthanc_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,6 @@ class ChangeBatch:
 class Pacs(Protocol):
     url: str
     protocol: str  # "Orthanc REST" or "DICOMweb", for messages
-    orthanc_ids: bool  # whether keys are Orthanc ids (the result JSON's ``orthanc_id``)
 
     def close(self) -> None: ...
 
@@ -49,32 +50,36 @@ class Pacs(Protocol):
 
     def __exit__(self, *exc: object) -> None: ...
 
-    def system(self, timeout: float | None = None) -> dict[str, Any]:
-        """Reachability: an answer with ``Version`` (None where the protocol has none), or a PacsError."""
+    def version(self, timeout: float | None = None) -> str | None:
+        """Reachability: the PACS's software version (None where the protocol has none), or a PacsError.
+        ``timeout`` overrides the client's (health checks)."""
         ...
 
     def find_studies(self, patient_id: str) -> list[StudyInfo]:
         """Every study whose PatientID is exactly ``patient_id``, oldest first."""
         ...
 
-    def get_study(self, key: str) -> StudyInfo: ...
+    def get_study(self, key: str) -> StudyInfo:
+        """A study by its key (``StudyInfo.key``)."""
+        ...
 
-    def patient_of_study(self, key: str) -> dict[str, str]:
-        """PatientName, PatientBirthDate, PatientSex of a study's patient (PHI: never log it)."""
+    def patient_of_study(self, key: str) -> PatientInfo:
+        """The patient of a study (PHI: never log it)."""
         ...
 
     def list_series(self, study_key: str) -> list[SeriesInfo]:
         """The series of a study with the tags of one instance each, by SeriesNumber."""
         ...
 
-    def first_instance(self, series: SeriesInfo) -> tuple[str, dict[str, Any]]:
-        """(instance key, simplified tags) of one instance of ``series``."""
+    def first_instance(self, series: SeriesInfo) -> InstanceInfo:
+        """One instance of ``series`` (a SEG's or SR's references, say)."""
         ...
 
     def download_series(
         self, series: SeriesInfo, progress: Callable[[int], None] | None = None
     ) -> list[bytes]:
-        """Every instance of ``series`` as Part-10 bytes, any order; ``progress(1)`` after each."""
+        """Every instance of ``series`` as Part-10 bytes, any order; ``progress(1)`` after each. The
+        record's UIDs are enough: the series need not have been listed by this client."""
         ...
 
     def upload_instance(self, data: bytes) -> UploadResult: ...

@@ -27,13 +27,15 @@ from tumorseg.pacs.base import ChangeBatch, UploadResult
 from tumorseg.pacs.http import HttpPacs
 from tumorseg.pacs.tags import (
     NOT_IMAGES,
+    describe_instance,
+    describe_patient,
     describe_series,
     exactly_this_patient,
     is_part10,
     patient_id_query,
     series_order,
 )
-from tumorseg.records import SeriesInfo, StudyInfo
+from tumorseg.records import InstanceInfo, PatientInfo, SeriesInfo, StudyInfo
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ def study_from_orthanc(data: dict[str, Any]) -> StudyInfo:
         study_description=tags.get("StudyDescription", ""),
         series_count=len(data.get("Series", ())),
         is_stable=bool(data.get("IsStable", True)),
+        orthanc_id=data["ID"],
     )
 
 
@@ -64,19 +67,20 @@ def series_from_orthanc(series: dict[str, Any], instance_tags: dict[str, Any]) -
         instance_count=len(series.get("Instances", ())),
         version=str(series.get("LastUpdate", "")),
         is_stable=bool(series.get("IsStable", True)),
+        orthanc_id=series["ID"],
     )
 
 
 class OrthancClient(HttpPacs):
     """A connection to one Orthanc (``HttpPacs``: pooling, timeouts, error mapping).
 
-    Keys (``StudyInfo.key``, ``SeriesInfo.key``) are Orthanc's resource ids, reported as ``orthanc_id``;
-    the instance ids of each series listed are kept here for its download.
+    Keys (``StudyInfo.key``, ``SeriesInfo.key``) and ``orthanc_id`` are Orthanc's resource ids; a series
+    record without one (listed by another client) is found by its SeriesInstanceUID. The instance ids of
+    each series listed are kept here for its download.
     """
 
     name = "Orthanc"
     credentials_hint = "check TUMORSEG_ORTHANC_USERNAME/PASSWORD and Orthanc's RegisteredUsers"
-    orthanc_ids = True  # the keys are Orthanc ids: the result JSON reports them as orthanc_id
     protocol = "Orthanc REST"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -92,6 +96,10 @@ class OrthancClient(HttpPacs):
         if not isinstance(data, dict) or "Version" not in data:
             raise PacsProtocolError(f"{self.url}/system does not look like Orthanc's answer")
         return data
+
+    def version(self, timeout: float | None = None) -> str | None:
+        """Orthanc's version (``GET /system``)."""
+        return str(self.system(timeout)["Version"])
 
     def find_studies(self, patient_id: str) -> list[StudyInfo]:
         """Every study whose PatientID is exactly ``patient_id`` (case and all), oldest first.
@@ -159,14 +167,14 @@ class OrthancClient(HttpPacs):
             raise PacsProtocolError("Orthanc answered /changes with something other than its change log")
         return answer
 
-    def patient_of_study(self, study_id: str) -> dict[str, str]:
-        """The patient-level main tags of a study's patient. Holds PHI (name, birth date): never log it."""
+    def patient_of_study(self, study_id: str) -> PatientInfo:
+        """The patient of a study, from its patient-level main tags. Holds PHI: never log it."""
         data = self._json("GET", f"/studies/{study_id}/patient")
         if not isinstance(data, dict):
             raise PacsProtocolError(
                 "Orthanc answered /studies/{id}/patient with something other than an object"
             )
-        return dict(data.get("MainDicomTags", {}))
+        return describe_patient(data.get("MainDicomTags", {}))
 
     def list_series(self, study_id: str) -> list[SeriesInfo]:
         """The series of a study, each with the tags of its first instance merged in, by SeriesNumber."""
@@ -193,12 +201,27 @@ class OrthancClient(HttpPacs):
         record = self._json("GET", f"/series/{series_id}")
         return tuple(record.get("Instances", ())) if isinstance(record, dict) else ()
 
-    def first_instance(self, series: SeriesInfo) -> tuple[str, dict[str, Any]]:
-        """(instance id, simplified tags) of one instance of ``series`` (a SEG's references, say)."""
-        ids = self.instance_ids(series.key)
+    def series_id(self, series: SeriesInfo) -> str:
+        """Orthanc's id of a series: the record's, else looked up by its SeriesInstanceUID."""
+        if series.orthanc_id:
+            return series.orthanc_id
+        found = self._json("POST", "/tools/lookup", content=series.series_instance_uid, idempotent=True)
+        ids = [
+            str(item.get("ID"))
+            for item in found or []
+            if isinstance(item, dict) and item.get("Type") == "Series"
+        ]
         if not ids:
-            raise PacsProtocolError(f"series {series.key}: Orthanc lists no instance")
-        return ids[0], self.instance_tags(ids[0])
+            raise PacsNotFound(f"Orthanc has no series {series.series_instance_uid}")
+        return ids[0]
+
+    def first_instance(self, series: SeriesInfo) -> InstanceInfo:
+        """One instance of ``series`` (a SEG's references, say)."""
+        series_id = self.series_id(series)
+        ids = self.instance_ids(series_id)
+        if not ids:
+            raise PacsProtocolError(f"series {series_id}: Orthanc lists no instance")
+        return describe_instance(self.instance_tags(ids[0]), orthanc_id=ids[0])
 
     def instance_tags(self, instance_id: str) -> dict[str, Any]:
         """``GET /instances/{id}/simplified-tags``: tag keyword → value (strings; sequences as lists)."""
@@ -249,7 +272,7 @@ class OrthancClient(HttpPacs):
         A series with no instance raises ``PacsProtocolError``. ``progress`` is called with 1 after each
         instance.
         """
-        series_id = series if isinstance(series, str) else series.key
+        series_id = series if isinstance(series, str) else self.series_id(series)
         instance_ids = self.instance_ids(series_id)
 
         def fetch(instance_id: str) -> bytes:
@@ -282,6 +305,7 @@ class OrthancClient(HttpPacs):
             study_id=answer.get("ParentStudy", ""),
             series_id=answer.get("ParentSeries", ""),
             status=answer.get("Status", ""),
+            orthanc_id=answer["ID"],
         )
 
     def delete(self, level: str, orthanc_id: str) -> None:

@@ -2,7 +2,9 @@
 
 Any PACS that speaks DICOMweb works (PS3.18): Orthanc's DICOMweb plugin, dcm4chee, cloud healthcare APIs,
 vendor archives. Keys are UIDs: ``StudyInfo.key`` is the StudyInstanceUID, ``SeriesInfo.key`` the
-SeriesInstanceUID (the study's is kept beside it, as WADO-RS paths need both). DICOMweb has no notion of
+SeriesInstanceUID; WADO-RS paths are built from a record's UIDs alone (a series carries its study's), so a
+series need not have been listed by this client to be fetched. There are no Orthanc ids (``orthanc_id``
+None). DICOMweb has no notion of
 a study being complete (Orthanc's ``StableAge``) nor of a series' last change, so ``is_stable`` is always
 true and ``version`` is empty: a PACS should expose a study once it is complete.
 
@@ -14,7 +16,7 @@ Requests:
 - ``download_series``: ``GET /studies/{study}/series/{series}`` as ``multipart/related;
   type="application/dicom"`` in the stored transfer syntax, parsed part by part as it streams in;
 - ``upload_instance``: ``POST /studies`` (STOW-RS), failures from the answer's FailedSOPSequence;
-- ``system`` (the health check): ``GET /studies?limit=1``;
+- ``version`` (the health check): ``GET /studies?limit=1``;
 - ``changes`` (the auto-trigger's feed): ``GET /studies?StudyDate={since}-`` for the last ``recent_days``
   days, and each study's series with their instance counts; a study is complete once those counts are
   the same in two polls at least ``stable_s`` apart (``tumorseg.pacs.watch``). A study sent with a
@@ -42,6 +44,8 @@ from tumorseg.pacs.base import ChangeBatch, UploadResult
 from tumorseg.pacs.http import HttpPacs
 from tumorseg.pacs.tags import (
     NOT_IMAGES,
+    describe_instance,
+    describe_patient,
     describe_series,
     exactly_this_patient,
     is_part10,
@@ -49,7 +53,7 @@ from tumorseg.pacs.tags import (
     series_order,
 )
 from tumorseg.pacs.watch import QuietStudies
-from tumorseg.records import SeriesInfo, StudyInfo
+from tumorseg.records import InstanceInfo, PatientInfo, SeriesInfo, StudyInfo
 
 DICOM_JSON = "application/dicom+json"
 _MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
@@ -96,7 +100,6 @@ class DicomwebClient(HttpPacs):
     name = "the DICOMweb PACS"
     url_setting = "TUMORSEG_DICOMWEB_URL"
     credentials_hint = "check TUMORSEG_DICOMWEB_TOKEN or TUMORSEG_ORTHANC_USERNAME/PASSWORD"
-    orthanc_ids = False
     protocol = "DICOMweb"
 
     def __init__(
@@ -116,7 +119,6 @@ class DicomwebClient(HttpPacs):
         super().__init__(url, None if token else auth, timeout, headers=headers, **kwargs)
         self.recent_days = recent_days  # the change feed's window (StudyDate)
         self._quiet = QuietStudies(stable_s)  # the change feed's state: what the last polls saw
-        self._study_of_series: dict[str, str] = {}  # SeriesInstanceUID → StudyInstanceUID, as listed
 
     # -- QIDO-RS -----------------------------------------------------------------------------------
 
@@ -140,11 +142,11 @@ class DicomwebClient(HttpPacs):
             raise PacsProtocolError(f"{self.name} answered {what} with something other than a list")
         return answer
 
-    def system(self, timeout: float | None = None) -> dict[str, Any]:
-        """Reachability: a one-study search answers (DICOMweb has no version to report)."""
+    def version(self, timeout: float | None = None) -> str | None:
+        """Reachability: a one-study search answers (DICOMweb has no version to report: None)."""
         kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         self._qido("/studies", {"limit": 1}, **kwargs)
-        return {"Version": None, "Name": "DICOMweb"}
+        return None
 
     def _studies(self, params: dict[str, Any]) -> list[StudyInfo]:
         fields = [*_STUDY_FIELDS, "PatientID"]
@@ -219,13 +221,12 @@ class DicomwebClient(HttpPacs):
         ready, after = self._quiet.poll(versions, cursor)
         return ChangeBatch(tuple(studies[uid] for uid in ready), after)
 
-    def patient_of_study(self, key: str) -> dict[str, str]:
-        """The patient's tags as the study search gives them. Holds PHI: never log it."""
+    def patient_of_study(self, key: str) -> PatientInfo:
+        """The patient as the study search gives it. Holds PHI: never log it."""
         answer = self._qido("/studies", {"StudyInstanceUID": key, "includefield": list(_PATIENT_FIELDS)})
         if not answer:
             raise PacsNotFound(f"{self.name} has no study {key}")
-        tags = simplified(answer[0])
-        return {k: str(tags.get(k, "")) for k in ("PatientID", *_PATIENT_FIELDS)}
+        return describe_patient(simplified(answer[0]))
 
     def list_series(self, study_key: str) -> list[SeriesInfo]:
         """The series of a study, each with one instance's tags merged in, by SeriesNumber."""
@@ -234,10 +235,11 @@ class DicomwebClient(HttpPacs):
         def describe(item: dict[str, Any]) -> SeriesInfo:
             main = simplified(item)
             uid = str(main.get("SeriesInstanceUID", ""))
-            self._study_of_series[uid] = study_key
             instances = self._qido(f"/studies/{study_key}/series/{uid}/instances")
             tags = self._metadata(study_key, uid, _first(instances[0], "SOPInstanceUID")) if instances else {}
-            return describe_series(uid, main, tags, instance_count=len(instances))
+            return describe_series(
+                uid, main, tags, instance_count=len(instances), study_instance_uid=study_key
+            )
 
         with ThreadPoolExecutor(max_workers=min(self.download_workers, max(len(listed), 1))) as pool:
             return sorted(pool.map(describe, listed), key=series_order)
@@ -249,19 +251,20 @@ class DicomwebClient(HttpPacs):
             raise PacsNotFound(f"{self.name} has no metadata for instance {sop}")
         return simplified(answer[0])
 
-    def _study_uid(self, series: SeriesInfo) -> str:
-        study = self._study_of_series.get(series.key)
-        if study is None:
-            raise PacsProtocolError(f"series {series.key} was not listed by this client")
-        return study
+    @staticmethod
+    def _series_path(series: SeriesInfo) -> str:
+        """The WADO-RS path of a series, from the record's UIDs."""
+        if not series.study_instance_uid or not series.series_instance_uid:
+            raise PacsProtocolError(f"series {series.key}: the record lacks its study's or its own UID")
+        return f"/studies/{series.study_instance_uid}/series/{series.series_instance_uid}"
 
-    def first_instance(self, series: SeriesInfo) -> tuple[str, dict[str, Any]]:
-        study = self._study_uid(series)
-        instances = self._qido(f"/studies/{study}/series/{series.key}/instances", {"limit": 1})
+    def first_instance(self, series: SeriesInfo) -> InstanceInfo:
+        path = self._series_path(series)
+        instances = self._qido(f"{path}/instances", {"limit": 1})
         if not instances:
-            raise PacsProtocolError(f"series {series.key}: {self.name} lists no instance")
+            raise PacsProtocolError(f"series {series.series_instance_uid}: {self.name} lists no instance")
         sop = _first(instances[0], "SOPInstanceUID")
-        return sop, self._metadata(study, series.key, sop)
+        return describe_instance(self._metadata(series.study_instance_uid, series.series_instance_uid, sop))
 
     # -- WADO-RS -----------------------------------------------------------------------------------
 
@@ -271,8 +274,7 @@ class DicomwebClient(HttpPacs):
         """Every instance of ``series`` (one WADO-RS request, parts parsed as they arrive). Fewer
         instances than listed raises ``PacsNotFound`` (the series changed meanwhile), none at all
         ``PacsProtocolError``."""
-        study = self._study_uid(series)
-        path = f"/studies/{study}/series/{series.key}"
+        path = self._series_path(series)
         what = f"GET {path}"
 
         def fetch(accept: str) -> list[bytes] | None:
@@ -306,7 +308,7 @@ class DicomwebClient(HttpPacs):
 
         files = self._once_more_if_stale(what, fetch_any)
         if not files:
-            raise PacsProtocolError(f"series {series.key}: {self.name} sent no instance")
+            raise PacsProtocolError(f"series {series.series_instance_uid}: {self.name} sent no instance")
         if len(files) < series.instance_count:
             raise PacsNotFound(f"{what}: {len(files)} instances of the {series.instance_count} listed")
         return files

@@ -1,8 +1,9 @@
-"""DICOM tags as PACS answers give them → the records study selection reads (``tumorseg.records``).
+"""DICOM tags as PACS answers give them → the records the service reads (``tumorseg.records``).
 
 Both clients bring their answers to Orthanc's simplified form first (keyword → string, multiple values
 joined by ``\\``, sequences as lists of objects): Orthanc REST's ``simplified-tags`` is that form, and
-``tumorseg.pacs.dicomweb`` converts DICOM JSON (PS3.18 F.2) to it.
+``tumorseg.pacs.dicomweb`` converts DICOM JSON (PS3.18 F.2) to it. That form stays inside ``tumorseg.pacs``:
+what leaves it is a typed record.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tumorseg import functional_groups as fg
-from tumorseg.records import SeriesInfo, StudyInfo
+from tumorseg.records import InstanceInfo, PatientInfo, SeriesInfo, StudyInfo
 
 # Characters with a meaning in DICOM matching (Orthanc's /tools/find, QIDO-RS): wildcards and the
 # multi-value separator. Neither has an escape.
@@ -73,6 +74,8 @@ def describe_series(
     instance_count: int,
     version: str = "",
     is_stable: bool = True,
+    study_instance_uid: str = "",
+    orthanc_id: str | None = None,
 ) -> SeriesInfo:
     """A series from its series-level tags (``main``) and the tags of one of its instances, both as
     keyword → value in Orthanc's simplified form (strings, multiple values joined by ``\\``, sequences
@@ -115,6 +118,50 @@ def describe_series(
         acquisition_time=str(tag("AcquisitionTime") or "").strip(),
         version=version,
         is_stable=is_stable,
+        study_instance_uid=study_instance_uid or str(tag("StudyInstanceUID") or ""),
+        orthanc_id=orthanc_id,
+    )
+
+
+def describe_instance(tags: Mapping[str, Any], orthanc_id: str | None = None) -> InstanceInfo:
+    """An instance from its tags in the simplified form (see ``describe_series``)."""
+    return InstanceInfo(
+        sop_instance_uid=str(tags.get("SOPInstanceUID", "")),
+        series_instance_uid=str(tags.get("SeriesInstanceUID", "")),
+        study_instance_uid=str(tags.get("StudyInstanceUID", "")),
+        manufacturer=str(tags.get("Manufacturer", "")),
+        device_serial_number=str(tags.get("DeviceSerialNumber", "")),
+        referenced_series=frozenset(
+            str(item.get("SeriesInstanceUID", ""))
+            for item in tags.get("ReferencedSeriesSequence") or []
+            if isinstance(item, dict)
+        ),
+        referenced_instances=frozenset(referenced_instances(tags)),
+        orthanc_id=orthanc_id,
+    )
+
+
+def referenced_instances(tags: Mapping[str, Any]) -> set[str]:
+    """Every ReferencedSOPInstanceUID in simplified tags, however deeply nested: an SR names its SEG in
+    CurrentRequestedProcedureEvidenceSequence."""
+    found: set[str] = set()
+    for keyword, value in tags.items():
+        if keyword == "ReferencedSOPInstanceUID" and isinstance(value, str):
+            found.add(value)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict):
+                    found |= referenced_instances(item)
+    return found
+
+
+def describe_patient(tags: Mapping[str, Any]) -> PatientInfo:
+    """A patient from its tags in the simplified form. Holds PHI: never log it."""
+    return PatientInfo(
+        patient_id=str(tags.get("PatientID", "")),
+        patient_name=str(tags.get("PatientName", "")),
+        patient_birth_date=str(tags.get("PatientBirthDate", "")),
+        patient_sex=str(tags.get("PatientSex", "")),
     )
 
 

@@ -83,12 +83,12 @@ def _mapping_json(
     return data
 
 
-def _series_json(series: Mapping[str, SeriesInfo]) -> dict[str, dict[str, str]]:
+def _series_json(series: Mapping[str, SeriesInfo]) -> dict[str, dict[str, str | None]]:
     return {
         m: {
             "series_instance_uid": series[m].series_instance_uid,
             "series_description": series[m].series_description,
-            "orthanc_id": series[m].key,  # a DICOMweb report replaces it (tumorseg.inspect_patient)
+            "orthanc_id": series[m].orthanc_id,  # null over DICOMweb
         }
         for m in SEQUENCES
         if m in series

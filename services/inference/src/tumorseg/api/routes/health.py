@@ -18,8 +18,7 @@ HEALTH_PACS_TIMEOUT_S = 3.0
 @router.get("/health", response_model=Health)
 def health(state: StateDep) -> Health:
     try:
-        answer = state.pacs.system(timeout=HEALTH_PACS_TIMEOUT_S)
-        reachable, version = True, None if answer.get("Version") is None else str(answer["Version"])
+        reachable, version = True, state.pacs.version(timeout=HEALTH_PACS_TIMEOUT_S)
     except PacsError:
         reachable, version = False, None  # over DICOMweb a reachable PACS has no version either
     queue = state.job_runner().queue_reachable(HEALTH_PACS_TIMEOUT_S)
