@@ -60,6 +60,7 @@ import httpx
 
 from tumorseg.pacs import OrthancClient
 from tumorseg.pacs.upload import upload_directory
+from tumorseg.paths import SHIPPED_MODEL
 from tumorseg.pipeline import STAGES as PIPELINE_STAGES
 from tumorseg.sequences import SEQUENCES
 from tumorseg_devkit.launcher import LocalService, LocalWorker, ServiceStartError
@@ -101,7 +102,7 @@ LATENCY_STUDIES = int(os.environ.get("BENCH_LATENCY_STUDIES", "3"))
 NETWORK = os.environ.get("BENCH_NETWORK", "1") != "0"
 DICOMWEB = os.environ.get("BENCH_DICOMWEB", "1") != "0"
 NOWHERE = "http://127.0.0.1:9"
-MODEL = Path(os.environ.get("TUMORSEG_MODEL_PATH", "models/default"))
+MODEL = Path(os.environ.get("TUMORSEG_MODEL_PATH", str(SHIPPED_MODEL)))
 BACKENDS = [
     b.strip()
     for b in os.environ.get("BENCH_BACKENDS", "monai-unet,monai-bundle,nnunet-v2").split(",")

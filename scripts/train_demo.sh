@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train the shipped default model on phantoms and write models/default (what `make train-demo` runs).
+# Train the shipped default model on phantoms and write services/inference/src/tumorseg/shipped_model (what `make train-demo` runs).
 #
 #   1. N training phantoms of run seed TRAIN_SEED (generated once, reused when present)
 #   2. tumorseg train with training/recipes/phantom_default.json (resumes an interrupted run)
@@ -12,7 +12,7 @@
 # The shipped package's fallback network (for studies without FLAIR, T1 or T2): fine-tuned from the main
 # network with one optional sequence missing in every sample, then packaged with it (FALLBACK_FOR), so a
 # complete study is segmented exactly as by the main network alone:
-#   RECIPE=training/recipes/phantom_fallback.json RUN=$WORK/model-fallback FALLBACK_FOR=models/default \
+#   RECIPE=training/recipes/phantom_fallback.json RUN=$WORK/model-fallback FALLBACK_FOR=services/inference/src/tumorseg/shipped_model \
 #       DEST=$WORK/candidate bash scripts/train_demo.sh
 # (a missing T1's channel holds T1ce, the recipe's inputs.substitutes; the fallback's studies are
 # bias-corrected by N4 first, FALLBACK_BIAS; FLAIR stays required, FALLBACK_REQUIRE: without it the
@@ -29,7 +29,7 @@ TRAIN_SEED=${TRAIN_SEED:-1}
 HELDOUT_SEEDS=${HELDOUT_SEEDS:-"2 3 4 5 6 7"}
 HELDOUT_PER_SEED=${HELDOUT_PER_SEED:-4}
 DEVICE=${DEVICE:-auto}
-DEST=${DEST:-models/default}
+DEST=${DEST:-services/inference/src/tumorseg/shipped_model}
 RUN=${RUN:-$WORK/model}  # the run's package, checkpoint and evaluation reports
 FALLBACK_FOR=${FALLBACK_FOR:-}  # a package needing all four: the run becomes its fallback network
 FALLBACK_SERVES=${FALLBACK_SERVES:-}  # e.g. "flair t2": the fallback serves only those (see fallback.py)

@@ -31,7 +31,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 ENV_EXAMPLE = ROOT / ".env.example"
 WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
 ORTHANC_JSON = "services/orthanc/orthanc.json"
-MODEL_PACKAGE = "models/default"
+MODEL_PACKAGE = "services/inference/src/tumorseg/shipped_model"  # package data: inside services/inference/src
 
 ENV_PREFIX = str(Settings.model_config.get("env_prefix", ""))
 SETTING_NAMES = {f"{ENV_PREFIX}{name}".upper() for name in Settings.model_fields}
@@ -510,7 +510,11 @@ def test_compose_paths_exist(services: dict[str, Any]) -> None:
 
 def test_dockerfile_copies_only_what_exists_and_is_in_the_context() -> None:
     sources = copy_sources()
-    assert {"pyproject.toml", "services/inference/src", MODEL_PACKAGE} <= set(sources), sources
+    assert {"pyproject.toml", "services/inference/src"} <= set(sources), sources
+    assert MODEL_PACKAGE.startswith("services/inference/src/"), "the wheel carries the model (package data)"
+    assert not any(source.startswith("models") for source in sources), "the model travels in the wheel"
+    runs = [args for keyword, args in dockerfile_instructions() if keyword == "RUN"]
+    assert any("SHIPPED_MODEL" in run and "/app/models/default" in run for run in runs), "no model link"
     for source in sources:
         assert not dockerignored(source), f".dockerignore keeps {source} out of the build context"
         if source == MODEL_PACKAGE and not (ROOT / source).exists():

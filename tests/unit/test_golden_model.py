@@ -22,15 +22,16 @@ from tests.geometry import dice
 from tumorseg.imaging.preprocess import prepare
 from tumorseg.labels import labels_to_regions
 from tumorseg.model.predictor import Predictor
+from tumorseg.paths import SHIPPED_MODEL
 from tumorseg.sequences import SEQUENCES
 from tumorseg_devkit.synth.phantom import case_seed, generate_case, write_case
 
-MODEL = Path(__file__).resolve().parents[2] / "models" / "default"
+MODEL = SHIPPED_MODEL
 GOLDEN_RUN_SEED = 9
 REGIONS = ("tc", "wt", "et")  # the channel order of labels_to_regions
 
 # Case index → (the phantom's profile, the minimum Dice per region). The minima are the Dice measured with
-# models/default less a margin of about 0.05-0.1 (ET of case 1 excepted: no enhancement means none predicted).
+# the shipped model less a margin of about 0.05-0.1 (ET of case 1 excepted: no enhancement means none predicted).
 GOLDEN = {
     0: ("full", {"wt": 0.90, "tc": 0.90, "et": 0.85}),  # measured WT 0.983, TC 0.981, ET 0.939
     1: ("no_et", {"wt": 0.90, "tc": 0.80, "et": 1.0}),  # measured WT 0.976, TC 0.888, ET 1.0 (both empty)
@@ -45,7 +46,7 @@ def predictor() -> Predictor:
 @pytest.mark.slow
 @pytest.mark.skipif(
     not (MODEL / "model.json").is_file(),
-    reason="no shipped model yet (models/default/model.json): run `make train-demo`",
+    reason="no shipped model yet (tumorseg/shipped_model/model.json): run `make train-demo`",
 )
 @pytest.mark.parametrize("index", sorted(GOLDEN))
 def test_shipped_model_segments_an_unseen_phantom(index: int, predictor: Predictor, tmp_path: Path) -> None:
@@ -73,7 +74,7 @@ def test_shipped_model_segments_an_unseen_phantom(index: int, predictor: Predict
 @pytest.mark.slow
 @pytest.mark.skipif(
     not (MODEL / "model.json").is_file(),
-    reason="no shipped model yet (models/default/model.json): run `make train-demo`",
+    reason="no shipped model yet (tumorseg/shipped_model/model.json): run `make train-demo`",
 )
 def test_the_fast_path_gives_the_shipped_models_mask_voxel_for_voxel(
     predictor: Predictor, tmp_path: Path

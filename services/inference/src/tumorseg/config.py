@@ -16,9 +16,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tumorseg.limits import InputLimits
-from tumorseg.paths import MODELS_DIR
+from tumorseg.paths import SHIPPED_MODEL
 
-DEFAULT_MODEL_PATH = MODELS_DIR / "default"
+DEFAULT_MODEL_PATH = SHIPPED_MODEL
 
 
 _COMMON_KEYS = {"changeme", "secret", "password", "apikey", "api-key", "test", "admin", "tumorseg", "orthanc"}
