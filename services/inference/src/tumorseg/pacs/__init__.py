@@ -1,9 +1,9 @@
-"""Talking to the PACS: the interface (``Pacs``), Orthanc's REST client, the DICOMweb client, and a local
-Orthanc process for tests and the demo."""
+"""Talking to the PACS: the interface (``Pacs``, in DICOM terms: typed records that carry the UIDs, and the
+change feed the auto-trigger follows), Orthanc's REST client and the DICOMweb client."""
 
 from __future__ import annotations
 
-from tumorseg.pacs.base import Pacs, UploadResult
+from tumorseg.pacs.base import ChangeBatch, Pacs, UploadResult
 from tumorseg.pacs.client import OrthancClient
 
-__all__ = ["OrthancClient", "Pacs", "UploadResult"]
+__all__ = ["ChangeBatch", "OrthancClient", "Pacs", "UploadResult"]
