@@ -20,9 +20,6 @@ SPLITTING = "being split (issue 39)"
 # qualified name (``tumorseg.module.Class.method``, ``outer.<locals>.inner`` for a nested function) → why
 ALLOWED: dict[str, str] = {
     "tumorseg.api.main.create_app": SPLITTING,
-    "tumorseg.pipeline.Segmenter._run": SPLITTING,
-    "tumorseg.pipeline.Segmenter._fetch_and_load": SPLITTING,
-    "tumorseg.pipeline._result_fields": SPLITTING,
     "tumorseg.cli.segment": SPLITTING,
 }
 

@@ -57,6 +57,7 @@ def worker() -> None:
     import threading
 
     from tumorseg import logs, metrics
+    from tumorseg.api.urls import result_links
     from tumorseg.jobs import QueuedRunner
     from tumorseg.jobs.queue import redacted
     from tumorseg.model.device import resolve_device
@@ -98,7 +99,7 @@ def worker() -> None:
     job_store = open_jobs(settings)
     with _pacs() as pacs:
         store = open_store(settings, job_store)
-        segmenter = build_segmenter(settings, pacs, predictor, store)
+        segmenter = build_segmenter(settings, pacs, predictor, store, result_links)
         queue.work(QueuedRunner(job_store, lambda: segmenter, queue, store).work, stop)
     job_store.close()
     queue.close()
@@ -246,6 +247,7 @@ def segment(
     ] = None,
 ) -> None:
     """The segmentation pipeline without the API: writes OUT/mask.nii.gz, OUT/preview.png, OUT/result.json."""
+    from tumorseg.api.urls import result_links
     from tumorseg.model.device import resolve_device
     from tumorseg.pipeline import SegmentRequest
     from tumorseg.wiring import build_segmenter, load_predictor, open_store
@@ -254,7 +256,7 @@ def segment(
     try:
         with _pacs() as pacs, console.status("loading the model") as status:
             predictor = load_predictor(settings, resolve_device(settings.device))
-            segmenter = build_segmenter(settings, pacs, predictor, open_store(settings))
+            segmenter = build_segmenter(settings, pacs, predictor, open_store(settings), result_links)
             request = SegmentRequest(
                 patient_id=patient_id,
                 study_instance_uid=study,

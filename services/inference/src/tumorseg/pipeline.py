@@ -1,6 +1,18 @@
-"""One segmentation, stage by stage: assemble study → fetch → load → preprocess → inference →
-postprocess (back onto the reference lattice) → export (NIfTI mask, preview PNG, and on request a DICOM
-SEG stored in the source study) → persist. Each stage is timed.
+"""One segmentation, stage by stage (``Segmenter.run``), each stage handing the next a typed value:
+
+1. assemble the study (``fetch``): the PACS listing, the series mapping, a study no longer receiving
+   instances → ``StudyPlan``;
+2. fetch and load the series (``fetch``, ``load``), each co-registered to the reference as soon as it is
+   decoded, while the next one downloads (``registration``: the wait left after loading) → ``LoadedStudy``;
+3. preprocess onto the model grid (``preprocess``; the brain extraction and bias correction that run
+   inside it are reported as ``brain_extraction`` and ``bias_correction``) → ``ModelInput``;
+4. inference (``inference``) and postprocessing back onto the reference lattice (``postprocess``)
+   → ``Segmentation``;
+5. export (``export``): NIfTI mask and reference, preview PNG, the result JSON (``SegmentResult``),
+   committed to the result store; on request a DICOM SEG and SR stored in the source study, then the
+   result updated with them.
+
+One ``StageTimer`` keeps the seconds of every stage, the overlapping ones included.
 
 ``Segmenter`` holds what lives across requests (PACS client, predictor, result store) and is the one
 place that decides concurrency: one request at a time on the model, a bounded number of synchronous
@@ -19,7 +31,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Literal, cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -65,8 +77,20 @@ from tumorseg.model.predictor import Predictor
 from tumorseg.pacs import Pacs
 from tumorseg.records import SeriesInfo
 from tumorseg.results import ResultStore, new_result_id
-from tumorseg.schema import DicomSegRef, SegmentResult, Timings
-from tumorseg.sequences import SEQUENCES, InputPolicy
+from tumorseg.schema import (
+    BrainExtractionRef,
+    DicomSegRef,
+    MaskGeometry,
+    ModelRef,
+    ReferenceRef,
+    SegmentResult,
+    SeriesRef,
+    SeriesRegistration,
+    Timings,
+    VolumesMl,
+)
+from tumorseg.schema import Registration as RegistrationReport
+from tumorseg.sequences import SEQUENCES, InputPolicy, SequenceName
 from tumorseg.study.assemble import AssembledStudy, assemble
 from tumorseg.validation import check_patient_id, check_uid
 from tumorseg.volumetry import store_report
@@ -112,8 +136,14 @@ class SegmentRequest:
 
 @dataclass
 class StageTimer:
-    timings: dict[str, float] = field(default_factory=dict)
+    """The seconds of each of ``STAGES`` in one segmentation, and its total: the one place they are kept.
+    A stage may be timed in pieces, which add up. Where stages overlap, part of the time measured in one
+    was spent on another (decoding the downloads did not hide, brain extraction inside preprocessing):
+    ``shift`` moves it there. ``progress`` hears each stage's name as it starts (a job's ``stage``)."""
+
     progress: Callable[[str], None] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -125,9 +155,112 @@ class StageTimer:
         finally:
             self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 4)
 
+    def shift(self, seconds: float, source: str, target: str) -> None:
+        """``seconds`` measured in stage ``source`` that were spent on stage ``target``."""
+        self.timings[source] = round(self.timings.get(source, 0.0) - seconds, 4)
+        self.timings[target] = round(self.timings.get(target, 0.0) + seconds, 4)
+
+    def report(self) -> Timings:
+        """Every stage's seconds (0 for one that did not run) and the total since the timer started."""
+        seconds = {name: self.timings.get(name, 0.0) for name in STAGES}
+        return Timings(**seconds, total=round(time.perf_counter() - self.started, 4))
+
+
+@dataclass(frozen=True)
+class ResultLinks:
+    """Where the API serves a result's files and viewer. The API builds them (``tumorseg.api.urls``, the
+    one place that knows its routes) and gives the ``Segmenter`` the function; they are part of the result
+    JSON that the API, the workers and ``tumorseg segment`` write alike."""
+
+    mask_url: str
+    preview_url: str
+    reference_url: str
+    viewer_url: str
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """The first stage's outcome: the study, its series mapping, and how this request runs."""
+
+    request: SegmentRequest
+    assembled: AssembledStudy
+    store_seg: bool  # the request's, or TUMORSEG_STORE_SEG
+    registration: bool  # the request's, else TUMORSEG_REGISTRATION
+
+    @property
+    def reference(self) -> str:
+        return self.request.reference
+
+    @property
+    def present(self) -> tuple[str, ...]:
+        """The sequences used: all four, unless the model does without one the study lacks."""
+        return self.assembled.mapping.present
+
+
+@dataclass(frozen=True)
+class LoadedStudy:
+    """The fetch, load and registration stages' outcome: the volumes used (not those whose registration
+    failed, which are then missing), their registrations to the reference (None: registration off), the
+    failed ones (reported in the result), and the downloaded files the SEG needs (the reference's)."""
+
+    volumes: dict[str, SeriesVolume]
+    registrations: dict[str, Registration] | None
+    failed: dict[str, Registration]
+    files: dict[str, list[bytes]]
+    reference: SeriesVolume
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """The inference and postprocessing stages' outcome."""
+
+    mask: sitk.Image  # BraTS labels (uint8) on the reference series' lattice, LPS
+    network: str  # the package's network that ran ("main" or "fallback")
+
 
 def _series_label(modality: str, info: SeriesInfo) -> str:
     return f"{modality} '{info.series_description}' (SeriesInstanceUID {info.series_instance_uid})"
+
+
+class _SeriesDecoder:
+    """The volumes of a study's present series: from the series cache, else decoded from downloaded files
+    (``decode``, in a pool's threads while the next series downloads) and put in the cache. Each volume is
+    handed to ``study_registration`` the moment it is there."""
+
+    def __init__(
+        self,
+        plan: StudyPlan,
+        cache: SeriesCache,
+        limits: InputLimits,
+        study_registration: StudyRegistration | None,
+    ) -> None:
+        self.series = plan.assembled.mapping.series
+        self.cache, self.limits, self.study_registration = cache, limits, study_registration
+        # The SEG references every source instance: it needs the reference series' files for headers.
+        self.keep_files = plan.reference if plan.store_seg else None
+        self.volumes: dict[str, SeriesVolume] = {}
+        for m in plan.present:
+            if (volume := cache.get(self.series[m])) is not None:
+                self._add(m, volume)
+        first = (plan.reference, *HUBS)
+        self.wanted = sorted(  # to download: the reference and the hub first
+            (m for m in plan.present if m not in self.volumes or m == self.keep_files),
+            key=lambda m: first.index(m) if m in first else len(first),
+        )
+
+    def _add(self, m: str, volume: SeriesVolume) -> None:
+        self.volumes[m] = volume
+        if self.study_registration is not None:
+            self.study_registration.add(m, volume.image)
+
+    def decode(self, m: str, data: list[bytes]) -> list[bytes]:
+        """One downloaded series decoded and handed on; the files kept (the SEG's), else none."""
+        if m not in self.volumes:
+            with _library_errors("loading", BrokenSeries):
+                volume = load_series(data, _series_label(m, self.series[m]), limits=self.limits)
+            self.cache.put(self.series[m], volume)
+            self._add(m, volume)
+        return data if m == self.keep_files else []
 
 
 class Segmenter:
@@ -137,6 +270,7 @@ class Segmenter:
         predictor: Predictor,
         store: ResultStore,
         *,
+        links: Callable[[str], ResultLinks],
         max_waiting: int = 4,
         rules: Path | None = None,
         store_seg: bool = False,
@@ -149,6 +283,7 @@ class Segmenter:
         self.pacs = pacs
         self.predictor = predictor
         self.store = store
+        self.links = links  # a result id -> where the API serves its files (tumorseg.api.urls)
         self.rules = rules
         self.store_seg = store_seg  # TUMORSEG_STORE_SEG: a SEG for every request, asked for or not
         self.cache = SeriesCache(cache_bytes)
@@ -187,6 +322,30 @@ class Segmenter:
             timer = StageTimer(progress=progress)
             with metrics.segmentation(timer.timings):  # each stage's seconds, also of a run that failed
                 return self._run(request, timer, result_id or new_result_id())
+
+    def _run(self, request: SegmentRequest, timer: StageTimer, result_id: str) -> SegmentResult:
+        """The stages in their order (the module docstring), each handing the next a typed value."""
+        with timer.stage("fetch"):
+            plan = self._plan(request)
+        loaded = self._load(plan, timer)
+        model_input = self._preprocess(plan, loaded, timer)
+        segmented = self._segment(model_input, loaded.reference, timer)
+        result = self._export(plan, loaded, model_input, segmented, timer, result_id)
+        if plan.store_seg:
+            result = self._store_in_study(plan, loaded, segmented, result, timer)
+        _log_timings(result)
+        return result
+
+    def _plan(self, request: SegmentRequest) -> StudyPlan:
+        """The study, mapped and stable (``_assemble``), which must hold the reference the request names."""
+        assembled = self._assemble(request)
+        if request.reference not in assembled.mapping.series:
+            raise InvalidInput(
+                f"reference {request.reference} is not in the study (it has no usable "
+                f"{request.reference} series); choose one of {', '.join(assembled.mapping.present)}"
+            )
+        registration = self.registration if request.registration is None else request.registration
+        return StudyPlan(request, assembled, request.store_seg or self.store_seg, registration)
 
     def _assemble(self, request: SegmentRequest) -> AssembledStudy:
         """The study and its mapping, once no MR series of it is still receiving instances (Orthanc marks a
@@ -244,200 +403,214 @@ class Segmenter:
                 sizes[label] = (info.rows, info.columns, info.slice_count)
         self.limits.check_study(sizes)
 
-    def _run(self, request: SegmentRequest, timer: StageTimer, result_id: str) -> SegmentResult:
-        started = time.perf_counter()
-        store_seg = request.store_seg or self.store_seg
-        with timer.stage("fetch"):
-            assembled = self._assemble(request)
-            present = assembled.mapping.present  # all four, unless the model does without one the study lacks
-            if request.reference not in assembled.mapping.series:
-                raise InvalidInput(
-                    f"reference {request.reference} is not in the study (it has no usable "
-                    f"{request.reference} series); choose one of {', '.join(present)}"
-                )
-        manifest = self.predictor.manifest
-        registration = self.registration if request.registration is None else request.registration
-        # Each series is registered as soon as it (and the series it is registered to) is decoded, while
-        # the others still download: the registration stage is the wait that is left after loading.
+    def _load(self, plan: StudyPlan, timer: StageTimer) -> LoadedStudy:
+        """Fetch, load and co-register the series. Each series is registered as soon as it (and the series
+        it is registered to) is decoded, while the others still download: the ``registration`` stage is the
+        wait that is left after loading. A series whose registration failed is then missing under the
+        package's input policy (or a 422)."""
         with (
             ThreadPoolExecutor(max_workers=REGISTRATION_WORKERS) as registering,
             (
-                StudyRegistration(present, request.reference, registering) if registration else nullcontext()
+                StudyRegistration(plan.present, plan.reference, registering)
+                if plan.registration
+                else nullcontext()
             ) as study_registration,
         ):
-            loaded, files = self._fetch_and_load(request, assembled, timer, store_seg, study_registration)
+            volumes, files = self._fetch_and_load(plan, timer, study_registration)
             registrations = None
             if study_registration is not None:
                 with timer.stage("registration"), _library_errors("registration", BrokenSeries):
                     registrations = study_registration.all()
-        # A series whose registration failed is missing under the package's input policy (or a 422)
-        failed = _failed_registrations(registrations, manifest.inputs, list(loaded))
-        loaded = {m: v for m, v in loaded.items() if m not in failed}
+        failed = _failed_registrations(registrations, self.predictor.manifest.inputs, list(volumes))
+        volumes = {m: v for m, v in volumes.items() if m not in failed}
         if registrations is not None:
             registrations = {m: r for m, r in registrations.items() if m not in failed}
-        reference_series = loaded[request.reference]  # request.reference names it (flair, t1, ...)
+        return LoadedStudy(volumes, registrations, failed, files, volumes[plan.reference])
+
+    def _fetch_and_load(
+        self, plan: StudyPlan, timer: StageTimer, study_registration: StudyRegistration | None
+    ) -> tuple[dict[str, SeriesVolume], dict[str, list[bytes]]]:
+        """The present series as volumes (``_SeriesDecoder``) and the downloaded files the SEG needs (the
+        reference series', when it is stored). Times ``fetch`` (until the last download ended) and ``load``
+        (the decoding the downloads did not hide, and the overlap check)."""
+        decoder = _SeriesDecoder(plan, self.cache, self.limits, study_registration)
+        with timer.stage("fetch"):
+            self._check_sizes(plan.assembled, [m for m in plan.present if m not in decoder.volumes])
+            files, last_download = self._download_all(decoder)
+        # ``load`` is the decoding the downloads did not hide: from the last download to the last volume.
+        after_downloads = 0.0 if last_download is None else time.perf_counter() - last_download
+        with timer.stage("load"), _library_errors("loading", BrokenSeries):
+            volumes = {m: decoder.volumes[m] for m in plan.present}
+            check_overlap(volumes, plan.reference)
+        timer.shift(after_downloads, "fetch", "load")
+        return volumes, files
+
+    def _download_all(self, decoder: _SeriesDecoder) -> tuple[dict[str, list[bytes]], float | None]:
+        """``decoder.wanted`` downloaded, each series decoded while the next one downloads: the files each
+        decoding kept, and when the last download ended (None: nothing to download). One series at a time,
+        each with all of the client's parallel downloads, so that the first (the reference) arrives after a
+        quarter of the time and not with the others at the end."""
+        last_download = None
+        with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as decoding:
+            pending: list[tuple[str, Future[list[bytes]]]] = []
+            for m in decoder.wanted:
+                for _, decoding_done in pending:  # a series that failed to decode ends the request now
+                    if decoding_done.done() and decoding_done.exception() is not None:
+                        decoding_done.result()
+                data = self._download(m, decoder.series[m])
+                last_download = time.perf_counter()
+                pending.append((m, decoding.submit(decoder.decode, m, data)))
+            return {m: future.result() for m, future in pending}, last_download
+
+    def _preprocess(self, plan: StudyPlan, loaded: LoadedStudy, timer: StageTimer) -> ModelInput:
+        """The model input on the model grid (``imaging.preprocess.prepare``), which also reports the series
+        left out for a failed registration. Brain extraction and bias correction run inside ``prepare``
+        and are timed as their own stages."""
         with timer.stage("preprocess"), _library_errors("preprocessing", BrokenSeries):
             model_input, _ = prepare(
-                {m: v.image for m, v in loaded.items()},
-                request.reference,
-                manifest.preprocessing_for(loaded),
-                registration=registration,
+                {m: v.image for m, v in loaded.volumes.items()},
+                plan.reference,
+                self.predictor.manifest.preprocessing_for(loaded.volumes),
+                registration=plan.registration,
                 brain_extractor=self.brain_extractor,
-                registrations=registrations,
+                registrations=loaded.registrations,
             )
-        if failed:  # the result shows their registrations and says why they were left out
-            model_input = replace(
-                model_input,
-                registrations={**model_input.registrations, **failed},
-                warnings=(*(str(r.warning) for r in failed.values()), *model_input.warnings),
-            )
-        # prepare() runs registration and brain extraction first: report them as their own stages.
         for stage, seconds in model_input.timings_s.items():
-            timer.timings[stage] = round(seconds, 4)
-            timer.timings["preprocess"] = round(timer.timings["preprocess"] - seconds, 4)
+            timer.shift(seconds, "preprocess", stage)
+        if not loaded.failed:
+            return model_input
+        return replace(  # the result shows their registrations and says why they were left out
+            model_input,
+            registrations={**model_input.registrations, **loaded.failed},
+            warnings=(*(str(r.warning) for r in loaded.failed.values()), *model_input.warnings),
+        )
+
+    def _segment(self, model_input: ModelInput, reference: SeriesVolume, timer: StageTimer) -> Segmentation:
+        """The network's probabilities (``inference``), made a label mask on the reference series' lattice
+        (``postprocess``)."""
         with timer.stage("inference"), _library_errors("inference", ModelError):
             probabilities = self.predictor.predict(model_input)
         with timer.stage("postprocess"), _library_errors("postprocessing", BrokenSeries):
             mask = self.predictor.mask(
-                probabilities, model_input.grid, reference_series.image, model_input.brain, model_input.rim_mm
+                probabilities, model_input.grid, reference.image, model_input.brain, model_input.rim_mm
             )
-        with timer.stage("export"):
-            staging = self.store.staging(result_id)
-            try:
-                with _library_errors("export", BrokenSeries):
-                    write_mask(mask, staging / "mask.nii.gz")
-                    write_reference(reference_series.image, staging / "reference.nii.gz")
-                    absent = _missing(assembled, manifest)
-                    note = f"inputs: {', '.join(present)} (no {', '.join(absent)})" if absent else None
-                    write_preview(reference_series.image, mask, staging / "preview.png", note)
-                fields = _result_fields(
-                    result_id,
-                    request.patient_id,
-                    assembled,
-                    request.reference,
-                    reference_series,
-                    mask,
-                    manifest,
-                    self.predictor.network_for(model_input),
-                    model_input,
-                    registration,
-                )
-            except BaseException:
-                self.store.discard(staging)
-                raise
-        try:
-            result = SegmentResult.model_validate({**fields, "timings_s": self._timings(timer, started)})
+        return Segmentation(mask, self.predictor.network_for(model_input))
+
+    def _export(
+        self,
+        plan: StudyPlan,
+        loaded: LoadedStudy,
+        model_input: ModelInput,
+        segmented: Segmentation,
+        timer: StageTimer,
+        result_id: str,
+    ) -> SegmentResult:
+        """The result's files and JSON, staged and committed to the result store as one (``export``)."""
+        with self._staged(result_id) as staging:
+            with timer.stage("export"):
+                self._write_files(plan, loaded.reference, segmented.mask, staging)
+                volumes, geometry = _measure(segmented.mask, loaded.reference)
+            links = self.links(result_id)
+            result = SegmentResult(
+                result_id=result_id,
+                patient_id=plan.request.patient_id,
+                study_instance_uid=plan.assembled.study.study_instance_uid,
+                series=self._series_refs(plan.assembled),
+                missing_sequences=_missing_sequences(plan.assembled, self.predictor.manifest, model_input),
+                reference=ReferenceRef(
+                    modality=_sequence(plan.reference),
+                    series_instance_uid=loaded.reference.series_instance_uid,
+                ),
+                labels=dict(LABEL_NAMES),
+                volumes_ml=volumes,
+                mask_url=links.mask_url,
+                preview_url=links.preview_url,
+                reference_url=links.reference_url,
+                viewer_url=links.viewer_url,
+                mask=geometry,
+                model=_model_ref(self.predictor.manifest, segmented.network),
+                mapping_notes=list(plan.assembled.mapping.notes),
+                registration=_registration_report(plan.registration, model_input),
+                brain_extraction=BrainExtractionRef.model_validate(dict(model_input.brain_extraction)),
+                warnings=_warnings(plan.assembled, self.predictor.manifest, model_input),
+                created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                tumorseg_version=__version__,
+                timings_s=timer.report(),
+            )
             self.store.commit(staging, result)
+        return result
+
+    @contextmanager
+    def _staged(self, result_id: str) -> Iterator[Path]:
+        """A private folder for a result's files, discarded unless the block completes (commits it)."""
+        staging = self.store.staging(result_id)
+        try:
+            yield staging
         except BaseException:
             self.store.discard(staging)
             raise
-        if store_seg:
-            # The SEG goes to the PACS only once the result is saved (no SEG without a result), and only
-            # when the study does not hold one of this model version for this series yet (no duplicates
-            # from a retry or a second request): then the result names the one already there.
-            # The SR of the volumes goes next to it, one per SEG (tumorseg.volumetry).
-            with timer.stage("export"):
-                segmentation = None
-                dicom_seg = self._existing_seg(assembled, reference_series)
-                if dicom_seg is None:
-                    dicom_seg, segmentation = self._store_seg(
-                        mask, reference_series, files[request.reference], assembled
-                    )
-                listed = [*assembled.mapping.series.values(), *(s for s, _ in assembled.mapping.rejected)]
-                with (
-                    _library_errors("the DICOM SR", BrokenSeries),
-                    self.store.extra_files(result_id) as folder,
-                ):
-                    dicom_sr = store_report(
-                        self.pacs,
-                        result,
-                        folder,
-                        manifest,
-                        listed,
-                        dicom_seg,
-                        segmentation,
-                    )
-            final = Timings.model_validate(self._timings(timer, started))
-            result = result.model_copy(
-                update={"dicom_seg": dicom_seg, "dicom_sr": dicom_sr, "timings_s": final}
-            )
-            self.store.update(result)
-        timings = result.timings_s.model_dump()
-        log.info(
-            "result %s: %s",
-            result_id,
-            " ".join(f"{k}={v:.2f}s" for k, v in timings.items()),
-            extra={"fields": {"result_id": result_id, "timings_s": timings}},
-        )
-        return result
 
-    def _fetch_and_load(
-        self,
-        request: SegmentRequest,
-        assembled: AssembledStudy,
-        timer: StageTimer,
-        store_seg: bool,
-        study_registration: StudyRegistration | None,
-    ) -> tuple[dict[str, SeriesVolume], dict[str, list[bytes]]]:
-        """The present series as volumes (from the series cache, else downloaded and decoded, each series
-        decoded while the next one downloads, the reference and the hub first) and the downloaded
-        files the SEG needs (the reference series', when it is stored). Each volume goes to
-        ``study_registration`` the moment it is decoded. Times ``fetch`` (until the last download ended)
-        and ``load`` (the decoding the downloads did not hide, and the overlap check)."""
+    def _write_files(self, plan: StudyPlan, reference: SeriesVolume, mask: sitk.Image, staging: Path) -> None:
+        """The mask, the reference series on its lattice (the viewer's image) and the preview, which names
+        the inputs when the study lacked one."""
+        absent = _missing(plan.assembled, self.predictor.manifest)
+        note = f"inputs: {', '.join(plan.present)} (no {', '.join(absent)})" if absent else None
+        with _library_errors("export", BrokenSeries):
+            write_mask(mask, staging / "mask.nii.gz")
+            write_reference(reference.image, staging / "reference.nii.gz")
+            write_preview(reference.image, mask, staging / "preview.png", note)
+
+    def _series_refs(self, assembled: AssembledStudy) -> dict[SequenceName, SeriesRef]:
+        """The series used, by sequence; ``orthanc_id`` is Orthanc's series id (null over DICOMweb)."""
         series = assembled.mapping.series
-        present = assembled.mapping.present
-        decoded = {m: v for m in present if (v := self.cache.get(series[m])) is not None}
-        for m, volume in decoded.items():
-            if study_registration is not None:
-                study_registration.add(m, volume.image)
-        # The SEG references every source instance: it needs the reference series' files for headers.
-        first = (request.reference, *HUBS)
-        wanted = sorted(
-            (m for m in present if m not in decoded or (store_seg and m == request.reference)),
-            key=lambda m: first.index(m) if m in first else len(first),
-        )
-        downloaded: list[float] = []  # when each series' download ended
+        return {
+            _sequence(m): SeriesRef(
+                series_instance_uid=series[m].series_instance_uid,
+                series_description=series[m].series_description,
+                orthanc_id=series[m].key if self.pacs.orthanc_ids else None,
+            )
+            for m in assembled.mapping.present
+        }
 
-        def decode(m: str, data: list[bytes]) -> list[bytes]:
-            """One downloaded series decoded (while the next downloads) and handed to registration."""
-            if m not in decoded:
-                with _library_errors("loading", BrokenSeries):
-                    volume = load_series(data, _series_label(m, series[m]), limits=self.limits)
-                self.cache.put(series[m], volume)
-                decoded[m] = volume
-                if study_registration is not None:
-                    study_registration.add(m, volume.image)
-            # The SEG needs the reference series' files; the others end as their volume.
-            return data if store_seg and m == request.reference else []
-
-        with timer.stage("fetch"):
-            self._check_sizes(assembled, [m for m in present if m not in decoded])
-            # One series at a time, each with all of the client's parallel downloads, so that the first
-            # (the reference) arrives after a quarter of the time and not with the others at the end.
-            with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as decoding:
-                pending: list[tuple[str, Future[list[bytes]]]] = []
-                for m in wanted:
-                    for _, decoding_done in pending:  # a series that failed to decode ends the request now
-                        if decoding_done.done() and decoding_done.exception() is not None:
-                            decoding_done.result()
-                    data = self._download(m, series[m])
-                    downloaded.append(time.perf_counter())
-                    pending.append((m, decoding.submit(decode, m, data)))
-                files = {m: future.result() for m, future in pending}
-        # ``load`` is the decoding the downloads did not hide: from the last download to the last volume.
-        after_downloads = time.perf_counter() - max(downloaded) if downloaded else 0.0
-        timer.timings["fetch"] = round(timer.timings["fetch"] - after_downloads, 4)
-        with timer.stage("load"), _library_errors("loading", BrokenSeries):
-            loaded = {m: decoded[m] for m in present}
-            check_overlap(loaded, request.reference)
-        timer.timings["load"] = round(timer.timings["load"] + after_downloads, 4)
-        return loaded, files
-
-    @staticmethod
-    def _timings(timer: StageTimer, started: float) -> dict[str, float]:
-        timings = {name: timer.timings.get(name, 0.0) for name in STAGES}
-        timings["total"] = round(time.perf_counter() - started, 4)
-        return timings
+    def _store_in_study(
+        self,
+        plan: StudyPlan,
+        loaded: LoadedStudy,
+        segmented: Segmentation,
+        result: SegmentResult,
+        timer: StageTimer,
+    ) -> SegmentResult:
+        """The SEG and SR in the source study (``export`` again), and the stored result updated with them and
+        the final timings. The SEG goes to the PACS only once the result is saved (no SEG without a result),
+        and only when the study does not hold one of this model version for this series yet (no duplicates
+        from a retry or a second request): then the result names the one already there. The SR of the
+        volumes goes next to it, one per SEG (tumorseg.volumetry)."""
+        assembled = plan.assembled
+        with timer.stage("export"):
+            dataset = None
+            dicom_seg = self._existing_seg(assembled, loaded.reference)
+            if dicom_seg is None:
+                dicom_seg, dataset = self._store_seg(
+                    segmented.mask, loaded.reference, loaded.files[plan.reference], assembled
+                )
+            listed = [*assembled.mapping.series.values(), *(s for s, _ in assembled.mapping.rejected)]
+            with (
+                _library_errors("the DICOM SR", BrokenSeries),
+                self.store.extra_files(result.result_id) as folder,
+            ):
+                dicom_sr = store_report(
+                    self.pacs,
+                    result,
+                    folder,
+                    self.predictor.manifest,
+                    listed,
+                    dicom_seg,
+                    dataset,
+                )
+        update = {"dicom_seg": dicom_seg, "dicom_sr": dicom_sr, "timings_s": timer.report()}
+        result = result.model_copy(update=update)
+        self.store.update(result)
+        return result
 
     def _existing_seg(self, assembled: AssembledStudy, reference_series: SeriesVolume) -> DicomSegRef | None:
         """A SEG in the study written by this service with this model version for the reference series
@@ -446,17 +619,22 @@ class Segmenter:
         for info, _ in assembled.mapping.rejected:
             if info.modality != "SEG" or not info.instance_count:
                 continue
-            instance = self.pacs.first_instance(info)
+            instance, tags = self.pacs.first_instance(info)
+            referenced = {
+                str(item.get("SeriesInstanceUID", ""))
+                for item in tags.get("ReferencedSeriesSequence") or []
+                if isinstance(item, dict)
+            }
             if (
-                instance.manufacturer == SEG_MANUFACTURER
-                and instance.device_serial_number == algorithm_tag(manifest.name, manifest.version)
-                and reference_series.series_instance_uid in instance.referenced_series
+                tags.get("Manufacturer") == SEG_MANUFACTURER
+                and tags.get("DeviceSerialNumber") == algorithm_tag(manifest.name, manifest.version)
+                and reference_series.series_instance_uid in referenced
             ):
                 log.info("a SEG of this model version is already in the study; not storing another")
                 return DicomSegRef(
                     series_instance_uid=info.series_instance_uid,
-                    sop_instance_uid=instance.sop_instance_uid,
-                    orthanc_id=instance.orthanc_id,
+                    sop_instance_uid=str(tags.get("SOPInstanceUID", "")),
+                    orthanc_id=instance if self.pacs.orthanc_ids else None,
                 )
         return None
 
@@ -498,7 +676,7 @@ class Segmenter:
         return DicomSegRef(
             series_instance_uid=str(segmentation.SeriesInstanceUID),
             sop_instance_uid=str(segmentation.SOPInstanceUID),
-            orthanc_id=stored.orthanc_id,
+            orthanc_id=stored.instance_id if self.pacs.orthanc_ids else None,
         ), segmentation
 
 
@@ -564,67 +742,60 @@ def _missing(assembled: AssembledStudy, manifest: ModelManifest) -> tuple[str, .
     return tuple(m for m in assembled.mapping.missing if m in manifest.inputs.named)
 
 
-def _result_fields(
-    result_id: str,
-    patient_id: str,
-    assembled: AssembledStudy,
-    reference_modality: str,
-    reference_series: SeriesVolume,
-    mask: sitk.Image,
-    manifest: ModelManifest,
-    network: str,
-    model_input: ModelInput,
-    registration: bool,
-) -> dict[str, Any]:
-    """The result JSON's keys (``SegmentResult``) but ``timings_s``, which the pipeline adds once the
-    export is timed, and ``dicom_seg``, which it adds once the SEG is in the study. ``model_input`` brings
-    what the clinical-input stages found (co-registration, brain extraction, warnings)."""
-    series = assembled.mapping.series
+def _sequence(name: str) -> SequenceName:
+    """A sequence name as the result JSON types it (the request and the mapping hold no other)."""
+    return cast(SequenceName, name)
+
+
+def _measure(mask: sitk.Image, reference: SeriesVolume) -> tuple[VolumesMl, MaskGeometry]:
+    """The mask's volumes per region and label (mL, to 3 decimals) and its lattice (the reference's)."""
     labels = sitk.GetArrayViewFromImage(mask).astype(np.uint8, copy=False)
-    volumes = volumes_ml(labels, voxel_volume_mm3(reference_series.image))
-    return {
-        "result_id": result_id,
-        "patient_id": patient_id,
-        "study_instance_uid": assembled.study.study_instance_uid,
-        "series": {
-            m: {
-                "series_instance_uid": series[m].series_instance_uid,
-                "series_description": series[m].series_description,
-                "orthanc_id": series[m].orthanc_id,
-            }
-            for m in assembled.mapping.present
+    volumes = volumes_ml(labels, voxel_volume_mm3(reference.image))
+    geometry = MaskGeometry(
+        shape=list(mask.GetSize()),
+        spacing=list(mask.GetSpacing()),
+        origin=list(mask.GetOrigin()),
+        direction=list(mask.GetDirection()),
+    )
+    return VolumesMl(**{k: round(v, 3) for k, v in volumes.items()}), geometry
+
+
+def _missing_sequences(
+    assembled: AssembledStudy, manifest: ModelManifest, model_input: ModelInput
+) -> list[SequenceName]:
+    """The sequences the study lacks, then those left out for a failed registration (see warnings)."""
+    failed = [m for m, r in model_input.registrations.items() if r.failed]
+    return [_sequence(m) for m in (*_missing(assembled, manifest), *failed)]
+
+
+def _model_ref(manifest: ModelManifest, network: str) -> ModelRef:
+    """Name, version, backend and provenance of the package, and the network ``Predictor.predict`` ran."""
+    return ModelRef(**manifest.describe(), network=cast(Literal["main", "fallback"], network))
+
+
+def _registration_report(enabled: bool, model_input: ModelInput) -> RegistrationReport:
+    """Every series' registration to the reference (failed ones too), as the result JSON shows it."""
+    return RegistrationReport(
+        enabled=enabled,
+        series={
+            _sequence(m): SeriesRegistration.model_validate(r.to_json())
+            for m, r in model_input.registrations.items()
         },
-        "missing_sequences": list(_missing(assembled, manifest))
-        + [m for m, r in model_input.registrations.items() if r.failed],  # left out: see warnings
-        "reference": {
-            "modality": reference_modality,
-            "series_instance_uid": reference_series.series_instance_uid,
-        },
-        "labels": dict(LABEL_NAMES),
-        "volumes_ml": {k: round(v, 3) for k, v in volumes.items()},
-        "mask_url": f"/results/{result_id}/mask.nii.gz",
-        "preview_url": f"/results/{result_id}/preview.png",
-        "reference_url": f"/results/{result_id}/reference.nii.gz",
-        "viewer_url": f"/results/{result_id}/viewer",
-        "mask": {
-            "shape": list(mask.GetSize()),
-            "spacing": list(mask.GetSpacing()),
-            "origin": list(mask.GetOrigin()),
-            "direction": list(mask.GetDirection()),
-        },
-        "model": {
-            **manifest.describe(),  # name, version, backend, provenance
-            "network": network,  # the one Predictor.predict ran
-        },
-        "mapping_notes": list(assembled.mapping.notes),
-        "registration": {
-            "enabled": registration,
-            "series": {m: r.to_json() for m, r in model_input.registrations.items()},
-        },
-        "brain_extraction": dict(model_input.brain_extraction),
-        "warnings": list(assembled.mapping.warnings)  # choices to check (tumorseg.study.outcome)
-        + list(model_input.warnings)
-        + _missing_warning(_missing(assembled, manifest), dict(manifest.inputs.substitutes)),
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "tumorseg_version": __version__,
-    }
+    )
+
+
+def _warnings(assembled: AssembledStudy, manifest: ModelManifest, model_input: ModelInput) -> list[str]:
+    """What a reader should check: the mapping's choices (tumorseg.study.outcome), what the clinical-input
+    stages found (co-registration, brain extraction), and the sequences the model did without."""
+    missing = _missing_warning(_missing(assembled, manifest), dict(manifest.inputs.substitutes))
+    return [*assembled.mapping.warnings, *model_input.warnings, *missing]
+
+
+def _log_timings(result: SegmentResult) -> None:
+    timings = result.timings_s.model_dump()
+    log.info(
+        "result %s: %s",
+        result.result_id,
+        " ".join(f"{k}={v:.2f}s" for k, v in timings.items()),
+        extra={"fields": {"result_id": result.result_id, "timings_s": timings}},
+    )

@@ -27,7 +27,7 @@ from tumorseg.model.device import configure_threads
 from tumorseg.model.predictor import Predictor
 from tumorseg.pacs import OrthancClient, Pacs
 from tumorseg.pacs.dicomweb import DicomwebClient
-from tumorseg.pipeline import Segmenter
+from tumorseg.pipeline import ResultLinks, Segmenter
 from tumorseg.results import DirResultStore, ResultStore
 
 log = logging.getLogger(__name__)
@@ -147,11 +147,20 @@ def load_predictor(settings: Settings, device: str) -> Predictor:
     return predictor
 
 
-def build_segmenter(settings: Settings, pacs: Pacs, predictor: Predictor, store: ResultStore) -> Segmenter:
+def build_segmenter(
+    settings: Settings,
+    pacs: Pacs,
+    predictor: Predictor,
+    store: ResultStore,
+    links: Callable[[str], ResultLinks],
+) -> Segmenter:
+    """The pipeline with every setting; ``links``: where the API serves a result (``tumorseg.api.urls``),
+    given by the face that builds it."""
     return Segmenter(
         pacs,
         predictor,
         store,
+        links=links,
         rules=settings.mapping_rules,
         store_seg=settings.store_seg,
         cache_bytes=settings.series_cache_mb * 2**20,

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
+from tumorseg.api.urls import result_links
 from tumorseg.config import Settings
 from tumorseg.errors import ModelError
 from tumorseg.jobs import Jobs
@@ -48,7 +49,9 @@ class AppState:
         if self._segmenter is None:
             if self.predictor is None:
                 raise ModelError(self.model_error or "no model is loaded")
-            self._segmenter = build_segmenter(self.settings, self.pacs, self.predictor, self.store)
+            self._segmenter = build_segmenter(
+                self.settings, self.pacs, self.predictor, self.store, result_links
+            )
         return self._segmenter
 
     def job_runner(self) -> Jobs:

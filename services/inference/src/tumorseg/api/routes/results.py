@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from tumorseg.api.deps import StateDep
 from tumorseg.api.schemas import ERROR_RESPONSES
+from tumorseg.api.urls import result_url
 from tumorseg.results import FILES
 from tumorseg.schema import ResultPage, ResultSummary, SegmentResult
 
@@ -27,7 +28,7 @@ def list_results(
     total, page = state.store.recent(limit, offset)
     summaries = [
         ResultSummary.model_validate(
-            {**r.model_dump(include=set(ResultSummary.model_fields)), "result_url": f"/results/{r.result_id}"}
+            {**r.model_dump(include=set(ResultSummary.model_fields)), "result_url": result_url(r.result_id)}
         )
         for r in page
     ]
