@@ -567,7 +567,7 @@ class Segmenter:
             _sequence(m): SeriesRef(
                 series_instance_uid=series[m].series_instance_uid,
                 series_description=series[m].series_description,
-                orthanc_id=series[m].key if self.pacs.orthanc_ids else None,
+                orthanc_id=series[m].orthanc_id,
             )
             for m in assembled.mapping.present
         }
@@ -619,22 +619,17 @@ class Segmenter:
         for info, _ in assembled.mapping.rejected:
             if info.modality != "SEG" or not info.instance_count:
                 continue
-            instance, tags = self.pacs.first_instance(info)
-            referenced = {
-                str(item.get("SeriesInstanceUID", ""))
-                for item in tags.get("ReferencedSeriesSequence") or []
-                if isinstance(item, dict)
-            }
+            instance = self.pacs.first_instance(info)
             if (
-                tags.get("Manufacturer") == SEG_MANUFACTURER
-                and tags.get("DeviceSerialNumber") == algorithm_tag(manifest.name, manifest.version)
-                and reference_series.series_instance_uid in referenced
+                instance.manufacturer == SEG_MANUFACTURER
+                and instance.device_serial_number == algorithm_tag(manifest.name, manifest.version)
+                and reference_series.series_instance_uid in instance.referenced_series
             ):
                 log.info("a SEG of this model version is already in the study; not storing another")
                 return DicomSegRef(
                     series_instance_uid=info.series_instance_uid,
-                    sop_instance_uid=str(tags.get("SOPInstanceUID", "")),
-                    orthanc_id=instance if self.pacs.orthanc_ids else None,
+                    sop_instance_uid=instance.sop_instance_uid,
+                    orthanc_id=instance.orthanc_id,
                 )
         return None
 
@@ -676,7 +671,7 @@ class Segmenter:
         return DicomSegRef(
             series_instance_uid=str(segmentation.SeriesInstanceUID),
             sop_instance_uid=str(segmentation.SOPInstanceUID),
-            orthanc_id=stored.instance_id if self.pacs.orthanc_ids else None,
+            orthanc_id=stored.orthanc_id,
         ), segmentation
 
 
