@@ -26,6 +26,8 @@ from tumorseg.paths import SHIPPED_MODEL
 from tumorseg.sequences import SEQUENCES
 from tumorseg_devkit.synth.phantom import case_seed, generate_case, write_case
 
+pytestmark = pytest.mark.integration  # the shipped model on two whole phantoms: seconds a test
+
 MODEL = SHIPPED_MODEL
 GOLDEN_RUN_SEED = 9
 REGIONS = ("tc", "wt", "et")  # the channel order of labels_to_regions
