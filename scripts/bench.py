@@ -40,6 +40,12 @@ per backend on the clinical study, no series cache (every request fetches and de
 model, the MONAI model zoo's BraTS bundle architecture (SegResNet, 16 initial filters, its 240x240x160
 window) and nnU-Net's BraTS-like 3d_fullres plans, both with random weights; e2e, inference and peak RSS,
 medians of BENCH_RUNS after a warm-up request. Results go to bench/results.json.
+Then new studies against their limit (issue 43; BENCH_NEWSTUDY=0 skips it): one service without the series
+cache gets, per kind (brats, clinical-head), a warm-up study and then BENCH_NEWSTUDY_COUNT (default 3) new
+ones (new PatientIDs and UIDs, all uploaded before any is timed). Per study: e2e of POST /segment; fetch = a
+separate download of its four series from Orthanc REST in the same run, 8 instances at a time (what any
+client must do); network = the result's timings_s.inference. Per kind the median of e2e / (fetch + network)
+(target <= 1.4), the medians of e2e, fetch and network and of each stage in timings_s, and the load average.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +108,10 @@ WORKER_STUDIES = int(os.environ.get("BENCH_WORKER_STUDIES", "6"))
 LATENCY_STUDIES = int(os.environ.get("BENCH_LATENCY_STUDIES", "3"))
 NETWORK = os.environ.get("BENCH_NETWORK", "1") != "0"
 DICOMWEB = os.environ.get("BENCH_DICOMWEB", "1") != "0"
+NEWSTUDY = os.environ.get("BENCH_NEWSTUDY", "1") != "0"
+NEWSTUDY_COUNT = max(3, int(os.environ.get("BENCH_NEWSTUDY_COUNT", "3")))
+NEWSTUDY_KINDS = ("brats", "clinical-head")
+NEWSTUDY_FETCH_WORKERS = 8
 NOWHERE = "http://127.0.0.1:9"
 MODEL = Path(os.environ.get("TUMORSEG_MODEL_PATH", str(SHIPPED_MODEL)))
 BACKENDS = [
@@ -542,11 +553,117 @@ def bench_auto_latency(queue: LocalRedis, workers: int) -> dict[str, Any]:
     }
 
 
+def new_study(orthanc: LocalOrthanc, kind: str, patient_id: str) -> set[str]:
+    """A new study of ``kind`` (new PatientID, so new UIDs) in Orthanc; its series' SeriesInstanceUIDs."""
+    source, options = KINDS[kind]
+    out = WORK / "dicom" / "new" / patient_id
+    shutil.rmtree(out, ignore_errors=True)
+    converted = convert_case(phantom(source), patient_id, out, options)
+    with OrthancClient(orthanc.url, orthanc.auth) as pacs:
+        upload_directory(pacs, converted.out, workers=4, stable_timeout=120.0)
+    return {s.series_instance_uid for s in converted.series}
+
+
+def fetch_s(orthanc: LocalOrthanc, patient_id: str, series_uids: set[str]) -> dict[str, Any]:
+    """A client's download of the study's series (``series_uids``, not the SEG the service stored) from
+    Orthanc REST: the study found, its series listed, every instance ``GET /instances/{id}/file``,
+    NEWSTUDY_FETCH_WORKERS at a time. Seconds, instances and MiB."""
+    start = time.perf_counter()
+    with httpx.Client(base_url=orthanc.url, auth=orthanc.auth, timeout=300) as client:
+        found = client.post("/tools/find", json={"Level": "Study", "Query": {"PatientID": patient_id}})
+        series = client.get(f"/studies/{found.raise_for_status().json()[0]}/series").raise_for_status().json()
+        ids = [
+            instance
+            for s in series
+            if s["MainDicomTags"].get("SeriesInstanceUID") in series_uids
+            for instance in s["Instances"]
+        ]
+
+        def download(instance_id: str) -> int:
+            response = client.get(f"/instances/{instance_id}/file", headers={"Accept-Encoding": "identity"})
+            return len(response.raise_for_status().content)
+
+        with ThreadPoolExecutor(max_workers=NEWSTUDY_FETCH_WORKERS) as pool:
+            size = sum(pool.map(download, ids))
+    return {"fetch_s": time.perf_counter() - start, "instances": len(ids), "mib": round(size / 2**20, 1)}
+
+
+def bench_newstudy(orthanc: LocalOrthanc) -> dict[str, Any]:
+    """Issue 43: each new study against its limit, fetch + network. One `tumorseg serve` (no series cache);
+    per kind a warm-up study, then NEWSTUDY_COUNT new ones, all converted and uploaded before any is timed.
+    Per study: e2e of POST /segment, then a separate download of its series (fetch_s) in the same run, and
+    network = the result's timings_s.inference; per kind the median of e2e / (fetch + network)."""
+    say(f"new studies: {NEWSTUDY_COUNT} per kind of {NEWSTUDY_KINDS} after a warm-up, no cache")
+    tag = time.strftime("%H%M%S")
+    studies = {
+        kind: [
+            (
+                f"BENCH-NEW-{kind.upper()}-{tag}-{n}",
+                new_study(orthanc, kind, f"BENCH-NEW-{kind.upper()}-{tag}-{n}"),
+            )
+            for n in range(NEWSTUDY_COUNT + 1)
+        ]
+        for kind in NEWSTUDY_KINDS
+    }
+    service = Service(orthanc, WORK / "results-new", WORK / "service-new.log", 0)
+    kinds: dict[str, Any] = {"load_before": [round(v, 2) for v in os.getloadavg()]}
+    try:
+        for kind, patients in studies.items():
+            service.segment(patients[0][0])  # the warm-up: model, deepbet and the first decode loaded
+            runs = []
+            for patient_id, series_uids in patients[1:]:
+                result, e2e = service.segment(patient_id)
+                run = {
+                    "e2e_s": e2e,
+                    **fetch_s(orthanc, patient_id, series_uids),
+                    "timings_s": result["timings_s"],
+                }
+                run["network_s"] = result["timings_s"]["inference"]
+                run["ratio"] = round(e2e / (run["fetch_s"] + run["network_s"]), 3)
+                runs.append(run)
+                say(
+                    f"{kind} {patient_id}: e2e {e2e:.2f} s, fetch {run['fetch_s']:.2f} s, "
+                    f"network {run['network_s']:.2f} s, ratio {run['ratio']}"
+                )
+            kinds[kind] = {
+                "ratio_median": statistics.median(r["ratio"] for r in runs),
+                "median_s": {
+                    key: round(statistics.median(r[key] for r in runs), 3)
+                    for key in ("e2e_s", "fetch_s", "network_s")
+                },
+                "stages_median_s": {
+                    stage: round(statistics.median(r["timings_s"].get(stage, 0.0) for r in runs), 3)
+                    for stage in STAGES
+                },
+                "runs": runs,
+            }
+    finally:
+        service.stop()
+    kinds["load_after"] = [round(v, 2) for v in os.getloadavg()]
+    return kinds
+
+
+def print_newstudy(newstudy: dict[str, Any]) -> None:
+    for kind in NEWSTUDY_KINDS:
+        if kind not in newstudy:
+            continue
+        row, med = newstudy[kind], newstudy[kind]["median_s"]
+        stages = ", ".join(f"{stage} {s:.2f}" for stage, s in row["stages_median_s"].items())
+        verdict = "met" if row["ratio_median"] <= 1.4 else "MISSED"
+        print(
+            f"\nnew {kind} studies ({len(row['runs'])}): e2e / (fetch + network) median {row['ratio_median']} "
+            f"(target <= 1.4: {verdict}); e2e {med['e2e_s']:.2f} s, fetch {med['fetch_s']:.2f} s "
+            f"({NEWSTUDY_FETCH_WORKERS} parallel), network {med['network_s']:.2f} s; stages (s): {stages}"
+        )
+    if newstudy:
+        print(f"load average before {newstudy['load_before']}, after {newstudy['load_after']}")
+
+
 def main() -> None:
     if not shutil.which("dcm2niix"):
         sys.exit("dcm2niix is missing; run make setup")
     unknown = sorted(set(KINDS_WANTED) - set(KINDS))
-    if unknown or not (KINDS_WANTED or WORKER_COUNTS or NETWORK or BACKENDS):
+    if unknown or not (KINDS_WANTED or WORKER_COUNTS or NETWORK or BACKENDS or NEWSTUDY):
         sys.exit(f"BENCH_KINDS={','.join(KINDS_WANTED)!r}: the kinds are {', '.join(KINDS)}")
     WORK.mkdir(parents=True, exist_ok=True)
     orthanc = LocalOrthanc(WORK / "orthanc")
@@ -555,15 +672,18 @@ def main() -> None:
     backends: list[dict[str, Any]] = []
     started = time.perf_counter()
     network: dict[str, Any] = {}
+    newstudy: dict[str, Any] = {}
     if NETWORK:
         say(f"network: FLOPs, the matmul peak, plain and fast predictors ({RUNS} runs each)")
         network = bench_network()
     try:
-        if KINDS_WANTED or WORKER_COUNTS or BACKENDS:
+        if KINDS_WANTED or WORKER_COUNTS or BACKENDS or NEWSTUDY:
             orthanc.start()
         for kind in KINDS_WANTED:
             say(f"{kind}: converting, uploading, {RUNS} timed runs after a warm-up")
             rows.extend(bench_kind(kind, orthanc))
+        if NEWSTUDY:
+            newstudy = bench_newstudy(orthanc)
         if BACKENDS:
             say(f"model backends {BACKENDS} on the clinical study ({RUNS} runs each after a warm-up)")
             backends = bench_backends(orthanc)
@@ -580,6 +700,7 @@ def main() -> None:
         "leak_runs": LEAK_RUNS,
         "wall_s": round(time.perf_counter() - started, 1),
         "network": network,
+        "new_study": newstudy,
         "kinds": rows,
         "table": table(rows) if rows else "",
         "distributed": distributed,
@@ -637,6 +758,7 @@ def main() -> None:
             f"\nbackend {row['backend']} ({row['model']}), clinical study, no cache: e2e {row['e2e_s']} s, "
             f"inference {row['inference_s']} s, peak RSS {row['peak_rss_mib']:.0f} MiB"
         )
+    print_newstudy(newstudy)
     print(f"\nwrote {RESULTS}")
 
 
