@@ -4,6 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from tumorseg.config import Settings
+from tumorseg.paths import SHIPPED_MODEL
 
 
 def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -14,7 +15,7 @@ def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.orthanc_timeout == 60
     assert settings.device == "auto"
     assert settings.api_key is None
-    assert settings.model_path.name == "default"
+    assert settings.model_path == SHIPPED_MODEL and (SHIPPED_MODEL / "model.json").is_file()
     assert settings.orthanc_auth is None
 
 
