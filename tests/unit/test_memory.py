@@ -1,6 +1,7 @@
 """The allocator setting (tumorseg.memory): a large block freed in a request thread is reused by the next
-one instead of coming fresh (zero-filled, page by page) from the kernel. Each case runs in a fresh interpreter (the setting is for
-the whole process and cannot be undone)."""
+one instead of coming fresh (zero-filled, page by page) from the kernel. Each probe runs in a fresh interpreter (the setting is
+for the whole process and cannot be undone). The settings are made where a service process starts (``tumorseg serve``,
+``worker``, ``segment``), never by creating or starting the app in a test's process."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import json
 import platform
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from unittest import mock
 
 import pytest
+from fastapi.testclient import TestClient
 
 PROBE = """
 import json, sys, threading
@@ -50,12 +54,52 @@ def test_a_freed_block_is_reused_without_page_faults() -> None:
     assert tuned["reused"] == [False, True, True]
 
 
-def test_the_api_sets_the_allocator_before_the_server_starts_its_threads() -> None:
-    from tumorseg.api import main
+@pytest.fixture
+def process_settings() -> Iterator[tuple[mock.Mock, mock.Mock]]:
+    """glibc's allocator calls (``memory._libc``) and torch's thread setting, recorded and not made."""
+    libc = mock.Mock()
+    libc.mallopt.return_value = 1
+    with (
+        mock.patch("tumorseg.memory._libc", return_value=libc),
+        mock.patch("torch.set_num_threads") as threads,
+    ):
+        yield libc, threads
 
-    with mock.patch.object(main, "keep_freed_memory") as setting:
-        main.create_app()
-    setting.assert_called_once_with()
+
+def test_the_app_changes_nothing_process_wide(
+    process_settings: tuple[mock.Mock, mock.Mock], tmp_path: Path
+) -> None:
+    """Creating and starting the app (its lifespan loads the model: here none) in a test's process sets
+    neither the allocator nor the CPU threads: ``tumorseg serve`` does, where the process starts."""
+    from tests.orthanc import service_settings
+    from tumorseg.api.main import create_app
+
+    settings = service_settings(
+        "http://127.0.0.1:9", None, model_path=tmp_path / "no-model", results_dir=tmp_path / "results"
+    )
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/health").json()["model"]["loaded"] is False
+    libc, threads = process_settings
+    assert libc.mallopt.call_count == 0 and libc.malloc.call_count == 0 and threads.call_count == 0
+
+
+def test_serve_sets_the_allocator_and_threads_before_the_server_starts(
+    process_settings: tuple[mock.Mock, mock.Mock],
+) -> None:
+    from typer.testing import CliRunner
+
+    from tumorseg import cli
+
+    libc, threads = process_settings
+    seen: list[tuple[int, int]] = []  # the settings made when the server starts
+
+    def run(*args: object, **kwargs: object) -> None:
+        seen.append((libc.mallopt.call_count, threads.call_count))
+
+    with mock.patch("uvicorn.run", side_effect=run), mock.patch("tumorseg.logs.configure"):
+        answer = CliRunner().invoke(cli.app, ["serve"])
+    assert answer.exit_code == 0, answer.output
+    assert seen == [(3, 1)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_ARENA_MAX; torch's threads
 
 
 RESERVE_PROBE = """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -14,7 +15,11 @@ from tumorseg.errors import TumorsegError
 from tumorseg.sequences import SequenceName
 
 if TYPE_CHECKING:
+    from tumorseg.config import Settings
     from tumorseg.pacs import Pacs
+    from tumorseg.pipeline import SegmentRequest
+    from tumorseg.results import ResultStore
+    from tumorseg.schema import SegmentResult
 
 app = typer.Typer(
     help="Brain-tumour segmentation next to a PACS (Orthanc REST or DICOMweb).",
@@ -41,10 +46,13 @@ def serve(
 
     from tumorseg import logs
     from tumorseg.api.main import create_app
+    from tumorseg.wiring import configure_process
 
     logs.configure()
+    # Before the server starts its threads (wiring.configure_process): the allocator and CPU threads.
+    api = create_app(process=configure_process())
     # log_config=None keeps uvicorn from replacing the JSON handlers set up above.
-    uvicorn.run(create_app(), host=host, port=port, log_config=None, access_log=False)
+    uvicorn.run(api, host=host, port=port, log_config=None, access_log=False)
 
 
 @app.command()
@@ -52,16 +60,19 @@ def worker() -> None:
     """Take jobs from the Redis queue (TUMORSEG_QUEUE_URL) one at a time; the model is loaded once. Run one
     per GPU, on the host whose results directory the API uses. SIGTERM finishes the job in hand first.
     With TUMORSEG_METRICS_PORT, Prometheus metrics at http://host:PORT/metrics (0: a free port, logged)."""
-    import os
-    import signal
-    import threading
-
     from tumorseg import logs, metrics
     from tumorseg.api.urls import result_links
     from tumorseg.jobs import QueuedRunner
     from tumorseg.jobs.queue import redacted
     from tumorseg.model.device import resolve_device
-    from tumorseg.wiring import build_segmenter, load_predictor, open_jobs, open_queue, open_store
+    from tumorseg.wiring import (
+        build_segmenter,
+        configure_process,
+        load_predictor,
+        open_jobs,
+        open_queue,
+        open_store,
+    )
 
     settings = get_settings()
     queue = open_queue(settings)
@@ -69,33 +80,19 @@ def worker() -> None:
         err_console.print("[red]error[/red]: set TUMORSEG_QUEUE_URL (redis://host:port/db) to run a worker")
         raise typer.Exit(code=2)
     logs.configure()
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        if stop.is_set():  # a second signal: leave now; the job in hand goes to another worker
-            os._exit(1)
-        stop.set()  # the first: finish the job in hand, take no other
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, on_signal)
+    process = configure_process()  # before the model loads and the worker's threads start
+    stop = _stop_on_signals()
     if not queue.reachable():
         err_console.print(
             f"warning: Redis at {redacted(queue.url)} does not answer yet; the worker waits for it"
         )
     try:
-        predictor = load_predictor(settings, resolve_device(settings.device))
+        predictor = load_predictor(settings, resolve_device(settings.device), process)
     except TumorsegError as exc:
         _fail(exc)
     metrics.model_loaded(predictor)
     if settings.metrics_port is not None:  # before the first job: Prometheus sees it idle
-        try:
-            metrics.serve(settings.metrics_port)
-        except OSError as exc:
-            err_console.print(
-                f"[red]error[/red]: TUMORSEG_METRICS_PORT={settings.metrics_port}: {exc.strerror}; "
-                "choose a free port, or 0 for any"
-            )
-            raise typer.Exit(code=2) from exc
+        _serve_metrics(settings.metrics_port)
     job_store = open_jobs(settings)
     with _pacs() as pacs:
         store = open_store(settings, job_store)
@@ -103,6 +100,37 @@ def worker() -> None:
         queue.work(QueuedRunner(job_store, lambda: segmenter, queue, store).work, stop)
     job_store.close()
     queue.close()
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by the first SIGTERM or SIGINT (finish the job in hand, take no other); a second one
+    ends the process at once (the job in hand goes to another worker)."""
+    import os
+    import signal
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop.is_set():
+            os._exit(1)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    return stop
+
+
+def _serve_metrics(port: int) -> None:
+    """The worker's Prometheus metrics on ``port``; exit 2 when it is taken."""
+    from tumorseg import metrics
+
+    try:
+        metrics.serve(port)
+    except OSError as exc:
+        err_console.print(
+            f"[red]error[/red]: TUMORSEG_METRICS_PORT={port}: {exc.strerror}; choose a free port, or 0 for any"
+        )
+        raise typer.Exit(code=2) from exc
 
 
 def _fail(exc: TumorsegError) -> NoReturn:
@@ -247,36 +275,55 @@ def segment(
     ] = None,
 ) -> None:
     """The segmentation pipeline without the API: writes OUT/mask.nii.gz, OUT/preview.png, OUT/result.json."""
-    from tumorseg.api.urls import result_links
-    from tumorseg.model.device import resolve_device
     from tumorseg.pipeline import SegmentRequest
-    from tumorseg.wiring import build_segmenter, load_predictor, open_store
 
     settings = get_settings()
     try:
-        with _pacs() as pacs, console.status("loading the model") as status:
-            predictor = load_predictor(settings, resolve_device(settings.device))
-            segmenter = build_segmenter(settings, pacs, predictor, open_store(settings), result_links)
-            request = SegmentRequest(
-                patient_id=patient_id,
-                study_instance_uid=study,
-                reference=reference,
-                explicit_series=_explicit_series(series or []),
-                store_seg=store_seg or settings.store_seg,
-                registration=registration,
-                wait=wait,
-            )
-            result = segmenter.run(request, progress=lambda stage: status.update(f"{stage}…"))
+        request = SegmentRequest(
+            patient_id=patient_id,
+            study_instance_uid=study,
+            reference=reference,
+            explicit_series=_explicit_series(series or []),
+            store_seg=store_seg or settings.store_seg,
+            registration=registration,
+            wait=wait,
+        )
+        result, store = _run_segmentation(settings, request)
     except TumorsegError as exc:
         _fail(exc)
+    _write_segmentation(out, result, store)
+    _print_segmentation(result, out, settings)
+
+
+def _run_segmentation(settings: Settings, request: SegmentRequest) -> tuple[SegmentResult, ResultStore]:
+    """The process set up, the model loaded, and the pipeline run once with its progress on the console;
+    the result and the store that holds its files."""
+    from tumorseg.api.urls import result_links
+    from tumorseg.model.device import resolve_device
+    from tumorseg.wiring import build_segmenter, configure_process, load_predictor, open_store
+
+    process = configure_process()  # before the console's status thread starts
+    with _pacs() as pacs, console.status("loading the model") as status:
+        predictor = load_predictor(settings, resolve_device(settings.device), process)
+        segmenter = build_segmenter(settings, pacs, predictor, open_store(settings), result_links)
+        result = segmenter.run(request, progress=lambda stage: status.update(f"{stage}…"))
+    return result, segmenter.store
+
+
+def _write_segmentation(out: Path, result: SegmentResult, store: ResultStore) -> None:
+    """OUT/mask.nii.gz and OUT/preview.png from the result store, and OUT/result.json."""
     out.mkdir(parents=True, exist_ok=True)
     for name in ("mask.nii.gz", "preview.png"):
-        (out / name).write_bytes(segmenter.store.read_file(result.result_id, name))
+        (out / name).write_bytes(store.read_file(result.result_id, name))
     (out / "result.json").write_text(result.model_dump_json(indent=2) + "\n")
+
+
+def _print_segmentation(result: SegmentResult, out: Path, settings: Settings) -> None:
     volumes = result.volumes_ml
     console.print(
         f"result {result.result_id}: WT {volumes.wt:.1f} mL, TC {volumes.tc:.1f} mL, "
-        f"ET {volumes.et:.1f} mL on the {reference} lattice; total {result.timings_s.total:.1f} s"
+        f"ET {volumes.et:.1f} mL on the {result.reference.modality} lattice; "
+        f"total {result.timings_s.total:.1f} s"
     )
     if result.dicom_seg:
         console.print(f"stored DICOM SEG series {result.dicom_seg.series_instance_uid} in the study")

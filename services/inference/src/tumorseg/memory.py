@@ -30,8 +30,8 @@ TRIM_THRESHOLD_BYTES = 2**31 - 1  # free memory kept at the top of the heap (mal
 
 def keep_freed_memory() -> bool:
     """Set glibc's allocator as the module docstring says, for the whole process; call it before threads
-    start allocating (a thread that has allocated keeps its own arena: the API calls it in ``create_app``,
-    before the server's threads exist, and ``wiring.load_predictor`` for the CLI). False where the C library
+    start allocating (a thread that has allocated keeps its own arena: ``wiring.configure_process`` calls it
+    where a service process starts, before the server's or worker's threads exist). False where the C library
     is not glibc (nothing changes then). Calling it again changes nothing."""
     libc = _libc()
     if libc is None:

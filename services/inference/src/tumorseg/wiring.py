@@ -1,7 +1,8 @@
-"""What the API and ``tumorseg segment`` build from the settings, written once: the PACS client, the
-predictor (allocator, CPU threads, model package, warm-up, and the brain extractor the settings call for, warmed up
-too) and the ``Segmenter`` with every pipeline setting (mapping rules, SEG, series cache, queue,
-registration, brain extraction). Both faces therefore run the same pipeline the same way.
+"""What the API and ``tumorseg segment`` build from the settings, written once: the process-wide settings
+their entry points make (allocator, CPU threads), the PACS client, the predictor (model package, warm-up,
+and the brain extractor the settings call for, warmed up too) and the ``Segmenter`` with every pipeline
+setting (mapping rules, SEG, series cache, queue, registration, brain extraction). Both faces therefore
+run the same pipeline the same way.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from tumorseg.config import Settings
 from tumorseg.db import migrate
@@ -130,17 +132,36 @@ def open_runner(
     return QueuedRunner(store, segmenter, queue, results, settings.queue_size)
 
 
-def load_predictor(settings: Settings, device: str) -> Predictor:
-    """The model package on ``device``, warmed up; and the brain extractor that
-    ``TUMORSEG_BRAIN_EXTRACTOR`` can call for, loaded and warmed up too. ``ModelError`` when the package
-    cannot be used. First the process's allocator (``memory.keep_freed_memory``) and CPU threads."""
+@dataclass(frozen=True)
+class ProcessSetup:
+    """What ``configure_process`` set for the whole process."""
+
+    allocator: bool  # glibc keeps freed blocks for the next request (memory.keep_freed_memory)
+    threads: int  # torch's and SimpleITK's intra-op threads
+
+
+def configure_process() -> ProcessSetup:
+    """The process-wide settings of a service process, made where it starts (``tumorseg serve``,
+    ``worker`` and ``segment``) before its threads allocate: glibc's allocator keeps freed blocks
+    (``memory.keep_freed_memory``; a thread keeps the arena it had, and the model is loaded, and requests
+    run, in the server's worker threads), and one CPU thread per usable CPU for torch and SimpleITK
+    (their defaults count the host's cores). Importing, creating or starting the app sets none of them."""
     allocator = keep_freed_memory()
     if allocator:
         log.info("allocator: freed blocks kept for the next request (glibc, one arena)")
-    log.info("%d CPU thread(s) for torch and SimpleITK", configure_threads())
+    threads = configure_threads()
+    log.info("%d CPU thread(s) for torch and SimpleITK", threads)
+    return ProcessSetup(allocator=allocator, threads=threads)
+
+
+def load_predictor(settings: Settings, device: str, process: ProcessSetup | None = None) -> Predictor:
+    """The model package on ``device``, warmed up; and the brain extractor that
+    ``TUMORSEG_BRAIN_EXTRACTOR`` can call for, loaded and warmed up too. ``ModelError`` when the package
+    cannot be used. With the allocator set (``process``), a request's working set is then kept mapped
+    (``memory.reserve_heap``)."""
     predictor = Predictor.from_package(settings.model_path, device)
     predictor.warm_up()
-    if allocator:
+    if process is not None and process.allocator:
         reserve_heap(HEAP_RESERVE_BYTES)
     if settings.brain_extractor != "none":
         get_extractor("deepbet").warm_up()
