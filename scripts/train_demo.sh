@@ -16,7 +16,7 @@
 #       DEST=$WORK/candidate bash scripts/train_demo.sh
 # (a missing T1's channel holds T1ce, the recipe's inputs.substitutes; the fallback's studies are
 # bias-corrected by N4 first, FALLBACK_BIAS; FLAIR stays required, FALLBACK_REQUIRE: without it the
-# clinical-head Dice fell by more than 0.05, see the README.)
+# clinical-head Dice fell by more than 0.05, see docs/missing-sequences.md.)
 set -euo pipefail
 trap 'echo "train_demo.sh: failed (line $LINENO, exit $?); run it again to resume" >&2' ERR
 cd "$(dirname "$0")/.."

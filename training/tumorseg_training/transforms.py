@@ -214,7 +214,7 @@ class RandBiasFieldd(_RandPerChanneld):
     Why: a clinical head's series each carry their own bias (the clinical-head phantoms up to 20 %, the
     training phantoms 13 %), and 10 % of bias moves a z-scored tissue by about 0.5. With all four sequences
     the network tells a bright patch of one from oedema by the others; without FLAIR or T2 it called the
-    bright front of a head's FLAIR oedema (README, Missing sequences). Off (``prob`` 0) it draws nothing.
+    bright front of a head's FLAIR oedema (docs/missing-sequences.md). Off (``prob`` 0) it draws nothing.
     """
 
     def __init__(
@@ -256,7 +256,7 @@ class RandThickSlicesd(_RandPerChanneld):
 
     Why: the phantoms are 1 mm isotropic in every sequence, the clinical heads are not, and a network that
     must find the oedema in one thick-sliced sequence alone (a study without T2, or without FLAIR) missed
-    small tumours there (README, Missing sequences). Off (``prob`` 0) it draws nothing.
+    small tumours there (docs/missing-sequences.md). Off (``prob`` 0) it draws nothing.
     """
 
     def __init__(

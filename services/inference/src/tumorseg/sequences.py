@@ -26,7 +26,7 @@ class InputPolicy:
     other sequence's (normalised) volume when the study has it, instead of zeros (``stand_ins``). Measured
     for T1 ← T1ce on clinical heads: a network trained on complete studies only segments a study without
     T1 within 0.02 Dice of the complete one (the two differ only where contrast enhances), while a zero T1
-    channel or FLAIR ↔ T2 in each other's place lose most of the whole tumour (see the README).
+    channel or FLAIR ↔ T2 in each other's place lose most of the whole tumour (see docs/missing-sequences.md).
 
     A model with fewer input channels (a published model without T1, say) names only its channels; a
     sequence it does not name is not used at all (``named``).
