@@ -40,6 +40,14 @@ per backend on the clinical study, no series cache (every request fetches and de
 model, the MONAI model zoo's BraTS bundle architecture (SegResNet, 16 initial filters, its 240x240x160
 window) and nnU-Net's BraTS-like 3d_fullres plans, both with random weights; e2e, inference and peak RSS,
 medians of BENCH_RUNS after a warm-up request. Results go to bench/results.json.
+
+Then the state on PostgreSQL (issue 40; BENCH_STATE=0 skips it), on a local PostgreSQL (tests/postgres.py):
+the distributed throughput above again with TUMORSEG_DATABASE_URL set (1 and 2 workers, next to the SQLite
+figures of the same run); the median e2e of POST /segment on one BENCH_STATE_KIND study (default brats)
+in an API on PostgreSQL against one on SQLite, BENCH_RUNS timed requests each after a warm-up (at least 3);
+and the trigger's failover, BENCH_FAILOVER_RUNS times (default 3): two API replicas on PostgreSQL with the
+auto-trigger, the leader SIGKILLed and a study uploaded at once: the seconds from the kill to the other
+replica leading (its tumorseg_trigger_leader gauge) and to the job of that study being created.
 Then new studies against their limit (issue 43; BENCH_NEWSTUDY=0 skips it): one service without the series
 cache gets, per kind (brats, clinical-head), a warm-up study and then BENCH_NEWSTUDY_COUNT (default 3) new
 ones (new PatientIDs and UIDs, all uploaded before any is timed). Per study: e2e of POST /segment; fetch = a
@@ -58,6 +66,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -113,6 +122,9 @@ NEWSTUDY_COUNT = max(3, int(os.environ.get("BENCH_NEWSTUDY_COUNT", "3")))
 NEWSTUDY_KINDS = ("brats", "clinical-head")
 NEWSTUDY_FETCH_WORKERS = 8
 NOWHERE = "http://127.0.0.1:9"
+STATE = os.environ.get("BENCH_STATE", "1") != "0"
+STATE_KIND = os.environ.get("BENCH_STATE_KIND", "brats")
+FAILOVER_RUNS = int(os.environ.get("BENCH_FAILOVER_RUNS", "3"))
 MODEL = Path(os.environ.get("TUMORSEG_MODEL_PATH", str(SHIPPED_MODEL)))
 BACKENDS = [
     b.strip()
@@ -480,13 +492,19 @@ def seg_count(orthanc: LocalOrthanc, patient_id: str) -> int:
         return sum(m == "SEG" for s in studies for m, _ in pacs.series_versions(s.orthanc_id))
 
 
-def bench_workers(orthanc: LocalOrthanc, queue: LocalRedis) -> list[dict[str, Any]]:
-    """Studies per hour with each count of workers: all jobs queued at once, timed until the last ends."""
+def bench_workers(
+    orthanc: LocalOrthanc, queue: LocalRedis, database: str | None = None
+) -> list[dict[str, Any]]:
+    """Studies per hour with each count of workers: all jobs queued at once, timed until the last ends;
+    the state in SQLite and the results directory, or with ``database`` in that PostgreSQL."""
     rows = []
+    engine = "sqlite" if database is None else "postgresql"
     for count in WORKER_COUNTS:
-        patients = clinical_studies(orthanc, f"W{count}", WORKER_STUDIES)
+        patients = clinical_studies(orthanc, f"W{count}{engine[0].upper()}", WORKER_STUDIES)
         shutil.rmtree(WORK / f"results-workers-{count}", ignore_errors=True)
         env = distributed_env(orthanc, queue, WORK / f"results-workers-{count}")
+        if database is not None:
+            env["TUMORSEG_DATABASE_URL"] = database
         api = LocalService(env, WORK / f"api-workers-{count}.log", timeout=300.0)
         workers = [LocalWorker(env, WORK / f"worker-{count}-{n}.log", timeout=300.0) for n in range(count)]
         processes = start_all(api, *workers)
@@ -506,6 +524,7 @@ def bench_workers(orthanc: LocalOrthanc, queue: LocalRedis) -> list[dict[str, An
             for process in processes:
                 process.stop()
         row = {
+            "state": engine,
             "workers": count,
             "studies": len(jobs),
             "wall_s": round(wall, 1),
@@ -513,7 +532,10 @@ def bench_workers(orthanc: LocalOrthanc, queue: LocalRedis) -> list[dict[str, An
             "done": sum(state == "done" for state in ended.values()),
         }
         rows.append(row)
-        say(f"{count} worker(s): {row['studies']} studies in {row['wall_s']} s, {row['studies_per_hour']}/h")
+        say(
+            f"{engine}, {count} worker(s): {row['studies']} studies in {row['wall_s']} s, "
+            f"{row['studies_per_hour']}/h"
+        )
     return rows
 
 
@@ -551,6 +573,178 @@ def bench_auto_latency(queue: LocalRedis, workers: int) -> dict[str, Any]:
         "stable_to_seg_s": [round(v, 1) for v in latencies],
         "median_stable_to_seg_s": round(statistics.median(latencies), 1),
     }
+
+
+def segment_s(url: str, patient_id: str) -> float:
+    """The seconds of one POST /segment (e2e, as a client sees it)."""
+    start = time.perf_counter()
+    response = httpx.post(f"{url}/segment/{patient_id}", timeout=1800)
+    if response.status_code != 200:
+        sys.exit(f"POST /segment/{patient_id}: HTTP {response.status_code} {response.text}")
+    return time.perf_counter() - start
+
+
+def bench_state_e2e(orthanc: LocalOrthanc, database: str) -> dict[str, Any]:
+    """The e2e of POST /segment on one study with the state in SQLite and in PostgreSQL: both services
+    up at once, their requests alternated (the same load drift for both), a warm-up first."""
+    patient_id, _ = uploaded(STATE_KIND, orthanc)
+    services = {}
+    for state in ("sqlite", "postgresql"):
+        shutil.rmtree(WORK / f"results-state-{state}", ignore_errors=True)
+        env = service_env(orthanc, WORK / f"results-state-{state}", TUMORSEG_SERIES_CACHE_MB="0")
+        if state == "postgresql":
+            env["TUMORSEG_DATABASE_URL"] = database
+        services[state] = LocalService(env, WORK / f"service-state-{state}.log", timeout=300.0)
+    start_all(*services.values())
+    e2e: dict[str, list[float]] = {state: [] for state in services}
+    try:
+        for service in services.values():
+            segment_s(service.url, patient_id)
+        for n in range(max(RUNS, 3)):
+            for state, service in services.items():
+                e2e[state].append(segment_s(service.url, patient_id))
+            say(
+                f"state: run {n + 1}: sqlite {e2e['sqlite'][-1]:.2f} s, postgresql {e2e['postgresql'][-1]:.2f} s"
+            )
+    finally:
+        for service in services.values():
+            service.stop()
+    medians = {state: statistics.median(values) for state, values in e2e.items()}
+    return {
+        "kind": STATE_KIND,
+        "runs": len(e2e["sqlite"]),
+        "e2e_s": {state: [round(v, 3) for v in values] for state, values in e2e.items()},
+        "median_e2e_s": {state: round(v, 3) for state, v in medians.items()},
+        "postgresql_over_sqlite": round(medians["postgresql"] / medians["sqlite"], 3),
+    }
+
+
+def leading(service: LocalService) -> bool:
+    """Whether the replica runs the auto-trigger (its tumorseg_trigger_leader gauge)."""
+    try:
+        text = httpx.get(f"{service.url}/metrics", timeout=5).text
+    except httpx.TransportError:
+        return False
+    return any(
+        line.split()[-1] == "1.0" for line in text.splitlines() if line.startswith("tumorseg_trigger_leader ")
+    )
+
+
+def upload_now(orthanc: LocalOrthanc, folder: Path, seconds: list[float]) -> None:
+    """Upload ``folder`` without waiting for Orthanc to mark the study stable; its seconds to ``seconds``."""
+    start = time.perf_counter()
+    with OrthancClient(orthanc.url, orthanc.auth) as pacs:
+        upload_directory(pacs, folder, workers=4)
+    seconds.append(time.perf_counter() - start)
+
+
+def bench_failover(database: str) -> list[dict[str, Any]]:
+    """Two API replicas on PostgreSQL with the auto-trigger (no workers: creating the job is what is
+    timed); each run SIGKILLs the leader and at once uploads a new study: the seconds from the kill to the
+    other replica leading and to that study's job being created. The killed replica is started again."""
+    for leftover in ("orthanc-failover", "results-failover"):
+        shutil.rmtree(WORK / leftover, ignore_errors=True)
+    rows = []
+    with LocalOrthanc(WORK / "orthanc-failover") as orthanc, LocalRedis(WORK / "redis-failover") as queue:
+        env = distributed_env(
+            orthanc,
+            queue,
+            WORK / "results-failover",
+            TUMORSEG_AUTO_SEGMENT="true",
+            TUMORSEG_AUTO_SEGMENT_POLL_S="1",
+            TUMORSEG_DATABASE_URL=database,
+        )
+        replicas = start_all(
+            *(LocalService(env, WORK / f"api-failover-{n}.log", timeout=300.0) for n in (0, 1))
+        )
+        try:
+            for n in range(FAILOVER_RUNS):
+                patient_id = f"BENCH-FAILOVER-{n}"
+                converted = convert_case(
+                    phantom("brats"), patient_id, WORK / "dicom" / "failover" / patient_id
+                )
+                deadline = time.perf_counter() + 120
+                while not any(leading(r) for r in replicas):
+                    if time.perf_counter() > deadline:
+                        sys.exit("failover: no replica leads the auto-trigger after 120 s")
+                    time.sleep(0.2)
+                leader = next(r for r in replicas if leading(r))
+                other = next(r for r in replicas if r is not leader)
+                leader.process.kill()
+                killed = time.perf_counter()
+                upload_s: list[float] = []
+                upload = threading.Thread(target=upload_now, args=(orthanc, converted.out, upload_s))
+                upload.start()  # meanwhile the other replica's lead is watched
+                led_s = job_s = None
+                while job_s is None:
+                    now = time.perf_counter() - killed
+                    if now > 300:
+                        sys.exit(
+                            f"failover: no job for {patient_id} 300 s after the kill; see {other.log_path}"
+                        )
+                    if led_s is None and leading(other):
+                        led_s = now
+                    jobs = httpx.get(
+                        f"{other.url}/jobs", params={"patient_id": patient_id}, timeout=10
+                    ).json()
+                    if jobs["jobs"]:
+                        job_s = now
+                    time.sleep(0.1)
+                upload.join()
+                row = {
+                    "run": n + 1,
+                    "leader_s": round(led_s or job_s, 1),
+                    "uploaded_s": round(upload_s[-1], 1),
+                }
+                row["kill_to_job_s"] = round(job_s, 1)
+                rows.append(row)
+                say(
+                    f"failover {n + 1}: other replica leads {row['leader_s']} s after the kill, job {job_s:.1f} s"
+                )
+                leader.stop()
+                log = WORK / f"api-failover-{n}-restarted.log"
+                replicas = [other, *start_all(LocalService(env, log, timeout=300.0))]
+        finally:
+            for replica in replicas:
+                replica.stop()
+    return rows
+
+
+def bench_state(orthanc: LocalOrthanc) -> dict[str, Any]:
+    """The PostgreSQL part (see the module docstring) on a local PostgreSQL, one database per part."""
+    from tests.postgres import LocalPostgres  # the test launcher (make bench runs with PYTHONPATH=.)
+
+    state: dict[str, Any] = {}
+    with LocalPostgres() as postgres:
+        say(f"state: e2e on SQLite against PostgreSQL, {STATE_KIND} study, {max(RUNS, 3)} runs each")
+        state["e2e"] = bench_state_e2e(orthanc, postgres.create_database())
+        if WORKER_COUNTS:
+            with LocalRedis(WORK / "redis-state") as queue:
+                say(
+                    f"state: distributed on PostgreSQL, {WORKER_STUDIES} studies with {WORKER_COUNTS} worker(s)"
+                )
+                state["throughput"] = bench_workers(orthanc, queue, postgres.create_database())
+        if FAILOVER_RUNS:
+            say(f"state: trigger failover between two replicas, {FAILOVER_RUNS} runs")
+            state["failover"] = bench_failover(postgres.create_database())
+    return state
+
+
+def print_state(state: dict[str, Any]) -> None:
+    if "e2e" in state:
+        e2e = state["e2e"]
+        med = e2e["median_e2e_s"]
+        verdict = "met" if e2e["postgresql_over_sqlite"] <= 1.05 else "MISSED"
+        print(
+            f"\nstate, {e2e['kind']} study, medians of {e2e['runs']}: e2e on PostgreSQL {med['postgresql']} s, on "
+            f"SQLite {med['sqlite']} s = {e2e['postgresql_over_sqlite']}x (target <= 1.05x: {verdict})"
+        )
+    for row in state.get("failover", []):
+        print(
+            f"\ntrigger failover {row['run']}: leader SIGKILLed; the other replica leads after {row['leader_s']} s, "
+            f"the job of a study uploaded at once ({row['uploaded_s']} s to upload, Orthanc's StableAge "
+            f"after that) is created {row['kill_to_job_s']} s after the kill"
+        )
 
 
 def new_study(orthanc: LocalOrthanc, kind: str, patient_id: str) -> set[str]:
@@ -663,13 +857,14 @@ def main() -> None:
     if not shutil.which("dcm2niix"):
         sys.exit("dcm2niix is missing; run make setup")
     unknown = sorted(set(KINDS_WANTED) - set(KINDS))
-    if unknown or not (KINDS_WANTED or WORKER_COUNTS or NETWORK or BACKENDS or NEWSTUDY):
+    if unknown or not (KINDS_WANTED or WORKER_COUNTS or NETWORK or BACKENDS or NEWSTUDY or STATE):
         sys.exit(f"BENCH_KINDS={','.join(KINDS_WANTED)!r}: the kinds are {', '.join(KINDS)}")
     WORK.mkdir(parents=True, exist_ok=True)
     orthanc = LocalOrthanc(WORK / "orthanc")
     rows = []
     distributed: dict[str, Any] = {}
     backends: list[dict[str, Any]] = []
+    state: dict[str, Any] = {}
     started = time.perf_counter()
     network: dict[str, Any] = {}
     newstudy: dict[str, Any] = {}
@@ -677,7 +872,7 @@ def main() -> None:
         say(f"network: FLOPs, the matmul peak, plain and fast predictors ({RUNS} runs each)")
         network = bench_network()
     try:
-        if KINDS_WANTED or WORKER_COUNTS or BACKENDS or NEWSTUDY:
+        if KINDS_WANTED or WORKER_COUNTS or BACKENDS or NEWSTUDY or STATE:
             orthanc.start()
         for kind in KINDS_WANTED:
             say(f"{kind}: converting, uploading, {RUNS} timed runs after a warm-up")
@@ -692,6 +887,8 @@ def main() -> None:
                 say(f"distributed mode: {WORKER_STUDIES} studies with {WORKER_COUNTS} worker(s)")
                 distributed["throughput"] = bench_workers(orthanc, queue)
                 distributed["auto"] = bench_auto_latency(queue, max(WORKER_COUNTS))
+        if STATE:
+            state = bench_state(orthanc)
     finally:
         orthanc.stop()
     results: dict[str, Any] = {
@@ -705,6 +902,7 @@ def main() -> None:
         "table": table(rows) if rows else "",
         "distributed": distributed,
         "backends": backends,
+        "state": state,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
@@ -722,11 +920,12 @@ def main() -> None:
             f"{n['mask_voxels_changed']} region voxels changed)\n"
         )
     print(table(rows) if rows else "(no kinds)")
-    for row in distributed.get("throughput", []):
+    for row in [*distributed.get("throughput", []), *state.get("throughput", [])]:
         print(
-            f"\ndistributed, {row['workers']} worker(s): {row['studies']} clinical studies in {row['wall_s']} s = "
-            f"{row['studies_per_hour']} studies/hour ({row['done']} done)"
+            f"\ndistributed, {row['state']}, {row['workers']} worker(s): {row['studies']} clinical studies in "
+            f"{row['wall_s']} s = {row['studies_per_hour']} studies/hour ({row['done']} done)"
         )
+    print_state(state)
     if "auto" in distributed:
         auto = distributed["auto"]
         print(
