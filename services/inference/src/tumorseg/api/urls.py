@@ -9,11 +9,25 @@ worker or by the CLI holds the same links as one made in the API process.
 from __future__ import annotations
 
 from tumorseg.pipeline import ResultLinks
+from tumorseg.schema import Job
+from tumorseg.timeline import Timeline
 
 
 def result_url(result_id: str) -> str:
     """``GET /results/{result_id}``: the result JSON."""
     return f"/results/{result_id}"
+
+
+def linked_job(job: Job) -> Job:
+    """A job as the API answers it: a done job names its result's URL."""
+    return job.model_copy(update={"result_url": result_url(job.result_id) if job.state == "done" else None})
+
+
+def linked_timeline(timeline: Timeline) -> Timeline:
+    """A timeline as the API answers it: each segmented study links its result's viewer."""
+    for entry in timeline.studies:
+        entry.viewer_url = result_links(entry.result_id).viewer_url if entry.result_id else None
+    return timeline
 
 
 def result_links(result_id: str) -> ResultLinks:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query, Response
 
 from tumorseg.api.deps import StateDep
 from tumorseg.api.schemas import ERROR_RESPONSES
+from tumorseg.api.urls import linked_job
 from tumorseg.errors import ResultNotFound
 from tumorseg.jobstore import MAX_OFFSET
 from tumorseg.schema import Job, JobPage, JobRequest, JobState
@@ -22,7 +23,7 @@ def submit_job(state: StateDep, request: JobRequest, response: Response) -> Job:
     """Queue a segmentation; the answer names the job (``Location``) and the result id it will have."""
     job = state.job_runner().submit(request)
     response.headers["Location"] = f"/jobs/{job.job_id}"
-    return job
+    return linked_job(job)
 
 
 @router.get("/jobs/{job_id}", response_model=Job, responses=ERROR_RESPONSES)
@@ -30,7 +31,7 @@ def get_job(state: StateDep, job_id: JobId) -> Job:
     job = state.job_runner().store.get(job_id)
     if job is None:
         raise ResultNotFound(f"no job {job_id}")
-    return job
+    return linked_job(job)
 
 
 @router.get("/jobs", response_model=JobPage, responses=ERROR_RESPONSES)
@@ -45,4 +46,4 @@ def list_jobs(
     jobs, total = state.job_runner().store.list(
         state=job_state, patient_id=patient_id, limit=limit, offset=offset
     )
-    return JobPage(jobs=jobs, total=total, limit=limit, offset=offset)
+    return JobPage(jobs=[linked_job(j) for j in jobs], total=total, limit=limit, offset=offset)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path
 
 from tumorseg.api.deps import AppState, StateDep
 from tumorseg.api.schemas import ERROR_RESPONSES
+from tumorseg.api.urls import linked_timeline
 from tumorseg.errors import ModelError
 from tumorseg.export.dicom_seg import algorithm_tag
 from tumorseg.timeline import HistoryAnswer, ModelTag, Timeline, build_timeline, segment_history
@@ -30,7 +31,8 @@ def get_timeline(state: StateDep, patient_id: PatientId) -> Timeline:
     """The patient's studies, oldest first, each with its result (or why none), volumes, and the change
     against the baseline and the nadir (results of the current model only). Research use only."""
     check_patient_id(patient_id)
-    return build_timeline(state.pacs, state.job_runner().store, state.store, patient_id, _model(state))
+    timeline = build_timeline(state.pacs, state.job_runner().store, state.store, patient_id, _model(state))
+    return linked_timeline(timeline)
 
 
 @router.post(
