@@ -19,6 +19,13 @@ its transform composed in (``grid.resample_to_array(..., transform=...)``). A so
 of the head by more than ``SNAP_MM`` is taken as identity (``applied`` False): pre-registered input (BraTS)
 keeps its exact copy paths.
 
+Little to find, little cost: a series on the reference's own lattice whose non-zero voxels are the
+reference's (to within ``SAME_SUPPORT``; both at least a quarter exact zeros) was registered and masked
+with it already (BraTS-style preprocessing: one brain mask applied to every co-registered series). It is
+taken as aligned without a search (``iterations`` 0; metric and quality at identity, judged as any other),
+the result a search would snap to identity anyway. A series masked on its own after moving, or on another
+lattice, is searched as before.
+
 Knowing when it failed: the Mattes MI of a good solution depends on the modality pair, so the judgement is
 the head masks' overlap (Dice) after the transform within the fields of view both series cover, and how
 much of the reference's cranium the series covers (``MIN_OVERLAP``, ``MIN_COVERAGE``, measured on the
@@ -77,6 +84,10 @@ MIN_COVERAGE = 0.5
 # that a slab over the brain leaves out (an adult brain is 120-140 mm from vertex to foramen magnum)
 CRANIUM_MM = 150.0
 NO_REFERENCE_HEAD = "the reference shows no head"  # in the warning of every registration to such a reference
+# Two series whose non-zero voxels differ by at most this share of the reference's were masked together (see
+# the module docstring): a separately masked brain moved by half a voxel changes a few percent of them
+SAME_SUPPORT = 0.001
+STRIPPED_ZEROS = 0.25  # a series with a support to compare is at least this share exact zeros
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,8 @@ class Fixed:
     head: sitk.Image  # uint8 head mask at ~QUALITY_MM (``quick_head_mask``)
     head_centre: tuple[float, float, float] | None  # centroid of ``head`` (LPS mm); None: no head
     cranium: NDArray[np.bool_]  # ``head``'s voxels within CRANIUM_MM of its top: where the brain is
+    reference: sitk.Image | None = None  # the reference at full resolution, for ``already_aligned``
+    support: NDArray[np.bool_] | None = None  # its non-zero voxels when stripped-looking (``_support``)
 
 
 @dataclass(frozen=True)
@@ -272,7 +285,37 @@ def prepare_fixed(reference: sitk.Image) -> Fixed:
         head,
         _centroid(head),
         _cranium(head),
+        reference,
+        _support(reference),
     )
+
+
+def _support(image: sitk.Image) -> NDArray[np.bool_] | None:
+    """The non-zero voxels of ``image`` (array order k, j, i) when at least ``STRIPPED_ZEROS`` of them are
+    exact zeros (skull-stripped or masked), else None (a head in noise has nothing to compare)."""
+    support = sitk.GetArrayViewFromImage(image) != 0
+    zeros = support.size - int(np.count_nonzero(support))
+    return support if zeros >= STRIPPED_ZEROS * support.size else None
+
+
+def _same_lattice(a: sitk.Image, b: sitk.Image) -> bool:
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=0.0, atol=1e-4)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0.0, atol=1e-3)
+        and np.allclose(a.GetDirection(), b.GetDirection(), rtol=0.0, atol=1e-5)
+    )
+
+
+def already_aligned(fixed: Fixed, moving: sitk.Image) -> bool:
+    """Whether ``moving`` was registered and masked with the reference already (see module docstring)."""
+    if fixed.support is None or fixed.reference is None or not _same_lattice(fixed.reference, moving):
+        return False
+    support = _support(moving)
+    if support is None:
+        return False
+    differ = int(np.count_nonzero(support ^ fixed.support))
+    return differ <= SAME_SUPPORT * max(1, int(np.count_nonzero(fixed.support)))
 
 
 def _cranium(head: sitk.Image) -> NDArray[np.bool_]:
@@ -454,6 +497,8 @@ def register(
     if moving_head.centre is None or fixed.head_centre is None:
         what = "the series shows no head" if moving_head.centre is None else NO_REFERENCE_HEAD
         return _failed(fixed, 0.0, 0.0, 0, identity, label, [what], moving_head)
+    if already_aligned(fixed, moving):
+        return _aligned(fixed, moving_low, moving_head, threads, label)
     try:
         method = _fine_method(fixed, threads)
         method.SetInitialTransform(identity, inPlace=False)
@@ -492,6 +537,31 @@ def register(
         iterations,
         _max_displacement(found, fixed.corners),
         True,
+        overlap=overlap,
+        coverage=coverage,
+        moving=moving_head,
+    )
+    return _judged(fixed, registration, label)
+
+
+def _aligned(
+    fixed: Fixed, moving_low: sitk.Image, moving_head: MovingHead, threads: int | None, label: str
+) -> Registration:
+    """The registration of a series ``already_aligned``: identity, no search, judged as any other."""
+    identity = sitk.Euler3DTransform()
+    identity.SetCenter(fixed.centre)
+    method = _fine_method(fixed, threads)
+    method.SetInitialTransform(identity, inPlace=False)
+    metric = float(method.MetricEvaluate(fixed.image, moving_low))
+    overlap, coverage = quality(fixed, moving_head, identity)
+    registration = Registration(
+        identity,
+        identity,
+        metric,
+        metric,
+        0,
+        0.0,
+        False,
         overlap=overlap,
         coverage=coverage,
         moving=moving_head,
