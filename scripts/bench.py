@@ -41,7 +41,7 @@ model, the MONAI model zoo's BraTS bundle architecture (SegResNet, 16 initial fi
 window) and nnU-Net's BraTS-like 3d_fullres plans, both with random weights; e2e, inference and peak RSS,
 medians of BENCH_RUNS after a warm-up request. Results go to bench/results.json.
 
-Then the state on PostgreSQL (issue 40; BENCH_STATE=0 skips it), on a local PostgreSQL (tests/postgres.py):
+Then the state on PostgreSQL (issue 40; BENCH_STATE=0 skips it), on a local PostgreSQL (devkit/tumorseg_devkit/postgres.py):
 the distributed throughput above again with TUMORSEG_DATABASE_URL set (1 and 2 workers, next to the SQLite
 figures of the same run); the median e2e of POST /segment on one BENCH_STATE_KIND study (default brats)
 in an API on PostgreSQL against one on SQLite, BENCH_RUNS timed requests each after a warm-up (at least 3);
@@ -712,7 +712,7 @@ def bench_failover(database: str) -> list[dict[str, Any]]:
 
 def bench_state(orthanc: LocalOrthanc) -> dict[str, Any]:
     """The PostgreSQL part (see the module docstring) on a local PostgreSQL, one database per part."""
-    from tests.postgres import LocalPostgres  # the test launcher (make bench runs with PYTHONPATH=.)
+    from tumorseg_devkit.postgres import LocalPostgres  # the devkit launcher
 
     state: dict[str, Any] = {}
     with LocalPostgres() as postgres:

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.orthanc import TEST_ORTHANC, OrthancEndpoint
-from tests.postgres import LocalPostgres
 from tumorseg.pacs import OrthancClient
 from tumorseg_devkit.local import LocalOrthanc, LocalRedis
+from tumorseg_devkit.postgres import LocalPostgres
 
 
 @pytest.fixture(scope="session")

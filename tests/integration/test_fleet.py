@@ -28,11 +28,11 @@ import pytest
 
 from tests.jobs import FAST_ENV, seg_series
 from tests.orthanc import TEST_ORTHANC, OrthancEndpoint, service_env, upload_folder
-from tests.postgres import LocalPostgres
 from tests.studies import clone_study
 from tumorseg.pacs.upload import upload_directory
 from tumorseg_devkit.launcher import LocalService, LocalWorker
 from tumorseg_devkit.local import LocalOrthanc, LocalRedis
+from tumorseg_devkit.postgres import LocalPostgres
 from tumorseg_devkit.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,6 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from tests.orthanc import OrthancEndpoint, segment_settings, service_settings, upload_folder
-from tests.postgres import LocalPostgres
 from tests.results import result
 from tests.studies import clone_study
 from tumorseg.api.main import create_app
@@ -31,6 +30,7 @@ from tumorseg.jobstore import SqliteJobStore
 from tumorseg.results import DirResultStore, new_result_id
 from tumorseg.schema import JobRequest
 from tumorseg.wiring import open_jobs, open_store
+from tumorseg_devkit.postgres import LocalPostgres
 from tumorseg_devkit.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration

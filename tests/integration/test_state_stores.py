@@ -1,5 +1,5 @@
 """One suite for the state stores of both engines (SQLite + results directory, PostgreSQL): the same
-calls, the same answers. PostgreSQL is a real server (``tests/postgres.py``), a fresh database per test."""
+calls, the same answers. PostgreSQL is a real server (``devkit/tumorseg_devkit/postgres.py``), a fresh database per test."""
 
 from __future__ import annotations
 
