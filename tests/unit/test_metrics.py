@@ -254,4 +254,6 @@ def test_the_compose_stack_scrapes_the_workers_metrics_port_with_prometheus_on_l
     scrape = yaml.safe_load(PROMETHEUS_YML.read_text())["scrape_configs"]
     jobs = {job["job_name"]: job for job in scrape}
     assert jobs["tumorseg-worker"]["dns_sd_configs"][0]["port"] == int(port)
-    assert jobs["tumorseg-api"]["static_configs"][0]["targets"] == ["inference:8000"]
+    # every API service of the stack is scraped, on the port it serves inside the compose network
+    apis = [name for name, service in compose["services"].items() if name.startswith("inference")]
+    assert jobs["tumorseg-api"]["static_configs"][0]["targets"] == [f"{name}:8000" for name in apis]
