@@ -58,7 +58,8 @@ def serve(
 @app.command()
 def worker() -> None:
     """Take jobs from the Redis queue (TUMORSEG_QUEUE_URL) one at a time; the model is loaded once. Run one
-    per GPU, on the host whose results directory the API uses. SIGTERM finishes the job in hand first.
+    per GPU: with TUMORSEG_DATABASE_URL on any host (PostgreSQL holds jobs and results), else on the
+    host whose results directory the API uses. SIGTERM finishes the job in hand first.
     With TUMORSEG_METRICS_PORT, Prometheus metrics at http://host:PORT/metrics (0: a free port, logged)."""
     from tumorseg import logs, metrics
     from tumorseg.api.urls import result_links
