@@ -22,7 +22,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.pool import NullPool
 
-from tumorseg.db.pool import CONNECT_OPTIONS, redacted, unavailable
+from tumorseg.db.pool import CONNECT_OPTIONS, MIN_SERVER_VERSION, redacted, unavailable
 from tumorseg.errors import DatabaseSchemaError
 
 log = logging.getLogger(__name__)
@@ -78,11 +78,17 @@ def current_revision(url: str) -> str | None:
 
 def upgrade(url: str) -> tuple[str | None, str]:
     """Bring the database to this code's head revision, under the migration lock; returns the revision
-    before and after. ``DatabaseSchemaError`` when the database is newer than this code,
-    ``DatabaseUnavailable`` when it cannot be reached."""
+    before and after. ``DatabaseSchemaError`` when the database is newer than this code or the server older
+    than PostgreSQL 14, ``DatabaseUnavailable`` when it cannot be reached."""
     engine = _engine(url)
     try:
         with engine.begin() as conn:
+            version = int(conn.execute(sqlalchemy.text("SHOW server_version_num")).scalar_one())
+            if version < MIN_SERVER_VERSION:
+                raise DatabaseSchemaError(
+                    f"the database {redacted(url)} runs PostgreSQL {version // 10000}; tumorseg needs "
+                    f"PostgreSQL {MIN_SERVER_VERSION // 10000} or newer"
+                )
             conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
             current = MigrationContext.configure(conn).get_current_revision()
             _check(current, url)

@@ -21,7 +21,7 @@ import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from tumorseg.errors import DatabaseUnavailable
+from tumorseg.errors import DatabaseUnavailable, InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +31,23 @@ WAIT_S = 5.0  # a request waits this long for a connection before its 503
 # within seconds rather than after the last, long delay.
 RECONNECT_S = 10.0
 RETRY_AFTER_S = 5
-# libpq options: fail a connection attempt after 5 s, and drop a silent peer after ~25 s of TCP keepalive
+# libpq options: fail a connection attempt after 5 s, drop a silent peer after ~25 s of TCP keepalive (an
+# idle connection) or after 10 s of unacknowledged data (``tcp_user_timeout``, ms: a connection sending
+# while the host vanished, which keepalives do not cover). The server ends a session left idle inside a
+# transaction after 30 s (its locks are released) and a statement after 120 s (a result is a few MB of
+# bytea; nothing here runs longer).
 CONNECT_OPTIONS: dict[str, Any] = {
     "connect_timeout": 5,
     "keepalives": 1,
     "keepalives_idle": 10,
     "keepalives_interval": 5,
     "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+    "options": "-c idle_in_transaction_session_timeout=30000 -c statement_timeout=120000",
     "application_name": "tumorseg",
 }
+# The oldest server accepted: the trigger's leader session relies on idle_session_timeout (14+).
+MIN_SERVER_VERSION = 140000
 
 
 def redacted(url: str) -> str:
@@ -76,12 +84,17 @@ class Database:
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[DictRow]]:
         """A pooled connection; ``DatabaseUnavailable`` when the server cannot be reached or drops the
-        connection mid-call (a statement that had not committed has no effect)."""
+        connection mid-call (a statement that had not committed has no effect); ``InvalidInput`` (422) for a value
+        the server refuses (``psycopg.DataError``: a NUL byte in a text, say) rather than a 500."""
         try:
             with self.pool.connection() as conn:
                 yield conn
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise unavailable(self.url, exc) from exc
+        except psycopg.DataError as exc:  # a value the server refuses (a NUL byte in a text): the caller's
+            raise InvalidInput(
+                f"a value the database cannot store: {exc.diag.message_primary or exc}"
+            ) from exc
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[DictRow]]:

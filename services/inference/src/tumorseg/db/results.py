@@ -28,7 +28,7 @@ from pathlib import Path
 import psycopg
 
 from tumorseg.db.pool import Database
-from tumorseg.errors import ResultNotFound
+from tumorseg.errors import ResultNotFound, TumorsegError
 from tumorseg.jobstore import JobStore
 from tumorseg.results import FILES, ResultStore, check_result_id
 from tumorseg.schema import SegmentResult
@@ -77,6 +77,9 @@ class PgResultStore(ResultStore):
         body = _body(result)
         size = len(body.encode()) + sum(len(data) for data in files.values())
         with self.db.transaction() as conn:
+            # two attempts committing the same id at once: the second waits for the first's transaction and
+            # then replaces its commit, rather than failing its INSERT on the primary key
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (result_id,))
             conn.execute("DELETE FROM results WHERE result_id = %s", (result_id,))
             conn.execute(
                 "INSERT INTO results (result_id, body, size_bytes, stored_at) VALUES (%s, %s, %s, %s)",
@@ -86,7 +89,10 @@ class PgResultStore(ResultStore):
         self.discard(staging)
         try:
             self.enforce_retention(keep=result_id)
-        except psycopg.Error as error:  # the result is committed; a failed clean-up is retried next commit
+        except (
+            TumorsegError,
+            psycopg.Error,
+        ) as error:  # the result is committed; a failed clean-up is retried next commit
             log.warning("result retention failed: %s", error)
 
     @staticmethod

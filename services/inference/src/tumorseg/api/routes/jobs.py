@@ -15,7 +15,9 @@ from tumorseg.schema import Job, JobPage, JobRequest, JobState
 
 router = APIRouter(tags=["jobs"])
 
-JobId = Annotated[str, Path(description="32 hexadecimal digits, as returned by POST /jobs")]
+JobId = Annotated[
+    str, Path(pattern=r"^[0-9a-f]{32}$", description="32 hexadecimal digits, as returned by POST /jobs")
+]
 
 
 @router.post("/jobs", status_code=202, response_model=Job, responses=ERROR_RESPONSES)
