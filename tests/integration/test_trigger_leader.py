@@ -9,13 +9,20 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tumorseg.db import migrate
+from tumorseg.db.jobs import PgJobStore
+from tumorseg.db.pool import Database
 from tumorseg.jobs.leader import LEASE_S, RETRY_S, PostgresLeader
+from tumorseg.jobs.trigger import CURSOR_KEY, AutoTrigger
+from tumorseg.pacs.base import ChangeBatch
+from tumorseg.records import StudyInfo
 
 pytestmark = pytest.mark.integration
 
@@ -91,3 +98,73 @@ def test_a_frozen_holder_loses_the_lead_and_does_not_take_it_back_when_resumed(
     assert not any(after), "the resumed holder believed it still led"
     # not before the lease ran out (the frozen holder's verdict may still have held until then)
     assert taken_over_s >= LEASE_S - 3
+
+
+def test_a_holder_whose_trigger_thread_ended_or_hangs_gives_the_lead_up(postgres: str) -> None:
+    """The lock is the trigger's: a dead or hung trigger thread must not keep it renewed (issue 40 review)."""
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait, daemon=True)  # alive, and never says it is
+    worker.start()
+    first, second = PostgresLeader(postgres, lease_s=3), PostgresLeader(postgres, lease_s=3)
+    first.watch(worker, stall_s=2)
+    first.start()
+    try:
+        _until(first.holding, 10, "the first contender leading")
+        second.start()
+        lost_s = _until(lambda: not first.holding(), 6, "the hung trigger's holder giving up")
+        _until(second.holding, 3 * RETRY_S, "the take-over from the hung trigger's holder")
+        # and it does not ask again while its trigger still hangs: the second one keeps the lead
+        time.sleep(2 * RETRY_S)
+        assert second.holding() and not first.holding()
+        second.stop()
+        time.sleep(2 * RETRY_S)
+        assert not first.holding(), "a hung trigger's holder took the lock again"
+        # the same once the thread has ended, whatever it said last
+        first.alive()
+        release.set()
+        worker.join(5)
+        time.sleep(2 * RETRY_S)
+        assert not first.holding(), "a dead trigger's holder took the lock"
+    finally:
+        release.set()
+        first.stop()
+        second.stop()
+    assert lost_s < 2 + 3  # stall_s + one renewal period (lease_s / 3) + slack
+
+
+class _Feed:
+    """A change feed whose one study has a NUL in its UID: the store's query fails with psycopg's
+    DataError, which is not a TumorsegError."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.study = StudyInfo("k", "1.2.3\x00", "P", "", "", "", 1)
+
+    def changes(self, cursor: str | None) -> ChangeBatch:
+        self.asked += 1
+        return ChangeBatch((self.study,), "1")
+
+    def images_version(self, study: StudyInfo) -> str:
+        return "v"
+
+
+class _Jobs:
+    def __init__(self, store: PgJobStore) -> None:
+        self.store = store
+
+
+def test_the_trigger_thread_survives_an_unexpected_error_and_keeps_its_lead(postgres: str) -> None:
+    migrate.upgrade(postgres)
+    store = PgJobStore(Database(postgres, max_size=2))
+    feed = _Feed()
+    leader = PostgresLeader(postgres, lease_s=3)
+    trigger = AutoTrigger(feed, _Jobs(store), "m", poll_s=0.2, leader=leader)  # type: ignore[arg-type]
+    trigger.start()
+    try:
+        _until(lambda: feed.asked >= 3, 15, "the trigger asking the feed again after the error")
+        assert trigger._thread is not None and trigger._thread.is_alive()
+        assert leader.holding()
+        assert store.get_meta(CURSOR_KEY) == "1"
+    finally:
+        trigger.stop()
+        store.close()

@@ -20,6 +20,11 @@ verdict always ends before the server can free the lock to another replica: a ho
 freeze, or cut off from the database, knows at its next check that it no longer leads. A trigger action
 already past that check when the process froze still completes after it resumes; the job key's UNIQUE
 column makes such a late insert return the job the new leader made (no duplicate).
+
+The lock is held for the trigger, not for the keeper thread: the trigger's thread is ``watch``ed and says
+``alive`` at each pass. The keeper gives up the lead (closes its session) when that thread has ended or has
+not said ``alive`` for ``stall_s``, and asks for the lock again only once it does: a dead or hung trigger
+thread leaves the auto-trigger to another replica instead of holding the lock forever.
 """
 
 from __future__ import annotations
@@ -55,6 +60,14 @@ class Leadership(ABC):
     def holding(self) -> bool:
         """Whether this process leads now; asked before every trigger action."""
 
+    def watch(self, thread: threading.Thread, stall_s: float) -> None:
+        """Lead only while ``thread`` runs and has said ``alive`` within the last ``stall_s``."""
+        return None  # the sole leader leads whatever its threads do
+
+    def alive(self) -> None:
+        """The watched thread is making progress (at each pass of its loop)."""
+        return None  # the sole leader leads whatever its threads do
+
 
 class SoleLeader(Leadership):
     """The one API process of the embedded mode: always the leader."""
@@ -83,6 +96,28 @@ class PostgresLeader(Leadership):
         self._valid_until = 0.0  # monotonic; 0: not the leader
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watched: threading.Thread | None = None
+        self._stall_s = 0.0
+        self._stamp = 0.0  # monotonic: the watched thread's last ``alive``
+
+    def watch(self, thread: threading.Thread, stall_s: float) -> None:
+        self._stall_s = stall_s
+        self._stamp = time.monotonic()
+        self._watched = thread
+
+    def alive(self) -> None:
+        self._stamp = time.monotonic()
+
+    def _stalled(self) -> str | None:
+        """Why the watched thread should not lead, if it should not."""
+        watched = self._watched
+        if watched is None:
+            return None
+        if not watched.is_alive():
+            return "the trigger thread has ended"
+        if time.monotonic() - self._stamp > self._stall_s:
+            return f"the trigger thread made no progress for {self._stall_s:g} s"
+        return None
 
     def start(self) -> None:
         self._stop.clear()
@@ -101,13 +136,21 @@ class PostgresLeader(Leadership):
 
     def _keep(self) -> None:
         while not self._stop.is_set():
-            self._tick()
+            try:
+                self._tick()
+            except Exception:  # never end the keeper with the lock held
+                log.exception("trigger leader: renewal failed")
+                self._lose("renewal failed")
             self._stop.wait(self.lease_s / 3 if self.holding() else self.retry_s)
 
     def _tick(self) -> None:
         """Renew the lock if this process holds it, else ask for it; any failure drops the lead."""
         started = time.monotonic()
         leading = self._valid_until > 0
+        stalled = self._stalled()
+        if stalled is not None:
+            self._lose(stalled)  # and no new lock until the trigger is making progress again
+            return
         try:
             conn = self._conn if self._conn is not None else self._connect()
             if leading:
@@ -154,5 +197,5 @@ class PostgresLeader(Leadership):
         if conn is not None:
             try:
                 conn.close()
-            except psycopg.Error:
-                pass
+            except Exception:
+                log.exception("trigger leader: closing the lock's connection failed")

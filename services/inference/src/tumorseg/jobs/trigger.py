@@ -64,20 +64,24 @@ class AutoTrigger:
         model_tag: str,
         poll_s: float = 5.0,
         leader: Leadership | None = None,
+        pacs_timeout_s: float = 60.0,
     ) -> None:
         self.pacs = pacs
         self.jobs = jobs
         self.model_tag = model_tag  # model name and version: a new model segments every study again
         self.poll_s = poll_s
         self.leader = leader or SoleLeader()
+        # a pass that does not end within this is hung: the leader then gives up the lead
+        self.stall_s = poll_s + pacs_timeout_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self._stop.clear()
-        self.leader.start()
         self._thread = threading.Thread(target=self._loop, name="tumorseg-auto", daemon=True)
+        self.leader.watch(self._thread, self.stall_s)
         self._thread.start()
+        self.leader.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
@@ -88,6 +92,7 @@ class AutoTrigger:
     def _loop(self) -> None:
         begun = False  # reconciled since this process took the lead
         while not self._stop.is_set():
+            self.leader.alive()
             if not self.leader.holding():
                 begun = False
                 self._stop.wait(min(self.poll_s, STANDBY_POLL_S))
@@ -102,6 +107,8 @@ class AutoTrigger:
                 log.warning("auto-trigger: %s (%s); retrying", exc.code, exc.detail)
             except NotLeading:
                 log.warning("auto-trigger: the lead was lost in the middle of a batch; abandoned")
+            except Exception:  # a bug or a database fault: this pass is lost, the thread goes on
+                log.exception("auto-trigger: a pass failed; retrying")
             self._stop.wait(self.poll_s)
 
     def _leading(self) -> None:
@@ -133,6 +140,7 @@ class AutoTrigger:
 
     def consider(self, study: StudyInfo) -> None:
         """A job for ``study`` with its images as they are now, unless one with that key exists."""
+        self.leader.alive()  # a long batch is progress too
         try:
             version = self.pacs.images_version(study)
         except PacsNotFound:  # deleted since the change
