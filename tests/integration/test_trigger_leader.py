@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tumorseg import metrics
 from tumorseg.db import migrate
 from tumorseg.db.jobs import PgJobStore
 from tumorseg.db.pool import Database
@@ -168,3 +169,31 @@ def test_the_trigger_thread_survives_an_unexpected_error_and_keeps_its_lead(post
     finally:
         trigger.stop()
         store.close()
+
+
+def _leader_gauge() -> float:
+    for line in metrics.exposition().decode().splitlines():
+        if line.startswith("tumorseg_trigger_leader "):
+            return float(line.split()[1])
+    raise AssertionError("no tumorseg_trigger_leader sample")
+
+
+def test_the_leader_gauge_reads_the_verdict_at_scrape_time(postgres: str) -> None:
+    """A holder whose renewal hangs (its server backend frozen) stops leading when its verdict expires;
+    the gauge says so then, not when the hung renewal at last fails."""
+    leader = PostgresLeader(postgres, lease_s=3)
+    leader.start()
+    backend = 0
+    try:
+        _until(leader.holding, 10, "leading")
+        assert _leader_gauge() == 1
+        assert leader._conn is not None
+        backend = leader._conn.info.backend_pid
+        os.kill(backend, signal.SIGSTOP)  # the next renewal hangs
+        _until(lambda: not leader.holding(), 5, "the verdict expiring")
+        assert _leader_gauge() == 0
+    finally:
+        if backend:
+            os.kill(backend, signal.SIGCONT)
+        leader.stop()
+    assert _leader_gauge() == 0

@@ -226,8 +226,20 @@ def unwatch_jobs(source: Callable[[], Mapping[str, int]]) -> None:
         _JOBS.source = None
 
 
-def trigger_leader(leading: bool) -> None:
-    TRIGGER_LEADER.set(1 if leading else 0)
+_leader_source: list[Callable[[], bool]] = []  # the leadership whose verdict the gauge reads
+
+
+def watch_leader(holding: Callable[[], bool]) -> None:
+    """Export ``tumorseg_trigger_leader`` from ``holding()``, read at each scrape: a verdict that has
+    expired reads 0 at once, not at the holder's next renewal."""
+    _leader_source[:] = [holding]
+    TRIGGER_LEADER.set_function(lambda: 1.0 if holding() else 0.0)
+
+
+def unwatch_leader(holding: Callable[[], bool]) -> None:
+    if _leader_source == [holding]:
+        _leader_source.clear()
+        TRIGGER_LEADER.set_function(lambda: 0.0)
 
 
 def model_loaded(predictor: Predictor) -> None:

@@ -73,10 +73,10 @@ class SoleLeader(Leadership):
     """The one API process of the embedded mode: always the leader."""
 
     def start(self) -> None:
-        metrics.trigger_leader(True)
+        metrics.watch_leader(self.holding)
 
     def stop(self) -> None:
-        metrics.trigger_leader(False)
+        metrics.unwatch_leader(self.holding)
 
     def holding(self) -> bool:
         return True
@@ -121,6 +121,7 @@ class PostgresLeader(Leadership):
 
     def start(self) -> None:
         self._stop.clear()
+        metrics.watch_leader(self.holding)
         self._thread = threading.Thread(target=self._keep, name="tumorseg-leader", daemon=True)
         self._thread.start()
 
@@ -130,6 +131,7 @@ class PostgresLeader(Leadership):
         if self._thread is not None:
             self._thread.join(CONNECT_TIMEOUT_S + self.lease_s)
         self._lose("stepped down")
+        metrics.unwatch_leader(self.holding)
 
     def holding(self) -> bool:
         return time.monotonic() < self._valid_until
@@ -165,7 +167,6 @@ class PostgresLeader(Leadership):
             return
         if self._valid_until == 0:
             log.info("this replica runs the auto-trigger (database lock taken)")
-            metrics.trigger_leader(True)
         self._valid_until = started + self.lease_s - MARGIN_S
         if not self.holding():  # the renewal itself took too long: the server may free the lock now
             self._lose("renewal too slow")
@@ -191,7 +192,6 @@ class PostgresLeader(Leadership):
         was_leading = self._valid_until > 0
         self._valid_until = 0.0
         if was_leading:
-            metrics.trigger_leader(False)
             log.warning("this replica no longer runs the auto-trigger (%s)", reason)
         conn, self._conn = self._conn, None
         if conn is not None:
