@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tumorseg import metrics
@@ -23,7 +24,6 @@ from tumorseg.db.pool import Database
 from tumorseg.jobs.leader import LEASE_S, RETRY_S, PostgresLeader
 from tumorseg.jobs.trigger import CURSOR_KEY, AutoTrigger
 from tumorseg.pacs.base import ChangeBatch
-from tumorseg.records import StudyInfo
 
 pytestmark = pytest.mark.integration
 
@@ -134,19 +134,14 @@ def test_a_holder_whose_trigger_thread_ended_or_hangs_gives_the_lead_up(postgres
 
 
 class _Feed:
-    """A change feed whose one study has a NUL in its UID: the store's query fails with psycopg's
-    DataError, which is not a TumorsegError."""
+    """A change feed with nothing new: the trigger's first action is to store its cursor."""
 
     def __init__(self) -> None:
         self.asked = 0
-        self.study = StudyInfo("k", "1.2.3\x00", "P", "", "", "", 1)
 
     def changes(self, cursor: str | None) -> ChangeBatch:
         self.asked += 1
-        return ChangeBatch((self.study,), "1")
-
-    def images_version(self, study: StudyInfo) -> str:
-        return "v"
+        return ChangeBatch((), "1")
 
 
 class _Jobs:
@@ -155,7 +150,13 @@ class _Jobs:
 
 
 def test_the_trigger_thread_survives_an_unexpected_error_and_keeps_its_lead(postgres: str) -> None:
+    """A database that turned read-only (an HA fail-over to a standby): the cursor's write fails with
+    ReadOnlySqlTransaction, which is not a TumorsegError; the thread must go on, not end with its lock
+    still renewed."""
     migrate.upgrade(postgres)
+    with psycopg.connect(postgres, autocommit=True) as admin:
+        database = postgres.rsplit("/", 1)[1]
+        admin.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
     store = PgJobStore(Database(postgres, max_size=2))
     feed = _Feed()
     leader = PostgresLeader(postgres, lease_s=3)
@@ -165,7 +166,7 @@ def test_the_trigger_thread_survives_an_unexpected_error_and_keeps_its_lead(post
         _until(lambda: feed.asked >= 3, 15, "the trigger asking the feed again after the error")
         assert trigger._thread is not None and trigger._thread.is_alive()
         assert leader.holding()
-        assert store.get_meta(CURSOR_KEY) == "1"
+        assert store.get_meta(CURSOR_KEY) is None
     finally:
         trigger.stop()
         store.close()
