@@ -9,7 +9,7 @@ APT_PACKAGES := orthanc orthanc-dicomweb dcm2niix dcmtk dicom3tools redis-server
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup system-packages test test-unit lint format demo bench accuracy-clinical train-demo vendor-niivue vendor-swagger clean pin-masks
+.PHONY: setup system-packages test test-unit lint format demo bench gpu-bench accuracy-clinical train-demo vendor-niivue vendor-swagger clean pin-masks
 
 setup: system-packages $(STAMP)
 
@@ -60,6 +60,12 @@ train-demo: setup
 
 bench: setup
 	PYTHONPATH=. $(BIN)/python scripts/bench.py  # PYTHONPATH: its backends part writes test-format models (tests/)
+
+# Issue 43's device path on a GPU machine (minutes): registration on the CPU, deepbet on the CPU and on CUDA,
+# preprocessing, inference on the CPU and on CUDA with AMP and without (mask voxels and Dice AMP changes).
+# Without a GPU it runs the CPU stages and says what it skipped. Writes out/gpu_bench.json.
+gpu-bench: setup
+	$(BIN)/python scripts/gpu_bench.py
 
 # Issue 15's acceptance: Dice and brain containment on clinical-head phantoms through POST /segment
 # (ACC_SEEDS picks seeds, default 50-57; ~1 min a seed on 2 CPU cores). Writes out/accuracy/clinical.json.

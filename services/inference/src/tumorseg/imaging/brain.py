@@ -11,7 +11,8 @@ one connected region, holes filled. Backends, chosen by name (``TUMORSEG_BRAIN_E
 - ``deepbet``: the two TorchScript networks that the ``deepbet`` wheel ships (Fisch et al. 2024, trained on
   T1-weighted heads; offline, ~2 M parameters): a 128³ pass finds the brain's bounding box, a second pass
   segments the box resampled to ``DEEPBET_SHAPE``; the largest connected part, holes filled (tumour inside
-  the brain is a hole to fill when the network leaves it out).
+  the brain is a hole to fill when the network leaves it out). The networks run on the GPU when torch sees
+  one (``extractor_device``), else on the CPU; only the small arrays that pass through them move.
 - ``none``: no extraction; the whole field of view counts (the behaviour before this stage existed).
 
 deepbet's mask is intracranial (CSF, dura, some bone and fat at its surface): ``preprocess.prepare`` peels
@@ -102,15 +103,18 @@ class DeepBet:
 
     name = "deepbet"
 
-    def __init__(self, model_dir: Path | None = None, shape: int = DEEPBET_SHAPE) -> None:
+    def __init__(
+        self, model_dir: Path | None = None, shape: int = DEEPBET_SHAPE, device: str = "cpu"
+    ) -> None:
         import torch
 
         folder = model_dir or deepbet_model_dir()
         with warnings.catch_warnings():  # torch 2.13 calls TorchScript deprecated; deepbet ships TorchScript
             warnings.simplefilter("ignore", DeprecationWarning)
-            self._bbox = torch.jit.load(str(folder / "bbox_model.pt"), map_location="cpu").eval()
-            self._model = torch.jit.load(str(folder / "model.pt"), map_location="cpu").eval()
+            self._bbox = torch.jit.load(str(folder / "bbox_model.pt"), map_location=device).eval()
+            self._model = torch.jit.load(str(folder / "model.pt"), map_location=device).eval()
         self._shape = shape
+        self.device = device
 
     def extract(self, image: NDArray[np.float32], spacing_mm: float) -> NDArray[np.bool_]:
         import torch
@@ -125,15 +129,17 @@ class DeepBet:
         small = F.interpolate(x[None, None], (_BBOX_SHAPE,) * 3, mode="nearest-exact")[0, 0]
         low, high = (float(v) for v in torch.quantile(small.flatten(), torch.tensor([0.005, 0.995])))
         with torch.inference_mode():  # one call at a time: Segmenter runs one request at a time
-            box_probability = ras(self._bbox(ras(_normalise(small, low, high))[None, None])[0, 1]).numpy()
+            small = _normalise(small, low, high).to(self.device)
+            box_probability = ras(self._bbox(ras(small)[None, None])[0, 1]).cpu().numpy()
             box = _bounding_box(largest_filled(box_probability > 0.5), image.shape, margin=0.1)
             if box is None:
                 return np.zeros(image.shape, dtype=bool)
-            crop = F.interpolate(x[box][None, None], (self._shape,) * 3, mode="trilinear")
+            crop = F.interpolate(x[box].to(self.device)[None, None], (self._shape,) * 3, mode="trilinear")
             probability = ras(self._model(ras(_normalise(crop, low, high)))[:, 1:2])
             probability = F.interpolate(probability, tuple(x[box].shape), mode="trilinear")[0, 0]
         mask = np.zeros(image.shape, dtype=bool)
-        mask[box] = largest_filled(probability.numpy() > 0.5)  # the network's brain lies inside its box
+        # the network's brain lies inside its box
+        mask[box] = largest_filled(probability.cpu().numpy() > 0.5)
         return mask
 
     def warm_up(self) -> None:
@@ -168,11 +174,18 @@ def deepbet_model_dir() -> Path:
     return folder
 
 
+def extractor_device() -> str:
+    """Where deepbet runs: ``cuda`` when torch sees a CUDA device, else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @cache
 def get_extractor(name: str) -> BrainExtractor:
     """The backend ``name`` (``deepbet`` or ``none``), created once per process."""
     if name == "deepbet":
-        return DeepBet()
+        return DeepBet(device=extractor_device())
     if name == "none":
         return NoExtraction()
     raise ValueError(f"unknown brain extractor {name!r}; choose one of {EXTRACTORS}")
