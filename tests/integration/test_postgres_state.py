@@ -20,7 +20,9 @@ from tumorseg.db import migrate
 from tumorseg.db.jobs import PgJobStore
 from tumorseg.db.pool import Database
 from tumorseg.db.results import PgResultStore
-from tumorseg.errors import DatabaseSchemaError, DatabaseUnavailable, InvalidInput
+from tumorseg.errors import DatabaseSchemaError, DatabaseUnavailable, InvalidInput, ModelError
+from tumorseg.jobs.embedded import EmbeddedRunner
+from tumorseg.pipeline import Segmenter
 from tumorseg.results import new_result_id
 from tumorseg.schema import JobRequest
 
@@ -117,3 +119,31 @@ def test_two_attempts_committing_one_result_at_once_both_succeed(
 
 def _queue(store: PgJobStore) -> str:
     return store.create(JobRequest(patient_id="P"), "api", new_result_id(), None).job_id
+
+
+def test_the_embedded_runner_leaves_a_live_replicas_jobs_and_takes_over_a_stale_one(postgres: str) -> None:
+    store = _store(postgres)
+    job_id = _queue(store)
+    claimed = store.claim_next()  # a live replica runs it
+    assert claimed is not None and claimed.attempts == 1
+
+    def no_model() -> Segmenter:
+        raise ModelError("no model here")
+
+    runner = EmbeddedRunner(store, no_model)
+    runner.start()  # a second replica starting: the live one's job is not queued again
+    try:
+        time.sleep(1.0)
+        live = store.get(job_id)
+        assert live is not None and (live.state, live.attempts) == ("running", 1)
+        with psycopg.connect(postgres, autocommit=True) as conn:  # its run cut off an hour ago
+            conn.execute("UPDATE jobs SET heartbeat_at = heartbeat_at - 3600 WHERE job_id = %s", (job_id,))
+        runner._wake.set()
+        deadline = time.monotonic() + 30
+        while (job := store.get(job_id)) is not None and job.state == "running":
+            assert time.monotonic() < deadline, "the stale job was not taken over"
+            time.sleep(0.2)
+        assert job is not None and (job.state, job.attempts, job.code) == ("failed", 2, "model_error")
+    finally:
+        runner.stop()
+        store.close()

@@ -287,3 +287,12 @@ def test_retention_deletes_expired_then_oldest_over_the_size_bound(jobs: JobStor
     assert tiny.recent(10)[0] == 0
     kept = _commit(tiny)  # ... but the result just committed stays
     assert [r.result_id for r in tiny.recent(10)[1]] == [kept]
+
+
+def test_a_restart_requeues_only_the_jobs_whose_heartbeat_is_stale(jobs: JobStore) -> None:
+    live, dead = _queue(jobs, "A"), _queue(jobs, "B")
+    assert jobs.claim_next().job_id == live  # type: ignore[union-attr]
+    assert jobs.claim_next().job_id == dead  # type: ignore[union-attr]
+    assert jobs.requeue_running(stale_s=60) == 0  # both beat just now: a live replica runs them
+    assert jobs.get(live).state == "running"  # type: ignore[union-attr]
+    assert jobs.requeue_running(stale_s=0) == 2

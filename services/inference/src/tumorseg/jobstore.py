@@ -193,11 +193,12 @@ class JobStore(ABC):
     def delete(self, job_id: str) -> None: ...
 
     @abstractmethod
-    def requeue_running(self) -> int:
-        """Put back the jobs a process that died was running (the embedded runner calls this at start,
-        as the only process that runs jobs from this store). Returns how many. A synchronous request's
-        job (origin ``segment``) is not run again, since nobody waits for it any more: it fails
-        ``interrupted``, and its caller, who got no answer, asks again."""
+    def requeue_running(self, stale_s: float = 0.0) -> int:
+        """Put back the jobs a process that died was running (the embedded runner calls this at start):
+        only those whose heartbeat is at least ``stale_s`` old, so that a replica starting next to a live
+        one leaves its jobs alone. Returns how many. A synchronous request's job (origin ``segment``) is
+        not run again, since nobody waits for it any more: it fails ``interrupted``, and its caller, who
+        got no answer, asks again."""
 
     @abstractmethod
     def has_key(self, key: str) -> bool: ...
@@ -424,15 +425,17 @@ class SqliteJobStore(JobStore):
         with self._sql() as db:
             db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
 
-    def requeue_running(self) -> int:
+    def requeue_running(self, stale_s: float = 0.0) -> int:
+        now = time.time()
+        stale = "state = 'running' AND COALESCE(heartbeat_at, started_at, 0) <= ?"
         with self._sql() as db:
             db.execute(
                 "UPDATE jobs SET state = 'failed', stage = NULL, code = 'interrupted', finished_at = ?, "
-                "reason = ? WHERE state = 'running' AND origin = 'segment'",
-                (time.time(), INTERRUPTED_REASON),
+                f"reason = ? WHERE {stale} AND origin = 'segment'",
+                (now, INTERRUPTED_REASON, now - stale_s),
             )
             return db.execute(
-                "UPDATE jobs SET state = 'queued', stage = NULL WHERE state = 'running'"
+                f"UPDATE jobs SET state = 'queued', stage = NULL WHERE {stale}", (now - stale_s,)
             ).rowcount
 
     def has_key(self, key: str) -> bool:
