@@ -64,7 +64,7 @@ def import_sqlite(
     ],
 ) -> None:
     """Copy an embedded store into the database: jobs, the trigger's cursors, every result and its files.
-    What the database holds already is kept, so it can be run again."""
+    What the database holds already is kept (not updated): run it once the old service is stopped."""
     from tumorseg.db import importer, migrate
     from tumorseg.db.pool import Database
 

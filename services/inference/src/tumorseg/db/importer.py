@@ -2,8 +2,10 @@
 trigger's cursors of ``RESULTS_DIR/jobs.sqlite3`` and every result folder (JSON and files).
 
 The source is only read (opened read-only; no retention, no clean-up). What the database holds already is
-kept: a job, cursor or result with the same id (or a job with the same key) is skipped, so the import can
-be run again, e.g. once more after the old service is stopped for good. A result keeps its age (the
+kept: a job, cursor or result with the same id (or a job with the same key) is skipped. A second run
+therefore adds only what is new since the first; it does not update what the first copied (a job that has
+ended since stays as it was copied, a cursor keeps its first value): import once the old service is
+stopped for good, and run it again only to finish an import that was cut off. A result keeps its age (the
 folder's mtime becomes ``stored_at``), so retention treats it as before. Each result goes in with its files
 in one transaction.
 """
