@@ -12,7 +12,8 @@ one connected region, holes filled. Backends, chosen by name (``TUMORSEG_BRAIN_E
   T1-weighted heads; offline, ~2 M parameters): a 128³ pass finds the brain's bounding box, a second pass
   segments the box resampled to ``DEEPBET_SHAPE``; the largest connected part, holes filled (tumour inside
   the brain is a hole to fill when the network leaves it out). The networks run on the GPU when torch sees
-  one (``extractor_device``), else on the CPU; only the small arrays that pass through them move.
+  one and ``TUMORSEG_DEVICE`` is not ``cpu`` (``extractor_device``), else on the CPU; only the small arrays
+  that pass through them move.
 - ``none``: no extraction; the whole field of view counts (the behaviour before this stage existed).
 
 deepbet's mask is intracranial (CSF, dura, some bone and fat at its surface): ``preprocess.prepare`` peels
@@ -175,9 +176,14 @@ def deepbet_model_dir() -> Path:
 
 
 def extractor_device() -> str:
-    """Where deepbet runs: ``cuda`` when torch sees a CUDA device, else ``cpu``."""
+    """Where deepbet runs: the service's device (``TUMORSEG_DEVICE``): ``cpu`` when it says so, else
+    ``cuda`` when torch sees a CUDA device (``auto`` or ``cuda``), else ``cpu``."""
     import torch
 
+    from tumorseg.config import get_settings
+
+    if get_settings().device == "cpu":
+        return "cpu"
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
