@@ -21,9 +21,10 @@ from tumorseg import metrics
 from tumorseg.db import migrate
 from tumorseg.db.jobs import PgJobStore
 from tumorseg.db.pool import Database
-from tumorseg.jobs.leader import LEASE_S, RETRY_S, PostgresLeader
+from tumorseg.jobs.leader import LEASE_S, RETRY_S, NotLeading, PostgresLeader
 from tumorseg.jobs.trigger import CURSOR_KEY, AutoTrigger
 from tumorseg.pacs.base import ChangeBatch
+from tumorseg.schema import JobRequest
 
 pytestmark = pytest.mark.integration
 
@@ -198,3 +199,43 @@ def test_the_leader_gauge_reads_the_verdict_at_scrape_time(postgres: str) -> Non
             os.kill(backend, signal.SIGCONT)
         leader.stop()
     assert _leader_gauge() == 0
+
+
+def test_the_trigger_s_writes_are_fenced_by_the_lock_s_own_session(postgres: str) -> None:
+    """The lock freed under a holder whose verdict still stands (its backend terminated; a server restart
+    does the same): its cursor write and job insert fail with NotLeading and leave nothing behind, as a
+    new leader may already act (issue 40 review)."""
+    migrate.upgrade(postgres)
+    store = PgJobStore(Database(postgres, max_size=2))
+    leader = PostgresLeader(postgres, lease_s=30)  # renewals 10 s apart: the verdict outlives the lock
+    leader.start()
+    request = JobRequest(patient_id="P", study="1.2.3", store_seg=True)
+    try:
+        _until(leader.holding, 10, "leading")
+        with leader.fenced():
+            store.set_meta(CURSOR_KEY, "1")
+        assert store.get_meta(CURSOR_KEY) == "1"
+        assert leader._conn is not None
+        with psycopg.connect(postgres, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (leader._conn.info.backend_pid,))
+            _until(
+                lambda: (
+                    admin.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()
+                    == (0,)
+                ),
+                5,
+                "the lock freed",
+            )
+        assert leader.holding()  # its verdict still stands: only the fence stops the writes
+        with pytest.raises(NotLeading):
+            with leader.fenced():
+                store.set_meta(CURSOR_KEY, "2")
+        assert not leader.holding()  # and the failed write ended the verdict at once
+        with pytest.raises(NotLeading):
+            with leader.fenced():
+                store.create(request, "auto", "r1", key="k1")
+        assert store.get_meta(CURSOR_KEY) == "1"
+        assert not store.has_key("k1")
+    finally:
+        leader.stop()
+        store.close()

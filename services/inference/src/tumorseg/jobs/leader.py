@@ -33,10 +33,14 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
+from psycopg.rows import DictRow, dict_row
 
 from tumorseg import metrics
+from tumorseg.db import jobs as pg_jobs
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,10 @@ LEASE_S = 6.0  # the lock's session ends this long after its holder's last renew
 RETRY_S = 1.0  # how often a replica that does not lead asks for the lock
 MARGIN_S = 1.0  # the holder's verdict ends this long before the server could free the lock
 CONNECT_TIMEOUT_S = 3
+
+
+class NotLeading(Exception):
+    """This process does not lead (any more): the trigger's action is not taken."""
 
 
 class Leadership(ABC):
@@ -59,6 +67,13 @@ class Leadership(ABC):
     @abstractmethod
     def holding(self) -> bool:
         """Whether this process leads now; asked before every trigger action."""
+
+    @contextmanager
+    def fenced(self) -> Iterator[None]:
+        """Around each trigger write: ``NotLeading`` unless this process leads now."""
+        if not self.holding():
+            raise NotLeading
+        yield
 
     def watch(self, thread: threading.Thread, stall_s: float) -> None:
         """Lead only while ``thread`` runs and has said ``alive`` within the last ``stall_s``."""
@@ -92,7 +107,7 @@ class PostgresLeader(Leadership):
         self.url = url
         self.lease_s = lease_s
         self.retry_s = retry_s
-        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self._conn: psycopg.Connection[DictRow] | None = None
         self._valid_until = 0.0  # monotonic; 0: not the leader
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -136,6 +151,25 @@ class PostgresLeader(Leadership):
     def holding(self) -> bool:
         return time.monotonic() < self._valid_until
 
+    @contextmanager
+    def fenced(self) -> Iterator[None]:
+        """The PostgreSQL job store's inserts and cursor writes inside go over the lock's own session
+        (``tumorseg.db.jobs.fenced``), so they take effect only while this process holds the lock, even
+        in the moments before its verdict learns that the lock is gone (a server restart, a terminated
+        backend); ``NotLeading`` if it does not lead, or the session ended under the write."""
+        conn = self._conn
+        if conn is None or not self.holding():
+            raise NotLeading
+        try:
+            with pg_jobs.fenced(conn):
+                yield
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if conn.closed or conn.broken or not self.holding():
+                if self._conn is conn:  # learnt here before the next renewal
+                    self._lose(f"lock lost: {type(exc).__name__}")
+                raise NotLeading from exc
+            raise
+
     def _keep(self) -> None:
         while not self._stop.is_set():
             try:
@@ -158,8 +192,8 @@ class PostgresLeader(Leadership):
             if leading:
                 conn.execute("SELECT 1")  # any statement restarts the session's idle clock
             else:
-                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (TRIGGER_LOCK,)).fetchone()
-                leading = row is not None and bool(row[0])
+                row = conn.execute("SELECT pg_try_advisory_lock(%s) AS taken", (TRIGGER_LOCK,)).fetchone()
+                leading = row is not None and bool(row["taken"])
         except psycopg.Error as exc:
             self._lose(f"lock lost: {type(exc).__name__}")
             return
@@ -171,11 +205,12 @@ class PostgresLeader(Leadership):
         if not self.holding():  # the renewal itself took too long: the server may free the lock now
             self._lose("renewal too slow")
 
-    def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
+    def _connect(self) -> psycopg.Connection[DictRow]:
         lease_ms = int(self.lease_s * 1000)
         self._conn = psycopg.connect(
             self.url,
             autocommit=True,  # never idle in a transaction, where idle_session_timeout does not apply
+            row_factory=dict_row,  # the job store's rows, for the writes ``fenced`` runs over it
             connect_timeout=CONNECT_TIMEOUT_S,
             options=f"-c idle_session_timeout={lease_ms} -c statement_timeout={lease_ms}",
             keepalives=1,

@@ -29,7 +29,7 @@ import logging
 import threading
 
 from tumorseg.errors import InvalidInput, PacsNotFound, TumorsegError
-from tumorseg.jobs.leader import Leadership, SoleLeader
+from tumorseg.jobs.leader import Leadership, NotLeading, SoleLeader
 from tumorseg.jobs.runner import Jobs
 from tumorseg.pacs import Pacs
 from tumorseg.records import StudyInfo
@@ -41,10 +41,6 @@ log = logging.getLogger(__name__)
 # still the Orthanc cursor, so an upgrade follows on from where it stopped.
 CURSOR_KEY = "orthanc_changes_seq"
 STANDBY_POLL_S = 0.5  # how often a process that does not lead looks whether it leads now
-
-
-class NotLeading(Exception):
-    """This process lost the lead in the middle of a batch: it is abandoned, the cursor unmoved."""
 
 
 def job_key(study_instance_uid: str, images_version: str, model_tag: str, request: JobRequest) -> str:
@@ -111,19 +107,14 @@ class AutoTrigger:
                 log.exception("auto-trigger: a pass failed; retrying")
             self._stop.wait(self.poll_s)
 
-    def _leading(self) -> None:
-        """``NotLeading`` unless this process leads now: asked before every action."""
-        if not self.leader.holding():
-            raise NotLeading
-
     def _begin(self) -> None:
         """At each start: every complete study with no job gets one; the first start then follows from
         the feed's end."""
         store = self.jobs.store
         batch = self.pacs.changes(None)
         if store.get_meta(CURSOR_KEY) is None:
-            self._leading()
-            store.set_meta(CURSOR_KEY, batch.cursor)
+            with self.leader.fenced():
+                store.set_meta(CURSOR_KEY, batch.cursor)
         for study in batch.studies:
             if not store.has_study(study.study_instance_uid):
                 self.consider(study)
@@ -134,8 +125,8 @@ class AutoTrigger:
         batch = self.pacs.changes(store.get_meta(CURSOR_KEY))
         for study in batch.studies:
             self.consider(study)
-        self._leading()
-        store.set_meta(CURSOR_KEY, batch.cursor)
+        with self.leader.fenced():
+            store.set_meta(CURSOR_KEY, batch.cursor)
         return batch.more
 
     def consider(self, study: StudyInfo) -> None:
@@ -156,8 +147,8 @@ class AutoTrigger:
         key = job_key(study.study_instance_uid, images_version, self.model_tag, request)
         if self.jobs.store.has_key(key):
             return
-        self._leading()
         try:
-            self.jobs.submit(request, origin="auto", key=key)
+            with self.leader.fenced():  # the job's insert only while this process holds the lead
+                self.jobs.submit(request, origin="auto", key=key)
         except InvalidInput as exc:  # a PatientID or UID the pipeline refuses: nothing it could segment
             log.warning("auto-trigger: a study was not queued: %s", exc.code)
