@@ -147,3 +147,26 @@ def test_the_embedded_runner_leaves_a_live_replicas_jobs_and_takes_over_a_stale_
     finally:
         runner.stop()
         store.close()
+
+
+def test_job_and_result_times_are_the_servers_not_the_hosts(
+    postgres: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(postgres)
+    results = PgResultStore(store.db, max_age_days=1, jobs=store)
+    try:
+        job_id = _queue(store)
+        assert store.claim_next() is not None  # a replica with a good clock runs it
+        kept = new_result_id()
+        staging = results.staging(kept)
+        results.commit(staging, result(kept))
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + 2 * 86400)  # a host whose clock is two days ahead
+        assert store.unfinished(stale_s=60) == ()  # its heartbeat is fresh by the server's clock
+        assert store.claim(job_id, stale_s=60) is None
+        assert store.requeue_running(stale_s=60) == 0
+        other = new_result_id()
+        results.commit(results.staging(other), result(other))  # retention runs: nothing is a day old
+        assert results.read(kept).result_id == kept
+    finally:
+        store.close()

@@ -10,36 +10,16 @@ between jobs created in the same instant, as SQLite's rowid does.
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-
-import psycopg
-from psycopg.rows import DictRow
 
 from tumorseg.db.pool import Database
-from tumorseg.errors import InvalidInput
 from tumorseg.jobstore import CLAIM, COLUMNS, INTERRUPTED_REASON, JobStore, check_page, job_from_row
 from tumorseg.schema import Job, JobOrigin, JobRequest, JobState
 
-_CLAIM_PG = CLAIM.replace("?", "%s")
-
-# The trigger leader's lock session while its thread is inside ``fenced``; see there.
-_FENCE: ContextVar[psycopg.Connection[DictRow] | None] = ContextVar("tumorseg_fence", default=None)
-
-
-@contextmanager
-def fenced(conn: psycopg.Connection[DictRow]) -> Iterator[None]:
-    """Inside, this thread's job inserts (``create``) and ``set_meta`` go over ``conn``, the trigger
-    leader's own session that holds its advisory lock, instead of the pool: they take effect only while
-    that session, and with it the lock, lives (a server restart or a terminated backend fails them)."""
-    token = _FENCE.set(conn)
-    try:
-        yield
-    finally:
-        _FENCE.reset(token)
+# The server's clock, not this host's: every time a job carries (created, started, heartbeat, finished) is
+# written and compared in SQL, so replicas whose clocks differ still agree on whose heartbeat is stale.
+NOW = "extract(epoch from statement_timestamp())::float8"
+_CLAIM_PG = CLAIM.replace("?", NOW)
 
 
 class PgJobStore(JobStore):
@@ -51,22 +31,6 @@ class PgJobStore(JobStore):
     def close(self) -> None:
         self.db.close()
 
-    @contextmanager
-    def _writing(self) -> Iterator[psycopg.Connection[DictRow]]:
-        """The fenced session inside ``fenced``, else a pooled connection (the same errors for a value
-        the server refuses)."""
-        fence = _FENCE.get()
-        if fence is None:
-            with self.db.connection() as conn:
-                yield conn
-            return
-        try:
-            yield fence
-        except psycopg.DataError as exc:
-            raise InvalidInput(
-                f"a value the database cannot store: {exc.diag.message_primary or exc}"
-            ) from exc
-
     def create(
         self,
         request: JobRequest,
@@ -76,13 +40,12 @@ class PgJobStore(JobStore):
         *,
         running: bool = False,
     ) -> Job:
-        now = time.time()
-        with self._writing() as conn:
+        with self.db.connection() as conn:
             row = conn.execute(
                 "INSERT INTO jobs (job_id, state, origin, request, patient_id, study_instance_uid, "
                 "result_id, key, attempts, created_at, started_at, heartbeat_at) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                f"ON CONFLICT (key) DO NOTHING RETURNING {COLUMNS}",
+                f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, {NOW}, CASE WHEN %s THEN {NOW} END, "
+                f"CASE WHEN %s THEN {NOW} END) ON CONFLICT (key) DO NOTHING RETURNING {COLUMNS}",
                 (
                     uuid.uuid4().hex,
                     "running" if running else "queued",
@@ -93,9 +56,8 @@ class PgJobStore(JobStore):
                     result_id,
                     key,
                     int(running),
-                    now,
-                    now if running else None,
-                    now if running else None,
+                    running,
+                    running,
                 ),
             ).fetchone()
             if row is None:  # the key's job exists: created by another process first
@@ -146,38 +108,35 @@ class PgJobStore(JobStore):
         return None if row is None else job_from_row(row)
 
     def claim_next(self) -> Job | None:
-        now = time.time()
         return self._claimed(
             f"UPDATE jobs SET {_CLAIM_PG} WHERE job_id = (SELECT job_id FROM jobs WHERE state = 'queued' "
             "ORDER BY created_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED) AND state = 'queued' "
             f"RETURNING {COLUMNS}",
-            (now, now),
+            (),
         )
 
     def claim(self, job_id: str, stale_s: float) -> Job | None:
-        now = time.time()
         return self._claimed(
             f"UPDATE jobs SET {_CLAIM_PG} WHERE job_id = %s AND (state = 'queued' OR "
-            "(state = 'running' AND COALESCE(heartbeat_at, started_at, 0) < %s)) "
+            f"(state = 'running' AND COALESCE(heartbeat_at, started_at, 0) < {NOW} - %s)) "
             f"RETURNING {COLUMNS}",
-            (now, now, job_id, now - stale_s),
+            (job_id, stale_s),
         )
 
     def beat(self, job_id: str, attempt: int) -> bool:
         with self.db.connection() as conn:
             cursor = conn.execute(
-                "UPDATE jobs SET heartbeat_at = %s WHERE job_id = %s AND state = 'running' AND attempts = %s",
-                (time.time(), job_id, attempt),
+                f"UPDATE jobs SET heartbeat_at = {NOW} WHERE job_id = %s AND state = 'running' AND attempts = %s",
+                (job_id, attempt),
             )
             return cursor.rowcount == 1
 
     def unfinished(self, stale_s: float) -> tuple[str, ...]:
-        before = time.time() - stale_s
         with self.db.connection() as conn:
             rows = conn.execute(
-                "SELECT job_id FROM jobs WHERE (state = 'queued' AND created_at < %s) OR (state = 'running' "
-                "AND COALESCE(heartbeat_at, started_at, 0) < %s) ORDER BY created_at, seq",
-                (before, before),
+                f"SELECT job_id FROM jobs WHERE (state = 'queued' AND created_at < {NOW} - %s) OR (state = "
+                f"'running' AND COALESCE(heartbeat_at, started_at, 0) < {NOW} - %s) ORDER BY created_at, seq",
+                (stale_s, stale_s),
             ).fetchall()
         return tuple(r["job_id"] for r in rows)
 
@@ -201,13 +160,12 @@ class PgJobStore(JobStore):
         fence = "" if attempt is None else " AND state = 'running' AND attempts = %s"
         with self.db.connection() as conn:
             cursor = conn.execute(
-                "UPDATE jobs SET state = %s, stage = NULL, code = %s, reason = %s, finished_at = %s, "
+                f"UPDATE jobs SET state = %s, stage = NULL, code = %s, reason = %s, finished_at = {NOW}, "
                 f"study_instance_uid = COALESCE(%s, study_instance_uid) WHERE job_id = %s{fence}",
                 (
                     state,
                     code,
                     reason,
-                    time.time(),
                     study_instance_uid,
                     job_id,
                     *(() if attempt is None else (attempt,)),
@@ -220,16 +178,15 @@ class PgJobStore(JobStore):
             conn.execute("DELETE FROM jobs WHERE job_id = %s", (job_id,))
 
     def requeue_running(self, stale_s: float = 0.0) -> int:
-        now = time.time()
-        stale = "state = 'running' AND COALESCE(heartbeat_at, started_at, 0) <= %s"
+        stale = f"state = 'running' AND COALESCE(heartbeat_at, started_at, 0) <= {NOW} - %s"
         with self.db.transaction() as conn:
             conn.execute(
-                "UPDATE jobs SET state = 'failed', stage = NULL, code = 'interrupted', finished_at = %s, "
+                f"UPDATE jobs SET state = 'failed', stage = NULL, code = 'interrupted', finished_at = {NOW}, "
                 f"reason = %s WHERE {stale} AND origin = 'segment'",
-                (now, INTERRUPTED_REASON, now - stale_s),
+                (INTERRUPTED_REASON, stale_s),
             )
             return conn.execute(
-                f"UPDATE jobs SET state = 'queued', stage = NULL WHERE {stale}", (now - stale_s,)
+                f"UPDATE jobs SET state = 'queued', stage = NULL WHERE {stale}", (stale_s,)
             ).rowcount
 
     def _exists(self, column: str, value: str) -> bool:
@@ -251,7 +208,7 @@ class PgJobStore(JobStore):
         return None if row is None else str(row["value"])
 
     def set_meta(self, name: str, value: str) -> None:
-        with self._writing() as conn:
+        with self.db.connection() as conn:
             conn.execute(
                 "INSERT INTO meta (name, value) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
                 (name, value),

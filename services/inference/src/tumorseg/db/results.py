@@ -20,13 +20,13 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 
+from tumorseg.db.jobs import NOW
 from tumorseg.db.pool import Database
 from tumorseg.errors import ResultNotFound, TumorsegError
 from tumorseg.jobstore import JobStore
@@ -82,8 +82,8 @@ class PgResultStore(ResultStore):
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (result_id,))
             conn.execute("DELETE FROM results WHERE result_id = %s", (result_id,))
             conn.execute(
-                "INSERT INTO results (result_id, body, size_bytes, stored_at) VALUES (%s, %s, %s, %s)",
-                (result_id, body, size, time.time()),
+                f"INSERT INTO results (result_id, body, size_bytes, stored_at) VALUES (%s, %s, %s, {NOW})",
+                (result_id, body, size),
             )
             self._insert_files(conn, result_id, files)
         self.discard(staging)
@@ -116,9 +116,9 @@ class PgResultStore(ResultStore):
             if row is None:
                 raise ResultNotFound(f"no result {result.result_id}")
             conn.execute(
-                "UPDATE results SET body = %s, size_bytes = size_bytes - %s + %s, stored_at = %s "
+                f"UPDATE results SET body = %s, size_bytes = size_bytes - %s + %s, stored_at = {NOW} "
                 "WHERE result_id = %s",
-                (body, row["old"], len(body.encode()), time.time(), result.result_id),
+                (body, row["old"], len(body.encode()), result.result_id),
             )
 
     @contextmanager
@@ -182,10 +182,13 @@ class PgResultStore(ResultStore):
             return 0
         with self.db.connection() as conn:
             rows = conn.execute(
-                "SELECT result_id, size_bytes, stored_at FROM results ORDER BY stored_at, result_id"
+                f"SELECT result_id, size_bytes, stored_at, {NOW} AS now FROM results ORDER BY stored_at, result_id"
             ).fetchall()
             total = sum(int(row["size_bytes"]) for row in rows)
-            cutoff = None if self.max_age_days is None else time.time() - self.max_age_days * 86400
+            # ages by the server's clock, as stored_at was written
+            cutoff = (
+                None if self.max_age_days is None or not rows else rows[0]["now"] - self.max_age_days * 86400
+            )
             expired: list[str] = []
             too_big: list[str] = []
             for row in rows:
