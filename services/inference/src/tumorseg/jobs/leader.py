@@ -17,9 +17,14 @@ The holder stops the moment it cannot renew, without asking anyone: ``holding()`
 ``lease_s - MARGIN_S`` after the start of its last successful renewal, on the monotonic clock (which runs
 on while a process is stopped). The server's idle clock starts after that moment, so the holder's own
 verdict always ends before the server can free the lock to another replica: a holder resumed after a
-freeze, or cut off from the database, knows at its next check that it no longer leads. A trigger action
-already past that check when the process froze still completes after it resumes; the job key's UNIQUE
-column makes such a late insert return the job the new leader made (no duplicate).
+freeze, or cut off from the database, knows at its next check that it no longer leads.
+
+The verdict can outlast the lock the other way round: a server restart or a terminated backend frees the
+lock at once, while ``holding()`` stands until the next renewal. So the trigger's writes (its cursor, a
+job's insert) are fenced: inside ``fenced()`` the PostgreSQL job store writes over the lock's own
+session, and a write there takes effect only while that session, and with it the lock, lives; one that
+finds the session gone raises ``NotLeading`` and ends the verdict at once. A trigger action already past
+its check when the process froze fails the same way after it resumes.
 
 The lock is held for the trigger, not for the keeper thread: the trigger's thread is ``watch``ed and says
 ``alive`` at each pass. The keeper gives up the lead (closes its session) when that thread has ended or has

@@ -15,11 +15,14 @@ gets none; a study that gains a series gets a new job. A study with no brain MRI
 it with ``POST /jobs``.
 
 Every API process runs the thread, and only the one that leads acts (``tumorseg.jobs.leader``: always the
-one process of the embedded mode; with PostgreSQL, the holder of the trigger's lock). It asks before each
-job it submits and before it moves the cursor, and abandons the batch the moment it no longer leads, so the
+one process of the embedded mode; with PostgreSQL, the holder of the trigger's lock). Each job it submits
+and each move of the cursor is fenced (``Leadership.fenced``: with PostgreSQL, written over the lock's own
+session), and it abandons the batch the moment it no longer leads, so the
 cursor only ever passes studies whose jobs exist; the next leader reconciles when it takes over and
 follows on from the stored cursor. No study is missed and none gets two jobs: the job key is UNIQUE in the
-store, and a second submit of a key returns the job that has it.
+store, and a second submit of a key returns the job that has it. The thread outlives any error of a pass
+and says ``alive`` to its leadership at each one: a replica whose trigger thread has ended or hangs gives
+up the lead to another.
 """
 
 from __future__ import annotations
