@@ -11,8 +11,15 @@ between jobs created in the same instant, as SQLite's rowid does.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import psycopg
+from psycopg.rows import DictRow
 
 from tumorseg.db.pool import Database
+from tumorseg.errors import InvalidInput
 from tumorseg.jobstore import CLAIM, COLUMNS, INTERRUPTED_REASON, JobStore, check_page, job_from_row
 from tumorseg.schema import Job, JobOrigin, JobRequest, JobState
 
@@ -20,6 +27,21 @@ from tumorseg.schema import Job, JobOrigin, JobRequest, JobState
 # written and compared in SQL, so replicas whose clocks differ still agree on whose heartbeat is stale.
 NOW = "extract(epoch from statement_timestamp())::float8"
 _CLAIM_PG = CLAIM.replace("?", NOW)
+
+# The trigger leader's lock session while its thread is inside ``fenced``; see there.
+_FENCE: ContextVar[psycopg.Connection[DictRow] | None] = ContextVar("tumorseg_fence", default=None)
+
+
+@contextmanager
+def fenced(conn: psycopg.Connection[DictRow]) -> Iterator[None]:
+    """Inside, this thread's job inserts (``create``) and ``set_meta`` go over ``conn``, the trigger
+    leader's own session that holds its advisory lock, instead of the pool: they take effect only while
+    that session, and with it the lock, lives (a server restart or a terminated backend fails them)."""
+    token = _FENCE.set(conn)
+    try:
+        yield
+    finally:
+        _FENCE.reset(token)
 
 
 class PgJobStore(JobStore):
@@ -31,6 +53,22 @@ class PgJobStore(JobStore):
     def close(self) -> None:
         self.db.close()
 
+    @contextmanager
+    def _writing(self) -> Iterator[psycopg.Connection[DictRow]]:
+        """The fenced session inside ``fenced``, else a pooled connection (the same errors for a value
+        the server refuses)."""
+        fence = _FENCE.get()
+        if fence is None:
+            with self.db.connection() as conn:
+                yield conn
+            return
+        try:
+            yield fence
+        except psycopg.DataError as exc:
+            raise InvalidInput(
+                f"a value the database cannot store: {exc.diag.message_primary or exc}"
+            ) from exc
+
     def create(
         self,
         request: JobRequest,
@@ -40,7 +78,7 @@ class PgJobStore(JobStore):
         *,
         running: bool = False,
     ) -> Job:
-        with self.db.connection() as conn:
+        with self._writing() as conn:
             row = conn.execute(
                 "INSERT INTO jobs (job_id, state, origin, request, patient_id, study_instance_uid, "
                 "result_id, key, attempts, created_at, started_at, heartbeat_at) "
@@ -208,7 +246,7 @@ class PgJobStore(JobStore):
         return None if row is None else str(row["value"])
 
     def set_meta(self, name: str, value: str) -> None:
-        with self.db.connection() as conn:
+        with self._writing() as conn:
             conn.execute(
                 "INSERT INTO meta (name, value) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
                 (name, value),
