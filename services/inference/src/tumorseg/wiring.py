@@ -58,7 +58,14 @@ def open_pacs(settings: Settings) -> Pacs:
 
 def open_trigger(settings: Settings, pacs: Pacs, jobs: Jobs, model_tag: str) -> AutoTrigger:
     """The auto-trigger, following the change feed of the PACS in use, in the process that leads."""
-    return AutoTrigger(pacs, jobs, model_tag, settings.auto_segment_poll_s, open_leadership(settings))
+    return AutoTrigger(
+        pacs,
+        jobs,
+        model_tag,
+        settings.auto_segment_poll_s,
+        open_leadership(settings),
+        pacs_timeout_s=settings.orthanc_timeout,  # a PACS call may take this long before the loop is hung
+    )
 
 
 def open_leadership(settings: Settings) -> Leadership:
