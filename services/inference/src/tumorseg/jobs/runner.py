@@ -10,7 +10,8 @@ mode, chosen by ``wiring.open_runner``:
 However it runs, a job ends ``done``; ``skipped`` when the study has no brain MRI to segment
 (``modality_missing``: not a fault, nothing to retry); or ``failed`` with the error's code and message. A
 run during which the database went away records nothing: the job stays ``running`` until its heartbeat is
-stale, and the queued mode's sweep sends it again (a second attempt, under the same result id).
+stale, and the queued mode's sweep sends it again, or an embedded runner takes it over (a second attempt,
+under the same result id).
 Running one claimed job (``run``), with its heartbeat in the store and its end recorded, is the same in
 both modes and lives here.
 """
