@@ -218,6 +218,7 @@ def timeline(
     (research use only; the job store and results of this service's TUMORSEG_RESULTS_DIR)."""
     from rich.table import Table
 
+    from tumorseg.api.urls import linked_timeline
     from tumorseg.model.package import read_manifest
     from tumorseg.timeline import TABLE_COLUMNS, ModelTag, build_timeline, table_rows
     from tumorseg.wiring import open_jobs, open_store
@@ -234,6 +235,7 @@ def timeline(
                 patient_id,
                 ModelTag(name=manifest.name, version=manifest.version),
             )
+        found = linked_timeline(found)  # the same viewer links as GET /patients/{id}/timeline
     except TumorsegError as exc:
         _fail(exc)
     finally:
