@@ -13,6 +13,7 @@ import logging
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
@@ -57,3 +58,12 @@ def configure(level: str = "INFO", *, json_lines: bool = True) -> logging.Handle
     # uvicorn's access log prints raw paths, which carry PatientIDs; the service logs requests itself.
     logging.getLogger("uvicorn.access").disabled = True
     return handler
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()

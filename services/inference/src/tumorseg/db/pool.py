@@ -22,6 +22,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from tumorseg.errors import DatabaseUnavailable, InvalidInput
+from tumorseg.logs import redacted
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,6 @@ CONNECT_OPTIONS: dict[str, Any] = {
 }
 # The oldest server accepted: the trigger's leader session relies on idle_session_timeout (14+).
 MIN_SERVER_VERSION = 140000
-
-
-def redacted(url: str) -> str:
-    """``url`` without its password, for logs and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
 
 
 class Database:

@@ -20,11 +20,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
+
+from tumorseg.logs import redacted
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +40,6 @@ DEAD_MESSAGE_TTL_MS = 7 * 24 * 3600 * 1000
 POLL_MS = 1000  # how long a consumer waits for a message before it polls Redis again (and heartbeats)
 STOP_TIMEOUT_S = 600  # SIGTERM: how long the job in hand may take to finish (compose's stop_grace_period)
 SOCKET_TIMEOUT_S = 10.0  # one Redis call; a half-open connection fails instead of hanging a request
-
-
-def redacted(url: str) -> str:
-    """The queue URL without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
 
 
 class JobQueue:
