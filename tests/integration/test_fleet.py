@@ -8,15 +8,20 @@ byte-identically by both replicas; the auto-trigger's replica frozen (SIGSTOP) a
 segmented once; PostgreSQL restarted while jobs run, and Redis restarted empty: each job ends done
 once, with one SEG and the result id it was given. The election alone (a frozen holder against a plain
 session lock) is in test_trigger_leader.py; a worker killed mid-job in test_workers.py.
+
+The two scenarios share one start of the servers and the workers (the module's ``engines``); each starts
+the replicas it needs, and the restart scenario's Orthanc is the same one restarted with a longer
+StableAge.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -29,6 +34,7 @@ import pytest
 from tests.jobs import FAST_ENV, seg_series
 from tests.orthanc import TEST_ORTHANC, OrthancEndpoint, service_env, upload_folder
 from tests.studies import clone_study
+from tumorseg.db import migrate
 from tumorseg.pacs.upload import upload_directory
 from tumorseg_devkit.launcher import LocalService, LocalWorker
 from tumorseg_devkit.local import LocalOrthanc, LocalRedis
@@ -44,57 +50,86 @@ LEADER = re.compile(r"^tumorseg_trigger_leader (\S+)$", re.MULTILINE)
 
 
 @dataclass
-class Fleet:
-    apis: list[LocalService]
+class Engines:
+    """What the scenarios share, started once for the module: a private Orthanc, PostgreSQL (its schema
+    migrated) and Redis, and two ``tumorseg worker`` processes. Each scenario starts its own API replicas."""
+
+    workdir: Path
+    model: Path
+    orthanc: LocalOrthanc
+    postgres: LocalPostgres
+    database: str
+    redis: LocalRedis
     workers: list[LocalWorker]
 
-
-@contextmanager
-def _fleet(
-    orthanc: OrthancEndpoint,
-    model: Path,
-    queue: LocalRedis,
-    database: str,
-    tmp_path: Path,
-    *,
-    apis: int = 2,
-    workers: int = 2,
-    auto: bool = True,
-) -> Iterator[Fleet]:
-    """``apis`` replicas (with the auto-trigger, unless not ``auto``) and ``workers`` workers, every
-    process with its own results directory, started together (replicas first: they migrate the schema)."""
-
-    def env(name: str) -> dict[str, str]:
+    def env(self, name: str, auto: bool = False) -> dict[str, str]:
+        """The environment of process ``name``: its own results directory, the three servers."""
         return service_env(
-            orthanc.url,
-            orthanc.auth,
-            model,
-            tmp_path / name / "results",
-            queue_url=queue.url,
+            self.orthanc.url,
+            self.orthanc.auth,
+            self.model,
+            self.workdir / name / "results",
+            queue_url=self.redis.url,
             queue_heartbeat_s=str(HEARTBEAT_S),
-            database_url=database,
+            database_url=self.database,
             auto_segment=str(auto).lower(),
             auto_segment_poll_s="1",
             **FAST_ENV,
         )
 
-    fleet = Fleet(
-        [
-            LocalService(env(f"api{i}"), tmp_path / f"api{i}.log", cwd=tmp_path, timeout=240)
-            for i in range(apis)
-        ],
-        [
-            LocalWorker(env(f"w{i}"), tmp_path / f"w{i}.log", cwd=tmp_path, timeout=240)
-            for i in range(workers)
-        ],
-    )
+    def pacs(self, stable_age: int) -> OrthancEndpoint:
+        """The Orthanc, marking a study stable ``stable_age`` seconds after its last instance: restarted
+        with that setting where it had another, on the same port and data."""
+        if json.loads(self.orthanc.config_path.read_text())["StableAge"] != stable_age:
+            self.orthanc.stop()
+            self.orthanc = LocalOrthanc(
+                self.orthanc.workdir,
+                username=self.orthanc.username,
+                password=self.orthanc.password,
+                http_port=self.orthanc.http_port,
+                overrides={**TEST_ORTHANC, "StableAge": stable_age},
+            ).start()
+        return OrthancEndpoint(self.orthanc.url, *self.orthanc.auth)
+
+
+def _in_parallel(call: Callable[[LocalService], object], processes: Sequence[LocalService]) -> None:
+    if processes:
+        with ThreadPoolExecutor(len(processes)) as pool:
+            list(pool.map(call, processes))
+
+
+@pytest.fixture(scope="module")
+def engines(random_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engines]:
+    workdir = tmp_path_factory.mktemp("fleet")
     with ExitStack() as stack:
-        for process in [*fleet.apis, *fleet.workers]:
-            stack.callback(process.stop)  # safe before, or after a failed, start
-        for group in (fleet.apis, fleet.workers):
-            with ThreadPoolExecutor(len(group)) as pool:
-                list(pool.map(lambda p: p.start(), group))
-        yield fleet
+        postgres = stack.enter_context(LocalPostgres())
+        database = postgres.create_database()
+        redis = stack.enter_context(LocalRedis(workdir / "redis"))
+        orthanc = LocalOrthanc(workdir / "orthanc", overrides=TEST_ORTHANC).start()
+        found = Engines(workdir, random_model, orthanc, postgres, database, redis, [])
+        stack.callback(lambda: found.orthanc.stop())  # the one running then (``pacs`` may restart it)
+        migrate.upgrade(found.database)  # what the replicas would do, before the workers read the schema
+        found.workers = [
+            LocalWorker(found.env(f"w{i}"), workdir / f"w{i}.log", cwd=workdir, timeout=240) for i in (0, 1)
+        ]
+        stack.callback(_in_parallel, LocalWorker.stop, found.workers)  # safe before, or after a failed, start
+        _in_parallel(LocalWorker.start, found.workers)
+        yield found
+
+
+@contextmanager
+def _replicas(engines: Engines, tmp_path: Path, count: int, auto: bool) -> Iterator[list[LocalService]]:
+    """``count`` ``tumorseg serve`` replicas (with the auto-trigger if ``auto``), each with its own results
+    directory, started together and stopped together."""
+    apis = [
+        LocalService(engines.env(f"api{i}", auto), tmp_path / f"api{i}.log", cwd=tmp_path, timeout=240)
+        for i in range(count)
+    ]
+    try:
+        _in_parallel(LocalService.start, apis)
+        yield apis
+    finally:
+        _in_parallel(LocalService.stop, apis)  # safe before, or after a failed, start
 
 
 def _until(value: Callable[[], T | None], timeout: float, what: str) -> T:
@@ -152,86 +187,79 @@ def _done_runs(workers: list[LocalWorker], job: dict[str, object]) -> int:
 
 
 def test_replicas_segment_each_study_once_through_a_frozen_and_a_killed_trigger_holder(
-    plain_study: ConvertedStudy, random_model: Path, redis_server: LocalRedis, postgres: str, tmp_path: Path
+    engines: Engines, plain_study: ConvertedStudy, tmp_path: Path
 ) -> None:
-    # A private Orthanc: the trigger reconciles every stable study of its PACS when it takes the lead.
-    with LocalOrthanc(tmp_path / "orthanc", overrides=TEST_ORTHANC) as server:
-        orthanc = OrthancEndpoint(server.url, *server.auth)
-        patients = [clone_study(plain_study, tmp_path / f"study{i}") for i in range(5)]
-        with _fleet(orthanc, random_model, redis_server, postgres, tmp_path) as fleet:
-            first = _until(lambda: _leader(fleet.apis), 60, "a trigger leader")
-            second = next(api for api in fleet.apis if api is not first)
-            for i in (0, 1):
-                upload_folder(orthanc, tmp_path / f"study{i}")
-            arrived = [_done(first, p) for p in patients[:2]]
-            for job in arrived:
-                _same_everywhere(fleet.apis, job["result_id"])
+    # The module's own Orthanc: the trigger reconciles every stable study of its PACS when it takes the
+    # lead (this scenario runs first; the other one's studies would only add jobs to wait for).
+    orthanc = engines.pacs(TEST_ORTHANC["StableAge"])
+    patients = [clone_study(plain_study, tmp_path / f"study{i}") for i in range(5)]
+    with _replicas(engines, tmp_path, 2, auto=True) as apis:
+        first = _until(lambda: _leader(apis), 60, "a trigger leader")
+        second = next(api for api in apis if api is not first)
+        for i in (0, 1):
+            upload_folder(orthanc, tmp_path / f"study{i}")
+        arrived = [_done(first, p) for p in patients[:2]]
+        for job in arrived:
+            _same_everywhere(apis, job["result_id"])
 
-            os.kill(first.pid, signal.SIGSTOP)  # frozen: its lock's session stays open until the lease ends
-            try:
-                upload_folder(orthanc, tmp_path / "study2")
-                while_frozen = _done(second, patients[2])
-                assert _queued_by(second, while_frozen)
-            finally:
-                os.kill(first.pid, signal.SIGCONT)
-            resumed_log = len(first.log_path.read_text())
-            upload_folder(orthanc, tmp_path / "study3")
-            after_resume = _done(second, patients[3])
-            assert _queued_by(second, after_resume) and _leader(fleet.apis) is second
-            assert " queued" not in first.log_path.read_text()[resumed_log:], "the resumed holder triggered"
+        os.kill(first.pid, signal.SIGSTOP)  # frozen: its lock's session stays open until the lease ends
+        try:
+            upload_folder(orthanc, tmp_path / "study2")
+            while_frozen = _done(second, patients[2])
+            assert _queued_by(second, while_frozen)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        resumed_log = len(first.log_path.read_text())
+        upload_folder(orthanc, tmp_path / "study3")
+        after_resume = _done(second, patients[3])
+        assert _queued_by(second, after_resume) and _leader(apis) is second
+        assert " queued" not in first.log_path.read_text()[resumed_log:], "the resumed holder triggered"
 
-            second.process.kill()  # SIGKILL: its lock goes with its connection
-            killed = time.monotonic()
-            upload_folder(orthanc, tmp_path / "study4")
-            _until(lambda: _jobs(first, patients[4]) or None, 60, "a job after the leader was killed")
-            failover_s = time.monotonic() - killed
-            after_kill = _done(first, patients[4])
-            assert _queued_by(first, after_kill)
-            _same_everywhere([first], after_kill["result_id"])
-            jobs = [*arrived, while_frozen, after_resume, after_kill]
-            assert all(_done_runs(fleet.workers, job) == 1 for job in jobs)
-        assert [seg_series(orthanc, p) for p in patients] == [1] * 5
+        second.process.kill()  # SIGKILL: its lock goes with its connection
+        killed = time.monotonic()
+        upload_folder(orthanc, tmp_path / "study4")
+        _until(lambda: _jobs(first, patients[4]) or None, 60, "a job after the leader was killed")
+        failover_s = time.monotonic() - killed
+        after_kill = _done(first, patients[4])
+        assert _queued_by(first, after_kill)
+        _same_everywhere([first], after_kill["result_id"])
+        jobs = [*arrived, while_frozen, after_resume, after_kill]
+        assert all(_done_runs(engines.workers, job) == 1 for job in jobs)
+    assert [seg_series(orthanc, p) for p in patients] == [1] * 5
     assert failover_s < 30, failover_s
 
 
 def test_postgres_restarted_and_redis_restarted_empty_while_jobs_run(
-    plain_study: ConvertedStudy,
-    random_model: Path,
-    redis_server: LocalRedis,
-    own_postgres: LocalPostgres,
-    tmp_path: Path,
+    engines: Engines, plain_study: ConvertedStudy, tmp_path: Path
 ) -> None:
     # Orthanc marks a study stable 10 s after its last instance; jobs asked for before that wait for it,
-    # running (in the fetch stage), and the fault happens meanwhile.
-    database = own_postgres.create_database()
-    with LocalOrthanc(tmp_path / "orthanc", overrides={**TEST_ORTHANC, "StableAge": 10}) as server:
-        orthanc = OrthancEndpoint(server.url, *server.auth)
-        patients = [clone_study(plain_study, tmp_path / f"study{i}") for i in range(4)]
-        with _fleet(orthanc, random_model, redis_server, database, tmp_path, apis=1, auto=False) as fleet:
-            (api,) = fleet.apis
-            ended: list[dict[str, object]] = []
-            for pair, fault in (((0, 1), "postgres"), ((2, 3), "redis")):
-                with orthanc.client() as pacs:
-                    for i in pair:
-                        assert not upload_directory(pacs, tmp_path / f"study{i}").failed
-                given = [_post_job(api, patients[i]) for i in pair]
-                _until(lambda given=given: _running(api, given[0]), 60, "a running job")
-                if fault == "postgres":
-                    own_postgres.stop()
-                    down = httpx.get(f"{api.url}/jobs", timeout=30)
-                    assert down.status_code == 503 and down.headers.get("Retry-After"), down.text
-                    time.sleep(3)
-                    own_postgres.start()
-                else:
-                    redis_server.stop()
-                    redis_server.start()  # same port, no data: every message is gone
-                for job, i in zip(given, pair, strict=True):
-                    done = _done(api, patients[i])
-                    assert (done["job_id"], done["result_id"]) == (job["job_id"], job["result_id"])
-                    ended.append(done)
-                    _same_everywhere([api], done["result_id"])
-            assert all(_done_runs(fleet.workers, job) == 1 for job in ended), "a job ended done twice"
-        assert [seg_series(orthanc, p) for p in patients] == [1] * 4
+    # running (in the fetch stage), and the fault happens meanwhile. One replica, no auto-trigger.
+    orthanc = engines.pacs(10)
+    patients = [clone_study(plain_study, tmp_path / f"study{i}") for i in range(4)]
+    with _replicas(engines, tmp_path, 1, auto=False) as (api,):
+        ended: list[dict[str, object]] = []
+        for pair, fault in (((0, 1), "postgres"), ((2, 3), "redis")):
+            with orthanc.client() as pacs:
+                for i in pair:
+                    assert not upload_directory(pacs, tmp_path / f"study{i}").failed
+            given = [_post_job(api, patients[i]) for i in pair]
+            _until(lambda given=given: _running(api, given[0]), 60, "a running job")
+            if fault == "postgres":
+                engines.postgres.stop()
+                down = httpx.get(f"{api.url}/jobs", timeout=30)
+                assert down.status_code == 503 and down.headers.get("Retry-After"), down.text
+                time.sleep(3)
+                engines.postgres.start()
+            else:
+                engines.redis.stop()
+                engines.redis.start()  # same port, no data: every message is gone
+            for job, i in zip(given, pair, strict=True):
+                done = _done(api, patients[i])
+                assert (done["job_id"], done["result_id"]) == (job["job_id"], job["result_id"])
+                ended.append(done)
+                _same_everywhere([api], done["result_id"])
+        assert all(_done_runs(engines.workers, job) == 1 for job in ended), "a job ended done twice"
+    assert [seg_series(orthanc, p) for p in patients] == [1] * 4
 
 
 def _post_job(api: LocalService, patient_id: str) -> dict[str, object]:
