@@ -5,7 +5,9 @@ side, as the service runs it), inference with AMP (torch.autocast, as ``Predicto
 process, without Orthanc: the study's I/O (fetch, decode, export) is measured by `make bench`.
 
 On the clinical-head phantom of GPU_BENCH_SEED (default 31337, the bench's seed; brain and tumour inside
-a head, each series moved rigidly) read from its NIfTI files, reference GPU_BENCH_REFERENCE (default flair):
+a head, each series moved rigidly) read from its NIfTI files, or on the case folder GPU_BENCH_CASE names
+(the BraTS layout of ``write_case``/``write_head_case``: a smaller phantom, as the test runs it), reference
+GPU_BENCH_REFERENCE (default flair):
 - registration: ``register_study`` of the four series (CPU);
 - brain extraction: deepbet on the CPU and, with a GPU, on CUDA (Dice of the two masks);
 - preprocessing: ``prepare`` with those registrations (resampling, peel, normalisation; its brain
@@ -47,6 +49,7 @@ from tumorseg.sequences import SEQUENCES
 from tumorseg_devkit.synth.phantom_head import generate_head_case, write_head_case
 
 SEED = int(os.environ.get("GPU_BENCH_SEED", "31337"))
+CASE = os.environ.get("GPU_BENCH_CASE")  # a case folder to read instead of the head phantom of SEED
 REFERENCE = os.environ.get("GPU_BENCH_REFERENCE", "flair")
 RUNS = max(1, int(os.environ.get("GPU_BENCH_RUNS", "3")))
 MODEL = Path(os.environ.get("GPU_BENCH_MODEL", str(SHIPPED_MODEL)))
@@ -77,15 +80,19 @@ def timed(call: Callable[[], T], cuda: bool = False) -> tuple[T, float]:
     return result, round(statistics.median(seconds), 3)
 
 
-def head_volumes() -> tuple[dict[str, sitk.Image], sitk.Image]:
-    """The clinical-head phantom of SEED (written once under WORK): its four series and the reference's
-    labels (truth in the reference series' frame)."""
-    case = WORK / f"HEAD_{SEED}"
-    if not (case / "truth" / f"seg_{REFERENCE}.nii.gz").is_file():
+def case_volumes() -> tuple[dict[str, sitk.Image], sitk.Image]:
+    """The four series of CASE, or of the clinical-head phantom of SEED (written once under WORK), and the
+    reference's labels: truth in the reference series' frame (a head case's ``truth/seg_<reference>``; a
+    BraTS case's series share one frame, and its ``_seg`` is in it)."""
+    case = Path(CASE) if CASE else WORK / f"HEAD_{SEED}"
+    truth = case / "truth" / f"seg_{REFERENCE}.nii.gz"
+    if not CASE and not truth.is_file():
         say(f"writing the clinical-head phantom of seed {SEED}")
         write_head_case(generate_head_case(SEED), case.parent, case.name)
+    if not truth.is_file():
+        truth = case / f"{case.name}_seg.nii.gz"
     volumes = {m: sitk.ReadImage(str(case / f"{case.name}_{m}.nii.gz"), sitk.sitkFloat32) for m in SEQUENCES}
-    return volumes, sitk.ReadImage(str(case / "truth" / f"seg_{REFERENCE}.nii.gz"))
+    return volumes, sitk.ReadImage(str(truth))
 
 
 def registrations(volumes: dict[str, sitk.Image]) -> dict[str, Registration]:
@@ -189,7 +196,7 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     if not cuda:
         say(NO_GPU)
-    volumes, truth = head_volumes()
+    volumes, truth = case_volumes()
     say(f"registration of {len(volumes) - 1} series to {REFERENCE} (CPU, {REGISTRATION_WORKERS} at a time)")
     found, registration_s = timed(lambda: registrations(volumes))
     prep = Predictor.from_package(MODEL, "cpu").manifest.preprocessing
@@ -206,7 +213,8 @@ def main() -> None:
         "machine": machine(cuda),
         "gpu": cuda,
         "skipped": None if cuda else NO_GPU,
-        "seed": SEED,
+        "case": CASE,
+        "seed": None if CASE else SEED,
         "reference": REFERENCE,
         "runs": RUNS,
         "model_input_shape": list(model_input.array.shape),

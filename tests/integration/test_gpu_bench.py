@@ -1,5 +1,7 @@
 """scripts/gpu_bench.py (issue 43) runs where there is no GPU: the CPU stages measured, the GPU ones
-skipped with a message that says so, the results written."""
+skipped with a message that says so, the results written. On the session's BraTS-like phantom
+(GPU_BENCH_CASE), smaller than the clinical head `make gpu-bench` writes and already made for the other
+integration tests."""
 
 from __future__ import annotations
 
@@ -11,17 +13,17 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a clinical-head phantom, deepbet, a network
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # registration, deepbet, a network
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_bench.py"
 
 
-def test_gpu_bench_on_the_cpu(random_model: Path, tmp_path: Path) -> None:
+def test_gpu_bench_on_the_cpu(phantom_case: Path, random_model: Path, tmp_path: Path) -> None:
     results = tmp_path / "gpu_bench.json"
     env = {
         **os.environ,
         "GPU_BENCH_RUNS": "1",
-        "GPU_BENCH_SEED": "9",
+        "GPU_BENCH_CASE": str(phantom_case),
         "GPU_BENCH_MODEL": str(random_model),
         "GPU_BENCH_WORK": str(tmp_path / "work"),
         "GPU_BENCH_RESULTS": str(results),
@@ -34,6 +36,7 @@ def test_gpu_bench_on_the_cpu(random_model: Path, tmp_path: Path) -> None:
     assert "no CUDA device visible to torch: deepbet on CUDA and AMP inference are skipped" in run.stdout
     written = json.loads(results.read_text())
     assert written["gpu"] is False and "skipped" in written["skipped"]
+    assert written["case"] == str(phantom_case) and written["seed"] is None
     assert written["registration_s"] > 0 and written["registration_failed"] == []
     assert written["brain_extraction"]["cpu_s"] > 0 and "cuda_s" not in written["brain_extraction"]
     inference = written["inference"]
