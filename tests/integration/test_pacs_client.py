@@ -115,6 +115,26 @@ def test_series_download_is_complete_and_is_dicom(orthanc_client: OrthancClient)
     assert len(orthanc_client.download_series(series.key)) == len(files)
 
 
+def test_a_series_downloads_through_the_dicomweb_plugin_as_the_same_files(
+    orthanc: OrthancEndpoint, orthanc_client: OrthancClient
+) -> None:
+    """Orthanc with its DICOMweb plugin (the test Orthanc loads Debian's, the compose stack enables it):
+    one WADO-RS request per series, and exactly the files one request per instance gives."""
+    if orthanc.local is None and orthanc_client.series_transport() is None:
+        pytest.skip("the Orthanc under test (TUMORSEG_TEST_ORTHANC_URL) runs no DICOMweb plugin")
+    transport = orthanc_client.series_transport()
+    assert transport is not None and transport.url == f"{orthanc.url}/dicom-web"
+    files = mr_series(unique_patient_id("WADO"), generate_uid(), n=12)
+    (series,) = orthanc_client.list_series(upload(orthanc_client, files))
+    requests: list[str] = []
+    transport._client.event_hooks["request"] = [lambda request: requests.append(request.url.path)]
+    progress: list[int] = []
+    downloaded = orthanc_client.download_series(series, progress=progress.append)
+    assert requests == [f"/dicom-web/studies/{series.study_instance_uid}/series/{series.series_instance_uid}"]
+    one_by_one = [orthanc_client.download_instance(i) for i in orthanc_client.instance_ids(series.key)]
+    assert sorted(downloaded) == sorted(one_by_one) and sum(progress) == len(files)
+
+
 def test_second_upload_is_already_stored(orthanc_client: OrthancClient) -> None:
     files = mr_series(unique_patient_id("AGAIN"), generate_uid(), n=1)
     assert orthanc_client.upload_instance(files[0]).status == "Success"

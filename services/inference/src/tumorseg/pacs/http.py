@@ -62,6 +62,9 @@ class HttpPacs:
         # Credentials written into the URL (http://user:pass@host) never reach a message or a log line.
         self.url, url_auth = split_credentials(url.rstrip("/"))
         self.download_workers = download_workers
+        # What a client of another API on the same server (``sibling``) is built with.
+        self._auth, self._timeout = auth or url_auth, timeout
+        self._connect_retries, self._transport = connect_retries, transport
         # Every download of this client, over all series fetched side by side, waits here rather than for
         # a pooled connection (whose wait counts against the timeout and turned waiting into 504s).
         self._download_slots = threading.BoundedSemaphore(download_workers)
@@ -72,6 +75,18 @@ class HttpPacs:
             transport=transport or httpx.HTTPTransport(retries=connect_retries),
             limits=httpx.Limits(max_connections=max(download_workers, 4) + 2),
             headers={"Accept": "application/json", **(headers or {})},
+        )
+
+    def sibling(self, cls: type[_Self], path: str) -> _Self:
+        """A ``cls`` client of the API at ``path`` on this server (Orthanc's DICOMweb plugin at
+        ``/dicom-web``), with this client's credentials, timeout, number of download slots and transport."""
+        return cls(
+            f"{self.url}{path}",
+            self._auth,
+            self._timeout,
+            download_workers=self.download_workers,
+            connect_retries=self._connect_retries,
+            transport=self._transport,
         )
 
     def close(self) -> None:
