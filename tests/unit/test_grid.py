@@ -260,3 +260,37 @@ def test_prepare_equals_the_plain_implementation_on_mixed_lattices() -> None:
     assert (expected == 0).any() and (expected != 0).mean() > 0.05
     np.testing.assert_array_equal(model_input.array == 0, expected == 0)
     np.testing.assert_allclose(model_input.array, expected, atol=2e-6)
+
+
+@pytest.mark.parametrize("turn_deg", [0.0, 12.0])
+def test_the_brain_extractions_window_holds_every_voxel_its_series_reaches(turn_deg: float) -> None:
+    """``fov_window``: resampling the window gives the voxels a resampling of the whole grid gives there,
+    and nothing the series reaches lies outside it; ``series_on`` puts them back on any region."""
+    from tumorseg.imaging.preprocess import BrainExtraction, fov_window
+
+    reference = lattice((120, 130, 30), (0.9, 0.9, 4.0), rotation(0, 15), (-50.0, -60.0, -40.0))
+    series = lattice((90, 100, 28), (0.8, 0.8, 3.0), rotation(2, 5), (-30.0, -40.0, -30.0))
+    rng = np.random.default_rng(3)
+    series = g.from_array(rng.random(series.GetSize(), dtype=np.float32) + 1.0, series)
+    turn = sitk.Euler3DTransform()
+    turn.SetCenter((0.0, 0.0, 0.0))
+    turn.SetRotation(np.radians(turn_deg), 0.0, np.radians(turn_deg / 2))
+    turn.SetTranslation((3.0, -2.0, 4.0))
+    full = g.model_grid(reference)
+    whole = g.resample_to_array(series, full, fill=np.nan, transform=turn)
+    window = fov_window(series, full, turn)
+    outside = np.ones(whole.shape, dtype=bool)
+    outside[window] = False
+    assert np.isnan(whole[outside]).all() and not np.isnan(whole[window]).all()
+    first, size = [w.start for w in window], [w.stop - w.start for w in window]
+    block = g.resample_to_array(series, g.crop(full, (*first,), (*size,)), fill=np.nan, transform=turn)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(block, whole[window])
+    extraction = BrainExtraction(
+        np.zeros(whole.shape, bool), "t1ce", "deepbet", ((0, 0, 0), whole.shape), block, window
+    )
+    for region in [
+        window,
+        tuple(slice(0, n) for n in whole.shape),
+        (slice(5, 60), slice(0, 7), slice(10, 11)),
+    ]:
+        np.testing.assert_array_equal(extraction.series_on(region), whole[region])

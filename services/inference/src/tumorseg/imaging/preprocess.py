@@ -24,6 +24,7 @@ physical space (``grid.from_array``) and onto any series' lattice.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -219,7 +220,7 @@ def prepare(
     (start, size), extraction = _crop_box(channels, transforms, full, prep, extractor, timings)
     cropped = g.crop(full, (start[0], start[1], start[2]), (size[0], size[1], size[2]))
     in_crop = tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))  # ``cropped`` on ``full``
-    done = {} if extraction is None else {extraction.series: extraction.block[in_crop]}
+    done = {} if extraction is None else {extraction.series: extraction.series_on(in_crop)}
     array, present = _resampled(channels, transforms, cropped, prep, done)
     covered = _covered(array, present)
     if extraction is None:
@@ -396,13 +397,32 @@ def _normalise(
 @dataclass(frozen=True)
 class BrainExtraction:
     """The brain found on the full model grid (I, J, K), the crop box (start, size) around it, and the
-    series it was found on, resampled onto that grid (float32, NaN outside its field of view)."""
+    series it was found on, resampled onto the window of that grid that its field of view can reach
+    (``block`` at ``window``; float32, NaN outside its field of view)."""
 
     mask: NDArray[np.bool_]
     series: str
     method: str
     box: tuple[tuple[int, ...], tuple[int, ...]]
     block: NDArray[np.float32]
+    window: tuple[slice, ...]
+
+    def series_on(self, region: tuple[slice, ...]) -> NDArray[np.float32]:
+        """The resampled series on ``region`` of the full grid (NaN where its field of view is not)."""
+        out = np.full(tuple(r.stop - r.start for r in region), np.nan, dtype=np.float32)
+        both = tuple(
+            slice(max(r.start, w.start), min(r.stop, w.stop))
+            for r, w in zip(region, self.window, strict=True)
+        )
+        if all(b.stop > b.start for b in both):
+            out[
+                tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(both, region, strict=True))
+            ] = self.block[
+                tuple(
+                    slice(b.start - w.start, b.stop - w.start) for b, w in zip(both, self.window, strict=True)
+                )
+            ]
+        return out
 
 
 def _extract_brain(
@@ -414,21 +434,49 @@ def _extract_brain(
 ) -> BrainExtraction:
     """Brain extraction on the best-suited series (``brain.PREFERENCE``) resampled onto the full grid."""
     series = next(m for m in PREFERENCE if m in channels)
-    block = g.resample_to_array(channels[series], full, fill=np.nan, transform=transforms.get(series))
+    # Only the part of the grid that the series' field of view reaches is resampled (half of the grid of a
+    # tilted reference: 0.2 s less); the voxels are those a resampling of the whole grid gives there.
+    window = fov_window(channels[series], full, transforms.get(series))
+    first = [w.start for w in window]
+    extent = [w.stop - w.start for w in window]
+    if min(extent) > 0:
+        sub = g.crop(full, (first[0], first[1], first[2]), (extent[0], extent[1], extent[2]))
+        block = g.resample_to_array(channels[series], sub, fill=np.nan, transform=transforms.get(series))
+    else:  # the series lies beside the grid
+        block = np.empty(extent, dtype=np.float32)
     # The extractor sees the series' own field of view: the grid spans the reference's, which for an
     # oblique slab is far larger than the head (240 x 384 x 384 for a 15 degree tilted 4 mm FLAIR), and
     # deepbet, trained on heads that fill their volume, then kept 2.3 L (Dice 0.75; 0.96 on the FOV).
     seen = np.logical_not(np.isnan(block))
-    mask = np.zeros(block.shape, dtype=bool)
+    mask = np.zeros(tuple(int(n) for n in full.GetSize()), dtype=bool)
     if seen.any():
-        start, size = foreground_box(seen, 0, 1)
-        fov = tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))
+        low, size = foreground_box(seen, 0, 1)
+        fov = tuple(slice(s, s + n) for s, n in zip(low, size, strict=True))
+        on_full = tuple(slice(w.start + f.start, w.start + f.stop) for w, f in zip(window, fov, strict=True))
         # Zero outside the field of view (the values are finite elsewhere): 3x faster than nan_to_num.
-        mask[fov] = extractor.extract(np.where(seen[fov], block[fov], np.float32(0.0)), prep.spacing_mm)
+        mask[on_full] = extractor.extract(np.where(seen[fov], block[fov], np.float32(0.0)), prep.spacing_mm)
     box = foreground_box(mask, prep.crop_margin_vox, prep.divisible_by)
     if not prep.crop_foreground:
         box = ((0, 0, 0), tuple(int(n) for n in full.GetSize()))
-    return BrainExtraction(mask, series, extractor.name, box, block)
+    return BrainExtraction(mask, series, extractor.name, box, block, window)
+
+
+def fov_window(volume: sitk.Image, grid: sitk.Image, transform: sitk.Transform | None) -> tuple[slice, ...]:
+    """The index box of ``grid`` (slices along i, j, k) that holds every voxel centre inside ``volume``'s
+    voxels (half a voxel beyond its outer centres), which ``transform`` (``grid``'s physical space →
+    ``volume``'s) relates: the outer corners carried onto ``grid``, one voxel of margin, clipped."""
+    inverse = transform.GetInverse() if transform is not None else sitk.Transform()
+    corners = [
+        grid.TransformPhysicalPointToContinuousIndex(
+            inverse.TransformPoint(volume.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner]))
+        )
+        for corner in itertools.product(*[(-0.5, n - 0.5) for n in volume.GetSize()])
+    ]
+    points = np.asarray(corners, dtype=np.float64)
+    shape = grid.GetSize()
+    low = np.clip(np.floor(points.min(axis=0)).astype(int) - 1, 0, shape)
+    high = np.clip(np.ceil(points.max(axis=0)).astype(int) + 2, 0, shape)
+    return tuple(slice(int(lo), int(max(lo, hi))) for lo, hi in zip(low, high, strict=True))
 
 
 def _nonzero_box(
