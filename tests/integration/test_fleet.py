@@ -22,8 +22,7 @@ import re
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -33,6 +32,7 @@ import pytest
 
 from tests.jobs import FAST_ENV, seg_series
 from tests.orthanc import TEST_ORTHANC, OrthancEndpoint, service_env, upload_folder
+from tests.processes import started
 from tests.studies import clone_study
 from tumorseg.db import migrate
 from tumorseg.pacs.upload import upload_directory
@@ -92,12 +92,6 @@ class Engines:
         return OrthancEndpoint(self.orthanc.url, *self.orthanc.auth)
 
 
-def _in_parallel(call: Callable[[LocalService], object], processes: Sequence[LocalService]) -> None:
-    if processes:
-        with ThreadPoolExecutor(len(processes)) as pool:
-            list(pool.map(call, processes))
-
-
 @pytest.fixture(scope="module")
 def engines(random_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engines]:
     workdir = tmp_path_factory.mktemp("fleet")
@@ -112,24 +106,17 @@ def engines(random_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         found.workers = [
             LocalWorker(found.env(f"w{i}"), workdir / f"w{i}.log", cwd=workdir, timeout=240) for i in (0, 1)
         ]
-        stack.callback(_in_parallel, LocalWorker.stop, found.workers)  # safe before, or after a failed, start
-        _in_parallel(LocalWorker.start, found.workers)
+        stack.enter_context(started(found.workers))
         yield found
 
 
-@contextmanager
-def _replicas(engines: Engines, tmp_path: Path, count: int, auto: bool) -> Iterator[list[LocalService]]:
+def _replicas(engines: Engines, tmp_path: Path, count: int, auto: bool) -> list[LocalService]:
     """``count`` ``tumorseg serve`` replicas (with the auto-trigger if ``auto``), each with its own results
-    directory, started together and stopped together."""
-    apis = [
+    directory."""
+    return [
         LocalService(engines.env(f"api{i}", auto), tmp_path / f"api{i}.log", cwd=tmp_path, timeout=240)
         for i in range(count)
     ]
-    try:
-        _in_parallel(LocalService.start, apis)
-        yield apis
-    finally:
-        _in_parallel(LocalService.stop, apis)  # safe before, or after a failed, start
 
 
 def _until(value: Callable[[], T | None], timeout: float, what: str) -> T:
@@ -164,7 +151,7 @@ def _leading(api: LocalService) -> bool:
     return found is not None and float(found[1]) == 1
 
 
-def _leader(apis: list[LocalService]) -> LocalService | None:
+def _leader(apis: Sequence[LocalService]) -> LocalService | None:
     leading = [api for api in apis if _leading(api)]
     assert len(leading) <= 1, "two replicas run the auto-trigger"
     return leading[0] if leading else None
@@ -174,7 +161,7 @@ def _queued_by(api: LocalService, job: dict[str, object]) -> bool:
     return f"job {job['job_id']} queued" in api.log_path.read_text()
 
 
-def _same_everywhere(apis: list[LocalService], result_id: object) -> None:
+def _same_everywhere(apis: Sequence[LocalService], result_id: object) -> None:
     for path in ("", "/mask.nii.gz", "/preview.png", "/reference.nii.gz"):
         answers = [httpx.get(f"{api.url}/results/{result_id}{path}", timeout=30) for api in apis]
         assert {a.status_code for a in answers} == {200}, [a.text[:200] for a in answers]
@@ -193,7 +180,7 @@ def test_replicas_segment_each_study_once_through_a_frozen_and_a_killed_trigger_
     # lead (this scenario runs first; the other one's studies would only add jobs to wait for).
     orthanc = engines.pacs(TEST_ORTHANC["StableAge"])
     patients = [clone_study(plain_study, tmp_path / f"study{i}") for i in range(5)]
-    with _replicas(engines, tmp_path, 2, auto=True) as apis:
+    with started(_replicas(engines, tmp_path, 2, auto=True)) as apis:
         first = _until(lambda: _leader(apis), 60, "a trigger leader")
         second = next(api for api in apis if api is not first)
         for i in (0, 1):
@@ -236,7 +223,7 @@ def test_postgres_restarted_and_redis_restarted_empty_while_jobs_run(
     # running (in the fetch stage), and the fault happens meanwhile. One replica, no auto-trigger.
     orthanc = engines.pacs(10)
     patients = [clone_study(plain_study, tmp_path / f"study{i}") for i in range(4)]
-    with _replicas(engines, tmp_path, 1, auto=False) as (api,):
+    with started(_replicas(engines, tmp_path, 1, auto=False)) as (api,):
         ended: list[dict[str, object]] = []
         for pair, fault in (((0, 1), "postgres"), ((2, 3), "redis")):
             with orthanc.client() as pacs:

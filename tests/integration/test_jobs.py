@@ -3,7 +3,9 @@ skipped studies, and a job list that survives a restart, against a real Orthanc.
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -13,13 +15,16 @@ from tests.jobs import FAST, job_of, seg_series, until_finished
 from tests.orthanc import OrthancEndpoint, segment_settings, upload_folder
 from tests.studies import clone_study
 from tumorseg.api.main import create_app
-from tumorseg.jobstore import JobStore
+from tumorseg.jobs.embedded import STALE_S
+from tumorseg.jobstore import JOBS_DB, JobStore
 from tumorseg.results import new_result_id
 from tumorseg.schema import JobRequest
 from tumorseg_devkit.local import LocalOrthanc
 from tumorseg_devkit.synth.to_dicom import ConvertedStudy
 
 pytestmark = pytest.mark.integration
+
+AGE_S = STALE_S - 3  # a cut-off job's heartbeat: stale a few seconds after the service starts
 
 
 def _client(orthanc: OrthancEndpoint, model: Path, results: Path) -> TestClient:
@@ -74,11 +79,17 @@ def test_the_job_list_survives_a_restart_and_a_job_cut_off_runs_again(
     patient_id = clone_study(plain_study, tmp_path / "study")
     upload_folder(orthanc, tmp_path / "study")
     results = tmp_path / "results"
-    # A process died while running this job: the store says running, no result exists.
+    # A process died while running this job: the store says running, no result exists. Its last heartbeat
+    # is AGE_S old (it died that long ago), so the restarted service takes the job over as soon as that is
+    # stale (STALE_S), seconds after it starts rather than a minute.
     store = JobStore(results)
     cut_off = store.create(JobRequest(patient_id=patient_id), "api", new_result_id())
     assert store.claim_next() is not None
     store.close()
+    with closing(sqlite3.connect(results / JOBS_DB)) as db, db:
+        db.execute(
+            "UPDATE jobs SET started_at = started_at - ?, heartbeat_at = heartbeat_at - ?", (AGE_S, AGE_S)
+        )
 
     with _client(orthanc, random_model, results) as client:
         rerun = until_finished(client, cut_off.job_id)

@@ -21,7 +21,7 @@ from tests.studies import clone_study
 from tumorseg.api.main import create_app
 from tumorseg.cli import app as cli_app
 from tumorseg.config import get_settings
-from tumorseg.db import migrate
+from tumorseg.db import migrate, pool
 from tumorseg.db.jobs import PgJobStore
 from tumorseg.db.pool import Database
 from tumorseg.db.results import PgResultStore
@@ -46,7 +46,10 @@ def test_a_result_is_stored_and_served_from_postgresql_and_a_database_outage_is_
     random_model: Path,
     own_postgres: LocalPostgres,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # A request waits for a connection before its 503: 1 s here rather than the service's 5 (pool.WAIT_S)
+    monkeypatch.setattr(pool, "WAIT_S", 1.0)
     patient_id = clone_study(plain_study, tmp_path / "clone")
     upload_folder(orthanc, tmp_path / "clone")
     url = own_postgres.create_database()

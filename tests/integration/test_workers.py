@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from tests.jobs import FAST, FAST_ENV, seg_series, until_finished
 from tests.orthanc import OrthancEndpoint, segment_settings, service_env, upload_folder
+from tests.processes import started
 from tests.studies import clone_study
 from tumorseg.api.main import create_app
 from tumorseg.config import Settings
@@ -65,8 +66,7 @@ def test_two_workers_segment_four_studies_with_one_seg_each(
     results = tmp_path / "results"
     logs = [tmp_path / "worker1.log", tmp_path / "worker2.log"]
     with (
-        _worker(orthanc, random_model, results, redis_server, logs[0]),
-        _worker(orthanc, random_model, results, redis_server, logs[1]),
+        started([_worker(orthanc, random_model, results, redis_server, log) for log in logs]),
         TestClient(create_app(_settings(orthanc, random_model, results, redis_server))) as client,
     ):
         health = client.get("/health").json()
@@ -116,8 +116,7 @@ def test_a_worker_killed_mid_job_has_its_job_finished_by_another(
             _worker(orthanc, random_model, results, redis_server, tmp_path / f"worker{i}.log") for i in (1, 2)
         ]
         with (
-            workers[0],
-            workers[1],
+            started(workers),
             TestClient(create_app(_settings(orthanc, random_model, results, redis_server))) as client,
         ):
             with orthanc.client() as pacs:
