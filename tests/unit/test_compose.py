@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.dockerfile import DOCKERFILE, dockerfile_instructions
 from tumorseg.config import Settings
 from tumorseg.jobs.queue import STOP_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_CPU = ROOT / "docker-compose.cpu.yml"
-DOCKERFILE = ROOT / "services" / "inference" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 ENV_EXAMPLE = ROOT / ".env.example"
 WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
@@ -136,25 +136,6 @@ def environment(service: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- the Dockerfile, as instructions --------------------------------------------------------------
-
-
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    """(KEYWORD, arguments) per instruction, continuation lines joined and comments dropped."""
-    instructions: list[tuple[str, str]] = []
-    pending = ""
-    for line in DOCKERFILE.read_text().splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        pending = f"{pending} {stripped}" if pending else stripped
-        if pending.endswith("\\"):
-            pending = pending[:-1].rstrip()
-            continue
-        keyword, _, args = pending.partition(" ")
-        instructions.append((keyword.upper(), args.strip()))
-        pending = ""
-    assert not pending, "the Dockerfile ends inside a continued line"
-    return instructions
 
 
 def dockerfile_env() -> dict[str, str]:

@@ -7,28 +7,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from tests.dockerfile import DOCKERFILE, dockerfile_instructions
+
 ROOT = Path(__file__).resolve().parents[2]
 MAKEFILE = ROOT / "Makefile"
-DOCKERFILE = ROOT / "services" / "inference" / "Dockerfile"
-
-
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    """(KEYWORD, arguments) per instruction, continuation lines joined and comments dropped."""
-    instructions: list[tuple[str, str]] = []
-    pending = ""
-    for line in DOCKERFILE.read_text().splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        pending = f"{pending} {stripped}" if pending else stripped
-        if pending.endswith("\\"):
-            pending = pending[:-1].rstrip()
-            continue
-        keyword, _, args = pending.partition(" ")
-        instructions.append((keyword.upper(), args.strip()))
-        pending = ""
-    assert not pending, "the Dockerfile ends inside a continued line"
-    return instructions
 
 
 def makefile_torch_version() -> str:
