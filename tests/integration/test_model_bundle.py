@@ -26,6 +26,13 @@ from tumorseg_devkit.synth.phantom import generate_case, write_case
 pytestmark = pytest.mark.integration  # MONAI bundles run next to their own pipeline: seconds a test
 
 SEED = 515151
+# One output channel per class of a label map (softmax over them), from the four input channels.
+LABEL_MAP_NETWORK = {"_target_": "torch.nn.Conv3d", "in_channels": 4, "out_channels": 4, "kernel_size": 1}
+
+
+def label_map_bundle(directory: Path, outputs: dict[str, str]) -> Path:
+    """A bundle whose network gives a softmax over the classes ``outputs`` names (index → name)."""
+    return write_bundle(directory, network_def=LABEL_MAP_NETWORK, output_def=outputs, activation="softmax")
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +138,7 @@ def test_a_manual_channel_mapping_wins(case: Path, tmp_path: Path) -> None:
 
 def test_label_map_outputs_become_regions_from_summed_probabilities(case: Path, tmp_path: Path) -> None:
     outputs = {"0": "background", "1": "necrotic core", "2": "edema", "3": "enhancing tumor"}
-    network = {"_target_": "torch.nn.Conv3d", "in_channels": 4, "out_channels": 4, "kernel_size": 1}
-    bundle = write_bundle(tmp_path / "bundle", network_def=network, output_def=outputs, activation="softmax")
+    bundle = label_map_bundle(tmp_path / "bundle", outputs)
     package = import_bundle(bundle, tmp_path / "package")
     assert read_manifest(package).backend_config["outputs"] == {
         "activation": "softmax",
@@ -146,12 +152,7 @@ def test_label_map_outputs_become_regions_from_summed_probabilities(case: Path, 
     np.testing.assert_allclose(ours[1], classes[1] + classes[2] + classes[3], atol=1e-4)  # WT
     np.testing.assert_allclose(ours[2], classes[3], atol=1e-4)  # ET
     # A class with no BraTS name must be mapped by hand
-    odd = write_bundle(
-        tmp_path / "odd",
-        network_def=network,
-        output_def={**outputs, "2": "resection cavity"},
-        activation="softmax",
-    )
+    odd = label_map_bundle(tmp_path / "odd", {**outputs, "2": "resection cavity"})
     with pytest.raises(ModelError, match="resection cavity"):
         import_bundle(odd, tmp_path / "odd-package")
     assert import_bundle(odd, tmp_path / "dropped", labels={"2": "drop"}).is_dir()
@@ -165,16 +166,10 @@ def test_label_names_are_read_whole(tmp_path: Path) -> None:
         "2": "Surrounding non-enhancing FLAIR hyperintensity",
         "3": "Enhancing tumor",
     }
-    network = {"_target_": "torch.nn.Conv3d", "in_channels": 4, "out_channels": 4, "kernel_size": 1}
-    bundle = write_bundle(tmp_path / "bundle", network_def=network, output_def=outputs, activation="softmax")
+    bundle = label_map_bundle(tmp_path / "bundle", outputs)
     mapped = read_manifest(import_bundle(bundle, tmp_path / "package")).backend_config["outputs"]["labels"]
     assert mapped == {"0": "background", "1": "ncr", "2": "ed", "3": "et"}
-    renamed = write_bundle(
-        tmp_path / "b2",
-        network_def=network,
-        output_def={**outputs, "1": "non-enhancing lesion"},
-        activation="softmax",
-    )
+    renamed = label_map_bundle(tmp_path / "b2", {**outputs, "1": "non-enhancing lesion"})
     with pytest.raises(ModelError, match="'non-enhancing lesion' has no BraTS label"):
         import_bundle(renamed, tmp_path / "p2")
     with pytest.raises(ModelError, match=r"--label names output class\(es\) \['7'\]"):
