@@ -66,3 +66,21 @@ def test_without_a_usable_plugin_series_download_one_instance_at_a_time(
 ) -> None:
     with orthanc(routes) as client:
         assert client.series_transport() is None
+
+
+def test_an_orthanc_that_cannot_be_reached_is_asked_again_at_the_next_download() -> None:
+    calls: list[str] = []
+    up = False
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if not up:
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(200, json=["explorer.js"])
+
+    with OrthancClient("http://orthanc.test", transport=httpx.MockTransport(handler)) as client:
+        assert client.series_transport() is None
+        up = True
+        assert client.series_transport() is None and calls[-1] == "/plugins"  # asked again, answered: none
+        calls.clear()
+        assert client.series_transport() is None and calls == []  # a definite answer is kept

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
-from tumorseg.errors import PacsError, PacsNotFound, PacsProtocolError
+from tumorseg.errors import PacsError, PacsNotFound, PacsProtocolError, PacsTimeout, PacsUnavailable
 from tumorseg.pacs.base import ChangeBatch, UploadResult
 from tumorseg.pacs.dicomweb import DicomwebClient
 from tumorseg.pacs.http import HttpPacs
@@ -108,10 +108,15 @@ class OrthancClient(HttpPacs):
         """Orthanc's DICOMweb plugin as the way series are downloaded (one WADO-RS request each), or None
         (one request per instance). Looked up once: the plugin listed in ``GET /plugins``, its root from
         the plugin's RootUri (``DicomWeb.Root``, default ``/dicom-web/``), and a QIDO-RS search there
-        answered. Any failure on the way means no plugin."""
+        answered. Any answer on the way that says no means no plugin; Orthanc unreachable or not answering
+        in time means asking again at the next download."""
         with self._wado_lock:
             if not self._wado_checked:
-                self._wado = self._find_wado()
+                try:
+                    self._wado = self._find_wado()
+                except (PacsUnavailable, PacsTimeout) as exc:  # Orthanc away: ask again next time
+                    log.info("series download one instance at a time this once: %s", exc)
+                    return None
                 self._wado_checked = True
             return self._wado
 
@@ -128,6 +133,10 @@ class OrthancClient(HttpPacs):
             client.name = f"{self.name}'s DICOMweb plugin"
             client.url_setting, client.credentials_hint = self.url_setting, self.credentials_hint
             client.version()
+        except (PacsUnavailable, PacsTimeout):
+            if client is not None:
+                client.close()
+            raise
         except PacsError as exc:
             log.info(
                 "series download one instance at a time: Orthanc's DICOMweb plugin is not usable (%s)", exc
