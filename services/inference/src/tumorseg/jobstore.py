@@ -29,10 +29,10 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tumorseg.errors import InvalidInput
 from tumorseg.schema import Job, JobOrigin, JobRequest, JobState
@@ -89,7 +89,11 @@ def check_page(limit: int, offset: int) -> None:
         raise InvalidInput(f"limit must be 1..1000 and offset 0..{MAX_OFFSET}")
 
 
-def job_from_row(row: Mapping[str, Any] | sqlite3.Row) -> Job:
+Row = Mapping[str, Any] | sqlite3.Row  # either engine's row, by column name
+Statement = tuple[str, Sequence[object]]  # SQL in the engine's placeholders, and its parameters
+
+
+def job_from_row(row: Row) -> Job:
     """A job from a row of ``_COLUMNS`` (either engine's)."""
     return Job(
         job_id=row["job_id"],
@@ -111,10 +115,18 @@ def job_from_row(row: Mapping[str, Any] | sqlite3.Row) -> Job:
 
 class JobStore(ABC):
     """The job store's interface (see the module docstring); ``JobStore(root)`` still builds the SQLite
-    store, as it did before there were two engines."""
+    store, as it did before there were two engines. The reads are written once, here, over an engine's
+    ``_read``; each engine writes its own transitions."""
+
+    MARK: ClassVar[str]  # the driver's parameter placeholder
+    TIEBREAK: ClassVar[str]  # the column that orders jobs created in the same instant
 
     def __new__(cls, *args: Any, **kwargs: Any) -> JobStore:
         return super().__new__(SqliteJobStore if cls is JobStore else cls)
+
+    @abstractmethod
+    def _read(self, *statements: Statement) -> Sequence[Sequence[Row]]:
+        """The rows of each statement, read together (one transaction, or under the store's lock)."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -134,13 +146,21 @@ class JobStore(ABC):
         segments. When a job with ``key`` exists already (another process created it first), that job,
         unchanged: its ``result_id`` is not the one given, which tells the caller it created nothing."""
 
-    @abstractmethod
-    def get(self, job_id: str) -> Job | None: ...
+    def _first(self, column: str, value: str, select: str = COLUMNS) -> Sequence[Row]:
+        """``select`` of the first job whose ``column`` is ``value``: one row, or none."""
+        (rows,) = self._read((f"SELECT {select} FROM jobs WHERE {column} = {self.MARK} LIMIT 1", (value,)))
+        return rows
 
-    @abstractmethod
-    def by_result(self, result_id: str) -> Job | None: ...
+    def _job(self, column: str, value: str) -> Job | None:
+        rows = self._first(column, value)
+        return job_from_row(rows[0]) if rows else None
 
-    @abstractmethod
+    def get(self, job_id: str) -> Job | None:
+        return self._job("job_id", job_id)
+
+    def by_result(self, result_id: str) -> Job | None:
+        return self._job("result_id", result_id)
+
     def list(
         self,
         *,
@@ -150,6 +170,20 @@ class JobStore(ABC):
         offset: int = 0,
     ) -> tuple[list[Job], int]:
         """A page of jobs, newest first, and how many match in all."""
+        check_page(limit, offset)
+        given = {column: v for column, v in (("state", state), ("patient_id", patient_id)) if v is not None}
+        clause = " AND ".join(f"{column} = {self.MARK}" for column in given)
+        clause = f" WHERE {clause}" if clause else ""
+        args = list(given.values())
+        count, rows = self._read(
+            (f"SELECT COUNT(*) AS n FROM jobs{clause}", args),
+            (
+                f"SELECT {COLUMNS} FROM jobs{clause} ORDER BY created_at DESC, {self.TIEBREAK} DESC "
+                f"LIMIT {self.MARK} OFFSET {self.MARK}",
+                [*args, limit, offset],
+            ),
+        )
+        return [job_from_row(r) for r in rows], int(count[0]["n"])
 
     @abstractmethod
     def claim_next(self) -> Job | None:
@@ -200,15 +234,16 @@ class JobStore(ABC):
         not run again, since nobody waits for it any more: it fails ``interrupted``, and its caller, who
         got no answer, asks again."""
 
-    @abstractmethod
-    def has_key(self, key: str) -> bool: ...
+    def has_key(self, key: str) -> bool:
+        return bool(self._first("key", key, "1"))
 
-    @abstractmethod
-    def has_study(self, study_instance_uid: str) -> bool: ...
+    def has_study(self, study_instance_uid: str) -> bool:
+        return bool(self._first("study_instance_uid", study_instance_uid, "1"))
 
-    @abstractmethod
     def get_meta(self, name: str) -> str | None:
         """A named value of the store (the auto-trigger's cursor), ``None`` if never set."""
+        (rows,) = self._read((f"SELECT value FROM meta WHERE name = {self.MARK}", (name,)))
+        return str(rows[0]["value"]) if rows else None
 
     @abstractmethod
     def set_meta(self, name: str, value: str) -> None: ...
@@ -220,6 +255,9 @@ INTERRUPTED_REASON = "the service stopped while this request ran; ask again"
 
 class SqliteJobStore(JobStore):
     """The job store in ``<root>/jobs.sqlite3`` (the embedded default)."""
+
+    MARK = "?"
+    TIEBREAK = "rowid"
 
     def __init__(self, root: Path) -> None:
         self.path = Path(root) / JOBS_DB
@@ -271,6 +309,10 @@ class SqliteJobStore(JobStore):
         with self._lock:
             yield self._db
 
+    def _read(self, *statements: Statement) -> list[list[sqlite3.Row]]:
+        with self._sql() as db:
+            return [db.execute(sql, args).fetchall() for sql, args in statements]
+
     def create(
         self,
         request: JobRequest,
@@ -307,43 +349,6 @@ class SqliteJobStore(JobStore):
         job = self.get(row["job_id"])
         assert job is not None
         return job
-
-    def get(self, job_id: str) -> Job | None:
-        with self._sql() as db:
-            row = db.execute(f"SELECT {COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        return None if row is None else job_from_row(row)
-
-    def by_result(self, result_id: str) -> Job | None:
-        with self._sql() as db:
-            row = db.execute(f"SELECT {COLUMNS} FROM jobs WHERE result_id = ?", (result_id,)).fetchone()
-        return None if row is None else job_from_row(row)
-
-    def list(
-        self,
-        *,
-        state: JobState | None = None,
-        patient_id: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> tuple[list[Job], int]:
-        """A page of jobs, newest first, and how many match in all."""
-        check_page(limit, offset)
-        where: list[str] = []
-        args: list[object] = []
-        if state is not None:
-            where.append("state = ?")
-            args.append(state)
-        if patient_id is not None:
-            where.append("patient_id = ?")
-            args.append(patient_id)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        with self._sql() as db:
-            total = db.execute(f"SELECT COUNT(*) FROM jobs{clause}", args).fetchone()[0]
-            rows = db.execute(
-                f"SELECT {COLUMNS} FROM jobs{clause} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
-                [*args, limit, offset],
-            ).fetchall()
-        return [job_from_row(r) for r in rows], int(total)
 
     def claim_next(self) -> Job | None:
         with self._sql() as db:
@@ -400,8 +405,6 @@ class SqliteJobStore(JobStore):
         code: str | None = None,
         reason: str | None = None,
     ) -> bool:
-        """Record how the job ended; with ``attempt``, only if that attempt still holds it (a worker that
-        was taken for dead does not overwrite the run that took its job over). Whether it was recorded."""
         fence = "" if attempt is None else " AND state = 'running' AND attempts = ?"
         with self._sql() as db:
             return (
@@ -437,22 +440,6 @@ class SqliteJobStore(JobStore):
             return db.execute(
                 f"UPDATE jobs SET state = 'queued', stage = NULL WHERE {stale}", (now - stale_s,)
             ).rowcount
-
-    def has_key(self, key: str) -> bool:
-        with self._sql() as db:
-            return db.execute("SELECT 1 FROM jobs WHERE key = ? LIMIT 1", (key,)).fetchone() is not None
-
-    def has_study(self, study_instance_uid: str) -> bool:
-        with self._sql() as db:
-            row = db.execute(
-                "SELECT 1 FROM jobs WHERE study_instance_uid = ? LIMIT 1", (study_instance_uid,)
-            ).fetchone()
-        return row is not None
-
-    def get_meta(self, name: str) -> str | None:
-        with self._sql() as db:
-            row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-        return None if row is None else str(row["value"])
 
     def set_meta(self, name: str, value: str) -> None:
         with self._sql() as db:

@@ -20,7 +20,7 @@ from psycopg.rows import DictRow
 
 from tumorseg.db.pool import Database
 from tumorseg.errors import InvalidInput
-from tumorseg.jobstore import CLAIM, COLUMNS, INTERRUPTED_REASON, JobStore, check_page, job_from_row
+from tumorseg.jobstore import CLAIM, COLUMNS, INTERRUPTED_REASON, JobStore, Statement, job_from_row
 from tumorseg.schema import Job, JobOrigin, JobRequest, JobState
 
 # The server's clock, not this host's: every time a job carries (created, started, heartbeat, finished) is
@@ -47,8 +47,16 @@ def fenced(conn: psycopg.Connection[DictRow]) -> Iterator[None]:
 class PgJobStore(JobStore):
     """The job store in the PostgreSQL database behind ``db`` (its pool, shared with the result store)."""
 
+    MARK = "%s"
+    TIEBREAK = "seq"
+
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    def _read(self, *statements: Statement) -> list[list[DictRow]]:
+        """One statement over a pooled connection, several in one transaction."""
+        with self.db.transaction() if len(statements) > 1 else self.db.connection() as conn:
+            return [conn.execute(sql, args).fetchall() for sql, args in statements]
 
     def close(self) -> None:
         self.db.close()
@@ -102,43 +110,6 @@ class PgJobStore(JobStore):
                 row = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE key = %s", (key,)).fetchone()
         assert row is not None
         return job_from_row(row)
-
-    def _one(self, where: str, value: str) -> Job | None:
-        with self.db.connection() as conn:
-            row = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE {where} = %s", (value,)).fetchone()
-        return None if row is None else job_from_row(row)
-
-    def get(self, job_id: str) -> Job | None:
-        return self._one("job_id", job_id)
-
-    def by_result(self, result_id: str) -> Job | None:
-        return self._one("result_id", result_id)
-
-    def list(
-        self,
-        *,
-        state: JobState | None = None,
-        patient_id: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> tuple[list[Job], int]:
-        check_page(limit, offset)
-        where: list[str] = []
-        args: list[object] = []
-        if state is not None:
-            where.append("state = %s")
-            args.append(state)
-        if patient_id is not None:
-            where.append("patient_id = %s")
-            args.append(patient_id)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        with self.db.transaction() as conn:
-            count = conn.execute(f"SELECT COUNT(*) AS n FROM jobs{clause}", args).fetchone()
-            rows = conn.execute(
-                f"SELECT {COLUMNS} FROM jobs{clause} ORDER BY created_at DESC, seq DESC LIMIT %s OFFSET %s",
-                [*args, limit, offset],
-            ).fetchall()
-        return [job_from_row(r) for r in rows], int(count["n"] if count else 0)
 
     def _claimed(self, sql: str, args: tuple[object, ...]) -> Job | None:
         with self.db.connection() as conn:
@@ -226,24 +197,6 @@ class PgJobStore(JobStore):
             return conn.execute(
                 f"UPDATE jobs SET state = 'queued', stage = NULL WHERE {stale}", (stale_s,)
             ).rowcount
-
-    def _exists(self, column: str, value: str) -> bool:
-        with self.db.connection() as conn:
-            return (
-                conn.execute(f"SELECT 1 FROM jobs WHERE {column} = %s LIMIT 1", (value,)).fetchone()
-                is not None
-            )
-
-    def has_key(self, key: str) -> bool:
-        return self._exists("key", key)
-
-    def has_study(self, study_instance_uid: str) -> bool:
-        return self._exists("study_instance_uid", study_instance_uid)
-
-    def get_meta(self, name: str) -> str | None:
-        with self.db.connection() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE name = %s", (name,)).fetchone()
-        return None if row is None else str(row["value"])
 
     def set_meta(self, name: str, value: str) -> None:
         with self._writing() as conn:
