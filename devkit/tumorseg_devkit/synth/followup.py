@@ -33,13 +33,11 @@ from tumorseg_devkit.synth.phantom import (
     BRATS_AFFINE,
     SHAPE,
     PhantomCase,
-    _streams,
-    brain_and_tumour,
+    build_case,
     case_id,
     plan_case,
     write_case,
 )
-from tumorseg_devkit.synth.phantom_contrast import synthesize
 
 DAYS_BETWEEN = 91  # a follow-up scan every three months
 TRUTH_JSON = "truth.json"
@@ -66,24 +64,7 @@ def followup_case(
         raise ValueError(f"factor must be within 0.05..5, not {factor}")
     plan = plan_case(seed)
     plan = replace(plan, lesions=tuple(replace(les, wt_ml=les.wt_ml * factor) for les in plan.lesions))
-    _, rng_anatomy, rng_tumour, rng_contrast = _streams(seed)
-    _, anatomy, tumour = brain_and_tumour(plan, rng_anatomy, rng_tumour)
-    images = synthesize(anatomy, tumour, plan.profile != "no_et", rng_contrast)
-    tissue = np.zeros(SHAPE, dtype=np.uint8)
-    where = anatomy.voxels
-    tissue[where] = 1 + np.argmax(
-        np.stack([anatomy.csf[where], anatomy.gm[where], anatomy.wm[where]]), axis=0
-    )
-    return PhantomCase(
-        flair=images["flair"],
-        t1=images["t1"],
-        t1ce=images["t1ce"],
-        t2=images["t2"],
-        seg=tumour.seg,
-        affine=_posed_affine(pose_deg, shift_mm),
-        tissue=tissue,
-        plan=plan,
-    )
+    return build_case(plan, _posed_affine(pose_deg, shift_mm))
 
 
 def truth_ml(seg: NDArray[np.integer]) -> dict[str, float]:

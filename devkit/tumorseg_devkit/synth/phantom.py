@@ -56,6 +56,7 @@ __all__ = [
     "CasePlan",
     "LesionPlan",
     "PhantomCase",
+    "build_case",
     "case_id",
     "case_seed",
     "generate_case",
@@ -192,23 +193,29 @@ def generate_case(seed: int) -> PhantomCase:
     """
     start = time.perf_counter()
     plan = plan_case(seed)
-    _, rng_anatomy, rng_tumour, rng_contrast = _streams(seed)
-    _, anatomy, tumour = brain_and_tumour(plan, rng_anatomy, rng_tumour)
-    images = synthesize(anatomy, tumour, plan.profile != "no_et", rng_contrast)
-
-    tissue = np.zeros(SHAPE, dtype=np.uint8)
-    where = anatomy.voxels
-    tissue[where] = 1 + np.argmax(
-        np.stack([anatomy.csf[where], anatomy.gm[where], anatomy.wm[where]]), axis=0
-    )
+    case = build_case(plan)
     log.info(
         "phantom seed %d: %s, %d lesion(s), WT %.1f mL planned, %.1f mL made, %.1f s",
         seed,
         plan.profile,
         len(plan.lesions),
         plan.wt_ml,
-        np.count_nonzero(tumour.seg) / 1000,
+        np.count_nonzero(case.seg) / 1000,
         time.perf_counter() - start,
+    )
+    return case
+
+
+def build_case(plan: CasePlan, affine: NDArray[np.float64] = BRATS_AFFINE) -> PhantomCase:
+    """The case ``plan`` asks for, drawn from the streams of ``plan.seed`` (``generate_case``'s, or a
+    follow-up's with its lesions rescaled), with ``affine`` (a copy) as its voxel -> RAS+ mm map."""
+    _, rng_anatomy, rng_tumour, rng_contrast = _streams(plan.seed)
+    _, anatomy, tumour = brain_and_tumour(plan, rng_anatomy, rng_tumour)
+    images = synthesize(anatomy, tumour, plan.profile != "no_et", rng_contrast)
+    tissue = np.zeros(SHAPE, dtype=np.uint8)
+    where = anatomy.voxels
+    tissue[where] = 1 + np.argmax(
+        np.stack([anatomy.csf[where], anatomy.gm[where], anatomy.wm[where]]), axis=0
     )
     return PhantomCase(
         flair=images["flair"],
@@ -216,7 +223,7 @@ def generate_case(seed: int) -> PhantomCase:
         t1ce=images["t1ce"],
         t2=images["t2"],
         seg=tumour.seg,
-        affine=BRATS_AFFINE.copy(),
+        affine=affine.copy(),
         tissue=tissue,
         plan=plan,
     )
