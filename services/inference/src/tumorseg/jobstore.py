@@ -129,6 +129,15 @@ class JobStore(ABC):
         """The rows of each statement, read together (one transaction, or under the store's lock)."""
 
     @abstractmethod
+    def _write(self, statement: Statement) -> int:
+        """Run one statement (its own transaction); how many rows it changed."""
+
+    @abstractmethod
+    def _now(self) -> Statement:
+        """The time now, in seconds since the epoch, as SQL and its parameters: the clock every job time
+        is written and compared with."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
     @abstractmethod
@@ -150,6 +159,11 @@ class JobStore(ABC):
         """``select`` of the first job whose ``column`` is ``value``: one row, or none."""
         (rows,) = self._read((f"SELECT {select} FROM jobs WHERE {column} = {self.MARK} LIMIT 1", (value,)))
         return rows
+
+    @property
+    def _held(self) -> str:
+        """SQL: the job (a parameter) is running the attempt (the next one) that writes."""
+        return f"job_id = {self.MARK} AND state = 'running' AND attempts = {self.MARK}"
 
     def _job(self, column: str, value: str) -> Job | None:
         rows = self._first(column, value)
@@ -195,10 +209,12 @@ class JobStore(ABC):
         older than ``stale_s`` (a dead worker's job, redelivered); ``None`` if it has ended or a live
         process runs it (a duplicate delivery), or if there is no such job."""
 
-    @abstractmethod
     def beat(self, job_id: str, attempt: int) -> bool:
         """The process running attempt ``attempt`` of the job is alive; ``False`` when that attempt no
         longer holds the job (another process took it over, or it ended)."""
+        now, at = self._now()
+        beat = f"UPDATE jobs SET heartbeat_at = {now} WHERE {self._held}"
+        return self._write((beat, (*at, job_id, attempt))) == 1
 
     @abstractmethod
     def unfinished(self, stale_s: float) -> tuple[str, ...]:
@@ -206,10 +222,9 @@ class JobStore(ABC):
         (a job just created is being sent), or running with a heartbeat older than that; oldest first.
         The API's sweep sends those that no message in Redis stands for again."""
 
-    @abstractmethod
-    def set_stage(self, job_id: str, stage: str, attempt: int) -> None: ...
+    def set_stage(self, job_id: str, stage: str, attempt: int) -> None:
+        self._write((f"UPDATE jobs SET stage = {self.MARK} WHERE {self._held}", (stage, job_id, attempt)))
 
-    @abstractmethod
     def finish(
         self,
         job_id: str,
@@ -222,9 +237,18 @@ class JobStore(ABC):
     ) -> bool:
         """Record how the job ended; with ``attempt``, only if that attempt still holds it (a worker that
         was taken for dead does not overwrite the run that took its job over). Whether it was recorded."""
+        now, at = self._now()
+        m = self.MARK
+        job = f"job_id = {m}" if attempt is None else self._held
+        sql = (
+            f"UPDATE jobs SET state = {m}, stage = NULL, code = {m}, reason = {m}, finished_at = {now}, "
+            f"study_instance_uid = COALESCE({m}, study_instance_uid) WHERE {job}"
+        )
+        held = () if attempt is None else (attempt,)
+        return self._write((sql, (state, code, reason, *at, study_instance_uid, job_id, *held))) == 1
 
-    @abstractmethod
-    def delete(self, job_id: str) -> None: ...
+    def delete(self, job_id: str) -> None:
+        self._write((f"DELETE FROM jobs WHERE job_id = {self.MARK}", (job_id,)))
 
     @abstractmethod
     def requeue_running(self, stale_s: float = 0.0) -> int:
@@ -313,6 +337,13 @@ class SqliteJobStore(JobStore):
         with self._sql() as db:
             return [db.execute(sql, args).fetchall() for sql, args in statements]
 
+    def _write(self, statement: Statement) -> int:
+        with self._sql() as db:
+            return db.execute(*statement).rowcount
+
+    def _now(self) -> Statement:
+        return "?", (time.time(),)
+
     def create(
         self,
         request: JobRequest,
@@ -370,14 +401,6 @@ class SqliteJobStore(JobStore):
             ).fetchone()
         return None if row is None else self.get(row["job_id"])
 
-    def beat(self, job_id: str, attempt: int) -> bool:
-        with self._sql() as db:
-            cursor = db.execute(
-                "UPDATE jobs SET heartbeat_at = ? WHERE job_id = ? AND state = 'running' AND attempts = ?",
-                (time.time(), job_id, attempt),
-            )
-            return cursor.rowcount == 1
-
     def unfinished(self, stale_s: float) -> tuple[str, ...]:
         with self._sql() as db:
             before = time.time() - stale_s
@@ -387,46 +410,6 @@ class SqliteJobStore(JobStore):
                 (before, before),
             ).fetchall()
         return tuple(r["job_id"] for r in rows)
-
-    def set_stage(self, job_id: str, stage: str, attempt: int) -> None:
-        with self._sql() as db:
-            db.execute(
-                "UPDATE jobs SET stage = ? WHERE job_id = ? AND state = 'running' AND attempts = ?",
-                (stage, job_id, attempt),
-            )
-
-    def finish(
-        self,
-        job_id: str,
-        state: JobState,
-        *,
-        attempt: int | None = None,
-        study_instance_uid: str | None = None,
-        code: str | None = None,
-        reason: str | None = None,
-    ) -> bool:
-        fence = "" if attempt is None else " AND state = 'running' AND attempts = ?"
-        with self._sql() as db:
-            return (
-                db.execute(
-                    "UPDATE jobs SET state = ?, stage = NULL, code = ?, reason = ?, finished_at = ?, "
-                    f"study_instance_uid = COALESCE(?, study_instance_uid) WHERE job_id = ?{fence}",
-                    (
-                        state,
-                        code,
-                        reason,
-                        time.time(),
-                        study_instance_uid,
-                        job_id,
-                        *(() if attempt is None else (attempt,)),
-                    ),
-                ).rowcount
-                == 1
-            )
-
-    def delete(self, job_id: str) -> None:
-        with self._sql() as db:
-            db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
 
     def requeue_running(self, stale_s: float = 0.0) -> int:
         now = time.time()

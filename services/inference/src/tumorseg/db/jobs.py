@@ -21,7 +21,7 @@ from psycopg.rows import DictRow
 from tumorseg.db.pool import Database
 from tumorseg.errors import InvalidInput
 from tumorseg.jobstore import CLAIM, COLUMNS, INTERRUPTED_REASON, JobStore, Statement, job_from_row
-from tumorseg.schema import Job, JobOrigin, JobRequest, JobState
+from tumorseg.schema import Job, JobOrigin, JobRequest
 
 # The server's clock, not this host's: every time a job carries (created, started, heartbeat, finished) is
 # written and compared in SQL, so replicas whose clocks differ still agree on whose heartbeat is stale.
@@ -57,6 +57,13 @@ class PgJobStore(JobStore):
         """One statement over a pooled connection, several in one transaction."""
         with self.db.transaction() if len(statements) > 1 else self.db.connection() as conn:
             return [conn.execute(sql, args).fetchall() for sql, args in statements]
+
+    def _write(self, statement: Statement) -> int:
+        with self.db.connection() as conn:
+            return conn.execute(*statement).rowcount
+
+    def _now(self) -> Statement:
+        return NOW, ()
 
     def close(self) -> None:
         self.db.close()
@@ -132,14 +139,6 @@ class PgJobStore(JobStore):
             (job_id, stale_s),
         )
 
-    def beat(self, job_id: str, attempt: int) -> bool:
-        with self.db.connection() as conn:
-            cursor = conn.execute(
-                f"UPDATE jobs SET heartbeat_at = {NOW} WHERE job_id = %s AND state = 'running' AND attempts = %s",
-                (job_id, attempt),
-            )
-            return cursor.rowcount == 1
-
     def unfinished(self, stale_s: float) -> tuple[str, ...]:
         with self.db.connection() as conn:
             rows = conn.execute(
@@ -148,43 +147,6 @@ class PgJobStore(JobStore):
                 (stale_s, stale_s),
             ).fetchall()
         return tuple(r["job_id"] for r in rows)
-
-    def set_stage(self, job_id: str, stage: str, attempt: int) -> None:
-        with self.db.connection() as conn:
-            conn.execute(
-                "UPDATE jobs SET stage = %s WHERE job_id = %s AND state = 'running' AND attempts = %s",
-                (stage, job_id, attempt),
-            )
-
-    def finish(
-        self,
-        job_id: str,
-        state: JobState,
-        *,
-        attempt: int | None = None,
-        study_instance_uid: str | None = None,
-        code: str | None = None,
-        reason: str | None = None,
-    ) -> bool:
-        fence = "" if attempt is None else " AND state = 'running' AND attempts = %s"
-        with self.db.connection() as conn:
-            cursor = conn.execute(
-                f"UPDATE jobs SET state = %s, stage = NULL, code = %s, reason = %s, finished_at = {NOW}, "
-                f"study_instance_uid = COALESCE(%s, study_instance_uid) WHERE job_id = %s{fence}",
-                (
-                    state,
-                    code,
-                    reason,
-                    study_instance_uid,
-                    job_id,
-                    *(() if attempt is None else (attempt,)),
-                ),
-            )
-            return cursor.rowcount == 1
-
-    def delete(self, job_id: str) -> None:
-        with self.db.connection() as conn:
-            conn.execute("DELETE FROM jobs WHERE job_id = %s", (job_id,))
 
     def requeue_running(self, stale_s: float = 0.0) -> int:
         stale = f"state = 'running' AND COALESCE(heartbeat_at, started_at, 0) <= {NOW} - %s"
