@@ -115,8 +115,9 @@ def job_from_row(row: Row) -> Job:
 
 class JobStore(ABC):
     """The job store's interface (see the module docstring); ``JobStore(root)`` still builds the SQLite
-    store, as it did before there were two engines. The reads are written once, here, over an engine's
-    ``_read``; each engine writes its own transitions."""
+    store, as it did before there were two engines. The reads and the plain updates are written once,
+    here, over an engine's ``_read``, ``_write`` and ``_now``; each engine writes its own creation, claims
+    and requeues."""
 
     MARK: ClassVar[str]  # the driver's parameter placeholder
     TIEBREAK: ClassVar[str]  # the column that orders jobs created in the same instant
