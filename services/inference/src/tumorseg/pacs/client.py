@@ -5,9 +5,9 @@ that modality mapping needs, whole-series download, instance upload.
 
 A series downloads in one WADO-RS request through Orthanc's DICOMweb plugin when Orthanc runs it (as the
 compose stack's does), else one ``GET /instances/{id}/file`` per instance with bounded concurrency; the
-same files either way. On 2 cores the plugin's multipart answer took 0.11 s for a 69 MiB BraTS-like study
-against 1.1 s for 8 parallel instance requests (0.75 s for ``/series/{id}/archive``, a zip Orthanc builds
-first): docs/benchmarks.md.
+same files either way. On 2 cores the plugin's multipart answers took 0.10 s for a 69 MiB BraTS-like
+study against 0.50 s for 8 parallel instance requests (0.44 s for ``/series/{id}/archive``, a zip Orthanc
+builds first; 5.7 s on a clinical head's 100 MiB): docs/benchmarks.md.
 
 Error contract: every httpx failure is wrapped at this boundary (see ``tumorseg.errors``):
 connection refused/reset → ``PacsUnavailable``; read/write/pool timeout → ``PacsTimeout``;
