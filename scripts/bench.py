@@ -50,7 +50,7 @@ auto-trigger, the leader SIGKILLed and a study uploaded at once: the seconds fro
 replica leading (its tumorseg_trigger_leader gauge) and to the job of that study being created.
 Then new studies against their limit (issue 43; BENCH_NEWSTUDY=0 skips it): one service without the series
 cache gets, per kind (brats, clinical-head), a warm-up study and then BENCH_NEWSTUDY_COUNT (default 3) new
-ones (new PatientIDs and UIDs, all uploaded before any is timed). Per study: e2e of POST /segment; fetch = a
+ones (new PatientIDs and UIDs, all uploaded before any is timed; BENCH_NEWSTUDY_KINDS=brats picks one kind). Per study: e2e of POST /segment; fetch = a
 separate download of its four series from Orthanc REST in the same run, 8 instances at a time (what any
 client must do); network = the result's timings_s.inference. Per kind the median of e2e / (fetch + network)
 (target <= 1.4), the medians of e2e, fetch and network and of each stage in timings_s, and the load average.
@@ -119,7 +119,9 @@ NETWORK = os.environ.get("BENCH_NETWORK", "1") != "0"
 DICOMWEB = os.environ.get("BENCH_DICOMWEB", "1") != "0"
 NEWSTUDY = os.environ.get("BENCH_NEWSTUDY", "1") != "0"
 NEWSTUDY_COUNT = max(3, int(os.environ.get("BENCH_NEWSTUDY_COUNT", "3")))
-NEWSTUDY_KINDS = ("brats", "clinical-head")
+NEWSTUDY_KINDS = tuple(
+    k.strip() for k in os.environ.get("BENCH_NEWSTUDY_KINDS", "brats,clinical-head").split(",") if k.strip()
+)
 NEWSTUDY_FETCH_WORKERS = 8
 NOWHERE = "http://127.0.0.1:9"
 STATE = os.environ.get("BENCH_STATE", "1") != "0"
