@@ -59,10 +59,10 @@ def test_two_workers_segment_four_studies_with_one_seg_each(
     redis_server: LocalRedis,
     tmp_path: Path,
 ) -> None:
-    patients = [clone_study(plain_study, tmp_path / f"study{i}") for i in range(4)]
-    partial = clone_study(plain_study, tmp_path / "partial", modalities=("t1", "t2"))
-    for folder in [*(f"study{i}" for i in range(4)), "partial"]:
-        upload_folder(orthanc, tmp_path / folder)
+    studies = tmp_path / "studies"
+    patients = [clone_study(plain_study, studies / f"study{i}") for i in range(4)]
+    partial = clone_study(plain_study, studies / "partial", modalities=("t1", "t2"))
+    upload_folder(orthanc, studies)  # the five at once, then one wait for them to be stable
     results = tmp_path / "results"
     logs = [tmp_path / "worker1.log", tmp_path / "worker2.log"]
     with (
@@ -153,9 +153,8 @@ def test_an_api_restart_or_a_redis_that_lost_its_data_repeats_no_job_and_loses_n
     redis_server: LocalRedis,
     tmp_path: Path,
 ) -> None:
-    patients = [clone_study(plain_study, tmp_path / f"study{i}") for i in range(3)]
-    for i in range(3):
-        upload_folder(orthanc, tmp_path / f"study{i}")
+    patients = [clone_study(plain_study, tmp_path / "studies" / f"study{i}") for i in range(3)]
+    upload_folder(orthanc, tmp_path / "studies")
     results = tmp_path / "results"
     settings = _settings(orthanc, random_model, results, redis_server)
     with TestClient(create_app(settings)) as client:  # no worker yet: the jobs wait in Redis
