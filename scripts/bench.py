@@ -53,7 +53,8 @@ cache gets, per kind (brats, clinical-head), a warm-up study and then BENCH_NEWS
 ones (new PatientIDs and UIDs, all uploaded before any is timed; BENCH_NEWSTUDY_KINDS=brats picks one kind). Per study: e2e of POST /segment; fetch = a
 separate download of its four series from Orthanc REST in the same run, 8 instances at a time (what any
 client must do); network = the result's timings_s.inference. Per kind the median of e2e / (fetch + network)
-(target <= 1.4), the medians of e2e, fetch and network and of each stage in timings_s, and the load average.
+(target <= 1.4), the medians of e2e, fetch, network, the service's CPU seconds (user + system, /proc) and
+of each stage in timings_s, and the load average.
 """
 
 from __future__ import annotations
@@ -760,6 +761,12 @@ def new_study(orthanc: LocalOrthanc, kind: str, patient_id: str) -> set[str]:
     return {s.series_instance_uid for s in converted.series}
 
 
+def cpu_s(pid: int) -> float:
+    """The user + system CPU seconds process ``pid`` has used (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def fetch_s(orthanc: LocalOrthanc, patient_id: str, series_uids: set[str]) -> dict[str, Any]:
     """A client's download of the study's series (``series_uids``, not the SEG the service stored) from
     Orthanc REST: the study found, its series listed, every instance ``GET /instances/{id}/file``,
@@ -808,9 +815,12 @@ def bench_newstudy(orthanc: LocalOrthanc) -> dict[str, Any]:
             service.segment(patients[0][0])  # the warm-up: model, deepbet and the first decode loaded
             runs = []
             for patient_id, series_uids in patients[1:]:
+                cpu_before = cpu_s(service.pid)
                 result, e2e = service.segment(patient_id)
                 run = {
                     "e2e_s": e2e,
+                    # the service's CPU seconds for the study: on 2 cores e2e cannot fall below half of it
+                    "service_cpu_s": round(cpu_s(service.pid) - cpu_before, 3),
                     **fetch_s(orthanc, patient_id, series_uids),
                     "timings_s": result["timings_s"],
                 }
@@ -825,7 +835,7 @@ def bench_newstudy(orthanc: LocalOrthanc) -> dict[str, Any]:
                 "ratio_median": statistics.median(r["ratio"] for r in runs),
                 "median_s": {
                     key: round(statistics.median(r[key] for r in runs), 3)
-                    for key in ("e2e_s", "fetch_s", "network_s")
+                    for key in ("e2e_s", "fetch_s", "network_s", "service_cpu_s")
                 },
                 "stages_median_s": {
                     stage: round(statistics.median(r["timings_s"].get(stage, 0.0) for r in runs), 3)
@@ -849,7 +859,8 @@ def print_newstudy(newstudy: dict[str, Any]) -> None:
         print(
             f"\nnew {kind} studies ({len(row['runs'])}): e2e / (fetch + network) median {row['ratio_median']} "
             f"(target <= 1.4: {verdict}); e2e {med['e2e_s']:.2f} s, fetch {med['fetch_s']:.2f} s "
-            f"({NEWSTUDY_FETCH_WORKERS} parallel), network {med['network_s']:.2f} s; stages (s): {stages}"
+            f"({NEWSTUDY_FETCH_WORKERS} parallel), network {med['network_s']:.2f} s, the service's CPU "
+            f"{med['service_cpu_s']:.2f} s; stages (s): {stages}"
         )
     if newstudy:
         print(f"load average before {newstudy['load_before']}, after {newstudy['load_after']}")

@@ -179,7 +179,8 @@ def low_resolution(image: sitk.Image, spacing_mm: float = LOW_RES_MM) -> sitk.Im
     """``image`` as float32 with voxels about ``spacing_mm`` wide: each axis binned by the integer factor
     that comes closest (averaging, so no aliasing), the lattice's orientation kept."""
     factors = [max(1, int(round(spacing_mm / s))) for s in image.GetSpacing()]
-    image = sitk.Cast(image, sitk.sitkFloat32)
+    if image.GetPixelID() != sitk.sitkFloat32:  # decoded series are float32 already: no copy
+        image = sitk.Cast(image, sitk.sitkFloat32)
     return sitk.BinShrink(image, factors) if max(factors) > 1 else image
 
 
