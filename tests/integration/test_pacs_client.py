@@ -170,3 +170,26 @@ def test_closed_port_is_unavailable() -> None:
 def test_hung_server_times_out(silent_server: str) -> None:
     with OrthancClient(silent_server, None, timeout=0.5) as client, pytest.raises(PacsTimeout):
         client.system()
+
+
+def test_a_series_the_plugin_cannot_serve_downloads_one_instance_at_a_time(
+    orthanc_client: OrthancClient,
+) -> None:
+    """The same series stored under two PatientIDs is two series in Orthanc, and the DICOMweb plugin, which
+    finds a series by its UIDs, refuses both (404): each still downloads whole, one request per instance,
+    and the plugin is looked up again at the next download."""
+    if orthanc_client.series_transport() is None:
+        pytest.skip("the Orthanc under test runs no DICOMweb plugin")
+    files = mr_series(unique_patient_id("TWICE"), generate_uid(), n=4)
+    (series,) = orthanc_client.list_series(upload(orthanc_client, files))
+    other = unique_patient_id("TWICE")
+    for data in files:
+        dataset = pydicom.dcmread(DicomBytesIO(data))
+        dataset.PatientID = other
+        copy = DicomBytesIO()
+        dataset.save_as(copy, enforce_file_format=True)
+        assert orthanc_client.upload_instance(copy.getvalue()).status == "Success"
+    downloaded = orthanc_client.download_series(series)
+    assert sorted(downloaded) == sorted(files)
+    assert orthanc_client._wado_until == 0.0  # dropped: looked up again next time
+    assert orthanc_client.series_transport() is not None

@@ -68,7 +68,11 @@ def test_without_a_usable_plugin_series_download_one_instance_at_a_time(
         assert client.series_transport() is None
 
 
-def test_an_orthanc_that_cannot_be_reached_is_asked_again_at_the_next_download() -> None:
+def test_a_failed_look_up_is_tried_again_after_a_while_and_an_answer_is_kept_for_longer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tumorseg.pacs import client as module
+
     calls: list[str] = []
     up = False
 
@@ -78,9 +82,16 @@ def test_an_orthanc_that_cannot_be_reached_is_asked_again_at_the_next_download()
             raise httpx.ConnectError("connection refused", request=request)
         return httpx.Response(200, json=["explorer.js"])
 
+    now = [1000.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: now[0])
     with OrthancClient("http://orthanc.test", transport=httpx.MockTransport(handler)) as client:
-        assert client.series_transport() is None
+        assert client.series_transport() is None and calls == ["/plugins"]
         up = True
-        assert client.series_transport() is None and calls[-1] == "/plugins"  # asked again, answered: none
-        calls.clear()
-        assert client.series_transport() is None and calls == []  # a definite answer is kept
+        now[0] += module.WADO_RETRY_S - 1
+        assert client.series_transport() is None and calls == ["/plugins"]  # not asked again yet
+        now[0] += 2
+        assert client.series_transport() is None and calls == ["/plugins"] * 2  # asked again: no plugin
+        now[0] += module.WADO_RECHECK_S - 1
+        assert client.series_transport() is None and calls == ["/plugins"] * 2  # the answer holds ...
+        now[0] += 2
+        assert client.series_transport() is None and calls == ["/plugins"] * 3  # ... for WADO_RECHECK_S

@@ -469,9 +469,10 @@ class Segmenter:
 
     def _download_all(self, decoder: _SeriesDecoder) -> tuple[dict[str, list[bytes]], float | None]:
         """``decoder.wanted`` downloaded, each series decoded while the next one downloads: the files each
-        decoding kept, and when the last download ended (None: nothing to download). One series at a time,
-        each with all of the client's parallel downloads, so that the first (the reference) arrives after a
-        quarter of the time and not with the others at the end."""
+        decoding kept, and when the last download ended (None: nothing to download). One series at a time
+        (one WADO-RS request through Orthanc's DICOMweb plugin, else all of the client's parallel instance
+        downloads), so that the first (the reference) arrives after a quarter of the time and not with the
+        others at the end."""
         last_download = None
         with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as decoding:
             pending: list[tuple[str, Future[list[bytes]]]] = []

@@ -18,9 +18,10 @@ Bounded growth, enforced when the store opens and after each commit (one scan of
 thousands of results):
 
 * staging folders (``.tmp-*``) left by a crashed process are deleted once nothing has been written
-  into them for ``STALE_TMP_S`` (1 hour). A result is staged for seconds (the export stage only), so
-  the grace period never hurts another process sharing the folder mid-write, while a crash's
-  leftovers go at the next start;
+  into them for ``STALE_TMP_S`` (1 hour). A result is staged from the moment its series are loaded
+  (the viewer's reference volume is written while the network runs) until it is committed: seconds,
+  a minute for the largest study on a slow CPU. So the grace period never hurts another process sharing
+  the folder mid-write, while a crash's leftovers go at the next start;
 * results older than ``max_age_days`` are deleted. A result's age is its folder's mtime: the moment its
   last file (``result.json``, written by ``commit``) was created. It needs one ``stat`` and no JSON
   parsing, and a result copied in by hand with its times kept ages as it did where it came from;

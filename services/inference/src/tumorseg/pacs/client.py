@@ -4,8 +4,8 @@ What it does: system info, exact-PatientID study search, series listing with the
 that modality mapping needs, whole-series download, instance upload.
 
 A series downloads in one WADO-RS request through Orthanc's DICOMweb plugin when Orthanc runs it (as the
-compose stack's does), else one ``GET /instances/{id}/file`` per instance with bounded concurrency; the
-same files either way. On 2 cores the plugin's multipart answers took 0.10 s for a 69 MiB BraTS-like
+compose stack's does), else (and for a series the plugin fails) one ``GET /instances/{id}/file`` per
+instance with bounded concurrency; the same files either way. On 2 cores the plugin's multipart answers took 0.10 s for a 69 MiB BraTS-like
 study against 0.50 s for 8 parallel instance requests (0.44 s for ``/series/{id}/archive``, a zip Orthanc
 builds first; 5.7 s on a clinical head's 100 MiB): docs/benchmarks.md.
 
@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
-from tumorseg.errors import PacsError, PacsNotFound, PacsProtocolError, PacsTimeout, PacsUnavailable
+from tumorseg.errors import PacsError, PacsNotFound, PacsProtocolError, PacsRejected
 from tumorseg.pacs.base import ChangeBatch, UploadResult
 from tumorseg.pacs.dicomweb import DicomwebClient
 from tumorseg.pacs.http import HttpPacs
@@ -47,6 +48,10 @@ from tumorseg.pacs.tags import (
 from tumorseg.records import InstanceInfo, PatientInfo, SeriesInfo, StudyInfo
 
 log = logging.getLogger(__name__)
+
+WADO_RECHECK_S = 600.0  # how long a look-up of Orthanc's DICOMweb plugin holds (series_transport)
+WADO_RETRY_S = 60.0  # ... and a failed one
+WADO_LOOKUP_TIMEOUT_S = 5.0  # each request of the look-up (a slow Orthanc costs a download this, not more)
 
 
 def study_from_orthanc(data: dict[str, Any]) -> StudyInfo:
@@ -97,53 +102,58 @@ class OrthancClient(HttpPacs):
         self._instances: dict[str, tuple[str, ...]] = {}  # series id → its instance ids, as last listed
         self._wado_lock = threading.Lock()
         self._wado: DicomwebClient | None = None
-        self._wado_checked = False
+        self._wado_until = 0.0  # time.monotonic() until which ``_wado`` holds (0: look it up)
+        self._retired: list[DicomwebClient] = []  # dropped plugin clients, closed with this one
 
     def close(self) -> None:
-        if self._wado is not None:
-            self._wado.close()
+        for client in [*self._retired, *([self._wado] if self._wado is not None else [])]:
+            client.close()
         super().close()
 
     def series_transport(self) -> DicomwebClient | None:
         """Orthanc's DICOMweb plugin as the way series are downloaded (one WADO-RS request each), or None
-        (one request per instance). Looked up once: the plugin listed in ``GET /plugins``, its root from
-        the plugin's RootUri (``DicomWeb.Root``, default ``/dicom-web/``), and a QIDO-RS search there
-        answered. Any answer on the way that says no means no plugin; Orthanc unreachable or not answering
-        in time means asking again at the next download."""
+        (one request per instance). Looked up with short timeouts: the plugin listed in ``GET /plugins``,
+        its root from the plugin's RootUri (``DicomWeb.Root``, default ``/dicom-web/``), and a QIDO-RS
+        search there answered. The answer holds for ``WADO_RECHECK_S`` (Orthanc may be restarted with other
+        plugins), a failed look-up for ``WADO_RETRY_S``, and a download the plugin failed drops it at once
+        (``_drop_wado``)."""
         with self._wado_lock:
-            if not self._wado_checked:
+            if time.monotonic() >= self._wado_until:
+                if self._wado is not None:
+                    self._retired.append(self._wado)
                 try:
                     self._wado = self._find_wado()
-                except (PacsUnavailable, PacsTimeout) as exc:  # Orthanc away: ask again next time
-                    log.info("series download one instance at a time this once: %s", exc)
-                    return None
-                self._wado_checked = True
+                    self._wado_until = time.monotonic() + WADO_RECHECK_S
+                except PacsError as exc:
+                    log.info("series download one instance at a time for now: %s", exc)
+                    self._wado, self._wado_until = None, time.monotonic() + WADO_RETRY_S
             return self._wado
 
+    def _drop_wado(self, client: DicomwebClient) -> None:
+        """``client`` failed a download: look the plugin up again at the next one."""
+        with self._wado_lock:
+            if self._wado is client:
+                self._retired.append(client)
+                self._wado, self._wado_until = None, 0.0
+
     def _find_wado(self) -> DicomwebClient | None:
-        client = None
-        try:
-            if "dicom-web" not in (self._json("GET", "/plugins") or ()):
-                return None
-            info = self._json("GET", "/plugins/dicom-web")
-            client = self.sibling(
-                DicomwebClient, _plugin_root(info.get("RootUri") if isinstance(info, dict) else None)
-            )
-            # Its errors are Orthanc's: the same settings to check
-            client.name = f"{self.name}'s DICOMweb plugin"
-            client.url_setting, client.credentials_hint = self.url_setting, self.credentials_hint
-            client.version()
-        except (PacsUnavailable, PacsTimeout):
-            if client is not None:
-                client.close()
-            raise
-        except PacsError as exc:
-            log.info(
-                "series download one instance at a time: Orthanc's DICOMweb plugin is not usable (%s)", exc
-            )
-            if client is not None:
-                client.close()
+        """The plugin's client, None when Orthanc runs no such plugin; ``PacsError`` when the look-up
+        failed (Orthanc away, slow, or an error answer)."""
+        quick = min(self._timeout, WADO_LOOKUP_TIMEOUT_S)
+        if "dicom-web" not in (self._json("GET", "/plugins", timeout=quick) or ()):
             return None
+        info = self._json("GET", "/plugins/dicom-web", timeout=quick)
+        client = self.sibling(
+            DicomwebClient, _plugin_root(info.get("RootUri") if isinstance(info, dict) else None)
+        )
+        # Its errors are Orthanc's: the same settings to check
+        client.name = f"{self.name}'s DICOMweb plugin"
+        client.url_setting, client.credentials_hint = self.url_setting, self.credentials_hint
+        try:
+            client.version(timeout=quick)
+        except PacsError:
+            client.close()
+            raise
         log.info("series download through Orthanc's DICOMweb plugin at %s", client.url)
         return client
 
@@ -337,9 +347,9 @@ class OrthancClient(HttpPacs):
         series_id = series if isinstance(series, str) else self.series_id(series)
         instance_ids = self.instance_ids(series_id)
         if isinstance(series, SeriesInfo) and series.study_instance_uid:
-            wado = self.series_transport()
-            if wado is not None:  # fewer files than just listed: PacsNotFound, as below
-                return wado.download_series(replace(series, instance_count=len(instance_ids)), progress)
+            files = self._download_through_plugin(series, len(instance_ids), progress)
+            if files is not None:
+                return files
 
         def fetch(instance_id: str) -> bytes:
             with self._download_slots:
@@ -353,6 +363,24 @@ class OrthancClient(HttpPacs):
         if not files:
             raise PacsProtocolError(f"series {series_id}: Orthanc lists no instance")
         return files
+
+    def _download_through_plugin(
+        self, series: SeriesInfo, listed: int, progress: Callable[[int], None] | None
+    ) -> list[bytes] | None:
+        """The series in one WADO-RS request, or None: no plugin, or the plugin failed it. A failure is not
+        the series' (the plugin finds a series by its UIDs, and refuses one that Orthanc holds twice, under
+        two PatientIDs; a plugin switched off since its look-up answers 404; one restricted by an authorization
+        plugin 401/403): the caller downloads it one
+        instance at a time, which says whether the series itself changed."""
+        wado = self.series_transport()
+        if wado is None:
+            return None
+        try:
+            return wado.download_series(replace(series, instance_count=listed), progress)
+        except (PacsNotFound, PacsProtocolError, PacsRejected) as exc:
+            log.warning("series %s one instance at a time: %s", series.series_instance_uid, exc)
+            self._drop_wado(wado)
+            return None
 
     def upload_instance(self, data: bytes) -> UploadResult:
         """``POST /instances`` with one DICOM file. Re-sending a stored instance gives ``AlreadyStored``, so
