@@ -48,6 +48,8 @@ def test_the_plugin_is_used_at_its_root_once_a_qido_search_answers_there() -> No
         transport = client.series_transport()
         assert transport is not None and transport.url == "http://orthanc.test/pacs/wado"
         assert client.series_transport() is transport  # looked up once
+        client._wado_until = 0.0  # due for a new look-up: the same root keeps the same client
+        assert client.series_transport() is transport and list(client._plugin_clients) == ["/pacs/wado"]
         assert transport.url_setting == "TUMORSEG_ORTHANC_URL"  # its errors point at Orthanc's settings
 
 

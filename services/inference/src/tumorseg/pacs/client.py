@@ -5,9 +5,10 @@ that modality mapping needs, whole-series download, instance upload.
 
 A series downloads in one WADO-RS request through Orthanc's DICOMweb plugin when Orthanc runs it (as the
 compose stack's does), else (and for a series the plugin fails) one ``GET /instances/{id}/file`` per
-instance with bounded concurrency; the same files either way. On 2 cores the plugin's multipart answers took 0.10 s for a 69 MiB BraTS-like
-study against 0.50 s for 8 parallel instance requests (0.44 s for ``/series/{id}/archive``, a zip Orthanc
-builds first; 5.7 s on a clinical head's 100 MiB): docs/benchmarks.md.
+instance with bounded concurrency; the same files either way. On 2 cores the plugin's multipart answers
+took 0.10 s for a 69 MiB BraTS-like study against 0.50 s for 8 parallel instance requests (0.44 s for
+``/series/{id}/archive``, a zip Orthanc builds first; 5.7 s on a clinical head's 100 MiB):
+docs/benchmarks.md.
 
 Error contract: every httpx failure is wrapped at this boundary (see ``tumorseg.errors``):
 connection refused/reset → ``PacsUnavailable``; read/write/pool timeout → ``PacsTimeout``;
@@ -103,10 +104,10 @@ class OrthancClient(HttpPacs):
         self._wado_lock = threading.Lock()
         self._wado: DicomwebClient | None = None
         self._wado_until = 0.0  # time.monotonic() until which ``_wado`` holds (0: look it up)
-        self._retired: list[DicomwebClient] = []  # dropped plugin clients, closed with this one
+        self._plugin_clients: dict[str, DicomwebClient] = {}  # by root: one each, closed with this one
 
     def close(self) -> None:
-        for client in [*self._retired, *([self._wado] if self._wado is not None else [])]:
+        for client in self._plugin_clients.values():
             client.close()
         super().close()
 
@@ -119,8 +120,6 @@ class OrthancClient(HttpPacs):
         (``_drop_wado``)."""
         with self._wado_lock:
             if time.monotonic() >= self._wado_until:
-                if self._wado is not None:
-                    self._retired.append(self._wado)
                 try:
                     self._wado = self._find_wado()
                     self._wado_until = time.monotonic() + WADO_RECHECK_S
@@ -133,7 +132,6 @@ class OrthancClient(HttpPacs):
         """``client`` failed a download: look the plugin up again at the next one."""
         with self._wado_lock:
             if self._wado is client:
-                self._retired.append(client)
                 self._wado, self._wado_until = None, 0.0
 
     def _find_wado(self) -> DicomwebClient | None:
@@ -143,17 +141,14 @@ class OrthancClient(HttpPacs):
         if "dicom-web" not in (self._json("GET", "/plugins", timeout=quick) or ()):
             return None
         info = self._json("GET", "/plugins/dicom-web", timeout=quick)
-        client = self.sibling(
-            DicomwebClient, _plugin_root(info.get("RootUri") if isinstance(info, dict) else None)
-        )
-        # Its errors are Orthanc's: the same settings to check
-        client.name = f"{self.name}'s DICOMweb plugin"
-        client.url_setting, client.credentials_hint = self.url_setting, self.credentials_hint
-        try:
-            client.version(timeout=quick)
-        except PacsError:
-            client.close()
-            raise
+        root = _plugin_root(info.get("RootUri") if isinstance(info, dict) else None)
+        client = self._plugin_clients.get(root)
+        if client is None:  # one client per root for this client's life, however often it is looked up
+            client = self._plugin_clients[root] = self.sibling(DicomwebClient, root)
+            # Its errors are Orthanc's: the same settings to check
+            client.name = f"{self.name}'s DICOMweb plugin"
+            client.url_setting, client.credentials_hint = self.url_setting, self.credentials_hint
+        client.version(timeout=quick)
         log.info("series download through Orthanc's DICOMweb plugin at %s", client.url)
         return client
 
@@ -369,9 +364,9 @@ class OrthancClient(HttpPacs):
     ) -> list[bytes] | None:
         """The series in one WADO-RS request, or None: no plugin, or the plugin failed it. A failure is not
         the series' (the plugin finds a series by its UIDs, and refuses one that Orthanc holds twice, under
-        two PatientIDs; a plugin switched off since its look-up answers 404; one restricted by an authorization
-        plugin 401/403): the caller downloads it one
-        instance at a time, which says whether the series itself changed."""
+        two PatientIDs; a plugin switched off since its look-up answers 404; one restricted by an
+        authorization plugin 401/403): the caller downloads it one instance at a time, which says whether
+        the series itself changed."""
         wado = self.series_transport()
         if wado is None:
             return None
